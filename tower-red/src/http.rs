@@ -1,0 +1,443 @@
+//! [`RedLayer`]: RED metrics for HTTP servers and clients, following the OpenTelemetry HTTP
+//! semantic conventions.
+//!
+//! Records [`HTTP_SERVER_REQUEST_DURATION_SECONDS`](crate::names::HTTP_SERVER_REQUEST_DURATION_SECONDS)
+//! (or the client twin) with `http_request_method` (unknown methods fold into `_OTHER`),
+//! `http_response_status_code`, `http_route` (from axum's `MatchedPath` with the `axum` feature,
+//! or a [`RouteTemplate`] extension; never the raw path), `error_type` (the status code for
+//! server errors, the rejection kind for rejections, `_OTHER` for other errors) and, on the
+//! client side, `server_address` and `server_port`. An in-flight gauge per method counts active
+//! requests. Routes and hosts are capped ([`RedLayer::max_routes`]); past the cap they are
+//! labelled `_OTHER`, so no input can grow the number of series without bound.
+//!
+//! Series handles are cached after their first use: the steady state takes one read lock per
+//! request, two clock reads and no allocation. The request ends when the response head
+//! arrives; time spent streaming the body is not counted.
+//!
+//! ```
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_red::RedLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(RedLayer::server())
+//!     .service(service_fn(|_req: http::Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(()))
+//!     }));
+//! let res = svc.oneshot(http::Request::new(())).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! # }
+//! ```
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{ready, Context, Poll};
+
+use http::{Method, StatusCode};
+use metrics::{Gauge, Histogram, Label};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::names::{self, label};
+use crate::parts::{RequestParts, ResponseParts};
+use crate::rejection::{Rejection, RejectionKind};
+use crate::BoxError;
+
+/// A route template a non-axum server can put in request extensions for the `http_route` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteTemplate(pub &'static str);
+
+const METHODS: [&str; 10] =
+    ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER"];
+const OTHER: &str = "_OTHER";
+const NO_ID: u16 = 0;
+const OTHER_ID: u16 = u16::MAX;
+const ERROR_OTHER: u8 = RejectionKind::ALL.len() as u8 + 1;
+const ERROR_STATUS: u8 = ERROR_OTHER + 1;
+
+fn method_index(method: &Method) -> u8 {
+    match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::CONNECT => 5,
+        Method::OPTIONS => 6,
+        Method::TRACE => 7,
+        Method::PATCH => 8,
+        _ => 9,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Server,
+    Client,
+}
+
+/// A series key packed in a `u64`: method (4 bits), status (10), error (6), route or host id
+/// (16), port (16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key(u64);
+
+impl Key {
+    fn new(method: u8, status: u16, error: u8, route: u16, port: u16) -> Key {
+        Key(u64::from(method)
+            | u64::from(status & 0x3ff) << 4
+            | u64::from(error & 0x3f) << 14
+            | u64::from(route) << 20
+            | u64::from(port) << 36)
+    }
+    fn method(self) -> usize {
+        (self.0 & 0xf) as usize
+    }
+    fn status(self) -> u16 {
+        ((self.0 >> 4) & 0x3ff) as u16
+    }
+    fn error(self) -> u8 {
+        ((self.0 >> 14) & 0x3f) as u8
+    }
+    fn route(self) -> u16 {
+        ((self.0 >> 20) & 0xffff) as u16
+    }
+    fn port(self) -> u16 {
+        ((self.0 >> 36) & 0xffff) as u16
+    }
+}
+
+/// Keys are already well mixed enough for a table; a multiply spreads the low bits.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type SeriesMap = HashMap<Key, Histogram, BuildHasherDefault<KeyHasher>>;
+
+struct Interner {
+    ids: HashMap<Box<str>, u16>,
+    names: Vec<Arc<str>>,
+}
+
+struct Shared {
+    side: Side,
+    max_routes: usize,
+    routes: RwLock<Interner>,
+    series: RwLock<SeriesMap>,
+    active: [Gauge; METHODS.len()],
+}
+
+impl Shared {
+    fn new(side: Side, max_routes: usize) -> Shared {
+        let active_name = match side {
+            Side::Server => names::HTTP_SERVER_ACTIVE_REQUESTS,
+            Side::Client => names::HTTP_CLIENT_ACTIVE_REQUESTS,
+        };
+        let active = METHODS.map(|m| {
+            metrics::gauge!(active_name, [Label::from_static_parts(label::HTTP_REQUEST_METHOD, m)].iter())
+        });
+        Shared {
+            side,
+            max_routes,
+            routes: RwLock::new(Interner { ids: HashMap::new(), names: vec![Arc::from("")] }),
+            series: RwLock::new(SeriesMap::default()),
+            active,
+        }
+    }
+
+    /// The id of a route template or host, `OTHER_ID` once the cap is reached.
+    fn intern(&self, s: &str) -> u16 {
+        if let Some(id) = self.routes.read().unwrap_or_else(|e| e.into_inner()).ids.get(s) {
+            return *id;
+        }
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = routes.ids.get(s) {
+            return *id;
+        }
+        if routes.ids.len() >= self.max_routes {
+            return OTHER_ID;
+        }
+        let id = routes.names.len() as u16;
+        routes.ids.insert(s.into(), id);
+        routes.names.push(Arc::from(s));
+        id
+    }
+
+    fn histogram(&self, key: Key) -> Histogram {
+        if let Some(h) = self.series.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return h.clone();
+        }
+        let histogram = self.register(key);
+        self.series.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(histogram).clone()
+    }
+
+    fn register(&self, key: Key) -> Histogram {
+        let mut labels = Vec::with_capacity(6);
+        labels.push(Label::from_static_parts(label::HTTP_REQUEST_METHOD, METHODS[key.method()]));
+        if key.status() != 0 {
+            labels.push(Label::new(label::HTTP_RESPONSE_STATUS_CODE, key.status().to_string()));
+        }
+        let route = match key.route() {
+            NO_ID => None,
+            OTHER_ID => Some(Arc::<str>::from(OTHER)),
+            id => self.routes.read().unwrap_or_else(|e| e.into_inner()).names.get(usize::from(id)).cloned(),
+        };
+        let error = match key.error() {
+            0 => None,
+            ERROR_OTHER => Some(OTHER.to_string()),
+            ERROR_STATUS => Some(key.status().to_string()),
+            i => RejectionKind::ALL.get(usize::from(i) - 1).map(|k| k.as_str().to_string()),
+        };
+        if let Some(error) = error {
+            labels.push(Label::new(label::ERROR_TYPE, error));
+        }
+        let name = match self.side {
+            Side::Server => {
+                if let Some(route) = route {
+                    labels.push(Label::new(label::HTTP_ROUTE, route.to_string()));
+                }
+                names::HTTP_SERVER_REQUEST_DURATION_SECONDS
+            }
+            Side::Client => {
+                if let Some(host) = route {
+                    labels.push(Label::new(label::SERVER_ADDRESS, host.to_string()));
+                    labels.push(Label::new(label::SERVER_PORT, key.port().to_string()));
+                }
+                names::HTTP_CLIENT_REQUEST_DURATION_SECONDS
+            }
+        };
+        metrics::histogram!(name, labels.iter())
+    }
+}
+
+/// Layer recording OpenTelemetry HTTP metrics; see the [module docs](self).
+///
+/// Clones share their series cache. Handles are registered with the recorder installed when
+/// the layer is built and when a series is first seen.
+#[derive(Clone)]
+#[must_use]
+pub struct RedLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for RedLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedLayer")
+            .field("side", &self.shared.side)
+            .field("max_routes", &self.shared.max_routes)
+            .finish()
+    }
+}
+
+impl RedLayer {
+    /// The default cap on distinct routes (server) or hosts (client).
+    pub const DEFAULT_MAX_ROUTES: usize = 256;
+
+    /// Server metrics: `http_server_request_duration_seconds`, `http_server_active_requests`.
+    pub fn server() -> Self {
+        RedLayer { shared: Arc::new(Shared::new(Side::Server, Self::DEFAULT_MAX_ROUTES)) }
+    }
+
+    /// Client metrics: `http_client_request_duration_seconds`, `http_client_active_requests`,
+    /// labelled with the server's address and port.
+    pub fn client() -> Self {
+        RedLayer { shared: Arc::new(Shared::new(Side::Client, Self::DEFAULT_MAX_ROUTES)) }
+    }
+
+    /// Caps the number of distinct route templates (server) or hosts (client) that become
+    /// labels; later ones are labelled `_OTHER`. The cap is at most 65,534.
+    pub fn max_routes(self, max: usize) -> Self {
+        let side = self.shared.side;
+        RedLayer { shared: Arc::new(Shared::new(side, max.min(usize::from(OTHER_ID) - 1))) }
+    }
+}
+
+impl<S> Layer<S> for RedLayer {
+    type Service = Red<S>;
+    fn layer(&self, inner: S) -> Red<S> {
+        Red { inner, shared: self.shared.clone() }
+    }
+}
+
+/// Service built by [`RedLayer`].
+#[derive(Clone)]
+pub struct Red<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Red<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Red").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl<S> Red<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+fn route_of<R: RequestParts>(req: &R) -> Option<&str> {
+    let extensions = req.extensions()?;
+    #[cfg(feature = "axum")]
+    if let Some(path) = extensions.get::<axum::extract::MatchedPath>() {
+        return Some(path.as_str());
+    }
+    extensions.get::<RouteTemplate>().map(|r| r.0)
+}
+
+impl<S, Req> Service<Req> for Red<S>
+where
+    S: Service<Req>,
+    S::Response: ResponseParts,
+    S::Error: 'static,
+    Req: RequestParts,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let method = method_index(req.method());
+        let (route, port) = match self.shared.side {
+            Side::Server => (route_of(&req).map_or(NO_ID, |r| self.shared.intern(r)), 0),
+            Side::Client => req.host_port().map_or((NO_ID, 0), |(host, port)| (self.shared.intern(host), port)),
+        };
+        self.shared.active[usize::from(method)].increment(1.0);
+        let guard = Guard { shared: self.shared.clone(), method, route, port, start: Instant::now() };
+        ResponseFuture { inner: self.inner.call(req), guard: Some(guard) }
+    }
+}
+
+/// Keeps the active-requests gauge right when a future is dropped before it finishes.
+struct Guard {
+    shared: Arc<Shared>,
+    method: u8,
+    route: u16,
+    port: u16,
+    start: Instant,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.shared.active[usize::from(self.method)].decrement(1.0);
+    }
+}
+
+fn error_index<E: 'static>(err: &E) -> u8 {
+    let any: &dyn Any = err;
+    let rejection = if let Some(boxed) = any.downcast_ref::<BoxError>() {
+        Rejection::find_in(boxed)
+    } else {
+        any.downcast_ref::<Rejection>()
+    };
+    match rejection {
+        Some(r) => RejectionKind::ALL.iter().position(|k| *k == r.kind()).map_or(ERROR_OTHER, |i| i as u8 + 1),
+        None => ERROR_OTHER,
+    }
+}
+
+pin_project! {
+    /// Future of [`Red`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<Guard>,
+    }
+}
+
+impl<F, Res, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Res, E>>,
+    Res: ResponseParts,
+    E: 'static,
+{
+    type Output = Result<Res, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let guard = this.guard.take().expect("polled after completion");
+        let elapsed = guard.start.elapsed();
+        let (status, error) = match &result {
+            Ok(res) => {
+                let status = res.status();
+                let failed = match guard.shared.side {
+                    Side::Server => status.is_server_error(),
+                    Side::Client => status.is_client_error() || status.is_server_error(),
+                };
+                (status.as_u16(), if failed { ERROR_STATUS } else { 0 })
+            }
+            Err(err) => (0, error_index(err)),
+        };
+        let key = Key::new(guard.method, status, error, guard.route, guard.port);
+        guard.shared.histogram(key).record(elapsed.as_secs_f64());
+        Poll::Ready(result)
+    }
+}
+
+/// The status code a `Key` stores must fit in 10 bits; valid codes (100..=999) do.
+const _: () = assert!(StatusCode::NETWORK_AUTHENTICATION_REQUIRED.as_u16() < 1024);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_round_trips_every_field() {
+        let k = Key::new(9, 999, ERROR_STATUS, OTHER_ID, 65535);
+        assert_eq!((k.method(), k.status(), k.error(), k.route(), k.port()), (9, 999, ERROR_STATUS, OTHER_ID, 65535));
+        let k = Key::new(0, 200, 0, 1, 8080);
+        assert_eq!((k.method(), k.status(), k.error(), k.route(), k.port()), (0, 200, 0, 1, 8080));
+    }
+
+    #[test]
+    fn unknown_methods_fold_into_other() {
+        assert_eq!(METHODS[usize::from(method_index(&Method::from_bytes(b"BREW").unwrap()))], "_OTHER");
+        assert_eq!(METHODS[usize::from(method_index(&Method::PATCH))], "PATCH");
+    }
+
+    #[test]
+    fn routes_past_the_cap_are_other() {
+        let shared = Shared::new(Side::Server, 2);
+        let a = shared.intern("/a");
+        let b = shared.intern("/b");
+        assert_ne!(a, b);
+        assert_eq!(shared.intern("/a"), a);
+        assert_eq!(shared.intern("/c"), OTHER_ID);
+    }
+}

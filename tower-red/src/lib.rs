@@ -1,0 +1,47 @@
+//! The shared core of the tower resilience layers: one outcome classification, one rejection
+//! shape with its HTTP and gRPC mapping, and one RED metrics vocabulary.
+//!
+//! - [`classify`]: success, failure or ignored, from `&Result<Res, E>`.
+//! - [`rejection`]: [`Rejection`], what every layer fails a call with when it refuses it.
+//! - [`problem`]: rejections to HTTP responses (RFC 9457 problem details), so axum stacks stay
+//!   `Infallible`; [`grpc`] does the same for tonic (feature `tonic`).
+//! - [`red`] and [`names`]: per-layer RED handles and the metric names.
+//! - [`http`]: [`RedLayer`], OpenTelemetry HTTP server and client metrics.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_red::{problem::ProblemLayer, RedLayer, BoxError, Rejection, RejectionKind};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let app = ServiceBuilder::new()
+//!     .layer(RedLayer::server())
+//!     .layer(ProblemLayer::new())
+//!     .service(service_fn(|req: http::Request<()>| async move {
+//!         if req.uri().path() == "/busy" {
+//!             return Err(BoxError::from(Rejection::new(RejectionKind::BulkheadFull)));
+//!         }
+//!         Ok(http::Response::new(http_body_util::Full::new(bytes::Bytes::from("hi"))))
+//!     }));
+//! let res = app.oneshot(http::Request::get("/busy").body(()).unwrap()).await.unwrap();
+//! assert_eq!(res.status(), 503);
+//! # }
+//! ```
+
+pub mod classify;
+pub mod grpc;
+pub mod http;
+pub mod names;
+pub mod parts;
+pub mod problem;
+pub mod red;
+pub mod rejection;
+
+pub use crate::classify::{Classify, FailureClass, Verdict};
+pub use crate::grpc::GrpcCode;
+pub use crate::http::RedLayer;
+pub use crate::red::{describe_metrics, Outcome, RedMetrics};
+pub use crate::rejection::{Rejection, RejectionKind};
+
+/// The boxed error type of tower services: `Box<dyn Error + Send + Sync>`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,287 @@
+//! The HTTP adapter: turns [`Rejection`]s into responses so an axum stack's error is
+//! `Infallible`.
+//!
+//! A rejection becomes its status, a `Retry-After` header when it has one, and an RFC 9457
+//! `application/problem+json` body. Any other error becomes a 500 with a problem body that does
+//! not leak the error's text, unless [`ProblemLayer::on_error`] says otherwise. Responses of the
+//! inner service pass through untouched.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_red::{problem::ProblemLayer, BoxError, Rejection, RejectionKind};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let svc = ServiceBuilder::new().layer(ProblemLayer::new()).service(service_fn(|_req: http::Request<()>| async {
+//!     Err::<http::Response<http_body_util::Full<bytes::Bytes>>, BoxError>(
+//!         Rejection::new(RejectionKind::CircuitOpen).with_retry_after(std::time::Duration::from_secs(5)).into(),
+//!     )
+//! }));
+//! let res = svc.oneshot(http::Request::new(())).await.unwrap_or_else(|e: Infallible| match e {});
+//! assert_eq!(res.status(), 503);
+//! assert_eq!(res.headers()["retry-after"], "5");
+//! assert_eq!(res.headers()["content-type"], "application/problem+json");
+//! # }
+//! ```
+
+use std::convert::Infallible;
+use std::fmt::{self, Write as _};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::rejection::Rejection;
+use crate::BoxError;
+
+/// The body of responses built by this adapter.
+pub type ProblemBody = Full<Bytes>;
+
+/// The media type of RFC 9457 problem details.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The `type` URI of a rejection's problem body: `urn:tower-red:rejection:<kind>`.
+pub const TYPE_PREFIX: &str = "urn:tower-red:rejection:";
+
+/// Builds the response for a rejection: status, `Retry-After`, problem+json body.
+pub fn rejection_response(rejection: &Rejection) -> Response<ProblemBody> {
+    let status = rejection.http_status();
+    let mut body = String::with_capacity(192);
+    body.push_str("{\"type\":\"");
+    body.push_str(TYPE_PREFIX);
+    body.push_str(rejection.kind().as_str());
+    body.push_str("\",\"title\":\"");
+    body.push_str(rejection.kind().title());
+    let _ = write!(body, "\",\"status\":{}", status.as_u16());
+    if !rejection.detail().is_empty() {
+        body.push_str(",\"detail\":");
+        push_json_string(&mut body, rejection.detail());
+    }
+    if let Some(name) = rejection.name() {
+        body.push_str(",\"instance_name\":");
+        push_json_string(&mut body, name);
+    }
+    if let Some(secs) = rejection.retry_after_secs() {
+        let _ = write!(body, ",\"retry_after\":{secs}");
+    }
+    body.push('}');
+    let mut res = problem(status, body);
+    if let Some(secs) = rejection.retry_after_secs() {
+        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    res
+}
+
+/// The default response for errors that are not rejections: a 500 that says nothing about the
+/// error itself (its text may hold internals).
+pub fn internal_error_response(_err: &BoxError) -> Response<ProblemBody> {
+    let body = format!(
+        "{{\"type\":\"about:blank\",\"title\":\"Internal Server Error\",\"status\":{}}}",
+        StatusCode::INTERNAL_SERVER_ERROR.as_u16()
+    );
+    problem(StatusCode::INTERNAL_SERVER_ERROR, body)
+}
+
+fn problem(status: StatusCode, body: String) -> Response<ProblemBody> {
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    res
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// The function type that maps errors other than rejections to responses.
+pub type OnError = fn(&BoxError) -> Response<ProblemBody>;
+
+/// Layer that turns rejections and other errors into HTTP responses; see the
+/// [module docs](self).
+#[derive(Clone, Copy)]
+#[must_use]
+pub struct ProblemLayer<F = OnError> {
+    on_error: F,
+}
+
+impl<F> fmt::Debug for ProblemLayer<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProblemLayer").finish_non_exhaustive()
+    }
+}
+
+impl Default for ProblemLayer {
+    fn default() -> Self {
+        ProblemLayer::new()
+    }
+}
+
+impl ProblemLayer {
+    /// Rejections become their responses; other errors a bare 500.
+    pub fn new() -> Self {
+        ProblemLayer { on_error: internal_error_response }
+    }
+}
+
+impl<F> ProblemLayer<F> {
+    /// Maps errors that are not rejections with `f` instead of the default 500.
+    pub fn on_error<G>(self, f: G) -> ProblemLayer<G>
+    where
+        G: Fn(&BoxError) -> Response<ProblemBody> + Clone,
+    {
+        ProblemLayer { on_error: f }
+    }
+}
+
+impl<S, F: Clone> Layer<S> for ProblemLayer<F> {
+    type Service = Problem<S, F>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Problem { inner, on_error: self.on_error.clone(), ready_error: None }
+    }
+}
+
+/// Service built by [`ProblemLayer`].
+pub struct Problem<S, F = OnError> {
+    inner: S,
+    on_error: F,
+    ready_error: Option<BoxError>,
+}
+
+impl<S: fmt::Debug, F> fmt::Debug for Problem<S, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Problem").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+impl<S: Clone, F: Clone> Clone for Problem<S, F> {
+    fn clone(&self) -> Self {
+        // A readiness error belongs to the instance that saw it.
+        Problem { inner: self.inner.clone(), on_error: self.on_error.clone(), ready_error: None }
+    }
+}
+
+impl<S> Problem<S> {
+    /// Wraps `inner` with the default error mapping.
+    pub fn new(inner: S) -> Self {
+        ProblemLayer::new().layer(inner)
+    }
+}
+
+impl<S, F> Problem<S, F> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+fn to_response<F>(err: BoxError, on_error: &F) -> Response<ProblemBody>
+where
+    F: Fn(&BoxError) -> Response<ProblemBody>,
+{
+    match Rejection::find_in(&err) {
+        Some(rejection) => rejection_response(rejection),
+        None => on_error(&err),
+    }
+}
+
+impl<S, F, Req, B> Service<Req> for Problem<S, F>
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+    F: Fn(&BoxError) -> Response<ProblemBody> + Clone,
+{
+    type Response = Response<Either<B, ProblemBody>>;
+    type Error = Infallible;
+    type Future = ResponseFuture<S::Future, F>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.ready_error.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        // An error from the inner readiness is answered on the next call instead.
+        if let Err(e) = ready!(self.inner.poll_ready(cx)) {
+            self.ready_error = Some(e.into());
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let on_error = self.on_error.clone();
+        match self.ready_error.take() {
+            Some(err) => ResponseFuture::failed(err, on_error),
+            None => ResponseFuture::called(self.inner.call(req), on_error),
+        }
+    }
+}
+
+pin_project! {
+    /// Future of [`Problem`].
+    pub struct ResponseFuture<Fut, F> {
+        #[pin]
+        state: State<Fut, F>,
+    }
+}
+
+pin_project! {
+    #[project = Proj]
+    enum State<Fut, F> {
+        Called { #[pin] fut: Fut, on_error: F },
+        Failed { err: Option<BoxError>, on_error: F },
+    }
+}
+
+impl<Fut, F> ResponseFuture<Fut, F> {
+    fn called(fut: Fut, on_error: F) -> Self {
+        ResponseFuture { state: State::Called { fut, on_error } }
+    }
+    fn failed(err: BoxError, on_error: F) -> Self {
+        ResponseFuture { state: State::Failed { err: Some(err), on_error } }
+    }
+}
+
+impl<Fut, F, B, E> Future for ResponseFuture<Fut, F>
+where
+    Fut: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    F: Fn(&BoxError) -> Response<ProblemBody>,
+{
+    type Output = Result<Response<Either<B, ProblemBody>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            Proj::Called { fut, on_error } => Poll::Ready(Ok(match ready!(fut.poll(cx)) {
+                Ok(res) => res.map(Either::Left),
+                Err(err) => to_response(err.into(), on_error).map(Either::Right),
+            })),
+            Proj::Failed { err, on_error } => {
+                let err = err.take().expect("polled after completion");
+                Poll::Ready(Ok(to_response(err, on_error).map(Either::Right)))
+            }
+        }
+    }
+}

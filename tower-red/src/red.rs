@@ -1,0 +1,215 @@
+//! The RED (rate, errors, duration) vocabulary every layer records through the `metrics` crate.
+//!
+//! A layer builds one [`RedMetrics`] when it is built; the handles are registered then, with
+//! whatever recorder is installed at that moment, and every call afterwards only indexes an
+//! array and bumps a handle: no key is built, no label allocated, no lock taken.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_red::red::{Outcome, RedMetrics};
+//! use tower_red::names;
+//!
+//! let red = RedMetrics::new(names::layer::BREAKER, "payments");
+//! red.record(Outcome::Ok, Duration::from_millis(3));
+//! red.record_rejection(Outcome::CircuitOpen);
+//! ```
+
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Histogram, Label, SharedString, Unit};
+
+use crate::classify::{FailureClass, Verdict};
+use crate::names::{self, label};
+use crate::rejection::Rejection;
+
+/// The bounded values of the `outcome` label, shared by every layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Outcome {
+    /// The call succeeded (or its classifier ignored it).
+    Ok,
+    /// The call failed.
+    Error,
+    /// The call ran out of time.
+    Timeout,
+    /// A breaker refused the call.
+    CircuitOpen,
+    /// A bulkhead or load shedder refused the call.
+    Shed,
+    /// A retry budget refused a retry.
+    BudgetExhausted,
+    /// The response was replayed from an idempotency store.
+    Replayed,
+    /// Another refusal of the layer's own (idempotency conflict, bad key, store down, …).
+    Rejected,
+    /// The caller dropped the future before it finished.
+    Cancelled,
+}
+
+impl Outcome {
+    /// Every outcome, in label order.
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Ok,
+        Outcome::Error,
+        Outcome::Timeout,
+        Outcome::CircuitOpen,
+        Outcome::Shed,
+        Outcome::BudgetExhausted,
+        Outcome::Replayed,
+        Outcome::Rejected,
+        Outcome::Cancelled,
+    ];
+
+    /// The label value, such as `circuit_open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::CircuitOpen => "circuit_open",
+            Outcome::Shed => "shed",
+            Outcome::BudgetExhausted => "budget_exhausted",
+            Outcome::Replayed => "replayed",
+            Outcome::Rejected => "rejected",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// The outcome of a classified call.
+    pub fn from_verdict(verdict: Verdict) -> Outcome {
+        match verdict {
+            Verdict::Success | Verdict::Ignored => Outcome::Ok,
+            Verdict::Failure(FailureClass::Timeout) => Outcome::Timeout,
+            Verdict::Failure(_) => Outcome::Error,
+        }
+    }
+
+    /// The outcome of an error: a [`Rejection`]'s own outcome, else [`Outcome::Error`].
+    pub fn from_error(err: &(dyn Error + 'static)) -> Outcome {
+        Rejection::find(err).map_or(Outcome::Error, Rejection::outcome)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One layer instance's RED handles: a counter and a duration histogram per [`Outcome`].
+///
+/// Cloning shares the handles.
+#[derive(Clone)]
+pub struct RedMetrics {
+    inner: Arc<Handles>,
+}
+
+struct Handles {
+    layer: &'static str,
+    name: SharedString,
+    requests: [Counter; Outcome::ALL.len()],
+    durations: [Histogram; Outcome::ALL.len()],
+}
+
+impl fmt::Debug for RedMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedMetrics")
+            .field("layer", &self.inner.layer)
+            .field("name", &&*self.inner.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedMetrics {
+    /// Registers the handles of the layer kind `layer` (one of [`names::layer`]) and instance
+    /// `name` with the recorder installed now (global, or local to this thread).
+    pub fn new(layer: &'static str, name: impl Into<SharedString>) -> Self {
+        let name = name.into();
+        let labels = |outcome: Outcome| {
+            [
+                Label::from_static_parts(label::LAYER, layer),
+                Label::new(label::NAME, name.clone()),
+                Label::from_static_parts(label::OUTCOME, outcome.as_str()),
+            ]
+        };
+        let requests = Outcome::ALL.map(|o| metrics::counter!(names::REQUESTS_TOTAL, labels(o).iter()));
+        let durations =
+            Outcome::ALL.map(|o| metrics::histogram!(names::REQUEST_DURATION_SECONDS, labels(o).iter()));
+        RedMetrics { inner: Arc::new(Handles { layer, name, requests, durations }) }
+    }
+
+    /// The layer kind label.
+    pub fn layer(&self) -> &'static str {
+        self.inner.layer
+    }
+
+    /// The instance name label.
+    pub fn name(&self) -> &SharedString {
+        &self.inner.name
+    }
+
+    /// Counts one call and records its duration.
+    #[inline]
+    pub fn record(&self, outcome: Outcome, elapsed: Duration) {
+        let i = outcome as usize;
+        self.inner.requests[i].increment(1);
+        self.inner.durations[i].record(elapsed.as_secs_f64());
+    }
+
+    /// Counts one call refused before it started: no duration is recorded.
+    #[inline]
+    pub fn record_rejection(&self, outcome: Outcome) {
+        self.inner.requests[outcome as usize].increment(1);
+    }
+}
+
+/// Describes every metric of this workspace (help text and unit) to the installed recorder.
+/// Call once after installing a recorder, such as a Prometheus exporter.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(names::REQUESTS_TOTAL, Unit::Count, "Calls seen by a resilience layer, by outcome.");
+    describe_histogram!(
+        names::REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of calls through a resilience layer, by outcome."
+    );
+    describe_gauge!(
+        names::BREAKER_STATE,
+        "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled, 5 metrics only."
+    );
+    describe_counter!(names::BREAKER_TRANSITIONS_TOTAL, Unit::Count, "Circuit breaker state transitions.");
+    describe_gauge!(names::BULKHEAD_IN_FLIGHT, Unit::Count, "Calls holding a bulkhead permit.");
+    describe_gauge!(names::BULKHEAD_QUEUE_DEPTH, Unit::Count, "Calls waiting in a bulkhead queue.");
+    describe_gauge!(names::BULKHEAD_LIMIT, Unit::Count, "Current bulkhead concurrency limit.");
+    describe_histogram!(names::BULKHEAD_QUEUE_WAIT_SECONDS, Unit::Seconds, "Time spent in a bulkhead queue.");
+    describe_counter!(names::BULKHEAD_REJECTIONS_TOTAL, Unit::Count, "Bulkhead rejections by reason.");
+    describe_counter!(names::RETRY_ATTEMPTS_TOTAL, Unit::Count, "Retry attempts after the first.");
+    describe_gauge!(names::RETRY_BUDGET_BALANCE, "Tokens left in a retry budget.");
+    describe_counter!(names::DEADLINE_EXCEEDED_TOTAL, Unit::Count, "Deadlines exceeded, by stage.");
+    describe_counter!(names::DEADLINE_HEADER_INVALID_TOTAL, Unit::Count, "Malformed inbound deadline headers.");
+    describe_counter!(names::IDEMPOTENCY_REPLAYS_TOTAL, Unit::Count, "Responses replayed from an idempotency store.");
+    describe_counter!(names::IDEMPOTENCY_STORE_ERRORS_TOTAL, Unit::Count, "Idempotency store errors.");
+    describe_histogram!(
+        names::HTTP_SERVER_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of HTTP server requests (OpenTelemetry http.server.request.duration)."
+    );
+    describe_gauge!(
+        names::HTTP_SERVER_ACTIVE_REQUESTS,
+        Unit::Count,
+        "Active HTTP server requests (OpenTelemetry http.server.active_requests)."
+    );
+    describe_histogram!(
+        names::HTTP_CLIENT_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of HTTP client requests (OpenTelemetry http.client.request.duration)."
+    );
+    describe_gauge!(
+        names::HTTP_CLIENT_ACTIVE_REQUESTS,
+        Unit::Count,
+        "Active HTTP client requests (OpenTelemetry http.client.active_requests)."
+    );
+}

@@ -1,0 +1,4 @@
+//! Retries for tower services: exponential backoff with jitter, retry budgets, body replay.
+//!
+//! Work in progress: the layer lands with its own issue. It reads request deadlines from
+//! [`tower_timeout_budget`].

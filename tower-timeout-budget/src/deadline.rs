@@ -1,0 +1,217 @@
+//! [`Deadline`]: the instant by which a request must be done, carried in request extensions
+//! and in a task-local scope, and read by every layer that waits.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+tokio::task_local! {
+    static CURRENT: Deadline;
+}
+
+/// The instant by which a request must be done.
+///
+/// Deadlines are absolute on this host's monotonic clock (`tokio::time::Instant`, so paused-clock
+/// tests control them); on the wire they travel as the remaining budget (`grpc-timeout`), so the
+/// clocks of two hosts never need to agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Deadline {
+    at: Instant,
+}
+
+impl Deadline {
+    /// A deadline at `at`.
+    pub fn at(at: Instant) -> Deadline {
+        Deadline { at }
+    }
+
+    /// A deadline `budget` from now. A budget too large to represent saturates at about 30
+    /// years, which every layer treats as "no practical deadline".
+    pub fn after(budget: Duration) -> Deadline {
+        let now = Instant::now();
+        Deadline { at: now.checked_add(budget).unwrap_or_else(|| far_future(now)) }
+    }
+
+    /// The instant.
+    pub fn instant(self) -> Instant {
+        self.at
+    }
+
+    /// Time left; zero once passed.
+    pub fn remaining(self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the deadline has passed (a deadline of exactly now has passed).
+    pub fn is_expired(self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    /// The earlier of two deadlines.
+    #[must_use]
+    pub fn min(self, other: Deadline) -> Deadline {
+        if other.at < self.at { other } else { self }
+    }
+
+    /// The earlier of this deadline and `now + cap`.
+    #[must_use]
+    pub fn capped(self, cap: Duration) -> Deadline {
+        self.min(Deadline::after(cap))
+    }
+
+    /// The earlier of an optional deadline and `now + cap`: what a layer with a local cap sets.
+    pub fn min_with_cap(existing: Option<Deadline>, cap: Duration) -> Deadline {
+        match existing {
+            Some(d) => d.capped(cap),
+            None => Deadline::after(cap),
+        }
+    }
+
+    /// Whether `duration` from now still ends before the deadline.
+    pub fn fits(self, duration: Duration) -> bool {
+        Instant::now().checked_add(duration).is_some_and(|end| end < self.at)
+    }
+
+    /// A timer that fires at the deadline.
+    pub fn sleep(self) -> Sleep {
+        tokio::time::sleep_until(self.at)
+    }
+
+    /// A timer that fires after `duration` or at the deadline, whichever is first: a wait that
+    /// can never outlive the request.
+    pub fn sleep_at_most(self, duration: Duration) -> Sleep {
+        let now = Instant::now();
+        let end = now.checked_add(duration).unwrap_or_else(|| far_future(now));
+        tokio::time::sleep_until(end.min(self.at))
+    }
+
+    /// The deadline of the task-local scope this code runs in, if any.
+    pub fn current() -> Option<Deadline> {
+        CURRENT.try_with(|d| *d).ok()
+    }
+
+    /// Runs `fut` with `self` as the task-local deadline (the earlier of `self` and any
+    /// enclosing one), so calls made inside inherit it without plumbing.
+    pub fn scope<F: Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<Deadline, F> {
+        let effective = match Deadline::current() {
+            Some(outer) => outer.min(self),
+            None => self,
+        };
+        CURRENT.scope(effective, fut)
+    }
+}
+
+fn far_future(now: Instant) -> Instant {
+    // About 30 years, as tokio itself uses for "never".
+    now + Duration::from_secs(86_400 * 365 * 30)
+}
+
+/// A request type that can carry a [`Deadline`].
+///
+/// The default methods read the task-local scope and store nothing, which is right for request
+/// types without extensions (and for `reqwest::Request`, whose extensions are private);
+/// `http::Request` keeps the deadline in its extensions. Implement it for your own request type with
+/// `impl DeadlineCarrier for MyRequest {}`, or override both methods.
+pub trait DeadlineCarrier {
+    /// The request's deadline: its own, or else the task-local one.
+    fn deadline(&self) -> Option<Deadline> {
+        Deadline::current()
+    }
+
+    /// Stores `deadline` on the request; a no-op for request types without extensions.
+    fn set_deadline(&mut self, deadline: Deadline) {
+        let _ = deadline;
+    }
+}
+
+impl<B> DeadlineCarrier for http::Request<B> {
+    fn deadline(&self) -> Option<Deadline> {
+        self.extensions().get::<Deadline>().copied().or_else(Deadline::current)
+    }
+    fn set_deadline(&mut self, deadline: Deadline) {
+        self.extensions_mut().insert(deadline);
+    }
+}
+
+/// reqwest keeps its request extensions private, so a reqwest request's deadline is the
+/// task-local one ([`Deadline::scope`]).
+#[cfg(feature = "reqwest")]
+impl DeadlineCarrier for reqwest::Request {}
+
+macro_rules! task_local_carriers {
+    ($($t:ty),*) => { $(impl DeadlineCarrier for $t {})* };
+}
+task_local_carriers!((), u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, String, &'static str, Vec<u8>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn remaining_shrinks_with_the_clock_and_saturates() {
+        let d = Deadline::after(Duration::from_secs(2));
+        assert_eq!(d.remaining(), Duration::from_secs(2));
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(d.remaining(), Duration::from_millis(500));
+        assert!(!d.is_expired());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(d.remaining(), Duration::ZERO);
+        assert!(d.is_expired());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cap_takes_the_earlier_deadline() {
+        let outer = Deadline::after(Duration::from_secs(10));
+        assert_eq!(outer.capped(Duration::from_secs(3)).remaining(), Duration::from_secs(3));
+        assert_eq!(outer.capped(Duration::from_secs(30)), outer);
+        assert_eq!(Deadline::min_with_cap(None, Duration::from_secs(1)).remaining(), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_budgets_saturate_instead_of_panicking() {
+        let d = Deadline::after(Duration::MAX);
+        assert!(d.remaining() > Duration::from_secs(86_400 * 365));
+        assert!(d.fits(Duration::from_secs(3600)));
+        assert!(!d.fits(Duration::MAX));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scope_is_inherited_and_only_ever_shrinks() {
+        assert_eq!(Deadline::current(), None);
+        let outer = Deadline::after(Duration::from_secs(5));
+        outer
+            .scope(async move {
+                assert_eq!(Deadline::current(), Some(outer));
+                let later = Deadline::after(Duration::from_secs(50));
+                later.scope(async move { assert_eq!(Deadline::current(), Some(outer)) }).await;
+                let sooner = Deadline::after(Duration::from_secs(1));
+                sooner.scope(async move { assert_eq!(Deadline::current(), Some(sooner)) }).await;
+                assert_eq!(0u64.deadline(), Some(outer));
+            })
+            .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sleep_at_most_never_outlives_the_deadline() {
+        let d = Deadline::after(Duration::from_millis(100));
+        let start = Instant::now();
+        d.sleep_at_most(Duration::from_secs(10)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        let start = Instant::now();
+        Deadline::after(Duration::from_secs(10)).sleep_at_most(Duration::from_millis(7)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(7));
+    }
+
+    #[test]
+    fn http_requests_carry_their_deadline() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        rt.block_on(async {
+            let mut req = http::Request::new(());
+            assert_eq!(req.deadline(), None);
+            let d = Deadline::after(Duration::from_secs(1));
+            req.set_deadline(d);
+            assert_eq!(req.deadline(), Some(d));
+        });
+    }
+}
