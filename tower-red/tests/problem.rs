@@ -1,0 +1,144 @@
+//! The HTTP adapter: rejections become problem+json responses, other errors a bare 500.
+
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_red::problem::ProblemLayer;
+use tower_red::{BoxError, Rejection, RejectionKind};
+
+async fn body_string<B>(body: B) -> String
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap()
+}
+
+fn failing(err: fn() -> BoxError) -> impl Service<http::Request<()>, Response = http::Response<String>, Error = BoxError, Future: Send> + Clone {
+    service_fn(move |_req: http::Request<()>| async move { Err::<http::Response<String>, _>(err()) })
+}
+
+#[tokio::test]
+async fn circuit_open_is_a_503_with_retry_after_and_a_problem_body() {
+    let svc = ProblemLayer::new().layer(failing(|| {
+        Rejection::new(RejectionKind::CircuitOpen)
+            .with_name("payments".into())
+            .with_detail("5 failures in a row")
+            .with_retry_after(Duration::from_millis(4_200))
+            .into()
+    }));
+    let res = svc.oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "5");
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        body_string(res.into_body()).await,
+        r#"{"type":"urn:tower-red:rejection:circuit_open","title":"circuit open","status":503,"detail":"5 failures in a row","instance_name":"payments","retry_after":5}"#
+    );
+}
+
+#[tokio::test]
+async fn every_kind_gets_its_status() {
+    for kind in RejectionKind::ALL {
+        let svc = ProblemLayer::new().layer(service_fn(move |_req: http::Request<()>| async move {
+            Err::<http::Response<String>, BoxError>(Rejection::new(kind).into())
+        }));
+        let res = svc.oneshot(http::Request::new(())).await.unwrap();
+        assert_eq!(res.status(), kind.http_status(), "{kind}");
+        assert!(res.headers().get("retry-after").is_none());
+        let body = body_string(res.into_body()).await;
+        assert!(body.contains(kind.as_str()), "{body}");
+    }
+    assert_eq!(RejectionKind::IdempotencyConflict.http_status(), 409);
+    assert_eq!(RejectionKind::IdempotencyMismatch.http_status(), 422);
+    assert_eq!(RejectionKind::IdempotencyKeyInvalid.http_status(), 400);
+    assert_eq!(RejectionKind::DeadlineExceeded.http_status(), 504);
+}
+
+#[tokio::test]
+async fn other_errors_are_a_500_that_leaks_nothing() {
+    let svc = ProblemLayer::new().layer(failing(|| "password=hunter2 in connection string".into()));
+    let res = svc.oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(res.status(), 500);
+    let body = body_string(res.into_body()).await;
+    assert!(!body.contains("hunter2"), "{body}");
+}
+
+#[tokio::test]
+async fn other_errors_can_be_mapped() {
+    let layer = ProblemLayer::new().on_error(|err: &BoxError| {
+        let mut res = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(err.to_string())));
+        *res.status_mut() = http::StatusCode::BAD_GATEWAY;
+        res
+    });
+    let res = layer.layer(failing(|| "upstream reset".into())).oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(res.status(), 502);
+    assert_eq!(body_string(res.into_body()).await, "upstream reset");
+}
+
+#[tokio::test]
+async fn responses_pass_through_untouched() {
+    let svc = ProblemLayer::new().layer(service_fn(|_req: http::Request<()>| async {
+        Ok::<_, BoxError>(http::Response::builder().status(418).header("x-tea", "yes").body("pot".to_string()).unwrap())
+    }));
+    let res = svc.oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(res.status(), 418);
+    assert_eq!(res.headers()["x-tea"], "yes");
+    assert_eq!(body_string(res.into_body()).await, "pot");
+}
+
+#[tokio::test]
+async fn a_readiness_error_becomes_a_response_instead_of_killing_the_stack() {
+    #[derive(Clone)]
+    struct NeverReady;
+    impl Service<http::Request<()>> for NeverReady {
+        type Response = http::Response<String>;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<http::Response<String>, BoxError>>;
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+            std::task::Poll::Ready(Err(Rejection::new(RejectionKind::LoadShed).into()))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            unreachable!("never ready")
+        }
+    }
+    let mut svc = ProblemLayer::new().layer(NeverReady);
+    let res = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+    assert_eq!(res.status(), 503);
+}
+
+#[cfg(feature = "tonic")]
+mod grpc {
+    use super::*;
+    use tower_red::grpc::status::{StatusLayer, RETRY_PUSHBACK_MS};
+
+    #[tokio::test]
+    async fn rejections_become_trailers_only_grpc_responses() {
+        let svc = StatusLayer::new().layer(failing(|| {
+            Rejection::new(RejectionKind::CircuitOpen).with_retry_after(Duration::from_millis(1500)).into()
+        }));
+        let res = svc.oneshot(http::Request::new(())).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["grpc-status"], "14");
+        assert_eq!(res.headers()[RETRY_PUSHBACK_MS], "1500");
+    }
+
+    #[tokio::test]
+    async fn kinds_map_to_their_grpc_codes() {
+        for kind in RejectionKind::ALL {
+            let status = tonic::Status::from(Rejection::new(kind));
+            assert_eq!(status.code() as i32, kind.grpc_code().as_i32(), "{kind}");
+        }
+    }
+
+    #[tokio::test]
+    async fn other_errors_are_unknown_and_statuses_pass_through() {
+        let svc = StatusLayer::new().layer(failing(|| "secret".into()));
+        let res = svc.oneshot(http::Request::new(())).await.unwrap();
+        assert_eq!(res.headers()["grpc-status"], "2");
+        let svc = StatusLayer::new().layer(failing(|| tonic::Status::not_found("no such user").into()));
+        let res = svc.oneshot(http::Request::new(())).await.unwrap();
+        assert_eq!(res.headers()["grpc-status"], "5");
+    }
+}

@@ -1,0 +1,182 @@
+//! `RedLayer`: OpenTelemetry HTTP metrics with bounded labels.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_red::http::RouteTemplate;
+use tower_red::{names, BoxError, RedLayer, Rejection, RejectionKind};
+
+type Series = Vec<(String, Vec<(String, String)>, DebugValue)>;
+
+fn series(recorder: &DebuggingRecorder) -> Series {
+    recorder
+        .snapshotter()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(k, _, _, v)| {
+            let mut labels: Vec<_> =
+                k.key().labels().map(|l| (l.key().to_string(), l.value().to_string())).collect();
+            labels.sort();
+            (k.key().name().to_string(), labels, v)
+        })
+        .collect()
+}
+
+fn l(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut v: Vec<_> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    v.sort();
+    v
+}
+
+fn count(series: &Series, name: &str, labels: &[(String, String)]) -> usize {
+    series
+        .iter()
+        .filter(|(n, ls, _)| n == name && ls == labels)
+        .map(|(_, _, v)| match v {
+            DebugValue::Histogram(h) => h.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+async fn app(req: http::Request<()>) -> Result<http::Response<()>, BoxError> {
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    match req.uri().path() {
+        "/fail" => Ok(http::Response::builder().status(500).body(()).unwrap()),
+        "/busy" => Err(Rejection::new(RejectionKind::BulkheadFull).into()),
+        "/boom" => Err("boom".into()),
+        _ => Ok(http::Response::new(())),
+    }
+}
+
+fn request(method: &str, path: &str, route: Option<&'static str>) -> http::Request<()> {
+    let mut req = http::Request::builder().method(method).uri(path).body(()).unwrap();
+    if let Some(route) = route {
+        req.extensions_mut().insert(RouteTemplate(route));
+    }
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_metrics_follow_the_otel_conventions() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut svc = RedLayer::server().layer(service_fn(app));
+
+    for (method, path, route) in [
+        ("GET", "/users/7", Some("/users/{id}")),
+        ("GET", "/users/8", Some("/users/{id}")),
+        ("POST", "/fail", None),
+        ("BREW", "/coffee", None),
+        ("GET", "/busy", None),
+        ("GET", "/boom", None),
+    ] {
+        let _ = svc.ready().await.unwrap().call(request(method, path, route)).await;
+    }
+
+    let s = series(&recorder);
+    let name = names::HTTP_SERVER_REQUEST_DURATION_SECONDS;
+    let users = l(&[
+        ("http_request_method", "GET"),
+        ("http_response_status_code", "200"),
+        ("http_route", "/users/{id}"),
+    ]);
+    assert_eq!(count(&s, name, &users), 2, "{s:#?}");
+    let fail = l(&[("http_request_method", "POST"), ("http_response_status_code", "500"), ("error_type", "500")]);
+    assert_eq!(count(&s, name, &fail), 1);
+    let brew = l(&[("http_request_method", "_OTHER"), ("http_response_status_code", "200")]);
+    assert_eq!(count(&s, name, &brew), 1);
+    assert_eq!(count(&s, name, &l(&[("http_request_method", "GET"), ("error_type", "bulkhead_full")])), 1);
+    assert_eq!(count(&s, name, &l(&[("http_request_method", "GET"), ("error_type", "_OTHER")])), 1);
+    // No raw path ever becomes a label.
+    assert!(s.iter().all(|(_, ls, _)| ls.iter().all(|(_, v)| !v.contains("/users/7") && v != "/coffee")));
+    // Durations are in seconds and include the handler's 30 ms.
+    let durations: Vec<f64> = s
+        .iter()
+        .filter(|(n, ls, _)| n == name && *ls == users)
+        .flat_map(|(_, _, v)| match v {
+            DebugValue::Histogram(h) => h.iter().map(|x| x.into_inner()).collect(),
+            _ => vec![],
+        })
+        .collect();
+    assert!(durations.iter().all(|d| (0.03..0.031).contains(d)), "{durations:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn active_requests_gauge_returns_to_zero_even_when_futures_are_dropped() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut svc = RedLayer::server().layer(service_fn(app));
+    let fut = svc.ready().await.unwrap().call(request("GET", "/", None));
+    let active = |s: &Series| {
+        s.iter()
+            .find(|(n, ls, _)| n == names::HTTP_SERVER_ACTIVE_REQUESTS && *ls == l(&[("http_request_method", "GET")]))
+            .and_then(|(_, _, v)| match v {
+                DebugValue::Gauge(g) => Some(g.into_inner()),
+                _ => None,
+            })
+    };
+    // The debugging recorder drains gauges on every snapshot, so each read is a delta.
+    assert_eq!(active(&series(&recorder)), Some(1.0));
+    drop(fut);
+    assert_eq!(active(&series(&recorder)), Some(-1.0));
+    // A finished request also gives its place back.
+    svc.ready().await.unwrap().call(request("GET", "/", None)).await.unwrap();
+    assert_eq!(active(&series(&recorder)), Some(0.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn route_labels_are_capped() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut svc = RedLayer::server().max_routes(1).layer(service_fn(app));
+    for route in ["/a", "/b", "/c"] {
+        let _ = svc.ready().await.unwrap().call(request("GET", route, Some(route))).await;
+    }
+    let s = series(&recorder);
+    let name = names::HTTP_SERVER_REQUEST_DURATION_SECONDS;
+    let base = [("http_request_method", "GET"), ("http_response_status_code", "200")];
+    assert_eq!(count(&s, name, &l(&[base[0], base[1], ("http_route", "/a")])), 1);
+    assert_eq!(count(&s, name, &l(&[base[0], base[1], ("http_route", "_OTHER")])), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_metrics_name_the_server_and_count_4xx_as_errors() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut svc = RedLayer::client().layer(service_fn(|req: http::Request<()>| async move {
+        let status = if req.uri().path() == "/missing" { 404 } else { 200 };
+        Ok::<_, Infallible>(http::Response::builder().status(status).body(()).unwrap())
+    }));
+    for uri in ["http://api.internal:8080/x", "http://api.internal:8080/missing", "https://other/"] {
+        let req = http::Request::get(uri).body(()).unwrap();
+        svc.ready().await.unwrap().call(req).await.unwrap();
+    }
+    let s = series(&recorder);
+    let name = names::HTTP_CLIENT_REQUEST_DURATION_SECONDS;
+    let ok = l(&[
+        ("http_request_method", "GET"),
+        ("http_response_status_code", "200"),
+        ("server_address", "api.internal"),
+        ("server_port", "8080"),
+    ]);
+    assert_eq!(count(&s, name, &ok), 1, "{s:#?}");
+    let missing = l(&[
+        ("http_request_method", "GET"),
+        ("http_response_status_code", "404"),
+        ("error_type", "404"),
+        ("server_address", "api.internal"),
+        ("server_port", "8080"),
+    ]);
+    assert_eq!(count(&s, name, &missing), 1);
+    let https = l(&[
+        ("http_request_method", "GET"),
+        ("http_response_status_code", "200"),
+        ("server_address", "other"),
+        ("server_port", "443"),
+    ]);
+    assert_eq!(count(&s, name, &https), 1);
+}
