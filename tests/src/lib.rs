@@ -17,12 +17,17 @@ pub async fn redis_connection(test: &str) -> Option<redis::aio::MultiplexedConne
         let connect = client.get_multiplexed_async_connection();
         match tokio::time::timeout(std::time::Duration::from_secs(3), connect).await {
             Ok(conn) => conn,
-            Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "connect timed out"))),
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "connect timed out",
+            ))),
         }
     };
     match attempt.await {
         Ok(conn) => Some(conn),
-        Err(err) if required => panic!("{REDIS_REQUIRED} is set but Redis at {url} is unreachable: {err}"),
+        Err(err) if required => {
+            panic!("{REDIS_REQUIRED} is set but Redis at {url} is unreachable: {err}")
+        }
         Err(err) => {
             // Written straight to the terminal: the test harness captures `eprintln!`.
             let _ = writeln!(

@@ -31,14 +31,28 @@ async fn redis_claims_a_key_atomically_once() {
         .expect("SET NX");
     assert_eq!(first.as_deref(), Some("OK"));
     assert_eq!(second, None, "a second claim must not win");
-    let owner: String = redis::cmd("GET").arg(&key).query_async(&mut conn).await.expect("GET");
+    let owner: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
     assert_eq!(owner, "owner-1");
-    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.expect("PTTL");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
     assert!((1..=60_000).contains(&ttl), "lease must expire, got {ttl}");
-    let deleted: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.expect("DEL");
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
     assert_eq!(deleted, 1);
 }
 
 fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }

@@ -142,7 +142,11 @@ impl Default for HttpStatus {
 impl HttpStatus {
     /// 5xx and 429 are failures; other 4xx are successes.
     pub const fn new() -> Self {
-        HttpStatus { server_errors: true, too_many_requests: true, client_errors: ClientErrors::Success }
+        HttpStatus {
+            server_errors: true,
+            too_many_requests: true,
+            client_errors: ClientErrors::Success,
+        }
     }
 
     /// Whether 5xx responses are failures (default `true`).
@@ -171,7 +175,11 @@ impl HttpStatus {
     pub fn classify_status(&self, status: StatusCode) -> Verdict {
         let failure = Verdict::Failure(FailureClass::HttpStatus(status));
         if status.is_server_error() {
-            return if self.server_errors { failure } else { Verdict::Success };
+            return if self.server_errors {
+                failure
+            } else {
+                Verdict::Success
+            };
         }
         if status == StatusCode::TOO_MANY_REQUESTS && self.too_many_requests {
             return failure;
@@ -226,7 +234,11 @@ impl GrpcStatus {
 
     /// The default failure set.
     pub fn new() -> Self {
-        GrpcStatus { failures: Self::DEFAULT_FAILURES.iter().fold(0, |bits, c| bits | c.bit()) }
+        GrpcStatus {
+            failures: Self::DEFAULT_FAILURES
+                .iter()
+                .fold(0, |bits, c| bits | c.bit()),
+        }
     }
 
     /// Also count `code` as a failure.
@@ -332,7 +344,9 @@ mod tower_http_adapter {
             match result {
                 Ok(res) => match self.0.clone().classify_response(res) {
                     ClassifiedResponse::Ready(Ok(())) => Verdict::Success,
-                    ClassifiedResponse::Ready(Err(_)) => Verdict::Failure(FailureClass::Other("tower_http")),
+                    ClassifiedResponse::Ready(Err(_)) => {
+                        Verdict::Failure(FailureClass::Other("tower_http"))
+                    }
                     ClassifiedResponse::RequiresEos(_) => Verdict::Success,
                 },
                 Err(_) => Verdict::Failure(FailureClass::Error),
@@ -356,7 +370,10 @@ mod tests {
     #[test]
     fn any_error_fails_only_errors() {
         assert_eq!(AnyError.classify(&Ok::<_, ()>(1)), Verdict::Success);
-        assert_eq!(AnyError.classify(&Err::<u8, _>(())), Verdict::Failure(FailureClass::Error));
+        assert_eq!(
+            AnyError.classify(&Err::<u8, _>(())),
+            Verdict::Failure(FailureClass::Error)
+        );
     }
 
     #[test]
@@ -373,10 +390,14 @@ mod tests {
 
     #[test]
     fn http_status_is_configurable() {
-        let c = HttpStatus::new().too_many_requests(false).client_errors(ClientErrors::Ignored);
+        let c = HttpStatus::new()
+            .too_many_requests(false)
+            .client_errors(ClientErrors::Ignored);
         assert_eq!(c.classify(&response(429, None)), Verdict::Ignored);
         assert_eq!(c.classify(&response(400, None)), Verdict::Ignored);
-        let c = HttpStatus::new().server_errors(false).client_errors(ClientErrors::Failure);
+        let c = HttpStatus::new()
+            .server_errors(false)
+            .client_errors(ClientErrors::Failure);
         assert_eq!(c.classify(&response(500, None)), Verdict::Success);
         assert!(c.classify(&response(400, None)).is_failure());
     }
@@ -400,9 +421,16 @@ mod tests {
 
     #[test]
     fn grpc_failure_set_is_configurable() {
-        let c = GrpcStatus::new().without_failure(GrpcCode::Unknown).with_failure(GrpcCode::NotFound);
+        let c = GrpcStatus::new()
+            .without_failure(GrpcCode::Unknown)
+            .with_failure(GrpcCode::NotFound);
         assert_eq!(c.classify(&response(200, Some("2"))), Verdict::Success);
         assert!(c.classify(&response(200, Some("5"))).is_failure());
-        assert_eq!(GrpcStatus::new().with_failure(GrpcCode::Ok).classify_code(GrpcCode::Ok), Verdict::Success);
+        assert_eq!(
+            GrpcStatus::new()
+                .with_failure(GrpcCode::Ok)
+                .classify_code(GrpcCode::Ok),
+            Verdict::Success
+        );
     }
 }

@@ -64,7 +64,9 @@ impl GrpcCode {
         if bytes.is_empty() || bytes.len() > 2 || !bytes.iter().all(u8::is_ascii_digit) {
             return GrpcCode::Unknown;
         }
-        let value = bytes.iter().fold(0i32, |acc, b| acc * 10 + i32::from(b - b'0'));
+        let value = bytes
+            .iter()
+            .fold(0i32, |acc, b| acc * 10 + i32::from(b - b'0'));
         Self::from_i32(value)
     }
 
@@ -154,7 +156,10 @@ mod tests {
     #[test]
     fn header_values_round_trip_every_code() {
         for code in GrpcCode::ALL {
-            assert_eq!(GrpcCode::from_header_bytes(code.header_value().as_bytes()), code);
+            assert_eq!(
+                GrpcCode::from_header_bytes(code.header_value().as_bytes()),
+                code
+            );
             assert_eq!(GrpcCode::from_i32(code.as_i32()), code);
         }
     }
@@ -162,7 +167,11 @@ mod tests {
     #[test]
     fn malformed_grpc_status_is_unknown() {
         for bad in [&b""[..], b"-1", b"17", b"abc", b"123", b" 1"] {
-            assert_eq!(GrpcCode::from_header_bytes(bad), GrpcCode::Unknown, "{bad:?}");
+            assert_eq!(
+                GrpcCode::from_header_bytes(bad),
+                GrpcCode::Unknown,
+                "{bad:?}"
+            );
         }
     }
 }

@@ -4,8 +4,9 @@
 //! Records [`HTTP_SERVER_REQUEST_DURATION_SECONDS`](crate::names::HTTP_SERVER_REQUEST_DURATION_SECONDS)
 //! (or the client twin) with `http_request_method` (unknown methods fold into `_OTHER`),
 //! `http_response_status_code`, `http_route` (from axum's `MatchedPath` with the `axum` feature,
-//! or a [`RouteTemplate`] extension; never the raw path), `error_type` (the status code for
-//! server errors, the rejection kind for rejections, `_OTHER` for other errors) and, on the
+//! or a [`RouteTemplate`] extension; never the raw path), `error_type` (the rejection kind for
+//! rejections, also when [`ProblemLayer`](crate::problem::ProblemLayer) turned them into
+//! responses; the status code for other server errors; `_OTHER` for other errors) and, on the
 //! client side, `server_address` and `server_port`. An in-flight gauge per method counts active
 //! requests. Routes and hosts are capped ([`RedLayer::max_routes`]); past the cap they are
 //! labelled `_OTHER`, so no input can grow the number of series without bound.
@@ -36,7 +37,7 @@ use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use http::{Method, StatusCode};
 use metrics::{Gauge, Histogram, Label};
@@ -45,17 +46,18 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::BoxError;
 use crate::names::{self, label};
 use crate::parts::{RequestParts, ResponseParts};
 use crate::rejection::{Rejection, RejectionKind};
-use crate::BoxError;
 
 /// A route template a non-axum server can put in request extensions for the `http_route` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteTemplate(pub &'static str);
 
-const METHODS: [&str; 10] =
-    ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER"];
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
+];
 const OTHER: &str = "_OTHER";
 const NO_ID: u16 = 0;
 const OTHER_ID: u16 = u16::MAX;
@@ -153,12 +155,18 @@ impl Shared {
             Side::Client => names::HTTP_CLIENT_ACTIVE_REQUESTS,
         };
         let active = METHODS.map(|m| {
-            metrics::gauge!(active_name, [Label::from_static_parts(label::HTTP_REQUEST_METHOD, m)].iter())
+            metrics::gauge!(
+                active_name,
+                [Label::from_static_parts(label::HTTP_REQUEST_METHOD, m)].iter()
+            )
         });
         Shared {
             side,
             max_routes,
-            routes: RwLock::new(Interner { ids: HashMap::new(), names: vec![Arc::from("")] }),
+            routes: RwLock::new(Interner {
+                ids: HashMap::new(),
+                names: vec![Arc::from("")],
+            }),
             series: RwLock::new(SeriesMap::default()),
             active,
         }
@@ -166,7 +174,13 @@ impl Shared {
 
     /// The id of a route template or host, `OTHER_ID` once the cap is reached.
     fn intern(&self, s: &str) -> u16 {
-        if let Some(id) = self.routes.read().unwrap_or_else(|e| e.into_inner()).ids.get(s) {
+        if let Some(id) = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .ids
+            .get(s)
+        {
             return *id;
         }
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
@@ -183,29 +197,53 @@ impl Shared {
     }
 
     fn histogram(&self, key: Key) -> Histogram {
-        if let Some(h) = self.series.read().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(h) = self
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return h.clone();
         }
         let histogram = self.register(key);
-        self.series.write().unwrap_or_else(|e| e.into_inner()).entry(key).or_insert(histogram).clone()
+        self.series
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert(histogram)
+            .clone()
     }
 
     fn register(&self, key: Key) -> Histogram {
         let mut labels = Vec::with_capacity(6);
-        labels.push(Label::from_static_parts(label::HTTP_REQUEST_METHOD, METHODS[key.method()]));
+        labels.push(Label::from_static_parts(
+            label::HTTP_REQUEST_METHOD,
+            METHODS[key.method()],
+        ));
         if key.status() != 0 {
-            labels.push(Label::new(label::HTTP_RESPONSE_STATUS_CODE, key.status().to_string()));
+            labels.push(Label::new(
+                label::HTTP_RESPONSE_STATUS_CODE,
+                key.status().to_string(),
+            ));
         }
         let route = match key.route() {
             NO_ID => None,
             OTHER_ID => Some(Arc::<str>::from(OTHER)),
-            id => self.routes.read().unwrap_or_else(|e| e.into_inner()).names.get(usize::from(id)).cloned(),
+            id => self
+                .routes
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .names
+                .get(usize::from(id))
+                .cloned(),
         };
         let error = match key.error() {
             0 => None,
             ERROR_OTHER => Some(OTHER.to_string()),
             ERROR_STATUS => Some(key.status().to_string()),
-            i => RejectionKind::ALL.get(usize::from(i) - 1).map(|k| k.as_str().to_string()),
+            i => RejectionKind::ALL
+                .get(usize::from(i) - 1)
+                .map(|k| k.as_str().to_string()),
         };
         if let Some(error) = error {
             labels.push(Label::new(label::ERROR_TYPE, error));
@@ -254,27 +292,36 @@ impl RedLayer {
 
     /// Server metrics: `http_server_request_duration_seconds`, `http_server_active_requests`.
     pub fn server() -> Self {
-        RedLayer { shared: Arc::new(Shared::new(Side::Server, Self::DEFAULT_MAX_ROUTES)) }
+        RedLayer {
+            shared: Arc::new(Shared::new(Side::Server, Self::DEFAULT_MAX_ROUTES)),
+        }
     }
 
     /// Client metrics: `http_client_request_duration_seconds`, `http_client_active_requests`,
     /// labelled with the server's address and port.
     pub fn client() -> Self {
-        RedLayer { shared: Arc::new(Shared::new(Side::Client, Self::DEFAULT_MAX_ROUTES)) }
+        RedLayer {
+            shared: Arc::new(Shared::new(Side::Client, Self::DEFAULT_MAX_ROUTES)),
+        }
     }
 
     /// Caps the number of distinct route templates (server) or hosts (client) that become
     /// labels; later ones are labelled `_OTHER`. The cap is at most 65,534.
     pub fn max_routes(self, max: usize) -> Self {
         let side = self.shared.side;
-        RedLayer { shared: Arc::new(Shared::new(side, max.min(usize::from(OTHER_ID) - 1))) }
+        RedLayer {
+            shared: Arc::new(Shared::new(side, max.min(usize::from(OTHER_ID) - 1))),
+        }
     }
 }
 
 impl<S> Layer<S> for RedLayer {
     type Service = Red<S>;
     fn layer(&self, inner: S) -> Red<S> {
-        Red { inner, shared: self.shared.clone() }
+        Red {
+            inner,
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -287,7 +334,9 @@ pub struct Red<S> {
 
 impl<S: fmt::Debug> fmt::Debug for Red<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Red").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("Red")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -335,11 +384,22 @@ where
         let method = method_index(req.method());
         let (route, port) = match self.shared.side {
             Side::Server => (route_of(&req).map_or(NO_ID, |r| self.shared.intern(r)), 0),
-            Side::Client => req.host_port().map_or((NO_ID, 0), |(host, port)| (self.shared.intern(host), port)),
+            Side::Client => req
+                .host_port()
+                .map_or((NO_ID, 0), |(host, port)| (self.shared.intern(host), port)),
         };
         self.shared.active[usize::from(method)].increment(1.0);
-        let guard = Guard { shared: self.shared.clone(), method, route, port, start: Instant::now() };
-        ResponseFuture { inner: self.inner.call(req), guard: Some(guard) }
+        let guard = Guard {
+            shared: self.shared.clone(),
+            method,
+            route,
+            port,
+            start: Instant::now(),
+        };
+        ResponseFuture {
+            inner: self.inner.call(req),
+            guard: Some(guard),
+        }
     }
 }
 
@@ -365,10 +425,14 @@ fn error_index<E: 'static>(err: &E) -> u8 {
     } else {
         any.downcast_ref::<Rejection>()
     };
-    match rejection {
-        Some(r) => RejectionKind::ALL.iter().position(|k| *k == r.kind()).map_or(ERROR_OTHER, |i| i as u8 + 1),
-        None => ERROR_OTHER,
-    }
+    rejection.map_or(ERROR_OTHER, |r| kind_index(r.kind()))
+}
+
+fn kind_index(kind: RejectionKind) -> u8 {
+    RejectionKind::ALL
+        .iter()
+        .position(|k| *k == kind)
+        .map_or(ERROR_OTHER, |i| i as u8 + 1)
 }
 
 pin_project! {
@@ -400,7 +464,14 @@ where
                     Side::Server => status.is_server_error(),
                     Side::Client => status.is_client_error() || status.is_server_error(),
                 };
-                (status.as_u16(), if failed { ERROR_STATUS } else { 0 })
+                let rejected = res
+                    .extensions()
+                    .and_then(|e| e.get::<RejectionKind>())
+                    .map(|k| kind_index(*k));
+                (
+                    status.as_u16(),
+                    rejected.unwrap_or(if failed { ERROR_STATUS } else { 0 }),
+                )
             }
             Err(err) => (0, error_index(err)),
         };
@@ -420,14 +491,23 @@ mod tests {
     #[test]
     fn key_round_trips_every_field() {
         let k = Key::new(9, 999, ERROR_STATUS, OTHER_ID, 65535);
-        assert_eq!((k.method(), k.status(), k.error(), k.route(), k.port()), (9, 999, ERROR_STATUS, OTHER_ID, 65535));
+        assert_eq!(
+            (k.method(), k.status(), k.error(), k.route(), k.port()),
+            (9, 999, ERROR_STATUS, OTHER_ID, 65535)
+        );
         let k = Key::new(0, 200, 0, 1, 8080);
-        assert_eq!((k.method(), k.status(), k.error(), k.route(), k.port()), (0, 200, 0, 1, 8080));
+        assert_eq!(
+            (k.method(), k.status(), k.error(), k.route(), k.port()),
+            (0, 200, 0, 1, 8080)
+        );
     }
 
     #[test]
     fn unknown_methods_fold_into_other() {
-        assert_eq!(METHODS[usize::from(method_index(&Method::from_bytes(b"BREW").unwrap()))], "_OTHER");
+        assert_eq!(
+            METHODS[usize::from(method_index(&Method::from_bytes(b"BREW").unwrap()))],
+            "_OTHER"
+        );
         assert_eq!(METHODS[usize::from(method_index(&Method::PATCH))], "PATCH");
     }
 

@@ -40,7 +40,7 @@ pub mod rejection;
 pub use crate::classify::{Classify, FailureClass, Verdict};
 pub use crate::grpc::GrpcCode;
 pub use crate::http::RedLayer;
-pub use crate::red::{describe_metrics, Outcome, RedMetrics};
+pub use crate::red::{Outcome, RedMetrics, describe_metrics};
 pub use crate::rejection::{Rejection, RejectionKind};
 
 /// The boxed error type of tower services: `Box<dyn Error + Send + Sync>`.

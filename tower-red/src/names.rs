@@ -53,8 +53,9 @@ pub const HTTP_CLIENT_REQUEST_DURATION_SECONDS: &str = "http_client_request_dura
 pub const HTTP_CLIENT_ACTIVE_REQUESTS: &str = "http_client_active_requests";
 
 /// OpenTelemetry's advised bucket boundaries for HTTP durations, in seconds.
-pub const HTTP_DURATION_BUCKETS: [f64; 14] =
-    [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+pub const HTTP_DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
 
 /// Label keys.
 pub mod label {

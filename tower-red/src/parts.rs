@@ -9,6 +9,10 @@ pub trait ResponseParts {
     fn status(&self) -> StatusCode;
     /// The response headers (for gRPC, trailers-only responses carry `grpc-status` here).
     fn headers(&self) -> &HeaderMap;
+    /// The response extensions, for response types that expose them.
+    fn extensions(&self) -> Option<&Extensions> {
+        None
+    }
 }
 
 impl<B> ResponseParts for http::Response<B> {
@@ -17,6 +21,9 @@ impl<B> ResponseParts for http::Response<B> {
     }
     fn headers(&self) -> &HeaderMap {
         http::Response::headers(self)
+    }
+    fn extensions(&self) -> Option<&Extensions> {
+        Some(http::Response::extensions(self))
     }
 }
 

@@ -28,17 +28,17 @@ use std::convert::Infallible;
 use std::fmt::{self, Write as _};
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::rejection::Rejection;
 use crate::BoxError;
+use crate::rejection::Rejection;
 
 /// The body of responses built by this adapter.
 pub type ProblemBody = Full<Bytes>;
@@ -72,8 +72,11 @@ pub fn rejection_response(rejection: &Rejection) -> Response<ProblemBody> {
     }
     body.push('}');
     let mut res = problem(status, body);
+    // Lets an outer `RedLayer` label the response with the rejection, not just its status.
+    res.extensions_mut().insert(rejection.kind());
     if let Some(secs) = rejection.retry_after_secs() {
-        res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        res.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     res
 }
@@ -91,7 +94,8 @@ pub fn internal_error_response(_err: &BoxError) -> Response<ProblemBody> {
 fn problem(status: StatusCode, body: String) -> Response<ProblemBody> {
     let mut res = Response::new(Full::new(Bytes::from(body)));
     *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     res
 }
 
@@ -136,7 +140,9 @@ impl Default for ProblemLayer {
 impl ProblemLayer {
     /// Rejections become their responses; other errors a bare 500.
     pub fn new() -> Self {
-        ProblemLayer { on_error: internal_error_response }
+        ProblemLayer {
+            on_error: internal_error_response,
+        }
     }
 }
 
@@ -153,7 +159,11 @@ impl<F> ProblemLayer<F> {
 impl<S, F: Clone> Layer<S> for ProblemLayer<F> {
     type Service = Problem<S, F>;
     fn layer(&self, inner: S) -> Self::Service {
-        Problem { inner, on_error: self.on_error.clone(), ready_error: None }
+        Problem {
+            inner,
+            on_error: self.on_error.clone(),
+            ready_error: None,
+        }
     }
 }
 
@@ -166,14 +176,20 @@ pub struct Problem<S, F = OnError> {
 
 impl<S: fmt::Debug, F> fmt::Debug for Problem<S, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Problem").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("Problem")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
 impl<S: Clone, F: Clone> Clone for Problem<S, F> {
     fn clone(&self) -> Self {
         // A readiness error belongs to the instance that saw it.
-        Problem { inner: self.inner.clone(), on_error: self.on_error.clone(), ready_error: None }
+        Problem {
+            inner: self.inner.clone(),
+            on_error: self.on_error.clone(),
+            ready_error: None,
+        }
     }
 }
 
@@ -257,10 +273,17 @@ pin_project! {
 
 impl<Fut, F> ResponseFuture<Fut, F> {
     fn called(fut: Fut, on_error: F) -> Self {
-        ResponseFuture { state: State::Called { fut, on_error } }
+        ResponseFuture {
+            state: State::Called { fut, on_error },
+        }
     }
     fn failed(err: BoxError, on_error: F) -> Self {
-        ResponseFuture { state: State::Failed { err: Some(err), on_error } }
+        ResponseFuture {
+            state: State::Failed {
+                err: Some(err),
+                on_error,
+            },
+        }
     }
 }
 

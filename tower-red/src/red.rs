@@ -135,10 +135,18 @@ impl RedMetrics {
                 Label::from_static_parts(label::OUTCOME, outcome.as_str()),
             ]
         };
-        let requests = Outcome::ALL.map(|o| metrics::counter!(names::REQUESTS_TOTAL, labels(o).iter()));
-        let durations =
-            Outcome::ALL.map(|o| metrics::histogram!(names::REQUEST_DURATION_SECONDS, labels(o).iter()));
-        RedMetrics { inner: Arc::new(Handles { layer, name, requests, durations }) }
+        let requests =
+            Outcome::ALL.map(|o| metrics::counter!(names::REQUESTS_TOTAL, labels(o).iter()));
+        let durations = Outcome::ALL
+            .map(|o| metrics::histogram!(names::REQUEST_DURATION_SECONDS, labels(o).iter()));
+        RedMetrics {
+            inner: Arc::new(Handles {
+                layer,
+                name,
+                requests,
+                durations,
+            }),
+        }
     }
 
     /// The layer kind label.
@@ -170,7 +178,11 @@ impl RedMetrics {
 /// Call once after installing a recorder, such as a Prometheus exporter.
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(names::REQUESTS_TOTAL, Unit::Count, "Calls seen by a resilience layer, by outcome.");
+    describe_counter!(
+        names::REQUESTS_TOTAL,
+        Unit::Count,
+        "Calls seen by a resilience layer, by outcome."
+    );
     describe_histogram!(
         names::REQUEST_DURATION_SECONDS,
         Unit::Seconds,
@@ -180,18 +192,65 @@ pub fn describe_metrics() {
         names::BREAKER_STATE,
         "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled, 5 metrics only."
     );
-    describe_counter!(names::BREAKER_TRANSITIONS_TOTAL, Unit::Count, "Circuit breaker state transitions.");
-    describe_gauge!(names::BULKHEAD_IN_FLIGHT, Unit::Count, "Calls holding a bulkhead permit.");
-    describe_gauge!(names::BULKHEAD_QUEUE_DEPTH, Unit::Count, "Calls waiting in a bulkhead queue.");
-    describe_gauge!(names::BULKHEAD_LIMIT, Unit::Count, "Current bulkhead concurrency limit.");
-    describe_histogram!(names::BULKHEAD_QUEUE_WAIT_SECONDS, Unit::Seconds, "Time spent in a bulkhead queue.");
-    describe_counter!(names::BULKHEAD_REJECTIONS_TOTAL, Unit::Count, "Bulkhead rejections by reason.");
-    describe_counter!(names::RETRY_ATTEMPTS_TOTAL, Unit::Count, "Retry attempts after the first.");
-    describe_gauge!(names::RETRY_BUDGET_BALANCE, "Tokens left in a retry budget.");
-    describe_counter!(names::DEADLINE_EXCEEDED_TOTAL, Unit::Count, "Deadlines exceeded, by stage.");
-    describe_counter!(names::DEADLINE_HEADER_INVALID_TOTAL, Unit::Count, "Malformed inbound deadline headers.");
-    describe_counter!(names::IDEMPOTENCY_REPLAYS_TOTAL, Unit::Count, "Responses replayed from an idempotency store.");
-    describe_counter!(names::IDEMPOTENCY_STORE_ERRORS_TOTAL, Unit::Count, "Idempotency store errors.");
+    describe_counter!(
+        names::BREAKER_TRANSITIONS_TOTAL,
+        Unit::Count,
+        "Circuit breaker state transitions."
+    );
+    describe_gauge!(
+        names::BULKHEAD_IN_FLIGHT,
+        Unit::Count,
+        "Calls holding a bulkhead permit."
+    );
+    describe_gauge!(
+        names::BULKHEAD_QUEUE_DEPTH,
+        Unit::Count,
+        "Calls waiting in a bulkhead queue."
+    );
+    describe_gauge!(
+        names::BULKHEAD_LIMIT,
+        Unit::Count,
+        "Current bulkhead concurrency limit."
+    );
+    describe_histogram!(
+        names::BULKHEAD_QUEUE_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time spent in a bulkhead queue."
+    );
+    describe_counter!(
+        names::BULKHEAD_REJECTIONS_TOTAL,
+        Unit::Count,
+        "Bulkhead rejections by reason."
+    );
+    describe_counter!(
+        names::RETRY_ATTEMPTS_TOTAL,
+        Unit::Count,
+        "Retry attempts after the first."
+    );
+    describe_gauge!(
+        names::RETRY_BUDGET_BALANCE,
+        "Tokens left in a retry budget."
+    );
+    describe_counter!(
+        names::DEADLINE_EXCEEDED_TOTAL,
+        Unit::Count,
+        "Deadlines exceeded, by stage."
+    );
+    describe_counter!(
+        names::DEADLINE_HEADER_INVALID_TOTAL,
+        Unit::Count,
+        "Malformed inbound deadline headers."
+    );
+    describe_counter!(
+        names::IDEMPOTENCY_REPLAYS_TOTAL,
+        Unit::Count,
+        "Responses replayed from an idempotency store."
+    );
+    describe_counter!(
+        names::IDEMPOTENCY_STORE_ERRORS_TOTAL,
+        Unit::Count,
+        "Idempotency store errors."
+    );
     describe_histogram!(
         names::HTTP_SERVER_REQUEST_DURATION_SECONDS,
         Unit::Seconds,

@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::BoxError;
 use crate::grpc::GrpcCode;
 use crate::red::Outcome;
-use crate::BoxError;
 
 /// Why a layer refused a request: a stable, machine-readable reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -188,7 +188,12 @@ pub struct Rejection {
 impl Rejection {
     /// A rejection of this kind, with no detail, name or `Retry-After`.
     pub fn new(kind: RejectionKind) -> Self {
-        Rejection { kind, retry_after: None, name: None, detail: Cow::Borrowed("") }
+        Rejection {
+            kind,
+            retry_after: None,
+            name: None,
+            detail: Cow::Borrowed(""),
+        }
     }
 
     /// Sets how long the caller should wait before trying again.
@@ -229,7 +234,8 @@ impl Rejection {
 
     /// `Retry-After` in whole seconds, rounded up so a client never comes back too early.
     pub fn retry_after_secs(&self) -> Option<u64> {
-        self.retry_after.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+        self.retry_after
+            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
     }
 
     /// The name of the layer instance that refused, if it has one.
@@ -315,7 +321,10 @@ mod tests {
     fn rejection_is_found_through_a_source_chain() {
         let inner: BoxError = Rejection::new(RejectionKind::BulkheadFull).into();
         let outer: BoxError = Wrapper(inner).into();
-        assert_eq!(Rejection::find_in(&outer).map(Rejection::kind), Some(RejectionKind::BulkheadFull));
+        assert_eq!(
+            Rejection::find_in(&outer).map(Rejection::kind),
+            Some(RejectionKind::BulkheadFull)
+        );
     }
 
     #[test]
@@ -330,7 +339,10 @@ mod tests {
             .with_name("checkout".into())
             .with_detail("waiting for readiness")
             .with_retry_after(Duration::from_millis(1));
-        assert_eq!(r.to_string(), "deadline exceeded (checkout): waiting for readiness; retry after 1s");
+        assert_eq!(
+            r.to_string(),
+            "deadline exceeded (checkout): waiting for readiness; retry after 1s"
+        );
     }
 
     #[test]
@@ -338,7 +350,11 @@ mod tests {
         for kind in RejectionKind::ALL {
             assert!(kind.http_status().is_client_error() || kind.http_status().is_server_error());
             assert_ne!(kind.grpc_code(), GrpcCode::Ok);
-            assert!(kind.as_str().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            assert!(
+                kind.as_str()
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_')
+            );
         }
     }
 
@@ -346,8 +362,22 @@ mod tests {
     fn retry_after_rounds_up() {
         let r = Rejection::new(RejectionKind::CircuitOpen);
         assert_eq!(r.retry_after_secs(), None);
-        assert_eq!(r.clone().with_retry_after(Duration::ZERO).retry_after_secs(), Some(0));
-        assert_eq!(r.clone().with_retry_after(Duration::from_secs(2)).retry_after_secs(), Some(2));
-        assert_eq!(r.with_retry_after(Duration::from_nanos(2_000_000_001)).retry_after_secs(), Some(3));
+        assert_eq!(
+            r.clone()
+                .with_retry_after(Duration::ZERO)
+                .retry_after_secs(),
+            Some(0)
+        );
+        assert_eq!(
+            r.clone()
+                .with_retry_after(Duration::from_secs(2))
+                .retry_after_secs(),
+            Some(2)
+        );
+        assert_eq!(
+            r.with_retry_after(Duration::from_nanos(2_000_000_001))
+                .retry_after_secs(),
+            Some(3)
+        );
     }
 }

@@ -2,61 +2,134 @@
 
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::CompositeKey;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tower_red::red::{Outcome, RedMetrics};
-use tower_red::{names, BoxError, Rejection, RejectionKind};
+use tower_red::{BoxError, Rejection, RejectionKind, names};
 
 fn labels(key: &CompositeKey) -> Vec<(String, String)> {
-    let mut labels: Vec<_> =
-        key.key().labels().map(|l| (l.key().to_string(), l.value().to_string())).collect();
+    let mut labels: Vec<_> = key
+        .key()
+        .labels()
+        .map(|l| (l.key().to_string(), l.value().to_string()))
+        .collect();
     labels.sort();
     labels
 }
 
 fn find<'a>(
-    snapshot: &'a [(CompositeKey, Option<metrics::Unit>, Option<metrics::SharedString>, DebugValue)],
+    snapshot: &'a [(
+        CompositeKey,
+        Option<metrics::Unit>,
+        Option<metrics::SharedString>,
+        DebugValue,
+    )],
     name: &str,
     outcome: &str,
 ) -> &'a DebugValue {
     &snapshot
         .iter()
         .find(|(k, ..)| {
-            k.key().name() == name && k.key().labels().any(|l| l.key() == "outcome" && l.value() == outcome)
+            k.key().name() == name
+                && k.key()
+                    .labels()
+                    .any(|l| l.key() == "outcome" && l.value() == outcome)
         })
         .unwrap_or_else(|| panic!("no {name} with outcome {outcome}"))
         .3
 }
 
-fn snapshot(s: &Snapshotter) -> Vec<(CompositeKey, Option<metrics::Unit>, Option<metrics::SharedString>, DebugValue)> {
+fn snapshot(
+    s: &Snapshotter,
+) -> Vec<(
+    CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)> {
     s.snapshot().into_vec()
 }
 
 #[test]
 fn metric_names_are_pinned() {
     assert_eq!(names::REQUESTS_TOTAL, "resilience_requests_total");
-    assert_eq!(names::REQUEST_DURATION_SECONDS, "resilience_request_duration_seconds");
+    assert_eq!(
+        names::REQUEST_DURATION_SECONDS,
+        "resilience_request_duration_seconds"
+    );
     assert_eq!(names::BREAKER_STATE, "resilience_breaker_state");
-    assert_eq!(names::BREAKER_TRANSITIONS_TOTAL, "resilience_breaker_transitions_total");
+    assert_eq!(
+        names::BREAKER_TRANSITIONS_TOTAL,
+        "resilience_breaker_transitions_total"
+    );
     assert_eq!(names::BULKHEAD_IN_FLIGHT, "resilience_bulkhead_in_flight");
-    assert_eq!(names::BULKHEAD_QUEUE_DEPTH, "resilience_bulkhead_queue_depth");
+    assert_eq!(
+        names::BULKHEAD_QUEUE_DEPTH,
+        "resilience_bulkhead_queue_depth"
+    );
     assert_eq!(names::BULKHEAD_LIMIT, "resilience_bulkhead_limit");
-    assert_eq!(names::BULKHEAD_QUEUE_WAIT_SECONDS, "resilience_bulkhead_queue_wait_seconds");
-    assert_eq!(names::BULKHEAD_REJECTIONS_TOTAL, "resilience_bulkhead_rejections_total");
-    assert_eq!(names::RETRY_ATTEMPTS_TOTAL, "resilience_retry_attempts_total");
-    assert_eq!(names::RETRY_BUDGET_BALANCE, "resilience_retry_budget_balance");
-    assert_eq!(names::DEADLINE_EXCEEDED_TOTAL, "resilience_deadline_exceeded_total");
-    assert_eq!(names::DEADLINE_HEADER_INVALID_TOTAL, "resilience_deadline_header_invalid_total");
-    assert_eq!(names::IDEMPOTENCY_REPLAYS_TOTAL, "resilience_idempotency_replays_total");
-    assert_eq!(names::IDEMPOTENCY_STORE_ERRORS_TOTAL, "resilience_idempotency_store_errors_total");
-    assert_eq!(names::HTTP_SERVER_REQUEST_DURATION_SECONDS, "http_server_request_duration_seconds");
-    assert_eq!(names::HTTP_SERVER_ACTIVE_REQUESTS, "http_server_active_requests");
-    assert_eq!(names::HTTP_CLIENT_REQUEST_DURATION_SECONDS, "http_client_request_duration_seconds");
-    assert_eq!(names::HTTP_CLIENT_ACTIVE_REQUESTS, "http_client_active_requests");
+    assert_eq!(
+        names::BULKHEAD_QUEUE_WAIT_SECONDS,
+        "resilience_bulkhead_queue_wait_seconds"
+    );
+    assert_eq!(
+        names::BULKHEAD_REJECTIONS_TOTAL,
+        "resilience_bulkhead_rejections_total"
+    );
+    assert_eq!(
+        names::RETRY_ATTEMPTS_TOTAL,
+        "resilience_retry_attempts_total"
+    );
+    assert_eq!(
+        names::RETRY_BUDGET_BALANCE,
+        "resilience_retry_budget_balance"
+    );
+    assert_eq!(
+        names::DEADLINE_EXCEEDED_TOTAL,
+        "resilience_deadline_exceeded_total"
+    );
+    assert_eq!(
+        names::DEADLINE_HEADER_INVALID_TOTAL,
+        "resilience_deadline_header_invalid_total"
+    );
+    assert_eq!(
+        names::IDEMPOTENCY_REPLAYS_TOTAL,
+        "resilience_idempotency_replays_total"
+    );
+    assert_eq!(
+        names::IDEMPOTENCY_STORE_ERRORS_TOTAL,
+        "resilience_idempotency_store_errors_total"
+    );
+    assert_eq!(
+        names::HTTP_SERVER_REQUEST_DURATION_SECONDS,
+        "http_server_request_duration_seconds"
+    );
+    assert_eq!(
+        names::HTTP_SERVER_ACTIVE_REQUESTS,
+        "http_server_active_requests"
+    );
+    assert_eq!(
+        names::HTTP_CLIENT_REQUEST_DURATION_SECONDS,
+        "http_client_request_duration_seconds"
+    );
+    assert_eq!(
+        names::HTTP_CLIENT_ACTIVE_REQUESTS,
+        "http_client_active_requests"
+    );
     let outcomes: Vec<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
     assert_eq!(
         outcomes,
-        ["ok", "error", "timeout", "circuit_open", "shed", "budget_exhausted", "replayed", "rejected", "cancelled"]
+        [
+            "ok",
+            "error",
+            "timeout",
+            "circuit_open",
+            "shed",
+            "budget_exhausted",
+            "replayed",
+            "rejected",
+            "cancelled"
+        ]
     );
 }
 
@@ -83,10 +156,22 @@ fn red_metrics_registers_every_outcome_once_and_records_by_outcome() {
     assert!(labels(key).contains(&("layer".into(), "breaker".into())));
     assert!(labels(key).contains(&("name".into(), "payments".into())));
 
-    assert_eq!(find(&snap, names::REQUESTS_TOTAL, "ok"), &DebugValue::Counter(2));
-    assert_eq!(find(&snap, names::REQUESTS_TOTAL, "error"), &DebugValue::Counter(1));
-    assert_eq!(find(&snap, names::REQUESTS_TOTAL, "circuit_open"), &DebugValue::Counter(1));
-    assert_eq!(find(&snap, names::REQUESTS_TOTAL, "shed"), &DebugValue::Counter(0));
+    assert_eq!(
+        find(&snap, names::REQUESTS_TOTAL, "ok"),
+        &DebugValue::Counter(2)
+    );
+    assert_eq!(
+        find(&snap, names::REQUESTS_TOTAL, "error"),
+        &DebugValue::Counter(1)
+    );
+    assert_eq!(
+        find(&snap, names::REQUESTS_TOTAL, "circuit_open"),
+        &DebugValue::Counter(1)
+    );
+    assert_eq!(
+        find(&snap, names::REQUESTS_TOTAL, "shed"),
+        &DebugValue::Counter(0)
+    );
     match find(&snap, names::REQUEST_DURATION_SECONDS, "ok") {
         DebugValue::Histogram(values) => {
             let secs: Vec<f64> = values.iter().map(|v| v.into_inner()).collect();
@@ -95,7 +180,10 @@ fn red_metrics_registers_every_outcome_once_and_records_by_outcome() {
         other => panic!("expected a histogram, got {other:?}"),
     }
     // A rejection records no duration.
-    assert_eq!(find(&snap, names::REQUEST_DURATION_SECONDS, "circuit_open"), &DebugValue::Histogram(vec![]));
+    assert_eq!(
+        find(&snap, names::REQUEST_DURATION_SECONDS, "circuit_open"),
+        &DebugValue::Histogram(vec![])
+    );
 }
 
 #[test]

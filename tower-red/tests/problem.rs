@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_red::problem::ProblemLayer;
 use tower_red::{BoxError, Rejection, RejectionKind};
 
@@ -15,8 +15,13 @@ where
     String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap()
 }
 
-fn failing(err: fn() -> BoxError) -> impl Service<http::Request<()>, Response = http::Response<String>, Error = BoxError, Future: Send> + Clone {
-    service_fn(move |_req: http::Request<()>| async move { Err::<http::Response<String>, _>(err()) })
+fn failing(
+    err: fn() -> BoxError,
+) -> impl Service<http::Request<()>, Response = http::Response<String>, Error = BoxError, Future: Send>
++ Clone {
+    service_fn(
+        move |_req: http::Request<()>| async move { Err::<http::Response<String>, _>(err()) },
+    )
 }
 
 #[tokio::test]
@@ -41,9 +46,10 @@ async fn circuit_open_is_a_503_with_retry_after_and_a_problem_body() {
 #[tokio::test]
 async fn every_kind_gets_its_status() {
     for kind in RejectionKind::ALL {
-        let svc = ProblemLayer::new().layer(service_fn(move |_req: http::Request<()>| async move {
-            Err::<http::Response<String>, BoxError>(Rejection::new(kind).into())
-        }));
+        let svc =
+            ProblemLayer::new().layer(service_fn(move |_req: http::Request<()>| async move {
+                Err::<http::Response<String>, BoxError>(Rejection::new(kind).into())
+            }));
         let res = svc.oneshot(http::Request::new(())).await.unwrap();
         assert_eq!(res.status(), kind.http_status(), "{kind}");
         assert!(res.headers().get("retry-after").is_none());
@@ -68,11 +74,17 @@ async fn other_errors_are_a_500_that_leaks_nothing() {
 #[tokio::test]
 async fn other_errors_can_be_mapped() {
     let layer = ProblemLayer::new().on_error(|err: &BoxError| {
-        let mut res = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(err.to_string())));
+        let mut res = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+            err.to_string(),
+        )));
         *res.status_mut() = http::StatusCode::BAD_GATEWAY;
         res
     });
-    let res = layer.layer(failing(|| "upstream reset".into())).oneshot(http::Request::new(())).await.unwrap();
+    let res = layer
+        .layer(failing(|| "upstream reset".into()))
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 502);
     assert_eq!(body_string(res.into_body()).await, "upstream reset");
 }
@@ -80,7 +92,13 @@ async fn other_errors_can_be_mapped() {
 #[tokio::test]
 async fn responses_pass_through_untouched() {
     let svc = ProblemLayer::new().layer(service_fn(|_req: http::Request<()>| async {
-        Ok::<_, BoxError>(http::Response::builder().status(418).header("x-tea", "yes").body("pot".to_string()).unwrap())
+        Ok::<_, BoxError>(
+            http::Response::builder()
+                .status(418)
+                .header("x-tea", "yes")
+                .body("pot".to_string())
+                .unwrap(),
+        )
     }));
     let res = svc.oneshot(http::Request::new(())).await.unwrap();
     assert_eq!(res.status(), 418);
@@ -96,7 +114,10 @@ async fn a_readiness_error_becomes_a_response_instead_of_killing_the_stack() {
         type Response = http::Response<String>;
         type Error = BoxError;
         type Future = std::future::Ready<Result<http::Response<String>, BoxError>>;
-        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), BoxError>> {
             std::task::Poll::Ready(Err(Rejection::new(RejectionKind::LoadShed).into()))
         }
         fn call(&mut self, _: http::Request<()>) -> Self::Future {
@@ -104,19 +125,27 @@ async fn a_readiness_error_becomes_a_response_instead_of_killing_the_stack() {
         }
     }
     let mut svc = ProblemLayer::new().layer(NeverReady);
-    let res = svc.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 503);
 }
 
 #[cfg(feature = "tonic")]
 mod grpc {
     use super::*;
-    use tower_red::grpc::status::{StatusLayer, RETRY_PUSHBACK_MS};
+    use tower_red::grpc::status::{RETRY_PUSHBACK_MS, StatusLayer};
 
     #[tokio::test]
     async fn rejections_become_trailers_only_grpc_responses() {
         let svc = StatusLayer::new().layer(failing(|| {
-            Rejection::new(RejectionKind::CircuitOpen).with_retry_after(Duration::from_millis(1500)).into()
+            Rejection::new(RejectionKind::CircuitOpen)
+                .with_retry_after(Duration::from_millis(1500))
+                .into()
         }));
         let res = svc.oneshot(http::Request::new(())).await.unwrap();
         assert_eq!(res.status(), 200);
@@ -137,7 +166,8 @@ mod grpc {
         let svc = StatusLayer::new().layer(failing(|| "secret".into()));
         let res = svc.oneshot(http::Request::new(())).await.unwrap();
         assert_eq!(res.headers()["grpc-status"], "2");
-        let svc = StatusLayer::new().layer(failing(|| tonic::Status::not_found("no such user").into()));
+        let svc =
+            StatusLayer::new().layer(failing(|| tonic::Status::not_found("no such user").into()));
         let res = svc.oneshot(http::Request::new(())).await.unwrap();
         assert_eq!(res.headers()["grpc-status"], "5");
     }

@@ -4,9 +4,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_red::http::RouteTemplate;
-use tower_red::{names, BoxError, RedLayer, Rejection, RejectionKind};
+use tower_red::{BoxError, RedLayer, Rejection, RejectionKind, names};
 
 type Series = Vec<(String, Vec<(String, String)>, DebugValue)>;
 
@@ -17,8 +17,11 @@ fn series(recorder: &DebuggingRecorder) -> Series {
         .into_vec()
         .into_iter()
         .map(|(k, _, _, v)| {
-            let mut labels: Vec<_> =
-                k.key().labels().map(|l| (l.key().to_string(), l.value().to_string())).collect();
+            let mut labels: Vec<_> = k
+                .key()
+                .labels()
+                .map(|l| (l.key().to_string(), l.value().to_string()))
+                .collect();
             labels.sort();
             (k.key().name().to_string(), labels, v)
         })
@@ -26,7 +29,10 @@ fn series(recorder: &DebuggingRecorder) -> Series {
 }
 
 fn l(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut v: Vec<_> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut v: Vec<_> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     v.sort();
     v
 }
@@ -53,7 +59,11 @@ async fn app(req: http::Request<()>) -> Result<http::Response<()>, BoxError> {
 }
 
 fn request(method: &str, path: &str, route: Option<&'static str>) -> http::Request<()> {
-    let mut req = http::Request::builder().method(method).uri(path).body(()).unwrap();
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .body(())
+        .unwrap();
     if let Some(route) = route {
         req.extensions_mut().insert(RouteTemplate(route));
     }
@@ -74,7 +84,12 @@ async fn server_metrics_follow_the_otel_conventions() {
         ("GET", "/busy", None),
         ("GET", "/boom", None),
     ] {
-        let _ = svc.ready().await.unwrap().call(request(method, path, route)).await;
+        let _ = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request(method, path, route))
+            .await;
     }
 
     let s = series(&recorder);
@@ -85,14 +100,41 @@ async fn server_metrics_follow_the_otel_conventions() {
         ("http_route", "/users/{id}"),
     ]);
     assert_eq!(count(&s, name, &users), 2, "{s:#?}");
-    let fail = l(&[("http_request_method", "POST"), ("http_response_status_code", "500"), ("error_type", "500")]);
+    let fail = l(&[
+        ("http_request_method", "POST"),
+        ("http_response_status_code", "500"),
+        ("error_type", "500"),
+    ]);
     assert_eq!(count(&s, name, &fail), 1);
-    let brew = l(&[("http_request_method", "_OTHER"), ("http_response_status_code", "200")]);
+    let brew = l(&[
+        ("http_request_method", "_OTHER"),
+        ("http_response_status_code", "200"),
+    ]);
     assert_eq!(count(&s, name, &brew), 1);
-    assert_eq!(count(&s, name, &l(&[("http_request_method", "GET"), ("error_type", "bulkhead_full")])), 1);
-    assert_eq!(count(&s, name, &l(&[("http_request_method", "GET"), ("error_type", "_OTHER")])), 1);
+    assert_eq!(
+        count(
+            &s,
+            name,
+            &l(&[
+                ("http_request_method", "GET"),
+                ("error_type", "bulkhead_full")
+            ])
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &s,
+            name,
+            &l(&[("http_request_method", "GET"), ("error_type", "_OTHER")])
+        ),
+        1
+    );
     // No raw path ever becomes a label.
-    assert!(s.iter().all(|(_, ls, _)| ls.iter().all(|(_, v)| !v.contains("/users/7") && v != "/coffee")));
+    assert!(s.iter().all(|(_, ls, _)| {
+        ls.iter()
+            .all(|(_, v)| !v.contains("/users/7") && v != "/coffee")
+    }));
     // Durations are in seconds and include the handler's 30 ms.
     let durations: Vec<f64> = s
         .iter()
@@ -102,7 +144,10 @@ async fn server_metrics_follow_the_otel_conventions() {
             _ => vec![],
         })
         .collect();
-    assert!(durations.iter().all(|d| (0.03..0.031).contains(d)), "{durations:?}");
+    assert!(
+        durations.iter().all(|d| (0.03..0.031).contains(d)),
+        "{durations:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -113,7 +158,10 @@ async fn active_requests_gauge_returns_to_zero_even_when_futures_are_dropped() {
     let fut = svc.ready().await.unwrap().call(request("GET", "/", None));
     let active = |s: &Series| {
         s.iter()
-            .find(|(n, ls, _)| n == names::HTTP_SERVER_ACTIVE_REQUESTS && *ls == l(&[("http_request_method", "GET")]))
+            .find(|(n, ls, _)| {
+                n == names::HTTP_SERVER_ACTIVE_REQUESTS
+                    && *ls == l(&[("http_request_method", "GET")])
+            })
             .and_then(|(_, _, v)| match v {
                 DebugValue::Gauge(g) => Some(g.into_inner()),
                 _ => None,
@@ -124,7 +172,12 @@ async fn active_requests_gauge_returns_to_zero_even_when_futures_are_dropped() {
     drop(fut);
     assert_eq!(active(&series(&recorder)), Some(-1.0));
     // A finished request also gives its place back.
-    svc.ready().await.unwrap().call(request("GET", "/", None)).await.unwrap();
+    svc.ready()
+        .await
+        .unwrap()
+        .call(request("GET", "/", None))
+        .await
+        .unwrap();
     assert_eq!(active(&series(&recorder)), Some(0.0));
 }
 
@@ -134,13 +187,27 @@ async fn route_labels_are_capped() {
     let _guard = metrics::set_default_local_recorder(&recorder);
     let mut svc = RedLayer::server().max_routes(1).layer(service_fn(app));
     for route in ["/a", "/b", "/c"] {
-        let _ = svc.ready().await.unwrap().call(request("GET", route, Some(route))).await;
+        let _ = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(request("GET", route, Some(route)))
+            .await;
     }
     let s = series(&recorder);
     let name = names::HTTP_SERVER_REQUEST_DURATION_SECONDS;
-    let base = [("http_request_method", "GET"), ("http_response_status_code", "200")];
-    assert_eq!(count(&s, name, &l(&[base[0], base[1], ("http_route", "/a")])), 1);
-    assert_eq!(count(&s, name, &l(&[base[0], base[1], ("http_route", "_OTHER")])), 2);
+    let base = [
+        ("http_request_method", "GET"),
+        ("http_response_status_code", "200"),
+    ];
+    assert_eq!(
+        count(&s, name, &l(&[base[0], base[1], ("http_route", "/a")])),
+        1
+    );
+    assert_eq!(
+        count(&s, name, &l(&[base[0], base[1], ("http_route", "_OTHER")])),
+        2
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -148,10 +215,18 @@ async fn client_metrics_name_the_server_and_count_4xx_as_errors() {
     let recorder = DebuggingRecorder::new();
     let _guard = metrics::set_default_local_recorder(&recorder);
     let mut svc = RedLayer::client().layer(service_fn(|req: http::Request<()>| async move {
-        let status = if req.uri().path() == "/missing" { 404 } else { 200 };
+        let status = if req.uri().path() == "/missing" {
+            404
+        } else {
+            200
+        };
         Ok::<_, Infallible>(http::Response::builder().status(status).body(()).unwrap())
     }));
-    for uri in ["http://api.internal:8080/x", "http://api.internal:8080/missing", "https://other/"] {
+    for uri in [
+        "http://api.internal:8080/x",
+        "http://api.internal:8080/missing",
+        "https://other/",
+    ] {
         let req = http::Request::get(uri).body(()).unwrap();
         svc.ready().await.unwrap().call(req).await.unwrap();
     }
@@ -179,4 +254,27 @@ async fn client_metrics_name_the_server_and_count_4xx_as_errors() {
         ("server_port", "443"),
     ]);
     assert_eq!(count(&s, name, &https), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejections_turned_into_responses_keep_their_kind_as_error_type() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let svc = tower::ServiceBuilder::new()
+        .layer(RedLayer::server())
+        .layer(tower_red::problem::ProblemLayer::new())
+        .service(service_fn(app));
+    let res = svc.oneshot(request("GET", "/busy", None)).await.unwrap();
+    assert_eq!(res.status(), 503);
+    let s = series(&recorder);
+    let labels = l(&[
+        ("http_request_method", "GET"),
+        ("http_response_status_code", "503"),
+        ("error_type", "bulkhead_full"),
+    ]);
+    assert_eq!(
+        count(&s, names::HTTP_SERVER_REQUEST_DURATION_SECONDS, &labels),
+        1,
+        "{s:#?}"
+    );
 }

@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use pin_project_lite::pin_project;
@@ -23,8 +23,8 @@ use tonic::body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::rejection::Rejection;
 use crate::BoxError;
+use crate::rejection::Rejection;
 
 /// The trailer gRPC clients read as a server-chosen retry delay (gRFC A6).
 pub const RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
@@ -92,7 +92,9 @@ impl Default for StatusLayer {
 impl StatusLayer {
     /// Rejections map to their codes, `tonic::Status` errors to themselves, others to UNKNOWN.
     pub fn new() -> Self {
-        StatusLayer { on_error: status_of }
+        StatusLayer {
+            on_error: status_of,
+        }
     }
 }
 
@@ -109,7 +111,11 @@ impl<F> StatusLayer<F> {
 impl<S, F: Clone> Layer<S> for StatusLayer<F> {
     type Service = StatusService<S, F>;
     fn layer(&self, inner: S) -> Self::Service {
-        StatusService { inner, on_error: self.on_error.clone(), ready_error: None }
+        StatusService {
+            inner,
+            on_error: self.on_error.clone(),
+            ready_error: None,
+        }
     }
 }
 
@@ -122,13 +128,19 @@ pub struct StatusService<S, F = OnError> {
 
 impl<S: Clone, F: Clone> Clone for StatusService<S, F> {
     fn clone(&self) -> Self {
-        StatusService { inner: self.inner.clone(), on_error: self.on_error.clone(), ready_error: None }
+        StatusService {
+            inner: self.inner.clone(),
+            on_error: self.on_error.clone(),
+            ready_error: None,
+        }
     }
 }
 
 impl<S: fmt::Debug, F> fmt::Debug for StatusService<S, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StatusService").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("StatusService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -181,10 +193,17 @@ pin_project! {
 
 impl<Fut, F> ResponseFuture<Fut, F> {
     fn called(fut: Fut, on_error: F) -> Self {
-        ResponseFuture { state: State::Called { fut, on_error } }
+        ResponseFuture {
+            state: State::Called { fut, on_error },
+        }
     }
     fn failed(err: BoxError, on_error: F) -> Self {
-        ResponseFuture { state: State::Failed { err: Some(err), on_error } }
+        ResponseFuture {
+            state: State::Failed {
+                err: Some(err),
+                on_error,
+            },
+        }
     }
 }
 
@@ -204,7 +223,9 @@ where
                 Ok(res) => return Poll::Ready(Ok(res.map(Body::new))),
                 Err(err) => (err.into(), on_error),
             },
-            Proj::Failed { err, on_error } => (err.take().expect("polled after completion"), on_error),
+            Proj::Failed { err, on_error } => {
+                (err.take().expect("polled after completion"), on_error)
+            }
         };
         Poll::Ready(Ok(on_error(&err).into_http()))
     }
