@@ -6,10 +6,10 @@
 
 use std::alloc::System;
 use std::convert::Infallible;
-use std::future::{ready, Future, Ready};
+use std::future::{Future, Ready, ready};
 use std::task::{Context, Poll};
 
-use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tower::Service;
 
 #[global_allocator]
@@ -36,7 +36,10 @@ impl Service<u64> for Passthrough {
 
 /// The runtime of single-thread benches: tokio's current-thread runtime with time enabled.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
 }
 
 /// Allocations per call: runs `f` `calls` times on `rt` (after one warm-up call, so lazy
@@ -55,4 +58,28 @@ where
     });
     let stats = region.change();
     stats.allocations as f64 / f64::from(calls)
+}
+
+/// Times `iters` sequential `ready().await` + `call().await` round trips of `svc` on `rt`: the
+/// body of a criterion `iter_custom`, so the service is driven exactly as a caller would.
+pub fn time_calls<S, Req, F>(
+    rt: &tokio::runtime::Runtime,
+    svc: &mut S,
+    iters: u64,
+    mut request: F,
+) -> std::time::Duration
+where
+    S: Service<Req>,
+    S::Error: std::fmt::Debug,
+    F: FnMut() -> Req,
+{
+    use tower::ServiceExt;
+    rt.block_on(async {
+        let start = std::time::Instant::now();
+        for _ in 0..iters {
+            let svc = svc.ready().await.expect("ready");
+            std::hint::black_box(svc.call(request()).await.expect("call"));
+        }
+        start.elapsed()
+    })
 }

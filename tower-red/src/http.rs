@@ -43,6 +43,8 @@ use http::{Method, StatusCode};
 use metrics::{Gauge, Histogram, Label};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
+
+use crate::clock::{self, Scope};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -453,10 +455,11 @@ where
     type Output = Result<Res, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _scope = Scope::enter();
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         let guard = this.guard.take().expect("polled after completion");
-        let elapsed = guard.start.elapsed();
+        let elapsed = clock::now().saturating_duration_since(guard.start);
         let (status, error) = match &result {
             Ok(res) => {
                 let status = res.status();

@@ -5,7 +5,8 @@
 //! - [`rejection`]: [`Rejection`], what every layer fails a call with when it refuses it.
 //! - [`problem`]: rejections to HTTP responses (RFC 9457 problem details), so axum stacks stay
 //!   `Infallible`; [`grpc`] does the same for tonic (feature `tonic`).
-//! - [`red`] and [`names`]: per-layer RED handles and the metric names.
+//! - [`red`] and [`names`]: per-layer RED handles and the metric names; [`clock`] lets a
+//!   stack of layers share one clock pair per call.
 //! - [`http`]: [`RedLayer`], OpenTelemetry HTTP server and client metrics.
 //!
 //! ```
@@ -29,6 +30,7 @@
 //! ```
 
 pub mod classify;
+pub mod clock;
 pub mod grpc;
 pub mod http;
 pub mod names;

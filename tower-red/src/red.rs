@@ -4,6 +4,9 @@
 //! whatever recorder is installed at that moment, and every call afterwards only indexes an
 //! array and bumps a handle: no key is built, no label allocated, no lock taken.
 //!
+//! Layers time calls with [`clock::now`](crate::clock::now) inside a
+//! [`clock::Scope`](crate::clock::Scope), so a stack of layers shares one clock pair per call.
+//!
 //! ```
 //! use std::time::Duration;
 //! use tower_red::red::{Outcome, RedMetrics};
