@@ -30,7 +30,19 @@ impl Deadline {
     /// years, which every layer treats as "no practical deadline".
     pub fn after(budget: Duration) -> Deadline {
         let now = Instant::now();
-        Deadline { at: now.checked_add(budget).unwrap_or_else(|| far_future(now)) }
+        Deadline {
+            at: now.checked_add(budget).unwrap_or_else(|| far_future(now)),
+        }
+    }
+
+    /// A deadline `budget` after `start`, saturating like [`Deadline::after`]. Layers that
+    /// already read the clock use it to avoid a second read.
+    pub fn after_from(start: Instant, budget: Duration) -> Deadline {
+        Deadline {
+            at: start
+                .checked_add(budget)
+                .unwrap_or_else(|| far_future(start)),
+        }
     }
 
     /// The instant.
@@ -70,7 +82,9 @@ impl Deadline {
 
     /// Whether `duration` from now still ends before the deadline.
     pub fn fits(self, duration: Duration) -> bool {
-        Instant::now().checked_add(duration).is_some_and(|end| end < self.at)
+        Instant::now()
+            .checked_add(duration)
+            .is_some_and(|end| end < self.at)
     }
 
     /// A timer that fires at the deadline.
@@ -86,6 +100,26 @@ impl Deadline {
         tokio::time::sleep_until(end.min(self.at))
     }
 
+    /// Time left as seen at `now`; zero once passed.
+    pub fn remaining_at(self, now: Instant) -> Duration {
+        self.at.saturating_duration_since(now)
+    }
+
+    /// Runs `fut` until it finishes or the deadline passes, whichever is first.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_timeout_budget::Deadline;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// let slow = tokio::time::sleep(Duration::from_secs(5));
+    /// assert!(Deadline::after(Duration::from_secs(1)).timeout(slow).await.is_err());
+    /// # }
+    /// ```
+    pub fn timeout<F: Future>(self, fut: F) -> tokio::time::Timeout<F> {
+        tokio::time::timeout_at(self.at, fut)
+    }
+
     /// The deadline of the task-local scope this code runs in, if any.
     pub fn current() -> Option<Deadline> {
         CURRENT.try_with(|d| *d).ok()
@@ -99,6 +133,17 @@ impl Deadline {
             None => self,
         };
         CURRENT.scope(effective, fut)
+    }
+
+    /// Runs the closure `f` with `self` as the task-local deadline (the earlier of `self` and
+    /// any enclosing one): the synchronous twin of [`Deadline::scope`], for code that polls a
+    /// future by hand.
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        let effective = match Deadline::current() {
+            Some(outer) => outer.min(self),
+            None => self,
+        };
+        CURRENT.sync_scope(effective, f)
     }
 }
 
@@ -127,7 +172,10 @@ pub trait DeadlineCarrier {
 
 impl<B> DeadlineCarrier for http::Request<B> {
     fn deadline(&self) -> Option<Deadline> {
-        self.extensions().get::<Deadline>().copied().or_else(Deadline::current)
+        self.extensions()
+            .get::<Deadline>()
+            .copied()
+            .or_else(Deadline::current)
     }
     fn set_deadline(&mut self, deadline: Deadline) {
         self.extensions_mut().insert(deadline);
@@ -142,7 +190,25 @@ impl DeadlineCarrier for reqwest::Request {}
 macro_rules! task_local_carriers {
     ($($t:ty),*) => { $(impl DeadlineCarrier for $t {})* };
 }
-task_local_carriers!((), u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, String, &'static str, Vec<u8>);
+task_local_carriers!(
+    (),
+    bool,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    String,
+    &'static str,
+    Vec<u8>
+);
 
 #[cfg(test)]
 mod tests {
@@ -163,9 +229,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn cap_takes_the_earlier_deadline() {
         let outer = Deadline::after(Duration::from_secs(10));
-        assert_eq!(outer.capped(Duration::from_secs(3)).remaining(), Duration::from_secs(3));
+        assert_eq!(
+            outer.capped(Duration::from_secs(3)).remaining(),
+            Duration::from_secs(3)
+        );
         assert_eq!(outer.capped(Duration::from_secs(30)), outer);
-        assert_eq!(Deadline::min_with_cap(None, Duration::from_secs(1)).remaining(), Duration::from_secs(1));
+        assert_eq!(
+            Deadline::min_with_cap(None, Duration::from_secs(1)).remaining(),
+            Duration::from_secs(1)
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -184,9 +256,13 @@ mod tests {
             .scope(async move {
                 assert_eq!(Deadline::current(), Some(outer));
                 let later = Deadline::after(Duration::from_secs(50));
-                later.scope(async move { assert_eq!(Deadline::current(), Some(outer)) }).await;
+                later
+                    .scope(async move { assert_eq!(Deadline::current(), Some(outer)) })
+                    .await;
                 let sooner = Deadline::after(Duration::from_secs(1));
-                sooner.scope(async move { assert_eq!(Deadline::current(), Some(sooner)) }).await;
+                sooner
+                    .scope(async move { assert_eq!(Deadline::current(), Some(sooner)) })
+                    .await;
                 assert_eq!(0u64.deadline(), Some(outer));
             })
             .await;
@@ -199,13 +275,19 @@ mod tests {
         d.sleep_at_most(Duration::from_secs(10)).await;
         assert_eq!(start.elapsed(), Duration::from_millis(100));
         let start = Instant::now();
-        Deadline::after(Duration::from_secs(10)).sleep_at_most(Duration::from_millis(7)).await;
+        Deadline::after(Duration::from_secs(10))
+            .sleep_at_most(Duration::from_millis(7))
+            .await;
         assert_eq!(start.elapsed(), Duration::from_millis(7));
     }
 
     #[test]
     fn http_requests_carry_their_deadline() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
         rt.block_on(async {
             let mut req = http::Request::new(());
             assert_eq!(req.deadline(), None);

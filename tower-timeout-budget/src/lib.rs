@@ -1,21 +1,64 @@
 //! Deadlines for tower services: a per-request budget that covers the whole call and travels
 //! across hops.
 //!
-//! [`Deadline`] is the shared currency: the timeout layers set it, and the bulkhead, retry and
-//! idempotency layers read it (from request extensions, or from the task-local scope set with
-//! [`Deadline::scope`]) so that none of their waits outlives the request.
+//! - [`Deadline`] is the shared currency: the layers here set it, and the bulkhead, retry and
+//!   idempotency layers read it (from request extensions, or from the task-local scope set with
+//!   [`Deadline::scope`]) so that none of their waits outlives the request.
+//! - [`TimeoutBudgetLayer`] gives each request min(its deadline, start + cap), with an optional
+//!   per-request cap ([`CapFn`]), and fails the call with a [`tower_red::Rejection`] of kind
+//!   `DeadlineExceeded` (HTTP 504, gRPC `DEADLINE_EXCEEDED`) when it passes, **time spent
+//!   waiting in `poll_ready` included** (tower #648). The [`Stage`] where it passed is in the
+//!   rejection's detail and in the metrics.
+//! - [`inbound::InboundDeadlineLayer`] (servers) turns `grpc-timeout` or a millisecond HTTP
+//!   header into the deadline and a task-local scope; [`outbound::OutboundDeadlineLayer`]
+//!   (clients: reqwest, tonic, hyper) writes the remaining budget into the outgoing request and
+//!   fails fast when it is spent. [`wire`] holds both header formats.
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_timeout_budget::{Deadline, DeadlineCarrier};
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_red::{Rejection, RejectionKind};
+//! use tower_timeout_budget::{Stage, TimeoutBudgetLayer};
 //!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let mut req = http::Request::new(());
-//! req.set_deadline(Deadline::after(Duration::from_secs(2)));
-//! assert!(req.deadline().unwrap().remaining() <= Duration::from_secs(2));
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let svc = ServiceBuilder::new()
+//!     .layer(TimeoutBudgetLayer::new(Duration::from_millis(100)).expect("a valid cap"))
+//!     .service(service_fn(|_req: http::Request<()>| async {
+//!         tokio::time::sleep(Duration::from_secs(1)).await;
+//!         Ok::<_, std::convert::Infallible>("too late")
+//!     }));
+//! let err = svc.oneshot(http::Request::new(())).await.unwrap_err();
+//! let rejection = Rejection::find_in(&err).expect("a rejection");
+//! assert_eq!(rejection.kind(), RejectionKind::DeadlineExceeded);
+//! assert_eq!(Stage::of(rejection), Some(Stage::Call));
 //! # }
 //! ```
+//!
+//! # Metrics
+//!
+//! Every layer instance records the `tower-red` RED pair
+//! ([`REQUESTS_TOTAL`](tower_red::names::REQUESTS_TOTAL),
+//! [`REQUEST_DURATION_SECONDS`](tower_red::names::REQUEST_DURATION_SECONDS)) with
+//! `layer="timeout"` and its `name`, plus
+//! [`DEADLINE_EXCEEDED_TOTAL`](tower_red::names::DEADLINE_EXCEEDED_TOTAL) by `stage` and, for the
+//! inbound layer, [`DEADLINE_HEADER_INVALID_TOTAL`](tower_red::names::DEADLINE_HEADER_INVALID_TOTAL)
+//! by `header`. Handles are registered when the layer is built; a call allocates nothing.
 
+mod config;
 mod deadline;
+pub mod error;
+mod future;
+pub mod inbound;
+mod layer;
+mod metrics;
+pub mod outbound;
+mod ready;
+mod service;
+pub mod wire;
 
+pub use crate::config::{CapFn, DefaultCap, TimeoutBudgetBuilder};
 pub use crate::deadline::{Deadline, DeadlineCarrier};
+pub use crate::error::{ConfigError, Stage};
+pub use crate::future::ResponseFuture;
+pub use crate::layer::TimeoutBudgetLayer;
+pub use crate::service::TimeoutBudget;

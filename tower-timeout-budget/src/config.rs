@@ -1,0 +1,173 @@
+//! The builder of [`TimeoutBudgetLayer`] and its validation, and [`CapFn`], the per-request cap.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::layer::TimeoutBudgetLayer;
+use crate::metrics::Shared;
+
+/// The per-request cap of a [`TimeoutBudgetLayer`]: a function of the request that returns its
+/// cap, or `None` for the layer's default cap (tower #798).
+///
+/// Implemented by [`DefaultCap`] (always the default) and by every
+/// `Fn(&Req) -> Option<Duration>`.
+pub trait CapFn<Req> {
+    /// The cap for `req`, or `None` for the layer's default.
+    fn cap(&self, req: &Req) -> Option<Duration>;
+}
+
+/// The [`CapFn`] of a layer without a per-request cap: every request gets the default cap.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultCap;
+
+impl<Req> CapFn<Req> for DefaultCap {
+    #[inline]
+    fn cap(&self, _req: &Req) -> Option<Duration> {
+        None
+    }
+}
+
+impl<Req, F> CapFn<Req> for F
+where
+    F: Fn(&Req) -> Option<Duration>,
+{
+    #[inline]
+    fn cap(&self, req: &Req) -> Option<Duration> {
+        self(req)
+    }
+}
+
+/// Builder of [`TimeoutBudgetLayer`]; [`build`](Self::build) validates every field.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_timeout_budget::TimeoutBudgetLayer;
+///
+/// let layer = TimeoutBudgetLayer::builder()
+///     .cap(Duration::from_secs(2))
+///     // uploads get longer; everything else the default cap
+///     .cap_fn(|req: &http::Request<()>| {
+///         (req.uri().path() == "/upload").then_some(Duration::from_secs(30))
+///     })
+///     .ready_timeout(Duration::from_millis(500))
+///     .name("checkout")
+///     .build()
+///     .expect("valid configuration");
+/// # let _ = layer;
+/// ```
+#[must_use]
+pub struct TimeoutBudgetBuilder<C = DefaultCap> {
+    cap: Option<Duration>,
+    cap_fn: C,
+    ready_timeout: Option<Duration>,
+    name: Arc<str>,
+    metrics: bool,
+}
+
+impl<C> fmt::Debug for TimeoutBudgetBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimeoutBudgetBuilder")
+            .field("cap", &self.cap)
+            .field("ready_timeout", &self.ready_timeout)
+            .field("name", &self.name)
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for TimeoutBudgetBuilder {
+    fn default() -> Self {
+        TimeoutBudgetBuilder {
+            cap: None,
+            cap_fn: DefaultCap,
+            ready_timeout: None,
+            name: Arc::from("timeout"),
+            metrics: true,
+        }
+    }
+}
+
+impl<C> TimeoutBudgetBuilder<C> {
+    /// The default cap (required): a request gets min(its deadline, start + cap), where the
+    /// start is the beginning of the readiness wait, or the call when the service was ready.
+    pub fn cap(mut self, cap: Duration) -> Self {
+        self.cap = Some(cap);
+        self
+    }
+
+    /// A per-request cap: `f(&req)` returns the request's cap, or `None` for the default.
+    pub fn cap_fn<G>(self, f: G) -> TimeoutBudgetBuilder<G> {
+        TimeoutBudgetBuilder {
+            cap: self.cap,
+            cap_fn: f,
+            ready_timeout: self.ready_timeout,
+            name: self.name,
+            metrics: self.metrics,
+        }
+    }
+
+    /// The longest wait for the inner service's readiness, before any request is known.
+    /// Defaults to the default cap. The task-local deadline, when there is one, bounds it too.
+    pub fn ready_timeout(mut self, limit: Duration) -> Self {
+        self.ready_timeout = Some(limit);
+        self
+    }
+
+    /// The instance name: the `name` label of the metrics and the name in rejections
+    /// (default `timeout`).
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Whether to record RED metrics and deadline-exceeded counts (default on). Without them
+    /// a call that completes at once reads the clock once instead of twice.
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
+        self
+    }
+
+    /// Validates the configuration and registers the metric handles with the recorder
+    /// installed now.
+    pub fn build(self) -> Result<TimeoutBudgetLayer<C>, ConfigError> {
+        let cap = match self.cap {
+            None => return Err(ConfigError::new("cap", "is required")),
+            Some(cap) => positive("cap", cap)?,
+        };
+        let ready_timeout = match self.ready_timeout {
+            None => cap,
+            Some(limit) => positive("ready_timeout", limit)?,
+        };
+        validate_name(&self.name)?;
+        let shared = Shared::new(self.name, self.metrics, &[]);
+        Ok(TimeoutBudgetLayer::from_parts(
+            cap,
+            self.cap_fn,
+            ready_timeout,
+            shared,
+        ))
+    }
+}
+
+pub(crate) fn positive(field: &'static str, value: Duration) -> Result<Duration, ConfigError> {
+    if value.is_zero() {
+        Err(ConfigError::new(field, "must be greater than zero"))
+    } else {
+        Ok(value)
+    }
+}
+
+pub(crate) fn validate_name(name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::new("name", "must not be empty"));
+    }
+    if name.len() > 64 {
+        return Err(ConfigError::new(
+            "name",
+            "must be at most 64 bytes (it is a metric label)",
+        ));
+    }
+    Ok(())
+}

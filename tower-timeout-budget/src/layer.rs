@@ -1,0 +1,82 @@
+//! [`TimeoutBudgetLayer`]: sets and enforces a per-request deadline.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use crate::config::{DefaultCap, TimeoutBudgetBuilder};
+use crate::error::ConfigError;
+use crate::metrics::Shared;
+use crate::ready::ReadyWait;
+use crate::service::TimeoutBudget;
+
+/// Layer that gives every request the deadline min(its own deadline, start + cap) and fails
+/// the call with a [`DeadlineExceeded`](tower_red::RejectionKind::DeadlineExceeded) rejection
+/// when it passes, time spent waiting for the inner service's readiness included.
+///
+/// See the [crate docs](crate) for an example and [`TimeoutBudgetBuilder`] for the options.
+#[must_use]
+#[derive(Clone)]
+pub struct TimeoutBudgetLayer<C = DefaultCap> {
+    pub(crate) cap: Duration,
+    pub(crate) cap_fn: C,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl<C> fmt::Debug for TimeoutBudgetLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimeoutBudgetLayer")
+            .field("cap", &self.cap)
+            .field("ready_timeout", &self.ready_timeout)
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TimeoutBudgetLayer {
+    /// A layer with the default cap `cap` and default options (metrics on, name `timeout`).
+    pub fn new(cap: Duration) -> Result<Self, ConfigError> {
+        Self::builder().cap(cap).build()
+    }
+
+    /// A builder, to set a per-request cap, the readiness limit, the name or metrics.
+    pub fn builder() -> TimeoutBudgetBuilder {
+        TimeoutBudgetBuilder::default()
+    }
+}
+
+impl<C> TimeoutBudgetLayer<C> {
+    pub(crate) fn from_parts(
+        cap: Duration,
+        cap_fn: C,
+        ready_timeout: Duration,
+        shared: Arc<Shared>,
+    ) -> Self {
+        TimeoutBudgetLayer {
+            cap,
+            cap_fn,
+            ready_timeout,
+            shared,
+        }
+    }
+
+    /// The default cap.
+    pub fn cap(&self) -> Duration {
+        self.cap
+    }
+}
+
+impl<S, C: Clone> Layer<S> for TimeoutBudgetLayer<C> {
+    type Service = TimeoutBudget<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TimeoutBudget {
+            inner,
+            config: self.clone(),
+            ready: ReadyWait::default(),
+        }
+    }
+}

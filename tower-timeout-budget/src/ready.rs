@@ -1,0 +1,88 @@
+//! Enforcing the deadline while waiting in `poll_ready` (tower #648).
+//!
+//! `poll_ready` has no request, so the request's own deadline is unknown there. The clock starts
+//! at the first `poll_ready` since the last `call` that finds the inner service *not* ready (an
+//! inner service that is ready at once costs no clock read and no timer). From then on the wait
+//! is bounded by the task-local deadline ([`Deadline::current`]) and by the layer's readiness
+//! limit, with one timer armed for the whole wait. When it fires, `poll_ready` returns `Ready`
+//! and the next `call` fails with [`Stage::Ready`](crate::Stage::Ready) without calling the inner
+//! service (fail-fast refusals come from `call`, never from `poll_ready`). When the inner service
+//! becomes ready in time, the request's deadline is counted from the start of the wait.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use crate::Deadline;
+
+/// The readiness-wait state of one service instance; a clone starts fresh.
+#[derive(Debug, Default)]
+pub(crate) struct ReadyWait {
+    since: Option<Instant>,
+    // Boxed: only allocated when a wait actually happens, and keeps the service `Unpin`.
+    timer: Option<Pin<Box<Sleep>>>,
+    expired: bool,
+}
+
+impl ReadyWait {
+    /// Whether the wait already ran out (the next `call` must fail).
+    #[inline]
+    pub(crate) fn expired(&self) -> bool {
+        self.expired
+    }
+
+    /// Folds in the inner service's readiness; `limit` bounds the wait (from its start).
+    #[inline]
+    pub(crate) fn after_poll<E>(
+        &mut self,
+        cx: &mut Context<'_>,
+        inner: Poll<Result<(), E>>,
+        limit: Option<Duration>,
+    ) -> Poll<Result<(), E>> {
+        match inner {
+            Poll::Ready(Ok(())) => {
+                self.timer = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => {
+                *self = ReadyWait::default();
+                Poll::Ready(Err(e))
+            }
+            Poll::Pending => self.wait(cx, limit),
+        }
+    }
+
+    #[cold]
+    fn wait<E>(&mut self, cx: &mut Context<'_>, limit: Option<Duration>) -> Poll<Result<(), E>> {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if self.timer.is_none() {
+            let own = limit.map(|limit| Deadline::after_from(since, limit));
+            let bound = match (Deadline::current(), own) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(d) => d,
+                    None => return Poll::Pending,
+                },
+            };
+            self.timer = Some(Box::pin(bound.sleep()));
+        }
+        if let Some(timer) = self.timer.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
+        {
+            self.timer = None;
+            self.expired = true;
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
+    }
+
+    /// Taken by `call`: when the wait started (if the service was ever not ready) and whether
+    /// it ran out. Resets the state for the next request.
+    #[inline]
+    pub(crate) fn take(&mut self) -> (Option<Instant>, bool) {
+        self.timer = None;
+        (self.since.take(), std::mem::take(&mut self.expired))
+    }
+}

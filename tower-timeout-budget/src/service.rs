@@ -1,0 +1,117 @@
+//! [`TimeoutBudget`]: the service built by [`TimeoutBudgetLayer`].
+
+use std::fmt;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower_red::BoxError;
+use tower_service::Service;
+
+use crate::config::{CapFn, DefaultCap};
+use crate::error::{ConfigError, Stage};
+use crate::future::ResponseFuture;
+use crate::layer::TimeoutBudgetLayer;
+use crate::ready::ReadyWait;
+use crate::{Deadline, DeadlineCarrier};
+
+/// Service that sets and enforces a per-request deadline; see [`TimeoutBudgetLayer`].
+pub struct TimeoutBudget<S, C = DefaultCap> {
+    pub(crate) inner: S,
+    pub(crate) config: TimeoutBudgetLayer<C>,
+    pub(crate) ready: ReadyWait,
+}
+
+impl<S> TimeoutBudget<S> {
+    /// Wraps `inner` with the default cap `cap` and default options.
+    pub fn new(inner: S, cap: Duration) -> Result<Self, ConfigError> {
+        TimeoutBudgetLayer::new(cap).map(|layer| tower_layer::Layer::layer(&layer, inner))
+    }
+
+    /// A layer with the default cap `cap`: the same as [`TimeoutBudgetLayer::new`].
+    pub fn layer(cap: Duration) -> Result<TimeoutBudgetLayer, ConfigError> {
+        TimeoutBudgetLayer::new(cap)
+    }
+}
+
+impl<S, C> TimeoutBudget<S, C> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, C: Clone> Clone for TimeoutBudget<S, C> {
+    fn clone(&self) -> Self {
+        // A clone does not inherit a readiness wait in progress.
+        TimeoutBudget {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+            ready: ReadyWait::default(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for TimeoutBudget<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TimeoutBudget")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, Req> Service<Req> for TimeoutBudget<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: CapFn<Req>,
+    Req: DeadlineCarrier,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        if self.ready.expired() {
+            return Poll::Ready(Ok(()));
+        }
+        let inner = self.inner.poll_ready(cx).map_err(Into::into);
+        self.ready
+            .after_poll(cx, inner, Some(self.config.ready_timeout))
+    }
+
+    #[inline]
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let (since, ready_expired) = self.ready.take();
+        let now = Instant::now();
+        let shared = &self.config.shared;
+        if ready_expired {
+            return ResponseFuture::failed(shared.exceeded(Stage::Ready, since.map(|s| now - s)));
+        }
+        let start = since.unwrap_or(now);
+        let cap = self.config.cap_fn.cap(&req).unwrap_or(self.config.cap);
+        let own = Deadline::after_from(start, cap);
+        let deadline = req.deadline().map_or(own, |d| d.min(own));
+        if deadline.instant() <= now {
+            return ResponseFuture::failed(match since {
+                Some(since) => shared.exceeded(Stage::Ready, Some(now - since)),
+                None => shared.exceeded(Stage::Arrival, None),
+            });
+        }
+        req.set_deadline(deadline);
+        let fut = deadline.sync_scope(|| self.inner.call(req));
+        ResponseFuture::running(fut, Some(deadline), start, shared.clone())
+    }
+}

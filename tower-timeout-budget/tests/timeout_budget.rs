@@ -1,0 +1,322 @@
+//! Behaviour of `TimeoutBudgetLayer` on a paused clock.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::time::{Instant, advance};
+use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok, task};
+use tower::{Layer, ServiceExt, service_fn};
+use tower_red::{BoxError, Rejection, RejectionKind};
+use tower_timeout_budget::{Deadline, DeadlineCarrier, Stage, TimeoutBudgetLayer};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn stage_of(err: &BoxError) -> Stage {
+    let rejection = Rejection::find_in(err).expect("a rejection");
+    assert_eq!(rejection.kind(), RejectionKind::DeadlineExceeded);
+    Stage::of(rejection).expect("a stage")
+}
+
+fn layer(cap_ms: u64) -> TimeoutBudgetLayer {
+    TimeoutBudgetLayer::new(Duration::from_millis(cap_ms)).expect("valid cap")
+}
+
+#[tokio::test(start_paused = true)]
+async fn call_that_finishes_in_time_passes_through() {
+    let svc = layer(100).layer(service_fn(|req: u64| async move {
+        tokio::time::sleep(99 * MS).await;
+        Ok::<_, Infallible>(req + 1)
+    }));
+    assert_eq!(svc.oneshot(41).await.expect("in time"), 42);
+}
+
+#[tokio::test(start_paused = true)]
+async fn call_fails_exactly_when_the_cap_passes_with_stage_call() {
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    assert_ready_ok!(svc.poll_ready());
+    let mut fut = task::spawn(svc.call(http::Request::new(())));
+    let (_req, _respond) = handle
+        .next_request()
+        .await
+        .expect("the request reached the inner service");
+    assert_pending!(fut.poll());
+    advance(99 * MS).await;
+    assert_pending!(fut.poll());
+    advance(MS).await;
+    assert!(fut.is_woken());
+    let err = assert_ready_err!(fut.poll());
+    assert_eq!(stage_of(&err), Stage::Call);
+    assert_eq!(err.to_string(), "deadline exceeded (timeout): in the call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn time_waiting_for_readiness_counts_against_the_budget() {
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    handle.allow(0);
+    assert_pending!(svc.poll_ready());
+    advance(60 * MS).await;
+    handle.allow(1);
+    assert!(svc.is_woken());
+    assert_ready_ok!(svc.poll_ready());
+    let mut fut = task::spawn(svc.call(http::Request::new(())));
+    let (req, _respond) = handle.next_request().await.expect("sent");
+    // The deadline counts from the start of the readiness wait: 40 ms are left, not 100.
+    assert_eq!(req.deadline().expect("a deadline").remaining(), 40 * MS);
+    assert_pending!(fut.poll());
+    advance(40 * MS).await;
+    assert_eq!(stage_of(&assert_ready_err!(fut.poll())), Stage::Call);
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_wait_past_the_cap_fails_the_call_with_stage_ready_without_calling_inner() {
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    handle.allow(0);
+    assert_pending!(svc.poll_ready());
+    advance(99 * MS).await;
+    assert_pending!(svc.poll_ready());
+    advance(MS).await;
+    assert!(svc.is_woken());
+    // Refusals come from `call`, never from `poll_ready`.
+    assert_ready_ok!(svc.poll_ready());
+    let err = svc
+        .call(http::Request::new(()))
+        .await
+        .expect_err("the wait ran out");
+    assert_eq!(stage_of(&err), Stage::Ready);
+    assert_eq!(
+        Rejection::find_in(&err).map(Rejection::detail),
+        Some("waiting for readiness")
+    );
+    assert!(
+        handle.poll_request().is_pending(),
+        "the inner service never saw the request"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn readiness_limit_can_be_shorter_than_the_cap() {
+    let layer = TimeoutBudgetLayer::builder()
+        .cap(1_000 * MS)
+        .ready_timeout(10 * MS)
+        .build()
+        .expect("valid");
+    let (mut svc, mut handle) = tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer);
+    handle.allow(0);
+    assert_pending!(svc.poll_ready());
+    advance(10 * MS).await;
+    assert_ready_ok!(svc.poll_ready());
+    let err = svc
+        .call(http::Request::new(()))
+        .await
+        .expect_err("the wait ran out");
+    assert_eq!(stage_of(&err), Stage::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn task_local_deadline_bounds_the_readiness_wait() {
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(10_000));
+    handle.allow(0);
+    let outer = Deadline::after(20 * MS);
+    outer.sync_scope(|| assert_pending!(svc.poll_ready()));
+    advance(20 * MS).await;
+    assert_ready_ok!(outer.sync_scope(|| svc.poll_ready()));
+    let err = svc
+        .call(http::Request::new(()))
+        .await
+        .expect_err("the outer deadline passed");
+    assert_eq!(stage_of(&err), Stage::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_earlier_existing_deadline_wins_and_a_later_one_is_capped() {
+    let seen = |req: http::Request<()>| async move {
+        Ok::<_, Infallible>(req.deadline().map(Deadline::remaining))
+    };
+    let svc = layer(100).layer(service_fn(seen));
+
+    let mut req = http::Request::new(());
+    req.set_deadline(Deadline::after(30 * MS));
+    assert_eq!(svc.clone().oneshot(req).await.expect("ok"), Some(30 * MS));
+
+    let mut req = http::Request::new(());
+    req.set_deadline(Deadline::after(5_000 * MS));
+    assert_eq!(svc.oneshot(req).await.expect("ok"), Some(100 * MS));
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_request_cap_overrides_the_default() {
+    let layer = TimeoutBudgetLayer::builder()
+        .cap(100 * MS)
+        .cap_fn(|req: &http::Request<()>| (req.uri().path() == "/upload").then_some(2_000 * MS))
+        .build()
+        .expect("valid");
+    let svc = layer.layer(service_fn(|req: http::Request<()>| async move {
+        Ok::<_, Infallible>(req.deadline().map(Deadline::remaining))
+    }));
+    let upload = http::Request::get("/upload").body(()).expect("a request");
+    assert_eq!(
+        svc.clone().oneshot(upload).await.expect("ok"),
+        Some(2_000 * MS)
+    );
+    let other = http::Request::get("/other").body(()).expect("a request");
+    assert_eq!(svc.oneshot(other).await.expect("ok"), Some(100 * MS));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_deadline_fails_on_arrival_without_calling_inner() {
+    let called = Arc::new(AtomicBool::new(false));
+    let flag = called.clone();
+    let svc = layer(100).layer(service_fn(move |_req: http::Request<()>| {
+        flag.store(true, Ordering::SeqCst);
+        async { Ok::<_, Infallible>(()) }
+    }));
+    let mut req = http::Request::new(());
+    req.set_deadline(Deadline::after(5 * MS));
+    advance(5 * MS).await;
+    let err = svc.oneshot(req).await.expect_err("spent");
+    assert_eq!(stage_of(&err), Stage::Arrival);
+    assert!(!called.load(Ordering::SeqCst));
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_types_without_extensions_see_the_deadline_in_the_task_local_scope() {
+    let svc = layer(250).layer(service_fn(|_req: u64| async {
+        tokio::time::sleep(50 * MS).await;
+        // Still inside the scope after a suspension point.
+        Ok::<_, Infallible>(Deadline::current().map(Deadline::remaining))
+    }));
+    assert_eq!(svc.oneshot(7).await.expect("ok"), Some(200 * MS));
+    assert_eq!(Deadline::current(), None, "the scope does not leak out");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_call_drops_the_inner_future() {
+    struct Flag(Arc<AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    let svc = layer(10).layer(service_fn(move |_req: u64| {
+        let guard = Flag(flag.clone());
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(())
+        }
+    }));
+    let start = Instant::now();
+    let err = svc.oneshot(1).await.expect_err("timed out");
+    assert_eq!(stage_of(&err), Stage::Call);
+    assert_eq!(start.elapsed(), 10 * MS);
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the innermost work was cancelled"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_errors_pass_through_untouched() {
+    let svc = layer(100).layer(service_fn(|_req: u64| async {
+        Err::<(), BoxError>("boom".into())
+    }));
+    let err = svc.oneshot(1).await.expect_err("inner error");
+    assert!(Rejection::find_in(&err).is_none());
+    assert_eq!(err.to_string(), "boom");
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_readiness_errors_pass_through() {
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    handle.send_error("not ready");
+    let err = assert_ready_err!(svc.poll_ready());
+    assert_eq!(err.to_string(), "not ready");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clone_does_not_inherit_a_readiness_wait() {
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    handle.allow(0);
+    assert_pending!(svc.poll_ready());
+    advance(100 * MS).await;
+    assert_ready_ok!(svc.poll_ready());
+    let mut clone = tower_test::mock::Spawn::new(svc.get_ref().clone());
+    handle.allow(1);
+    assert_ready_ok!(clone.poll_ready());
+    let mut fut = task::spawn(clone.call(http::Request::new(())));
+    let (req, respond) = handle
+        .next_request()
+        .await
+        .expect("the clone called through");
+    assert_eq!(req.deadline().map(Deadline::remaining), Some(100 * MS));
+    respond.send_response(());
+    assert_ready!(fut.poll()).expect("the clone's call succeeds");
+    // The original still fails its own call.
+    let err = svc
+        .call(http::Request::new(()))
+        .await
+        .expect_err("its wait ran out");
+    assert_eq!(stage_of(&err), Stage::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_call_starts_a_fresh_budget() {
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    handle.allow(0);
+    assert_pending!(svc.poll_ready());
+    advance(30 * MS).await;
+    handle.allow(2);
+    assert_ready_ok!(svc.poll_ready());
+    let _first = svc.call(http::Request::new(()));
+    let (first, _r1) = handle.next_request().await.expect("first");
+    assert_eq!(first.deadline().map(Deadline::remaining), Some(70 * MS));
+    advance(500 * MS).await;
+    assert_ready_ok!(svc.poll_ready());
+    let _second = svc.call(http::Request::new(()));
+    let (second, _r2) = handle.next_request().await.expect("second");
+    assert_eq!(second.deadline().map(Deadline::remaining), Some(100 * MS));
+}
+
+#[test]
+fn bad_configuration_names_the_field() {
+    let err = TimeoutBudgetLayer::builder().build().expect_err("no cap");
+    assert_eq!((err.field(), err.reason()), ("cap", "is required"));
+    let err = TimeoutBudgetLayer::new(Duration::ZERO).expect_err("zero cap");
+    assert_eq!(err.field(), "cap");
+    let err = TimeoutBudgetLayer::builder()
+        .cap(MS)
+        .ready_timeout(Duration::ZERO)
+        .build()
+        .expect_err("zero");
+    assert_eq!(err.field(), "ready_timeout");
+    let err = TimeoutBudgetLayer::builder()
+        .cap(MS)
+        .name("")
+        .build()
+        .expect_err("empty name");
+    assert_eq!(err.field(), "name");
+    assert_eq!(err.to_string(), "invalid `name`: must not be empty");
+}
+
+#[test]
+fn the_stack_is_send_sync_and_static() {
+    fn assert_send_sync<T: Send + Sync + 'static>(_: &T) {}
+    let svc = layer(1).layer(service_fn(|_req: u64| async { Ok::<_, Infallible>(()) }));
+    assert_send_sync(&svc);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let _guard = rt.enter();
+    let fut = svc.clone().oneshot(1);
+    fn assert_send<T: Send + 'static>(_: &T) {}
+    assert_send(&fut);
+}
