@@ -8,6 +8,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_red::BoxError;
+use tower_red::clock::{self, Scope};
 use tower_red::red::Outcome;
 
 use crate::Deadline;
@@ -85,6 +86,7 @@ where
                 start,
                 shared,
             } => {
+                let _scope = Scope::enter();
                 let polled = match *deadline {
                     Some(d) => d.sync_scope(|| fut.poll(cx)),
                     None => fut.poll(cx),
@@ -96,7 +98,7 @@ where
                             Ok(_) => Outcome::Ok,
                             Err(e) => Outcome::from_error(&**e),
                         },
-                        || start.elapsed(),
+                        || clock::now().saturating_duration_since(*start),
                     );
                     return Poll::Ready(res);
                 }
@@ -109,7 +111,10 @@ where
                 if let Some(timer) = sleep.as_pin_mut() {
                     ready!(timer.poll(cx));
                 }
-                Poll::Ready(Err(shared.exceeded(Stage::Call, Some(start.elapsed()))))
+                Poll::Ready(Err(shared.exceeded(
+                    Stage::Call,
+                    Some(clock::now().saturating_duration_since(*start)),
+                )))
             }
             StateProj::Failed { err } => {
                 Poll::Ready(Err(err.take().expect("polled after completion")))

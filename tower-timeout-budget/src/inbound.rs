@@ -3,7 +3,7 @@
 //!
 //! For each request, [`InboundDeadline`]:
 //!
-//! 1. reads `grpc-timeout` (the exact gRPC wire format, see [`wire`](crate::wire)) and the HTTP
+//! 1. reads `grpc-timeout` (the exact gRPC wire format, see [`wire`]) and the HTTP
 //!    header (default [`x-request-timeout-ms`](crate::wire::DEFAULT_HTTP_HEADER), the format of
 //!    Envoy's `x-envoy-expected-rq-timeout-ms`); when both are valid the smaller wins;
 //! 2. clamps the budget by the server's cap (which also applies when no header is sent), as
@@ -43,9 +43,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::HeaderName;
-use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_red::BoxError;
+use tower_red::clock::{self, Scope};
 use tower_service::Service;
 
 use crate::config::{positive, validate_name};
@@ -315,7 +315,9 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let now = Instant::now();
+        // One clock read serves every layer of the stack inside this call.
+        let _scope = Scope::enter();
+        let now = clock::now();
         let budget = match header_budget(&self.config, &self.shared, req.headers()) {
             Ok(budget) => budget,
             Err(detail) => return ResponseFuture::failed(self.shared.invalid(detail)),

@@ -6,7 +6,7 @@
 //! 1. reads the deadline from the request's extensions or the task-local scope (so a handler
 //!    behind [`InboundDeadlineLayer`](crate::inbound::InboundDeadlineLayer) needs no plumbing),
 //!    capped by the layer's own [`cap`](OutboundDeadlineBuilder::cap) when set;
-//! 2. fails fast with [`Stage::BeforeSend`](crate::Stage::BeforeSend), **without sending**, when
+//! 2. fails fast with [`Stage::BeforeSend`], **without sending**, when
 //!    the remaining budget is no more than the margin;
 //! 3. writes remaining − margin (rounded down) into `grpc-timeout` (the finest unit that fits 8
 //!    digits) for gRPC requests (`content-type: application/grpc…`), or into the millisecond
@@ -41,9 +41,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_red::BoxError;
+use tower_red::clock::{self, Scope};
 use tower_red::parts::RequestParts;
 use tower_service::Service;
 
@@ -311,7 +311,9 @@ where
 
     fn call(&mut self, mut req: R) -> Self::Future {
         let (since, ready_expired) = self.ready.take();
-        let now = Instant::now();
+        // One clock read serves every layer of the stack inside this call.
+        let _scope = Scope::enter();
+        let now = clock::now();
         if ready_expired {
             return ResponseFuture::failed(
                 self.shared.exceeded(Stage::Ready, since.map(|s| now - s)),

@@ -4,8 +4,8 @@ use std::fmt;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tower_red::BoxError;
+use tower_red::clock::{self, Scope};
 use tower_service::Service;
 
 use crate::config::{CapFn, DefaultCap};
@@ -95,7 +95,9 @@ where
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
         let (since, ready_expired) = self.ready.take();
-        let now = Instant::now();
+        // One clock read serves every layer of the stack inside this call.
+        let _scope = Scope::enter();
+        let now = clock::now();
         let shared = &self.config.shared;
         if ready_expired {
             return ResponseFuture::failed(shared.exceeded(Stage::Ready, since.map(|s| now - s)));

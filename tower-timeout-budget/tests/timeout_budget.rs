@@ -314,7 +314,10 @@ fn the_stack_is_send_sync_and_static() {
     fn assert_send_sync<T: Send + Sync + 'static>(_: &T) {}
     let svc = layer(1).layer(service_fn(|_req: u64| async { Ok::<_, Infallible>(()) }));
     assert_send_sync(&svc);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
     let _guard = rt.enter();
     let fut = svc.clone().oneshot(1);
     fn assert_send<T: Send + 'static>(_: &T) {}

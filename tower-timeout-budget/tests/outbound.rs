@@ -1,0 +1,237 @@
+//! Behaviour of `OutboundDeadlineLayer` on a paused clock.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::HeaderMap;
+use tokio::time::{Instant, advance};
+use tower::{Layer, ServiceExt, service_fn};
+use tower_red::{BoxError, Rejection, RejectionKind};
+use tower_timeout_budget::outbound::{OutboundDeadlineLayer, Propagation};
+use tower_timeout_budget::{Deadline, DeadlineCarrier, Stage};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// Sends `req` through `layer` over a client that answers with the headers it was sent.
+async fn sent(
+    layer: &OutboundDeadlineLayer,
+    req: http::Request<()>,
+) -> Result<HeaderMap, BoxError> {
+    let client = layer.layer(service_fn(|req: http::Request<()>| async move {
+        Ok::<_, Infallible>(req.headers().clone())
+    }));
+    client.oneshot(req).await
+}
+
+fn grpc_request() -> http::Request<()> {
+    http::Request::post("/grpc.health.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .body(())
+        .expect("a request")
+}
+
+fn stage_of(err: &BoxError) -> Option<Stage> {
+    let rejection = Rejection::find_in(err).expect("a rejection");
+    assert_eq!(rejection.kind(), RejectionKind::DeadlineExceeded);
+    Stage::of(rejection)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_task_local_budget_minus_the_margin_goes_into_the_http_header() {
+    let layer = OutboundDeadlineLayer::builder()
+        .margin(100 * MS)
+        .build()
+        .expect("valid");
+    let headers = Deadline::after(2_000 * MS)
+        .scope(sent(&layer, http::Request::new(())))
+        .await
+        .expect("ok");
+    assert_eq!(headers["x-request-timeout-ms"], "1900");
+    assert!(!headers.contains_key("grpc-timeout"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_requests_get_grpc_timeout_from_the_extension() {
+    let layer = OutboundDeadlineLayer::builder()
+        .margin(10 * MS)
+        .build()
+        .expect("valid");
+    let mut req = grpc_request();
+    req.set_deadline(Deadline::after(510 * MS));
+    advance(100 * MS).await;
+    let headers = sent(&layer, req).await.expect("ok");
+    assert_eq!(headers["grpc-timeout"], "400000u");
+    assert!(!headers.contains_key("x-request-timeout-ms"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_smaller_grpc_timeout_already_set_is_kept_and_a_larger_one_replaced() {
+    let layer = OutboundDeadlineLayer::new();
+    let mut req = grpc_request();
+    req.headers_mut()
+        .insert("grpc-timeout", http::HeaderValue::from_static("50m"));
+    let headers = Deadline::after(1_000 * MS)
+        .scope(sent(&layer, req))
+        .await
+        .expect("ok");
+    assert_eq!(headers["grpc-timeout"], "50m");
+    let mut req = grpc_request();
+    req.headers_mut()
+        .insert("grpc-timeout", http::HeaderValue::from_static("5S"));
+    let headers = Deadline::after(1_000 * MS)
+        .scope(sent(&layer, req))
+        .await
+        .expect("ok");
+    assert_eq!(headers["grpc-timeout"], "1000000u");
+}
+
+#[tokio::test(start_paused = true)]
+async fn propagation_can_force_either_header_both_or_none() {
+    let run = |p: Propagation| async move {
+        let layer = OutboundDeadlineLayer::builder()
+            .propagation(p)
+            .build()
+            .expect("valid");
+        Deadline::after(300 * MS)
+            .scope(sent(&layer, http::Request::new(())))
+            .await
+            .expect("ok")
+    };
+    let both = run(Propagation::Both).await;
+    assert_eq!(
+        (
+            both["grpc-timeout"].as_bytes(),
+            both["x-request-timeout-ms"].as_bytes()
+        ),
+        (&b"300000u"[..], &b"300"[..])
+    );
+    assert!(run(Propagation::None).await.is_empty());
+    assert_eq!(run(Propagation::GrpcTimeout).await.len(), 1);
+    assert_eq!(
+        run(Propagation::HttpHeader).await["x-request-timeout-ms"],
+        "300"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_budget_fails_fast_without_sending() {
+    let sent_anything = Arc::new(AtomicBool::new(false));
+    let flag = sent_anything.clone();
+    let layer = OutboundDeadlineLayer::builder()
+        .margin(20 * MS)
+        .build()
+        .expect("valid");
+    let client = layer.layer(service_fn(move |_req: http::Request<()>| {
+        flag.store(true, Ordering::SeqCst);
+        async { Ok::<_, Infallible>(()) }
+    }));
+    // No more than the margin left: not worth sending.
+    let err = Deadline::after(20 * MS)
+        .scope(client.clone().oneshot(http::Request::new(())))
+        .await
+        .expect_err("spent");
+    assert_eq!(stage_of(&err), Some(Stage::BeforeSend));
+    let deadline = Deadline::after(5 * MS);
+    advance(10 * MS).await;
+    let err = deadline
+        .scope(client.oneshot(http::Request::new(())))
+        .await
+        .expect_err("spent");
+    assert_eq!(stage_of(&err), Some(Stage::BeforeSend));
+    assert!(!sent_anything.load(Ordering::SeqCst));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_deadline_the_request_is_sent_unchanged() {
+    let headers = sent(&OutboundDeadlineLayer::new(), http::Request::new(()))
+        .await
+        .expect("ok");
+    assert!(headers.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_local_cap_applies_without_an_incoming_deadline() {
+    let layer = OutboundDeadlineLayer::builder()
+        .cap(800 * MS)
+        .build()
+        .expect("valid");
+    let headers = sent(&layer, http::Request::new(())).await.expect("ok");
+    assert_eq!(headers["x-request-timeout-ms"], "800");
+    let headers = Deadline::after(300 * MS)
+        .scope(sent(&layer, http::Request::new(())))
+        .await
+        .expect("ok");
+    assert_eq!(headers["x-request-timeout-ms"], "300");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_is_enforced_locally_even_if_the_server_ignores_it() {
+    let layer = OutboundDeadlineLayer::builder()
+        .margin(50 * MS)
+        .build()
+        .expect("valid");
+    let client = layer.layer(service_fn(|_req: http::Request<()>| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Ok::<_, Infallible>(())
+    }));
+    let start = Instant::now();
+    let err = Deadline::after(400 * MS)
+        .scope(client.oneshot(http::Request::new(())))
+        .await
+        .expect_err("cut");
+    assert_eq!(stage_of(&err), Some(Stage::Call));
+    // Cut at the deadline itself: the margin only shortens what the server is told.
+    assert_eq!(start.elapsed(), 400 * MS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_readiness_wait_is_bounded_by_the_task_local_deadline() {
+    let (mut client, mut handle) =
+        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(OutboundDeadlineLayer::new());
+    handle.allow(0);
+    let deadline = Deadline::after(30 * MS);
+    assert!(deadline.sync_scope(|| client.poll_ready()).is_pending());
+    advance(30 * MS).await;
+    assert!(deadline.sync_scope(|| client.poll_ready()).is_ready());
+    let err = deadline
+        .scope(client.call(http::Request::new(())))
+        .await
+        .expect_err("spent while waiting");
+    assert_eq!(stage_of(&err), Some(Stage::Ready));
+}
+
+#[cfg(feature = "reqwest")]
+#[tokio::test(start_paused = true)]
+async fn reqwest_requests_get_the_header_from_the_task_local_deadline() {
+    let client = OutboundDeadlineLayer::builder()
+        .margin(5 * MS)
+        .build()
+        .expect("valid")
+        .layer(service_fn(|req: reqwest::Request| async move {
+            Ok::<_, Infallible>(req.headers().clone())
+        }));
+    let url = reqwest::Url::parse("http://127.0.0.1:9/").expect("a url");
+    let req = reqwest::Request::new(reqwest::Method::GET, url);
+    let headers = Deadline::after(105 * MS)
+        .scope(client.oneshot(req))
+        .await
+        .expect("ok");
+    assert_eq!(headers["x-request-timeout-ms"], "100");
+}
+
+#[test]
+fn bad_configuration_names_the_field() {
+    let err = OutboundDeadlineLayer::builder()
+        .cap(MS)
+        .margin(MS)
+        .build()
+        .expect_err("margin");
+    assert_eq!(err.field(), "margin");
+    let err = OutboundDeadlineLayer::builder()
+        .http_header("bad header")
+        .build()
+        .expect_err("name");
+    assert_eq!(err.field(), "http_header");
+}
