@@ -1,0 +1,296 @@
+//! [`ResponseFuture`]: the call holding its permit, or waiting in the queue for one.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_red::BoxError;
+use tower_red::red::Outcome;
+use tower_service::Service;
+use tower_timeout_budget::Deadline;
+
+use crate::body::Release;
+use crate::error::Reason;
+use crate::partition::{PartitionState, Permit, Waiter};
+
+/// Whether a call with `deadline` cannot be served in time: the deadline has passed, or (with
+/// deadline-aware shedding) less time is left than the partition's recent service time.
+pub(crate) fn doomed(part: &PartitionState, deadline: Option<Deadline>, now: Instant) -> bool {
+    let Some(deadline) = deadline else {
+        return false;
+    };
+    let remaining = deadline.remaining_at(now);
+    remaining.is_zero()
+        || (part.shed_on_deadline && part.service_time().is_some_and(|s| remaining < s))
+}
+
+pin_project! {
+    /// The future of a [`Bulkhead`](crate::Bulkhead) call.
+    ///
+    /// Dropping it at any point gives back its permit or its place in the queue at once.
+    pub struct ResponseFuture<F, S, Req, H> {
+        #[pin]
+        state: State<F, S, Req>,
+        permit: Option<Permit>,
+        // When the call reached the bulkhead, if its partition times calls.
+        start: Option<Instant>,
+        // When a queued call got its permit.
+        served: Option<Instant>,
+        _release: PhantomData<fn() -> H>,
+    }
+
+    impl<F, S, Req, H> PinnedDrop for ResponseFuture<F, S, Req, H> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // A call that reached the bulkhead and never finished was cancelled.
+            if let Some(start) = *this.start {
+                let part = match (this.permit.as_ref(), this.state.project()) {
+                    (Some(permit), _) => Some(permit.partition()),
+                    (None, StateProj::Queued { queued }) => Some(&**queued.waiter.partition()),
+                    _ => None,
+                };
+                if let Some(m) = part.and_then(|p| p.metrics.as_ref()) {
+                    m.red.record(Outcome::Cancelled, start.elapsed());
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, S, Req> {
+        Called { #[pin] fut: F },
+        Queued { queued: Pin<Box<Queued<S, Req>>> },
+        Done { err: Option<BoxError> },
+    }
+}
+
+pin_project! {
+    struct Queued<S, Req> {
+        #[pin]
+        sleep: Sleep,
+        waiter: Waiter,
+        inner: Option<S>,
+        req: Option<Req>,
+        enqueued: Instant,
+        wait_end: Instant,
+        deadline: Option<Deadline>,
+    }
+}
+
+impl<F, S, Req, H> fmt::Debug for ResponseFuture<F, S, Req, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Called { .. } => "called",
+            State::Queued { .. } => "queued",
+            State::Done { .. } => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, S, Req, H> ResponseFuture<F, S, Req, H> {
+    #[inline]
+    pub(crate) fn called(
+        fut: F,
+        permit: Permit,
+        start: Option<Instant>,
+        served: Option<Instant>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Called { fut },
+            permit: Some(permit),
+            start,
+            served,
+            _release: PhantomData,
+        }
+    }
+
+    pub(crate) fn rejected(err: BoxError) -> Self {
+        ResponseFuture {
+            state: State::Done { err: Some(err) },
+            permit: None,
+            start: None,
+            served: None,
+            _release: PhantomData,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn queued(
+        waiter: Waiter,
+        inner: S,
+        req: Req,
+        now: Instant,
+        wait_end: Instant,
+        deadline: Option<Deadline>,
+        timed: bool,
+    ) -> Self {
+        let wake = wake_at(waiter.partition(), wait_end, deadline);
+        ResponseFuture {
+            state: State::Queued {
+                queued: Box::pin(Queued {
+                    sleep: tokio::time::sleep_until(wake),
+                    waiter,
+                    inner: Some(inner),
+                    req: Some(req),
+                    enqueued: now,
+                    wait_end,
+                    deadline,
+                }),
+            },
+            permit: None,
+            start: timed.then_some(now),
+            served: None,
+            _release: PhantomData,
+        }
+    }
+}
+
+/// When a queued call must next check whether it should give up.
+fn wake_at(part: &PartitionState, wait_end: Instant, deadline: Option<Deadline>) -> Instant {
+    let Some(deadline) = deadline else {
+        return wait_end;
+    };
+    let mut at = wait_end.min(deadline.instant());
+    if part.shed_on_deadline
+        && let Some(shed_at) = part
+            .service_time()
+            .and_then(|s| deadline.instant().checked_sub(s))
+    {
+        at = at.min(shed_at);
+    }
+    at
+}
+
+type Granted<S, Req> = (Permit, S, Req, Instant);
+
+impl<S, Req> Queued<S, Req> {
+    /// Ready with the permit and the call's parts once granted, or with the rejection.
+    fn poll_permit(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Granted<S, Req>, BoxError>> {
+        let mut this = self.project();
+        loop {
+            if let Poll::Ready(permit) = this.waiter.poll_granted(cx) {
+                return Poll::Ready(Self::granted(
+                    this.waiter,
+                    permit,
+                    this.inner,
+                    this.req,
+                    *this.enqueued,
+                    *this.deadline,
+                ));
+            }
+            ready!(this.sleep.as_mut().poll(cx));
+            let now = Instant::now();
+            let part = this.waiter.partition();
+            let reason = if now >= *this.wait_end {
+                Reason::QueueTimeout
+            } else if doomed(part, *this.deadline, now) {
+                Reason::Deadline
+            } else {
+                // The service time shrank since the timer was set: look again later.
+                let at = wake_at(part, *this.wait_end, *this.deadline);
+                this.sleep.as_mut().reset(at.max(now));
+                continue;
+            };
+            return Poll::Ready(match this.waiter.cancel() {
+                // Granted just as we gave up: the permit is ours, use it.
+                Some(permit) => Self::granted(
+                    this.waiter,
+                    permit,
+                    this.inner,
+                    this.req,
+                    *this.enqueued,
+                    *this.deadline,
+                ),
+                None => {
+                    let part = this.waiter.partition();
+                    let waited = now.saturating_duration_since(*this.enqueued);
+                    part.record_queue_wait(waited);
+                    Err(part.reject(reason, Some(waited)))
+                }
+            });
+        }
+    }
+
+    fn granted(
+        waiter: &Waiter,
+        permit: Permit,
+        inner: &mut Option<S>,
+        req: &mut Option<Req>,
+        enqueued: Instant,
+        deadline: Option<Deadline>,
+    ) -> Result<Granted<S, Req>, BoxError> {
+        let now = Instant::now();
+        let part = waiter.partition();
+        let waited = now.saturating_duration_since(enqueued);
+        part.record_queue_wait(waited);
+        if doomed(part, deadline, now) {
+            drop(permit);
+            return Err(part.reject(Reason::Deadline, Some(waited)));
+        }
+        let inner = inner.take().expect("polled after completion");
+        let req = req.take().expect("polled after completion");
+        Ok((permit, inner, req, now))
+    }
+}
+
+impl<S, Req, H> Future for ResponseFuture<S::Future, S, Req, H>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    H: Release<S::Response>,
+{
+    type Output = Result<H::Output, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let (permit, mut inner, req, now) = match this.state.as_mut().project() {
+                StateProj::Called { fut } => {
+                    let result = ready!(fut.poll(cx));
+                    let permit = this.permit.take().expect("polled after completion");
+                    let start = this.start.take();
+                    return Poll::Ready(match result {
+                        Ok(res) => {
+                            permit.finished(start, *this.served, Outcome::Ok);
+                            Ok(H::attach(res, permit))
+                        }
+                        Err(err) => {
+                            let err = err.into();
+                            if start.is_some() {
+                                permit.finished(start, *this.served, Outcome::from_error(&*err));
+                            }
+                            Err(err)
+                        }
+                    });
+                }
+                StateProj::Done { err } => {
+                    return Poll::Ready(Err(err.take().expect("polled after completion")));
+                }
+                StateProj::Queued { queued } => match ready!(queued.as_mut().poll_permit(cx)) {
+                    Ok(granted) => granted,
+                    Err(err) => {
+                        *this.start = None;
+                        this.state.set(State::Done { err: None });
+                        return Poll::Ready(Err(err));
+                    }
+                },
+            };
+            *this.permit = Some(permit);
+            *this.served = Some(now);
+            let fut = inner.call(req);
+            this.state.set(State::Called { fut });
+        }
+    }
+}
