@@ -198,22 +198,20 @@ impl Shared {
         id
     }
 
-    fn histogram(&self, key: Key) -> Histogram {
+    /// Records into the series' histogram under the read lock: no handle clone per call.
+    fn record(&self, key: Key, seconds: f64) {
         if let Some(h) = self
             .series
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
         {
-            return h.clone();
+            h.record(seconds);
+            return;
         }
         let histogram = self.register(key);
-        self.series
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_insert(histogram)
-            .clone()
+        let mut series = self.series.write().unwrap_or_else(|e| e.into_inner());
+        series.entry(key).or_insert(histogram).record(seconds);
     }
 
     fn register(&self, key: Key) -> Histogram {
@@ -479,7 +477,7 @@ where
             Err(err) => (0, error_index(err)),
         };
         let key = Key::new(guard.method, status, error, guard.route, guard.port);
-        guard.shared.histogram(key).record(elapsed.as_secs_f64());
+        guard.shared.record(key, elapsed.as_secs_f64());
         Poll::Ready(result)
     }
 }
