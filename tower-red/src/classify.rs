@@ -434,3 +434,37 @@ mod tests {
         );
     }
 }
+
+#[cfg(all(test, feature = "tower-http"))]
+mod tower_http_tests {
+    use super::*;
+    use tower_http::classify::{
+        GrpcCode as TowerGrpcCode, GrpcErrorsAsFailures, ServerErrorsAsFailures,
+    };
+
+    #[test]
+    fn tower_http_classifiers_are_reused() {
+        let c = TowerHttp(ServerErrorsAsFailures::new());
+        let ok: Result<http::Response<()>, std::io::Error> = Ok(http::Response::new(()));
+        assert_eq!(c.classify(&ok), Verdict::Success);
+        let failed: Result<http::Response<()>, std::io::Error> =
+            Ok(http::Response::builder().status(502).body(()).unwrap());
+        assert!(c.classify(&failed).is_failure());
+        let err: Result<http::Response<()>, std::io::Error> = Err(std::io::Error::other("reset"));
+        assert_eq!(c.classify(&err), Verdict::Failure(FailureClass::Error));
+    }
+
+    #[test]
+    fn tower_http_grpc_classifier_reads_trailers_only_responses() {
+        let c = TowerHttp(GrpcErrorsAsFailures::new().with_success(TowerGrpcCode::NotFound));
+        let res = |code: &str| -> Result<http::Response<()>, std::io::Error> {
+            Ok(http::Response::builder()
+                .header("grpc-status", code)
+                .body(())
+                .unwrap())
+        };
+        assert_eq!(c.classify(&res("0")), Verdict::Success);
+        assert_eq!(c.classify(&res("5")), Verdict::Success);
+        assert!(c.classify(&res("14")).is_failure());
+    }
+}
