@@ -65,7 +65,7 @@ async fn main() -> Result<(), BoxError> {
     let load = stream::iter(0..REQUESTS)
         .map(|i| {
             let client = client.clone();
-            let url = if i % 4 == 0 {
+            let url = if i.is_multiple_of(4) {
                 format!("http://{addr}/hello")
             } else {
                 format!("http://{addr}/orders/{i}")
@@ -121,7 +121,7 @@ fn app() -> Router {
 /// The backend: orders whose id is a multiple of 5 fail, as a broken dependency would.
 async fn order(Path(id): Path<u64>) -> Result<String, StatusCode> {
     tokio::time::sleep(Duration::from_millis(2 + id % 7)).await;
-    if id % 5 == 0 {
+    if id.is_multiple_of(5) {
         return Err(StatusCode::INTERNAL_SERVER_ERROR);
     }
     Ok(format!("order {id}\n"))
@@ -188,7 +188,9 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let orders = req.uri().path().starts_with("/orders");
-        if orders && (self.layer.seen.fetch_add(1, Ordering::Relaxed) + 1) % self.layer.n == 0 {
+        if orders
+            && (self.layer.seen.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(self.layer.n)
+        {
             let rejection = Rejection::new(RejectionKind::BulkheadFull)
                 .with_name(Arc::from("orders"))
                 .with_detail("demo shedder refuses every 10th order")
