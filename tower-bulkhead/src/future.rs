@@ -18,14 +18,15 @@ use crate::error::Reason;
 use crate::partition::{PartitionState, Permit, Waiter};
 
 /// Whether a call with `deadline` cannot be served in time: the deadline has passed, or (with
-/// deadline-aware shedding) less time is left than the partition's recent service time.
+/// deadline-aware shedding) no more time is left than the partition's recent service time,
+/// so a call starting now could not end before the deadline.
 pub(crate) fn doomed(part: &PartitionState, deadline: Option<Deadline>, now: Instant) -> bool {
     let Some(deadline) = deadline else {
         return false;
     };
     let remaining = deadline.remaining_at(now);
     remaining.is_zero()
-        || (part.shed_on_deadline && part.service_time().is_some_and(|s| remaining < s))
+        || (part.shed_on_deadline && part.service_time().is_some_and(|s| remaining <= s))
 }
 
 pin_project! {

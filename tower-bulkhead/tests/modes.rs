@@ -1,0 +1,486 @@
+//! Each mode on a paused clock: reject, queue (bounded by `max_wait`, the deadline and the
+//! observed service time), backpressure; FIFO order; cancellation; limits changed at run time.
+
+mod support;
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use support::{Backend, Job, reason};
+use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
+use tower::{Layer, Service, ServiceExt};
+use tower_bulkhead::{Bulkhead, BulkheadLayer, DEFAULT_PARTITION, Reason};
+
+const D: &str = DEFAULT_PARTITION;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+async fn advance(n: u64) {
+    tokio::time::advance(ms(n)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejects_at_once_when_full_by_default() {
+    let backend = Backend::default();
+    let mut svc = Bulkhead::new(backend.clone(), NonZeroUsize::new(2).unwrap());
+    let handle = svc.handle();
+    let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 100)));
+    let mut b = task::spawn(svc.ready().await.unwrap().call(Job::new(2, 100)));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    assert_eq!(handle.in_flight(D), Some(2));
+
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Job::new(3, 100))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::Full));
+    assert_eq!(
+        backend.started(),
+        vec![1, 2],
+        "a rejected call never reaches the backend"
+    );
+
+    advance(100).await;
+    assert_eq!(assert_ready_ok!(a.poll()), 1);
+    assert_eq!(handle.in_flight(D), Some(1));
+    assert_eq!(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Job::new(4, 0))
+            .await
+            .unwrap(),
+        4
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_call_runs_as_soon_as_a_permit_frees() {
+    let backend = Backend::default();
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(4, ms(500))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend.clone());
+    let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 100)));
+    let mut b = task::spawn(svc.ready().await.unwrap().call(Job::new(2, 100)));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    assert_eq!(handle.queued(D), Some(1));
+
+    advance(100).await;
+    assert_ready_ok!(a.poll());
+    assert!(b.is_woken(), "the release wakes the waiter");
+    assert_pending!(b.poll());
+    assert_eq!(handle.queued(D), Some(0));
+    assert_eq!(backend.started(), vec![1, 2]);
+    advance(100).await;
+    assert_eq!(assert_ready_ok!(b.poll()), 2);
+    assert_eq!(handle.in_flight(D), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_queue_wait_ends_at_max_wait() {
+    let backend = Backend::default();
+    let mut svc = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(4, ms(100))
+        .build()
+        .unwrap()
+        .layer(backend.clone());
+    let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 1_000)));
+    let mut b = task::spawn(svc.ready().await.unwrap().call(Job::new(2, 10)));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    advance(99).await;
+    assert_pending!(b.poll());
+    advance(1).await;
+    let err = assert_ready!(b.poll()).unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::QueueTimeout));
+    let rejection = tower_red::Rejection::find_in(&err).unwrap();
+    assert_eq!(rejection.http_status(), 503);
+    assert_eq!(
+        rejection.grpc_code(),
+        tower_red::GrpcCode::ResourceExhausted
+    );
+    assert_eq!(backend.started(), vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_queue_wait_never_outlives_the_deadline() {
+    let mut svc = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(4, ms(1_000))
+        .build()
+        .unwrap()
+        .layer(Backend::default());
+    let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 5_000)));
+    assert_pending!(a.poll());
+    let mut b = task::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Job::new(2, 10).deadline_in(40)),
+    );
+    assert_pending!(b.poll());
+    advance(39).await;
+    assert_pending!(b.poll());
+    advance(1).await;
+    let err = assert_ready!(b.poll()).unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::Deadline));
+
+    // A deadline already spent is refused without queueing.
+    let mut expired = Job::new(3, 10).deadline_in(5);
+    advance(5).await;
+    expired.id = 3;
+    let err = svc.ready().await.unwrap().call(expired).await.unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::Deadline));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_rejects() {
+    let mut svc = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(1, ms(1_000))
+        .build()
+        .unwrap()
+        .layer(Backend::default());
+    let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 100)));
+    let mut b = task::spawn(svc.ready().await.unwrap().call(Job::new(2, 100)));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Job::new(3, 100))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::QueueFull));
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_are_served_in_arrival_order() {
+    let backend = Backend::default();
+    let mut svc = BulkheadLayer::builder()
+        .max_concurrent(2)
+        .queue(16, ms(10_000))
+        .build()
+        .unwrap()
+        .layer(backend.clone());
+    let mut calls = Vec::new();
+    for id in 0..10 {
+        let mut call = task::spawn(svc.ready().await.unwrap().call(Job::new(id, 10 + id)));
+        assert_pending!(call.poll());
+        calls.push(call);
+    }
+    // Poll the waiters in reverse so that polling order cannot explain the result.
+    let mut done = [false; 10];
+    for _ in 0..200 {
+        advance(1).await;
+        for (i, call) in calls.iter_mut().enumerate().rev() {
+            if !done[i] {
+                done[i] = call.poll().is_ready();
+            }
+        }
+    }
+    assert!(done.iter().all(|d| *d));
+    assert_eq!(backend.started(), (0..10).collect::<Vec<_>>());
+    assert_eq!(backend.max_in_flight(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_queued_call_gives_its_place_back_at_once() {
+    let backend = Backend::default();
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(2, ms(1_000))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend.clone());
+    let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 100)));
+    let mut b = task::spawn(svc.ready().await.unwrap().call(Job::new(2, 100)));
+    let mut c = task::spawn(svc.ready().await.unwrap().call(Job::new(3, 100)));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    assert_pending!(c.poll());
+    assert_eq!(handle.queued(D), Some(2));
+    drop(b);
+    assert_eq!(handle.queued(D), Some(1));
+    // The freed place takes a new waiter, behind c.
+    let mut d = task::spawn(svc.ready().await.unwrap().call(Job::new(4, 100)));
+    assert_pending!(d.poll());
+    advance(100).await;
+    assert_ready_ok!(a.poll());
+    assert_pending!(c.poll());
+    assert_pending!(d.poll());
+    assert_eq!(backend.started(), vec![1, 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_running_call_gives_its_permit_to_the_next_waiter() {
+    let backend = Backend::default();
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(2, ms(1_000))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend.clone());
+    let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 10_000)));
+    let mut b = task::spawn(svc.ready().await.unwrap().call(Job::new(2, 10)));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+    drop(a);
+    assert!(b.is_woken());
+    assert_eq!(
+        handle.in_flight(D),
+        Some(1),
+        "the permit went straight to the waiter"
+    );
+    assert_eq!(handle.queued(D), Some(0));
+    assert_pending!(b.poll());
+    advance(10).await;
+    assert_eq!(assert_ready_ok!(b.poll()), 2);
+    assert_eq!(handle.in_flight(D), Some(0));
+    assert_eq!(
+        backend.in_flight.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_call_holds_nothing() {
+    let layer = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(Backend::default());
+    let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 10)));
+    assert_pending!(a.poll());
+    let rejected = svc.ready().await.unwrap().call(Job::new(2, 10));
+    drop(rejected);
+    drop(a);
+    assert_eq!(handle.in_flight(D), Some(0));
+    assert_eq!(handle.queued(D), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_aware_admission_sheds_calls_that_cannot_finish_in_time() {
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(8, ms(10_000))
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(Backend::default());
+    // Teach the bulkhead that a call takes about 100 ms.
+    for id in 0..3 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Job::new(id, 100))
+            .await
+            .unwrap();
+    }
+    let mut busy = task::spawn(svc.ready().await.unwrap().call(Job::new(10, 1_000)));
+    assert_pending!(busy.poll());
+
+    // 50 ms left cannot fit a 100 ms call: shed without queueing.
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Job::new(11, 100).deadline_in(50))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::Deadline));
+
+    // 150 ms left: it may wait, but only until 100 ms remain, not until the deadline.
+    let mut waiting = task::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Job::new(12, 100).deadline_in(150)),
+    );
+    assert_pending!(waiting.poll());
+    advance(49).await;
+    assert_pending!(waiting.poll());
+    advance(1).await;
+    let err = assert_ready!(waiting.poll()).unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::Deadline));
+
+    // Shedding off: the same call waits until its deadline.
+    let mut plain = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(8, ms(10_000))
+        .shed_on_deadline(false)
+        .build()
+        .unwrap()
+        .layer(Backend::default());
+    plain
+        .ready()
+        .await
+        .unwrap()
+        .call(Job::new(0, 100))
+        .await
+        .unwrap();
+    let mut busy = task::spawn(plain.ready().await.unwrap().call(Job::new(1, 1_000)));
+    assert_pending!(busy.poll());
+    let mut waiting = task::spawn(
+        plain
+            .ready()
+            .await
+            .unwrap()
+            .call(Job::new(2, 100).deadline_in(50)),
+    );
+    assert_pending!(waiting.poll());
+    advance(50).await;
+    let err = assert_ready!(waiting.poll()).unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::Deadline));
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_waits_in_poll_ready_and_reserves() {
+    let backend = Backend::default();
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .backpressure()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut first = layer.layer(backend.clone());
+    let mut second = first.clone();
+
+    assert_ready_ok!(task::spawn(()).enter(|cx, _| first.poll_ready(cx)));
+    assert_eq!(
+        handle.in_flight(D),
+        Some(1),
+        "poll_ready reserved the permit"
+    );
+
+    // A clone does not inherit the reservation: it waits.
+    let mut ready2 = task::spawn(second.ready());
+    assert_pending!(ready2.poll());
+    assert_eq!(handle.queued(D), Some(1));
+
+    let mut a = task::spawn(first.call(Job::new(1, 100)));
+    assert_pending!(a.poll());
+    assert_eq!(
+        handle.in_flight(D),
+        Some(1),
+        "the call used the reservation"
+    );
+    advance(100).await;
+    assert_ready_ok!(a.poll());
+    assert!(ready2.is_woken());
+    assert_ready_ok!(ready2.poll());
+    drop(ready2);
+    assert_eq!(handle.in_flight(D), Some(1), "now the clone holds it");
+
+    // Dropping a service gives its unused reservation back.
+    drop(second);
+    assert_eq!(handle.in_flight(D), Some(0));
+    assert_eq!(handle.queued(D), Some(0));
+    assert_eq!(backend.started(), vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_dropped_while_waiting_in_poll_ready_leaves_the_queue() {
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .backpressure()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut first = layer.layer(Backend::default());
+    let mut second = first.clone();
+    assert_ready_ok!(task::spawn(()).enter(|cx, _| first.poll_ready(cx)));
+    assert_pending!(task::spawn(()).enter(|cx, _| second.poll_ready(cx)));
+    assert_eq!(handle.queued(D), Some(1));
+    drop(second);
+    assert_eq!(handle.queued(D), Some(0));
+    drop(first);
+    assert_eq!(handle.in_flight(D), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn limits_change_at_run_time_without_touching_calls_in_flight() {
+    let backend = Backend::default();
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(2)
+        .queue(4, ms(10_000))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend.clone());
+    let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 100)));
+    let mut b = task::spawn(svc.ready().await.unwrap().call(Job::new(2, 200)));
+    assert_pending!(a.poll());
+    assert_pending!(b.poll());
+
+    handle.set_limit(D, 1).unwrap();
+    let mut c = task::spawn(svc.ready().await.unwrap().call(Job::new(3, 10)));
+    assert_pending!(c.poll());
+    advance(100).await;
+    assert_ready_ok!(a.poll());
+    assert_pending!(c.poll());
+    assert_eq!(
+        backend.started(),
+        vec![1, 2],
+        "one still in flight is the new limit"
+    );
+
+    handle.set_limit(D, 3).unwrap();
+    assert!(c.is_woken(), "raising the limit admits the waiter at once");
+    assert_pending!(c.poll());
+    assert_eq!(backend.started(), vec![1, 2, 3]);
+    advance(100).await;
+    assert_ready_ok!(b.poll());
+    assert_ready_ok!(c.poll());
+    assert_eq!(handle.stats()[0].limit, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_limit_backs_off_on_failures_and_grows_when_busy() {
+    use tower_bulkhead::Aimd;
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(10)
+        .adaptive(Aimd::new(2, 20).timeout(ms(50)))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(Backend::default());
+    // Slow calls count as drops.
+    for id in 0..3 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Job::new(id, 100))
+            .await
+            .unwrap();
+    }
+    assert_eq!(handle.limit(D), Some(7)); // 10 → 9 → 8 → 7
+    // Fast calls while at least half the limit is busy grow it by one each.
+    let mut calls: Vec<_> = (0..4)
+        .map(|id| task::spawn(svc.call(Job::new(10 + id, 10))))
+        .collect();
+    for c in &mut calls {
+        assert_pending!(c.poll());
+    }
+    advance(10).await;
+    for c in &mut calls {
+        assert_ready_ok!(c.poll());
+    }
+    assert!(handle.limit(D).unwrap() > 7);
+    assert!(
+        handle.set_limit(D, 1).is_err(),
+        "below the adaptive minimum"
+    );
+}
