@@ -1,4 +1,87 @@
-//! Circuit breaker for tower services, with half-open probing.
+//! A circuit breaker for Tower services, with half-open probing.
 //!
-//! Work in progress: the layer lands with its own issue. The crate depends on
-//! [`tower_red`] for outcome classification, rejections and RED metrics.
+//! [`BreakerLayer`] wraps any service (an axum router, a tonic server, a reqwest `Client`, a
+//! tonic `Channel`) in a breaker shared by every clone:
+//!
+//! - **Closed**: calls pass and are measured. The circuit opens when the failure rate (over a
+//!   count or a bucketed time [`Window`]) reaches its threshold once `minimum_calls` are in, on
+//!   `consecutive_failures` failures in a row, or when the slow-call rate reaches its own.
+//!   Outcomes are classified by [`tower_red::classify`]: any `Err` by default, HTTP 5xx or gRPC
+//!   codes on request, and an ignored verdict counts neither way.
+//! - **Open**: `poll_ready` stays ready and `call` refuses at once with a
+//!   [`tower_red::Rejection`] ([`RejectionKind::CircuitOpen`](tower_red::RejectionKind)) whose
+//!   `Retry-After` is the open time left. The open time is fixed or grows with each consecutive
+//!   trip ([`OpenTime`]).
+//! - **Half-open**: the first call after the open time moves the circuit to half-open (no
+//!   background task). Exactly `permitted_probes` probes are admitted; their rates close or
+//!   reopen it. A cancelled probe gives its slot back; probes still out after
+//!   `max_probe_wait` reopen it.
+//! - **ForcedOpen**, **Disabled**, **MetricsOnly**: sticky, left only through a
+//!   [`BreakerHandle`].
+//!
+//! Opt-in: graded recovery (traffic ramps back after closing), backpressure (`poll_ready` is
+//! `Pending` while open), and [`keyed`] breakers (one per host or route).
+//!
+//! In the closed state a call costs a few atomic operations: no lock, no allocation.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower_breaker::{BreakerConfig, BreakerLayer, State};
+//! use tower_red::{BoxError, Rejection, RejectionKind};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BoxError> {
+//! let config = BreakerConfig::builder()
+//!     .name("inventory")
+//!     .consecutive_failures(3)
+//!     .open_time(Duration::from_secs(10))
+//!     .build()?;
+//! let breaker = BreakerLayer::new(config);
+//! let handle = breaker.handle();
+//! let svc = ServiceBuilder::new()
+//!     .layer(breaker)
+//!     .service(service_fn(|fail: bool| async move {
+//!         if fail { Err::<&str, BoxError>("backend down".into()) } else { Ok("ok") }
+//!     }));
+//!
+//! for _ in 0..3 {
+//!     assert!(svc.clone().oneshot(true).await.is_err());
+//! }
+//! assert_eq!(handle.state(), State::Open);
+//! let err = svc.clone().oneshot(false).await.unwrap_err();
+//! let rejection = Rejection::find_in(&err).expect("refused by the breaker");
+//! assert_eq!(rejection.kind(), RejectionKind::CircuitOpen);
+//! assert_eq!(rejection.retry_after_secs(), Some(10));
+//! # Ok(()) }
+//! ```
+//!
+//! # Metrics
+//!
+//! With metrics on (the default), each breaker registers when it is built: the RED counter
+//! and histogram of [`tower_red::red`] (`layer="breaker"`, `name`, `outcome`, where refusals
+//! count as `circuit_open` and dropped calls as `cancelled`), the state gauge
+//! [`BREAKER_STATE`](tower_red::names::BREAKER_STATE) (0 closed … 5 metrics only) and the
+//! counter [`BREAKER_TRANSITIONS_TOTAL`](tower_red::names::BREAKER_TRANSITIONS_TOTAL) by
+//! `from` and `to`. Every transition is also a `tracing` event at `INFO`, every refusal one at
+//! `DEBUG`.
+
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod future;
+pub mod handle;
+pub mod keyed;
+mod layer;
+mod machine;
+mod metrics;
+mod service;
+mod window;
+
+pub use crate::config::{BreakerConfig, BreakerConfigBuilder, GradedRecovery, OpenTime, Window};
+pub use crate::error::{ConfigError, is_circuit_open};
+pub use crate::event::{Reason, Rejected, State, Transition};
+pub use crate::handle::BreakerHandle;
+pub use crate::keyed::{KeyedBreaker, KeyedBreakerLayer};
+pub use crate::layer::BreakerLayer;
+pub use crate::service::Breaker;
+pub use crate::window::Counts;

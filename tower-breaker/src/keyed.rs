@@ -1,0 +1,299 @@
+//! Keyed breakers: one layer holding an independent breaker per key taken from the request,
+//! such as the host a client calls or the route a server serves.
+//!
+//! Every key's breaker has the layer's configuration and shares its metric handles (the key
+//! is never a label: keys are unbounded). Live keys are bounded by
+//! [`BreakerConfigBuilder::keys`](crate::BreakerConfigBuilder::keys): a new key first evicts
+//! keys idle for longer than the idle timeout, then, if still full, the least recently used
+//! closed key (or, when every key is tripped, the least recently used one).
+//!
+//! Finding the key's breaker takes a read lock on the key map, and the key function may
+//! allocate; the breaker itself then costs what an unkeyed one does.
+//!
+//! ```
+//! use tower::{service_fn, ServiceExt};
+//! use tower_breaker::{BreakerConfig, KeyedBreakerLayer, State};
+//! use tower::Layer;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let config = BreakerConfig::builder().consecutive_failures(1).build().unwrap();
+//! let layer = KeyedBreakerLayer::new(config, |req: &http::Request<()>| {
+//!     req.uri().host().unwrap_or_default().to_owned()
+//! });
+//! let svc = layer.layer(service_fn(|req: http::Request<()>| async move {
+//!     if req.uri().host() == Some("down.example") { Err("refused") } else { Ok(()) }
+//! }));
+//! let get = |uri: &str| http::Request::get(uri).body(()).unwrap();
+//! assert!(svc.clone().oneshot(get("http://down.example/")).await.is_err());
+//! assert!(svc.clone().oneshot(get("http://up.example/")).await.is_ok());
+//! assert_eq!(layer.handle(&"down.example".to_owned()).unwrap().state(), State::Open);
+//! assert_eq!(layer.handle(&"up.example".to_owned()).unwrap().state(), State::Closed);
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_red::classify::{AnyError, Classify};
+use tower_red::red::Outcome;
+use tower_red::{BoxError, Rejection, RejectionKind};
+use tower_service::Service;
+
+use crate::config::BreakerConfig;
+use crate::event::State;
+use crate::future::{Permit, ResponseFuture};
+use crate::handle::BreakerHandle;
+use crate::machine::Machine;
+use crate::metrics::Metrics;
+
+struct Entry {
+    machine: Arc<Machine>,
+    last_used: AtomicU64,
+}
+
+struct Keys<K> {
+    config: BreakerConfig,
+    metrics: Option<Arc<Metrics>>,
+    base: Instant,
+    map: RwLock<HashMap<K, Entry>>,
+}
+
+impl<K: Hash + Eq + Clone> Keys<K> {
+    fn now(&self) -> u64 {
+        u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.base)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX)
+    }
+
+    fn get(&self, key: &K) -> Option<Arc<Machine>> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(key).map(|e| e.machine.clone())
+    }
+
+    fn machine(&self, key: K) -> Arc<Machine> {
+        let now = self.now();
+        {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = map.get(&key) {
+                entry.last_used.store(now, Ordering::Relaxed);
+                return entry.machine.clone();
+            }
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = map.get(&key) {
+            entry.last_used.store(now, Ordering::Relaxed);
+            return entry.machine.clone();
+        }
+        if map.len() >= self.config.max_keys {
+            let idle = u64::try_from(self.config.idle_key_timeout.as_nanos()).unwrap_or(u64::MAX);
+            map.retain(|_, e| now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle);
+        }
+        if map.len() >= self.config.max_keys {
+            let victim = map
+                .iter()
+                .min_by_key(|(_, e)| {
+                    (
+                        e.machine.state() != State::Closed,
+                        e.last_used.load(Ordering::Relaxed),
+                    )
+                })
+                .map(|(k, _)| k.clone());
+            if let Some(victim) = victim {
+                map.remove(&victim);
+            }
+        }
+        let machine = Arc::new(Machine::with_metrics(
+            self.config.clone(),
+            self.metrics.clone(),
+            false,
+        ));
+        map.insert(
+            key,
+            Entry {
+                machine: machine.clone(),
+                last_used: AtomicU64::new(now),
+            },
+        );
+        machine
+    }
+}
+
+/// Builds [`KeyedBreaker`]s: one breaker per key that `key_fn` takes from the request. All
+/// services built by the layer, and their clones, share the keys.
+#[must_use]
+pub struct KeyedBreakerLayer<K, F, C = AnyError> {
+    keys: Arc<Keys<K>>,
+    key_fn: F,
+    classifier: C,
+}
+
+impl<K, F: Clone, C: Clone> Clone for KeyedBreakerLayer<K, F, C> {
+    fn clone(&self) -> Self {
+        KeyedBreakerLayer {
+            keys: self.keys.clone(),
+            key_fn: self.key_fn.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<K, F, C: fmt::Debug> fmt::Debug for KeyedBreakerLayer<K, F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBreakerLayer")
+            .field("config", &self.keys.config)
+            .field("classifier", &self.classifier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, F> KeyedBreakerLayer<K, F, AnyError>
+where
+    K: Hash + Eq + Clone,
+{
+    /// One breaker per `key_fn(&request)`, each configured by `config`.
+    pub fn new(config: BreakerConfig, key_fn: F) -> Self {
+        let metrics = config.metrics.then(|| Arc::new(Metrics::new(&config.name)));
+        KeyedBreakerLayer {
+            keys: Arc::new(Keys {
+                config,
+                metrics,
+                base: Instant::now(),
+                map: RwLock::new(HashMap::new()),
+            }),
+            key_fn,
+            classifier: AnyError,
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, F, C> KeyedBreakerLayer<K, F, C> {
+    /// Uses `classifier` to decide which outcomes are failures.
+    pub fn with_classifier<C2>(self, classifier: C2) -> KeyedBreakerLayer<K, F, C2> {
+        KeyedBreakerLayer {
+            keys: self.keys,
+            key_fn: self.key_fn,
+            classifier,
+        }
+    }
+
+    /// A handle on the breaker of `key`, if it is live.
+    pub fn handle(&self, key: &K) -> Option<BreakerHandle> {
+        self.keys.get(key).map(BreakerHandle::new)
+    }
+
+    /// How many keys have a live breaker.
+    pub fn live_keys(&self) -> usize {
+        self.keys
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+impl<S, K, F: Clone, C: Clone> Layer<S> for KeyedBreakerLayer<K, F, C> {
+    type Service = KeyedBreaker<S, K, F, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        KeyedBreaker {
+            inner,
+            keys: self.keys.clone(),
+            key_fn: self.key_fn.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+/// A service with one breaker per key; built by [`KeyedBreakerLayer`].
+pub struct KeyedBreaker<S, K, F, C = AnyError> {
+    inner: S,
+    keys: Arc<Keys<K>>,
+    key_fn: F,
+    classifier: C,
+}
+
+impl<S: Clone, K, F: Clone, C: Clone> Clone for KeyedBreaker<S, K, F, C> {
+    fn clone(&self) -> Self {
+        KeyedBreaker {
+            inner: self.inner.clone(),
+            keys: self.keys.clone(),
+            key_fn: self.key_fn.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K, F, C: fmt::Debug> fmt::Debug for KeyedBreaker<S, K, F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBreaker")
+            .field("inner", &self.inner)
+            .field("classifier", &self.classifier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, F, C> KeyedBreaker<S, K, F, C> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, K, F, C, Req> Service<Req> for KeyedBreaker<S, K, F, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    K: Hash + Eq + Clone,
+    F: Fn(&Req) -> K,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // The key is only known in `call`, so refusals happen there, even in backpressure mode.
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let machine = self.keys.machine((self.key_fn)(&req));
+        match machine.admit() {
+            Ok(adm) => {
+                let start = machine.needs_clock.then(Instant::now);
+                let permit = Permit::new(machine, adm);
+                ResponseFuture::called(self.inner.call(req), permit, self.classifier.clone(), start)
+            }
+            Err(refusal) => {
+                if let Some(m) = &machine.metrics {
+                    m.red.record_rejection(Outcome::CircuitOpen);
+                }
+                let mut rejection = Rejection::new(RejectionKind::CircuitOpen)
+                    .with_name(machine.config.name.clone());
+                if let Some(after) = refusal.retry_after {
+                    rejection = rejection.with_retry_after(after);
+                }
+                ResponseFuture::rejected(Box::new(rejection))
+            }
+        }
+    }
+}

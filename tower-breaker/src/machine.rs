@@ -1,0 +1,658 @@
+//! The breaker's state machine, shared by every clone of a layer and its services. No Tower in
+//! here: [`Machine::admit`] says whether a call may go, [`Machine::complete`] and
+//! [`Machine::cancel`] say how it ended.
+//!
+//! The closed path is lock-free: one atomic load to admit, the window's few atomic operations
+//! to record. A `Mutex` guards only what is rare: transitions, half-open probe slots, the open
+//! time's backoff state. Hooks, tracing and metrics of a transition run after it is released.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::{BreakerConfig, OpenTime};
+use crate::event::{Reason, Rejected, State, Transition};
+use crate::metrics::Metrics;
+use crate::window::{Counts, Sample, Window};
+
+// The state word: the state in bits 0..3, the ramp flag in bit 3, the epoch above bit 8. Every
+// transition bumps the epoch, so a call admitted before it is recognised when it completes.
+const STATE_MASK: u64 = 0x7;
+const RAMP: u64 = 0x8;
+const EPOCH_ONE: u64 = 1 << 8;
+
+const CLOSED: u64 = State::Closed as u64;
+const OPEN: u64 = State::Open as u64;
+const HALF_OPEN: u64 = State::HalfOpen as u64;
+const FORCED_OPEN: u64 = State::ForcedOpen as u64;
+const DISABLED: u64 = State::Disabled as u64;
+const METRICS_ONLY: u64 = State::MetricsOnly as u64;
+
+/// What an admitted call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Measured; may trip the circuit.
+    Closed,
+    /// Holds a half-open probe slot.
+    Probe,
+    /// Measured; never trips.
+    MetricsOnly,
+    /// Not measured.
+    Disabled,
+}
+
+/// An admitted call: what it is and the state word it was admitted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Admission {
+    pub(crate) word: u64,
+    pub(crate) kind: Kind,
+}
+
+/// A refused call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) state: State,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+struct Probes {
+    admitted: u32,
+    done: u32,
+    failures: u32,
+    slow: u32,
+    since: u64,
+}
+
+struct Inner {
+    /// Consecutive trips without a healthy close: the exponent of a growing open time.
+    trips: u32,
+    rng: SmallRng,
+    probes: Probes,
+}
+
+/// The shared breaker.
+pub(crate) struct Machine {
+    pub(crate) config: BreakerConfig,
+    base: Instant,
+    word: AtomicU64,
+    /// Nanoseconds since `base` at which an open circuit may let a probe through.
+    open_until: AtomicU64,
+    ramp_start: AtomicU64,
+    ramp_seq: AtomicU64,
+    consecutive: AtomicU32,
+    window: Window,
+    inner: Mutex<Inner>,
+    pub(crate) notify: Arc<Notify>,
+    pub(crate) metrics: Option<Arc<Metrics>>,
+    /// Whether this machine owns the state gauge (a keyed breaker's keys do not).
+    gauge: bool,
+    pub(crate) needs_clock: bool,
+    rejected: AtomicU64,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("name", &self.config.name)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    // Nothing panics while the lock is held except a bug; the data stays consistent enough to
+    // go on, so recover rather than poison every caller.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Machine {
+    pub(crate) fn new(config: BreakerConfig) -> Machine {
+        let metrics = config.metrics.then(|| Arc::new(Metrics::new(&config.name)));
+        Machine::with_metrics(config, metrics, true)
+    }
+
+    pub(crate) fn with_metrics(
+        config: BreakerConfig,
+        metrics: Option<Arc<Metrics>>,
+        gauge: bool,
+    ) -> Machine {
+        let rng = match config.seed {
+            Some(seed) => SmallRng::seed_from_u64(seed),
+            None => SmallRng::from_os_rng(),
+        };
+        Machine {
+            base: Instant::now(),
+            word: AtomicU64::new(CLOSED),
+            open_until: AtomicU64::new(0),
+            ramp_start: AtomicU64::new(0),
+            ramp_seq: AtomicU64::new(0),
+            consecutive: AtomicU32::new(0),
+            window: Window::new(config.window),
+            inner: Mutex::new(Inner {
+                trips: 0,
+                rng,
+                probes: Probes::default(),
+            }),
+            notify: Arc::new(Notify::new()),
+            metrics,
+            gauge,
+            needs_clock: config.needs_clock(),
+            rejected: AtomicU64::new(0),
+            config,
+        }
+    }
+
+    /// Nanoseconds since this machine was built, on tokio's clock.
+    #[inline]
+    pub(crate) fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn now(&self) -> u64 {
+        self.nanos(Instant::now())
+    }
+
+    pub(crate) fn instant(&self, nanos: u64) -> Instant {
+        self.base + Duration::from_nanos(nanos)
+    }
+
+    pub(crate) fn state(&self) -> State {
+        State::from_bits(self.word.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        self.window.counts(self.now())
+    }
+
+    pub(crate) fn consecutive_failures(&self) -> u32 {
+        self.consecutive.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn rejected_total(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// When an open circuit will let a probe through.
+    pub(crate) fn open_until(&self) -> Instant {
+        self.instant(self.open_until.load(Ordering::Acquire))
+    }
+
+    /// Decides whether a call may go now; a refusal is counted and reported to the hooks.
+    #[inline]
+    pub(crate) fn admit(&self) -> Result<Admission, Refusal> {
+        let w = self.word.load(Ordering::Acquire);
+        match w & STATE_MASK {
+            CLOSED if w & RAMP == 0 => Ok(Admission {
+                word: w,
+                kind: Kind::Closed,
+            }),
+            _ => self.admit_slow(w, true),
+        }
+    }
+
+    /// Like [`admit`](Self::admit), but a refusal is not reported: the caller waits instead.
+    pub(crate) fn try_admit(&self) -> Result<Admission, Refusal> {
+        self.admit_slow(self.word.load(Ordering::Acquire), false)
+    }
+
+    #[cold]
+    fn admit_slow(&self, w: u64, report: bool) -> Result<Admission, Refusal> {
+        let result = self.decide(w);
+        if let (Err(refusal), true) = (&result, report) {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                target: "tower_breaker",
+                breaker = &*self.config.name,
+                state = refusal.state.as_str(),
+                retry_after_ms = refusal.retry_after.map(|d| d.as_millis() as u64),
+                "circuit breaker refused a call"
+            );
+            if !self.config.on_rejection.is_empty() {
+                let event = Rejected {
+                    state: refusal.state,
+                    retry_after: refusal.retry_after,
+                };
+                for hook in &self.config.on_rejection {
+                    hook(&event);
+                }
+            }
+        }
+        result
+    }
+
+    fn decide(&self, mut w: u64) -> Result<Admission, Refusal> {
+        loop {
+            let kind = match w & STATE_MASK {
+                CLOSED if w & RAMP == 0 => Kind::Closed,
+                CLOSED => return self.admit_ramp(w),
+                DISABLED => Kind::Disabled,
+                METRICS_ONLY => Kind::MetricsOnly,
+                FORCED_OPEN => {
+                    return Err(Refusal {
+                        state: State::ForcedOpen,
+                        retry_after: None,
+                    });
+                }
+                OPEN => {
+                    let now = self.now();
+                    let until = self.open_until.load(Ordering::Acquire);
+                    if now < until {
+                        return Err(Refusal {
+                            state: State::Open,
+                            retry_after: Some(Duration::from_nanos(until - now)),
+                        });
+                    }
+                    match self.admit_locked(now) {
+                        Some(result) => return result,
+                        None => {
+                            w = self.word.load(Ordering::Acquire);
+                            continue;
+                        }
+                    }
+                }
+                _ => match self.admit_locked(self.now()) {
+                    Some(result) => return result,
+                    None => {
+                        w = self.word.load(Ordering::Acquire);
+                        continue;
+                    }
+                },
+            };
+            return Ok(Admission { word: w, kind });
+        }
+    }
+
+    /// Open (with the open time passed) or half-open: decided under the lock. `None` when the
+    /// state is neither any more.
+    fn admit_locked(&self, now: u64) -> Option<Result<Admission, Refusal>> {
+        let mut event = None;
+        let result = {
+            let mut inner = lock(&self.inner);
+            let w = self.word.load(Ordering::Acquire);
+            match w & STATE_MASK {
+                OPEN => {
+                    let until = self.open_until.load(Ordering::Acquire);
+                    if now < until {
+                        Err(Refusal {
+                            state: State::Open,
+                            retry_after: Some(Duration::from_nanos(until - now)),
+                        })
+                    } else {
+                        let (word, t) = self.transition(
+                            &mut inner,
+                            w,
+                            State::HalfOpen,
+                            Reason::OpenTimeElapsed,
+                            now,
+                            None,
+                        );
+                        event = Some(t);
+                        inner.probes.admitted = 1;
+                        Ok(Admission {
+                            word,
+                            kind: Kind::Probe,
+                        })
+                    }
+                }
+                HALF_OPEN => {
+                    let waited = now.saturating_sub(inner.probes.since);
+                    if waited >= nanos_of(self.config.max_probe_wait) {
+                        let (_, t) = self.transition(
+                            &mut inner,
+                            w,
+                            State::Open,
+                            Reason::ProbesHung,
+                            now,
+                            None,
+                        );
+                        let retry_after = t.open_for;
+                        event = Some(t);
+                        Err(Refusal {
+                            state: State::Open,
+                            retry_after,
+                        })
+                    } else if inner.probes.admitted < self.config.permitted_probes {
+                        inner.probes.admitted += 1;
+                        Ok(Admission {
+                            word: w,
+                            kind: Kind::Probe,
+                        })
+                    } else {
+                        Err(Refusal {
+                            state: State::HalfOpen,
+                            retry_after: None,
+                        })
+                    }
+                }
+                _ => return None,
+            }
+        };
+        if let Some(t) = event {
+            self.emit(t);
+        }
+        Some(result)
+    }
+
+    /// Closed, ramping up after a recovery: admits the step's share of calls.
+    fn admit_ramp(&self, w: u64) -> Result<Admission, Refusal> {
+        let Some(ramp) = &self.config.graded_recovery else {
+            return Ok(Admission {
+                word: w,
+                kind: Kind::Closed,
+            });
+        };
+        let now = self.now();
+        let elapsed = now.saturating_sub(self.ramp_start.load(Ordering::Acquire));
+        let total = nanos_of(ramp.duration);
+        if elapsed >= total {
+            let mut inner = lock(&self.inner);
+            if self
+                .word
+                .compare_exchange(w, w & !RAMP, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                // The ramp ended without a trip: a healthy close.
+                inner.trips = 0;
+            }
+            drop(inner);
+            return Ok(Admission {
+                word: w & !RAMP,
+                kind: Kind::Closed,
+            });
+        }
+        let steps = ramp.permille.len() as u64;
+        let step = (u128::from(elapsed) * u128::from(steps) / u128::from(total.max(1))) as usize;
+        // `elapsed < total`, so `step < steps`.
+        let share = u64::from(ramp.permille[step.min(ramp.permille.len() - 1)]);
+        let k = self.ramp_seq.fetch_add(1, Ordering::Relaxed);
+        // Spread admissions evenly: admit when the running quota (rounded up, so the first
+        // call of a ramp goes) crosses a whole call.
+        if ((k + 1) * share).div_ceil(1000) > (k * share).div_ceil(1000) {
+            Ok(Admission {
+                word: w,
+                kind: Kind::Closed,
+            })
+        } else {
+            let step_end = (step as u64 + 1) * total / steps;
+            Err(Refusal {
+                state: State::Closed,
+                retry_after: Some(Duration::from_nanos(step_end.saturating_sub(elapsed))),
+            })
+        }
+    }
+
+    /// Records how an admitted call ended: `None` when its classifier ignored it.
+    #[inline]
+    pub(crate) fn complete(&self, adm: Admission, sample: Option<Sample>, now: u64) {
+        match adm.kind {
+            Kind::Disabled => {}
+            Kind::Closed => {
+                let w = self.word.load(Ordering::Acquire);
+                if (w ^ adm.word) & !RAMP != 0 {
+                    return; // admitted before a transition: stale
+                }
+                let Some(sample) = sample else { return };
+                if let Some(limit) = self.config.consecutive_failures {
+                    if sample.failure {
+                        let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n >= limit {
+                            self.trip(w, Reason::ConsecutiveFailures, None);
+                            return;
+                        }
+                    } else if self.consecutive.load(Ordering::Relaxed) != 0 {
+                        self.consecutive.store(0, Ordering::Relaxed);
+                    }
+                }
+                let ramping = w & RAMP != 0;
+                let minimum = if ramping {
+                    self.config.minimum_calls.min(self.config.permitted_probes)
+                } else {
+                    self.config.minimum_calls
+                };
+                if self.window.record(sample, now, minimum) {
+                    let counts = self.window.counts(now);
+                    if let Some(reason) = self.rates_trip(&counts, minimum) {
+                        let reason = if ramping {
+                            Reason::RecoveryFailed
+                        } else {
+                            reason
+                        };
+                        self.trip(w, reason, Some(counts.failure_rate()));
+                    }
+                }
+            }
+            Kind::MetricsOnly => {
+                if self.word.load(Ordering::Acquire) != adm.word {
+                    return;
+                }
+                if let Some(sample) = sample {
+                    if sample.failure {
+                        self.consecutive.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.consecutive.store(0, Ordering::Relaxed);
+                    }
+                    self.window.record(sample, now, self.config.minimum_calls);
+                }
+            }
+            Kind::Probe => self.complete_probe(adm, sample),
+        }
+    }
+
+    fn rates_trip(&self, counts: &Counts, minimum: u32) -> Option<Reason> {
+        if counts.calls < u64::from(minimum) || counts.calls == 0 {
+            return None;
+        }
+        if counts.failure_rate() >= self.config.failure_rate_threshold {
+            return Some(Reason::FailureRate);
+        }
+        if self.config.slow_call_duration.is_some()
+            && counts.slow_rate() >= self.config.slow_call_rate_threshold
+        {
+            return Some(Reason::SlowCallRate);
+        }
+        None
+    }
+
+    fn complete_probe(&self, adm: Admission, sample: Option<Sample>) {
+        let now = self.now();
+        let event = {
+            let mut inner = lock(&self.inner);
+            let w = self.word.load(Ordering::Acquire);
+            if w != adm.word {
+                return; // the half-open period this probe belonged to is over
+            }
+            let Some(sample) = sample else {
+                // Ignored: the slot goes back without a verdict.
+                inner.probes.admitted = inner.probes.admitted.saturating_sub(1);
+                drop(inner);
+                self.notify.notify_waiters();
+                return;
+            };
+            let p = &mut inner.probes;
+            p.done += 1;
+            p.failures += u32::from(sample.failure);
+            p.slow += u32::from(sample.slow);
+            if p.done < self.config.permitted_probes {
+                return;
+            }
+            let counts = Counts {
+                calls: u64::from(p.done),
+                failures: u64::from(p.failures),
+                slow: u64::from(p.slow),
+            };
+            let rate = Some(counts.failure_rate());
+            let (_, t) = if self.rates_trip(&counts, 1).is_some() {
+                self.transition(&mut inner, w, State::Open, Reason::ProbesFailed, now, rate)
+            } else {
+                self.transition(
+                    &mut inner,
+                    w,
+                    State::Closed,
+                    Reason::ProbesSucceeded,
+                    now,
+                    rate,
+                )
+            };
+            t
+        };
+        self.emit(event);
+    }
+
+    /// A call's future was dropped before it finished: a probe gives its slot back, nothing is
+    /// recorded.
+    pub(crate) fn cancel(&self, adm: Admission) {
+        if adm.kind != Kind::Probe {
+            return;
+        }
+        let mut inner = lock(&self.inner);
+        if self.word.load(Ordering::Acquire) == adm.word {
+            inner.probes.admitted = inner.probes.admitted.saturating_sub(1);
+            drop(inner);
+            self.notify.notify_waiters();
+        }
+    }
+
+    fn trip(&self, expected: u64, reason: Reason, failure_rate: Option<f64>) {
+        // The call's end time is not read when nothing needs it: read the clock here, trips
+        // are rare.
+        let now = self.now();
+        let event = {
+            let mut inner = lock(&self.inner);
+            let w = self.word.load(Ordering::Acquire);
+            if (w ^ expected) & !RAMP != 0 {
+                return; // someone else moved the state on
+            }
+            self.transition(&mut inner, w, State::Open, reason, now, failure_rate)
+                .1
+        };
+        self.emit(event);
+    }
+
+    /// Moves to `to` by the handle's order.
+    pub(crate) fn force(&self, to: State) {
+        let event = {
+            let mut inner = lock(&self.inner);
+            let w = self.word.load(Ordering::Acquire);
+            let now = self.now();
+            if to == State::Closed {
+                // A reset also forgets the open-time backoff.
+                inner.trips = 0;
+            }
+            self.transition(&mut inner, w, to, Reason::Forced, now, None)
+                .1
+        };
+        if event.from != event.to {
+            self.emit(event);
+        } else {
+            self.notify.notify_waiters();
+        }
+    }
+
+    /// Performs a transition; the caller holds the lock and emits the event after releasing it.
+    fn transition(
+        &self,
+        inner: &mut Inner,
+        w: u64,
+        to: State,
+        reason: Reason,
+        now: u64,
+        failure_rate: Option<f64>,
+    ) -> (u64, Transition) {
+        let from = State::from_bits(w);
+        let mut new = ((w & !0xff) + EPOCH_ONE) | to as u64;
+        let mut open_for = None;
+        match to {
+            State::Open => {
+                let d = self.open_time(inner);
+                inner.trips = inner.trips.saturating_add(1);
+                self.open_until
+                    .store(now.saturating_add(nanos_of(d)), Ordering::Release);
+                open_for = Some(d);
+            }
+            State::HalfOpen => {
+                inner.probes = Probes {
+                    since: now,
+                    ..Probes::default()
+                };
+            }
+            State::Closed | State::MetricsOnly | State::Disabled => {
+                self.window.reset();
+                self.consecutive.store(0, Ordering::Relaxed);
+                if to == State::Closed && from == State::HalfOpen {
+                    if self.config.graded_recovery.is_some() {
+                        self.ramp_start.store(now, Ordering::Release);
+                        self.ramp_seq.store(0, Ordering::Relaxed);
+                        new |= RAMP;
+                    } else {
+                        inner.trips = 0;
+                    }
+                }
+            }
+            State::ForcedOpen => {}
+        }
+        self.word.store(new, Ordering::Release);
+        (
+            new,
+            Transition {
+                name: self.config.name.clone(),
+                from,
+                to,
+                reason,
+                open_for,
+                failure_rate,
+            },
+        )
+    }
+
+    fn open_time(&self, inner: &mut Inner) -> Duration {
+        match self.config.open_time {
+            OpenTime::Fixed(d) => d,
+            OpenTime::Exponential {
+                initial,
+                multiplier,
+                max,
+                jitter,
+            } => {
+                let exp = i32::try_from(inner.trips).unwrap_or(i32::MAX).min(1_000);
+                let grown = initial.as_secs_f64() * multiplier.powi(exp);
+                let capped = grown.min(max.as_secs_f64());
+                let off: f64 = if jitter > 0.0 {
+                    inner.rng.random::<f64>() * jitter
+                } else {
+                    0.0
+                };
+                Duration::from_secs_f64((capped * (1.0 - off)).max(1e-9))
+            }
+        }
+    }
+
+    fn emit(&self, t: Transition) {
+        if let Some(m) = &self.metrics {
+            m.transition(t.from, t.to, self.gauge);
+        }
+        tracing::info!(
+            target: "tower_breaker",
+            breaker = &*t.name,
+            from = t.from.as_str(),
+            to = t.to.as_str(),
+            reason = t.reason.as_str(),
+            open_for_ms = t.open_for.map(|d| d.as_millis() as u64),
+            failure_rate = t.failure_rate,
+            "circuit breaker transition"
+        );
+        for hook in &self.config.on_transition {
+            hook(&t);
+        }
+        self.notify.notify_waiters();
+    }
+}
+
+fn nanos_of(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

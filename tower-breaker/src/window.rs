@@ -1,0 +1,361 @@
+//! The sliding windows the failure and slow-call rates are measured over, lock-free.
+//!
+//! Both windows are written by many threads at once with atomics only. A count window is a
+//! ring of one-byte samples with a running count of failures and slow calls; a time window is
+//! a ring of buckets, each stamped with the time slice it counts, expiring whole.
+//!
+//! Reads are a snapshot, exact when writers are quiet and off by at most the number of calls
+//! finishing at that instant otherwise: enough to decide a trip.
+
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+
+use crate::config::Window as WindowConfig;
+
+/// One finished call, as the window sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Sample {
+    pub(crate) failure: bool,
+    pub(crate) slow: bool,
+}
+
+impl Sample {
+    const RECORDED: u8 = 1;
+    const FAILURE: u8 = 2;
+    const SLOW: u8 = 4;
+
+    fn bits(self) -> u8 {
+        Self::RECORDED
+            | if self.failure { Self::FAILURE } else { 0 }
+            | if self.slow { Self::SLOW } else { 0 }
+    }
+}
+
+/// Calls, failures and slow calls over a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Calls recorded.
+    pub calls: u64,
+    /// Of which failed.
+    pub failures: u64,
+    /// Of which were slow.
+    pub slow: u64,
+}
+
+impl Counts {
+    /// The failure rate in `[0, 1]`; 0 with no calls.
+    pub fn failure_rate(&self) -> f64 {
+        ratio(self.failures, self.calls)
+    }
+
+    /// The slow-call rate in `[0, 1]`; 0 with no calls.
+    pub fn slow_rate(&self) -> f64 {
+        ratio(self.slow, self.calls)
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+pub(crate) enum Window {
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+impl Window {
+    pub(crate) fn new(config: WindowConfig) -> Window {
+        match config {
+            WindowConfig::Count { size } => Window::Count(CountWindow::new(size)),
+            WindowConfig::Time { length, buckets } => {
+                let width = (length.as_nanos() / u128::from(buckets)).max(1);
+                Window::Time(TimeWindow::new(
+                    buckets,
+                    u64::try_from(width).unwrap_or(u64::MAX),
+                ))
+            }
+        }
+    }
+
+    /// Records one call finished at `now_nanos` and says whether the rates should be checked.
+    #[inline]
+    pub(crate) fn record(&self, sample: Sample, now_nanos: u64, minimum_calls: u32) -> bool {
+        match self {
+            Window::Count(w) => w.record(sample, minimum_calls),
+            Window::Time(w) => {
+                w.record(sample, now_nanos);
+                true
+            }
+        }
+    }
+
+    pub(crate) fn counts(&self, now_nanos: u64) -> Counts {
+        match self {
+            Window::Count(w) => w.counts(),
+            Window::Time(w) => w.counts(now_nanos),
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        match self {
+            Window::Count(w) => w.reset(),
+            Window::Time(w) => w.reset(),
+        }
+    }
+}
+
+/// The last `size` calls.
+pub(crate) struct CountWindow {
+    slots: Box<[AtomicU8]>,
+    /// Calls recorded since the last reset; the next slot is `seq % size`.
+    seq: AtomicU64,
+    /// Signed: a writer that evicts a sample another writer has not yet counted can take it
+    /// below zero for an instant.
+    failures: AtomicI64,
+    slow: AtomicI64,
+}
+
+impl CountWindow {
+    pub(crate) fn new(size: u32) -> Self {
+        CountWindow {
+            slots: (0..size.max(1)).map(|_| AtomicU8::new(0)).collect(),
+            seq: AtomicU64::new(0),
+            failures: AtomicI64::new(0),
+            slow: AtomicI64::new(0),
+        }
+    }
+
+    /// Three atomic operations when a success replaces a success, the steady state.
+    #[inline]
+    pub(crate) fn record(&self, sample: Sample, minimum_calls: u32) -> bool {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let size = self.slots.len() as u64;
+        // `seq % size < size == slots.len()`, so the index is in bounds.
+        let slot = &self.slots[(seq % size) as usize];
+        let new = sample.bits();
+        let old = slot.swap(new, Ordering::Relaxed);
+        let changed = old ^ new;
+        if changed & Sample::FAILURE != 0 {
+            let delta = if new & Sample::FAILURE != 0 { 1 } else { -1 };
+            self.failures.fetch_add(delta, Ordering::Relaxed);
+        }
+        if changed & Sample::SLOW != 0 {
+            let delta = if new & Sample::SLOW != 0 { 1 } else { -1 };
+            self.slow.fetch_add(delta, Ordering::Relaxed);
+        }
+        // A success never raises a rate, except by bringing the window to its minimum.
+        sample.failure || sample.slow || seq + 1 == u64::from(minimum_calls)
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        let calls = self
+            .seq
+            .load(Ordering::Relaxed)
+            .min(self.slots.len() as u64);
+        let clamp = |v: i64| (v.max(0) as u64).min(calls);
+        Counts {
+            calls,
+            failures: clamp(self.failures.load(Ordering::Relaxed)),
+            slow: clamp(self.slow.load(Ordering::Relaxed)),
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        for slot in self.slots.iter() {
+            slot.store(0, Ordering::Relaxed);
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        self.slow.store(0, Ordering::Relaxed);
+        self.seq.store(0, Ordering::Relaxed);
+    }
+}
+
+const EMPTY: u64 = u64::MAX;
+
+struct Bucket {
+    /// The time slice (`now / width`) this bucket counts, or `EMPTY`.
+    stamp: AtomicU64,
+    calls: AtomicU64,
+    failures: AtomicU64,
+    slow: AtomicU64,
+}
+
+/// The calls of the last `buckets · width` nanoseconds.
+pub(crate) struct TimeWindow {
+    buckets: Box<[Bucket]>,
+    width: u64,
+}
+
+impl TimeWindow {
+    pub(crate) fn new(buckets: u32, width: u64) -> Self {
+        TimeWindow {
+            buckets: (0..buckets.max(1))
+                .map(|_| Bucket {
+                    stamp: AtomicU64::new(EMPTY),
+                    calls: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                    slow: AtomicU64::new(0),
+                })
+                .collect(),
+            width: width.max(1),
+        }
+    }
+
+    pub(crate) fn record(&self, sample: Sample, now_nanos: u64) {
+        let slice = now_nanos / self.width;
+        let n = self.buckets.len() as u64;
+        // `slice % n < buckets.len()`.
+        let bucket = &self.buckets[(slice % n) as usize];
+        let stamp = bucket.stamp.load(Ordering::Acquire);
+        if stamp != slice
+            && (stamp == EMPTY || stamp < slice)
+            && bucket
+                .stamp
+                .compare_exchange(stamp, slice, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            // This writer claimed the expired bucket: start it afresh.
+            bucket.calls.store(0, Ordering::Relaxed);
+            bucket.failures.store(0, Ordering::Relaxed);
+            bucket.slow.store(0, Ordering::Relaxed);
+        }
+        bucket.calls.fetch_add(1, Ordering::Relaxed);
+        if sample.failure {
+            bucket.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        if sample.slow {
+            bucket.slow.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn counts(&self, now_nanos: u64) -> Counts {
+        let slice = now_nanos / self.width;
+        let n = self.buckets.len() as u64;
+        let mut counts = Counts::default();
+        for bucket in self.buckets.iter() {
+            let stamp = bucket.stamp.load(Ordering::Acquire);
+            if stamp != EMPTY && stamp <= slice && slice - stamp < n {
+                counts.calls += bucket.calls.load(Ordering::Relaxed);
+                counts.failures += bucket.failures.load(Ordering::Relaxed);
+                counts.slow += bucket.slow.load(Ordering::Relaxed);
+            }
+        }
+        counts.failures = counts.failures.min(counts.calls);
+        counts.slow = counts.slow.min(counts.calls);
+        counts
+    }
+
+    pub(crate) fn reset(&self) {
+        for bucket in self.buckets.iter() {
+            bucket.stamp.store(EMPTY, Ordering::Release);
+            bucket.calls.store(0, Ordering::Relaxed);
+            bucket.failures.store(0, Ordering::Relaxed);
+            bucket.slow.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const OK: Sample = Sample {
+        failure: false,
+        slow: false,
+    };
+    const FAIL: Sample = Sample {
+        failure: true,
+        slow: false,
+    };
+
+    #[test]
+    fn count_window_keeps_the_last_n_calls() {
+        let w = CountWindow::new(4);
+        for s in [FAIL, FAIL, OK, OK] {
+            w.record(s, 1);
+        }
+        assert_eq!(
+            w.counts(),
+            Counts {
+                calls: 4,
+                failures: 2,
+                slow: 0
+            }
+        );
+        w.record(OK, 1);
+        w.record(OK, 1);
+        assert_eq!(w.counts().failures, 0);
+        w.reset();
+        assert_eq!(w.counts(), Counts::default());
+    }
+
+    #[test]
+    fn count_window_asks_for_a_check_when_reaching_the_minimum() {
+        let w = CountWindow::new(10);
+        assert!(!w.record(OK, 3));
+        assert!(!w.record(OK, 3));
+        assert!(w.record(OK, 3));
+        assert!(!w.record(OK, 3));
+        assert!(w.record(FAIL, 3));
+    }
+
+    #[test]
+    fn time_window_expires_whole_buckets() {
+        let w = TimeWindow::new(3, 10);
+        w.record(FAIL, 0);
+        w.record(OK, 15);
+        w.record(OK, 25);
+        assert_eq!(w.counts(25).calls, 3);
+        assert_eq!(w.counts(25).failures, 1);
+        // Slice 3 begins at 30: the bucket of slice 0 has expired.
+        assert_eq!(w.counts(30).calls, 2);
+        assert_eq!(w.counts(30).failures, 0);
+        w.record(FAIL, 31);
+        assert_eq!(w.counts(31).failures, 1);
+        assert_eq!(w.counts(31).calls, 3);
+        assert_eq!(w.counts(100).calls, 0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn count_window_matches_a_deque(size in 1u32..20, samples in proptest::collection::vec((any::<bool>(), any::<bool>()), 0..80)) {
+            let w = CountWindow::new(size);
+            let mut model = std::collections::VecDeque::new();
+            for (failure, slow) in samples {
+                w.record(Sample { failure, slow }, 1);
+                model.push_back((failure, slow));
+                if model.len() > size as usize {
+                    model.pop_front();
+                }
+                let c = w.counts();
+                prop_assert_eq!(c.calls, model.len() as u64);
+                prop_assert_eq!(c.failures, model.iter().filter(|s| s.0).count() as u64);
+                prop_assert_eq!(c.slow, model.iter().filter(|s| s.1).count() as u64);
+            }
+        }
+
+        #[test]
+        fn time_window_matches_a_list(buckets in 1u32..8, events in proptest::collection::vec((0u64..40, any::<bool>()), 0..60)) {
+            let width = 10;
+            let w = TimeWindow::new(buckets, width);
+            let mut now = 0;
+            let mut model: Vec<(u64, bool)> = Vec::new();
+            for (step, failure) in events {
+                now += step;
+                w.record(Sample { failure, slow: false }, now);
+                model.push((now / width, failure));
+                let slice = now / width;
+                let live: Vec<_> = model.iter().filter(|(s, _)| slice - s < u64::from(buckets)).collect();
+                let c = w.counts(now);
+                prop_assert_eq!(c.calls, live.len() as u64);
+                prop_assert_eq!(c.failures, live.iter().filter(|(_, f)| *f).count() as u64);
+            }
+        }
+    }
+}
