@@ -25,6 +25,8 @@ pub enum Call {
     Ignored,
     /// Succeeds when the sender fires (or fails when it is dropped).
     Wait(oneshot::Receiver<()>),
+    /// Answers the status the sender sends (or fails when it is dropped).
+    Answer(oneshot::Receiver<u16>),
 }
 
 /// The backend's error, to check inner errors pass through untouched.
@@ -58,6 +60,7 @@ pub fn backend() -> impl Service<Call, Response = u16, Error = Boom, Future = Bo
                 }
                 Call::Ignored => Ok(404),
                 Call::Wait(rx) => rx.await.map(|()| 200).map_err(|_| Boom),
+                Call::Answer(rx) => rx.await.map_err(|_| Boom),
             }
         })
     })
