@@ -37,14 +37,22 @@ pub(crate) enum Mode {
     Backpressure,
 }
 
+/// A zero-sized field that starts a new cache line: it keeps the counters every call writes
+/// away from the settings every call reads, so reading a setting never waits for another
+/// core's write.
+#[derive(Default)]
+#[repr(align(64))]
+struct CacheLine;
+
 /// The shared state of one partition.
+#[repr(C)]
 pub(crate) struct PartitionState {
     in_flight: AtomicUsize,
     queued: AtomicUsize,
     limit: AtomicUsize,
-    queue: Mutex<WaitQueue>,
     /// Exponentially weighted mean service time in nanoseconds; 0 until the first sample.
     service_time: AtomicU64,
+    _settings: CacheLine,
     pub(crate) name: Arc<str>,
     pub(crate) layer_name: Arc<str>,
     pub(crate) mode: Mode,
@@ -53,6 +61,8 @@ pub(crate) struct PartitionState {
     pub(crate) metrics: Option<PartitionMetrics>,
     /// Whether calls need a start time (metrics, deadline-aware shedding or adaptive limit).
     pub(crate) timed: bool,
+    _queue: CacheLine,
+    queue: Mutex<WaitQueue>,
 }
 
 struct WaitQueue {
@@ -152,6 +162,8 @@ impl PartitionState {
                 next_id: 0,
             }),
             service_time: AtomicU64::new(0),
+            _settings: CacheLine,
+            _queue: CacheLine,
             timed: metrics.is_some() || shed_on_deadline || adaptive.is_some(),
             name,
             layer_name,
@@ -283,6 +295,7 @@ impl PartitionState {
         }
     }
 
+    #[inline]
     fn release(&self) {
         self.in_flight.fetch_sub(1, SeqCst);
         if let Some(m) = &self.metrics {
@@ -392,6 +405,7 @@ impl Permit {
     }
 
     /// Records a finished call that started at `start` and was served from `served`.
+    #[inline]
     pub(crate) fn finished(
         &self,
         start: Option<Instant>,
@@ -420,6 +434,7 @@ impl fmt::Debug for Permit {
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         self.part.release();
     }
