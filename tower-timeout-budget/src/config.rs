@@ -1,12 +1,12 @@
 //! The builder of [`TimeoutBudgetLayer`] and its validation, and [`CapFn`], the per-request cap.
 
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::layer::TimeoutBudgetLayer;
-use crate::metrics::Shared;
+use crate::metrics::{Name, Shared};
 
 /// The per-request cap of a [`TimeoutBudgetLayer`]: a function of the request that returns its
 /// cap, or `None` for the layer's default cap (tower #798).
@@ -62,7 +62,7 @@ pub struct TimeoutBudgetBuilder<C = DefaultCap> {
     cap: Option<Duration>,
     cap_fn: C,
     ready_timeout: Option<Duration>,
-    name: Arc<str>,
+    name: Cow<'static, str>,
     metrics: bool,
 }
 
@@ -83,7 +83,7 @@ impl Default for TimeoutBudgetBuilder {
             cap: None,
             cap_fn: DefaultCap,
             ready_timeout: None,
-            name: Arc::from("timeout"),
+            name: Cow::Borrowed("timeout"),
             metrics: true,
         }
     }
@@ -117,7 +117,7 @@ impl<C> TimeoutBudgetBuilder<C> {
 
     /// The instance name: the `name` label of the metrics and the name in rejections
     /// (default `timeout`).
-    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.name = name.into();
         self
     }
@@ -141,7 +141,7 @@ impl<C> TimeoutBudgetBuilder<C> {
             Some(limit) => positive("ready_timeout", limit)?,
         };
         validate_name(&self.name)?;
-        let shared = Shared::new(self.name, self.metrics, &[]);
+        let shared = Shared::new(Name::new(self.name), self.metrics, &[]);
         Ok(TimeoutBudgetLayer::from_parts(
             cap,
             self.cap_fn,

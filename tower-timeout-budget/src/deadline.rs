@@ -145,6 +145,22 @@ impl Deadline {
         };
         CURRENT.sync_scope(effective, f)
     }
+
+    /// The earlier of `self` and the enclosing task-local deadline: what a scope would hold.
+    #[inline]
+    pub(crate) fn within_current(self) -> Deadline {
+        match Deadline::current() {
+            Some(outer) => outer.min(self),
+            None => self,
+        }
+    }
+
+    /// [`Deadline::sync_scope`] for a deadline already known to be no later than the enclosing
+    /// one (see [`Deadline::within_current`]): skips reading it again.
+    #[inline]
+    pub(crate) fn sync_scope_exact<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
 }
 
 fn far_future(now: Instant) -> Instant {

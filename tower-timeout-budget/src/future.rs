@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -35,11 +34,12 @@ pin_project! {
         Running {
             #[pin]
             fut: F,
-            #[pin]
-            sleep: Option<Sleep>,
+            // Boxed so the future stays small (a `Sleep` is large and would be copied on every
+            // move); allocated only when the inner future is not ready at once.
+            sleep: Option<Pin<Box<Sleep>>>,
             deadline: Option<Deadline>,
             start: Instant,
-            shared: Arc<Shared>,
+            shared: Shared,
         },
         Failed { err: Option<BoxError> },
     }
@@ -50,7 +50,7 @@ impl<F> ResponseFuture<F> {
         fut: F,
         deadline: Option<Deadline>,
         start: Instant,
-        shared: Arc<Shared>,
+        shared: Shared,
     ) -> Self {
         ResponseFuture {
             state: State::Running {
@@ -81,14 +81,15 @@ where
         match self.project().state.project() {
             StateProj::Running {
                 fut,
-                mut sleep,
+                sleep,
                 deadline,
                 start,
                 shared,
             } => {
                 let _scope = Scope::enter();
                 let polled = match *deadline {
-                    Some(d) => d.sync_scope(|| fut.poll(cx)),
+                    // Already bounded by the enclosing scope when the call was made.
+                    Some(d) => d.sync_scope_exact(|| fut.poll(cx)),
                     None => fut.poll(cx),
                 };
                 if let Poll::Ready(res) = polled {
@@ -105,12 +106,8 @@ where
                 let Some(d) = *deadline else {
                     return Poll::Pending;
                 };
-                if sleep.is_none() {
-                    sleep.set(Some(d.sleep()));
-                }
-                if let Some(timer) = sleep.as_pin_mut() {
-                    ready!(timer.poll(cx));
-                }
+                let timer = sleep.get_or_insert_with(|| Box::pin(d.sleep()));
+                ready!(timer.as_mut().poll(cx));
                 Poll::Ready(Err(shared.exceeded(
                     Stage::Call,
                     Some(clock::now().saturating_duration_since(*start)),

@@ -37,6 +37,7 @@
 //! # }
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -51,7 +52,7 @@ use tower_service::Service;
 use crate::config::{positive, validate_name};
 use crate::error::{ConfigError, Stage};
 use crate::future::ResponseFuture;
-use crate::metrics::Shared;
+use crate::metrics::{Name, Shared};
 use crate::wire::{self, DEFAULT_HTTP_HEADER, GRPC_TIMEOUT, GrpcTimeout};
 use crate::{Deadline, DeadlineCarrier};
 
@@ -66,7 +67,7 @@ pub struct InboundDeadlineBuilder {
     grpc: bool,
     http_header: Option<String>,
     strict: bool,
-    name: Arc<str>,
+    name: Cow<'static, str>,
     metrics: bool,
 }
 
@@ -77,7 +78,7 @@ impl Default for InboundDeadlineBuilder {
             grpc: true,
             http_header: Some(DEFAULT_HTTP_HEADER.to_owned()),
             strict: false,
-            name: Arc::from("inbound"),
+            name: Cow::Borrowed("inbound"),
             metrics: true,
         }
     }
@@ -119,7 +120,7 @@ impl InboundDeadlineBuilder {
     }
 
     /// The instance name (default `inbound`).
-    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.name = name.into();
         self
     }
@@ -149,7 +150,7 @@ impl InboundDeadlineBuilder {
         validate_name(&self.name)?;
         let http_label = http_header.as_ref().map_or("", HeaderName::as_str);
         let shared = Shared::new(
-            self.name,
+            Name::new(self.name),
             self.metrics,
             &[GRPC_TIMEOUT.as_str(), http_label],
         );
@@ -179,14 +180,14 @@ struct Config {
 #[must_use]
 pub struct InboundDeadlineLayer {
     config: Arc<Config>,
-    shared: Arc<Shared>,
+    shared: Shared,
 }
 
 impl InboundDeadlineLayer {
     /// Reads both headers, no server cap, lenient, metrics on.
     pub fn new() -> Self {
         let shared = Shared::new(
-            Arc::from("inbound"),
+            Name::Static("inbound"),
             true,
             &[GRPC_TIMEOUT.as_str(), DEFAULT_HTTP_HEADER],
         );
@@ -230,7 +231,7 @@ impl<S> Layer<S> for InboundDeadlineLayer {
 pub struct InboundDeadline<S> {
     inner: S,
     config: Arc<Config>,
-    shared: Arc<Shared>,
+    shared: Shared,
 }
 
 impl<S: fmt::Debug> fmt::Debug for InboundDeadline<S> {
@@ -331,6 +332,7 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let deadline = deadline.map(Deadline::within_current);
         let Some(deadline) = deadline else {
             return ResponseFuture::running(self.inner.call(req), None, now, self.shared.clone());
         };
@@ -338,7 +340,7 @@ where
             return ResponseFuture::failed(self.shared.exceeded(Stage::Arrival, None));
         }
         req.set_deadline(deadline);
-        let fut = deadline.sync_scope(|| self.inner.call(req));
+        let fut = deadline.sync_scope_exact(|| self.inner.call(req));
         ResponseFuture::running(fut, Some(deadline), now, self.shared.clone())
     }
 }

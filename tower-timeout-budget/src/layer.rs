@@ -1,7 +1,6 @@
 //! [`TimeoutBudgetLayer`]: sets and enforces a per-request deadline.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tower_layer::Layer;
@@ -23,7 +22,7 @@ pub struct TimeoutBudgetLayer<C = DefaultCap> {
     pub(crate) cap: Duration,
     pub(crate) cap_fn: C,
     pub(crate) ready_timeout: Duration,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Shared,
 }
 
 impl<C> fmt::Debug for TimeoutBudgetLayer<C> {
@@ -53,7 +52,7 @@ impl<C> TimeoutBudgetLayer<C> {
         cap: Duration,
         cap_fn: C,
         ready_timeout: Duration,
-        shared: Arc<Shared>,
+        shared: Shared,
     ) -> Self {
         TimeoutBudgetLayer {
             cap,

@@ -1,5 +1,6 @@
 //! Metric handles and the shared per-layer state, registered once when a layer is built.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +11,43 @@ use tower_red::{BoxError, Rejection, RejectionKind};
 
 use crate::error::Stage;
 
-/// What every service and future of one layer instance shares: its name and its handles.
-#[derive(Debug)]
+/// A layer instance's name: a static name is copied into each call's future for free; only a
+/// name built at run time costs a reference-count bump per call.
+#[derive(Debug, Clone)]
+pub(crate) enum Name {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Name {
+    pub(crate) fn new(name: Cow<'static, str>) -> Name {
+        match name {
+            Cow::Borrowed(s) => Name::Static(s),
+            Cow::Owned(s) => Name::Shared(Arc::from(s)),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Name::Static(s) => s,
+            Name::Shared(s) => s,
+        }
+    }
+
+    fn to_arc(&self) -> Arc<str> {
+        match self {
+            Name::Static(s) => Arc::from(*s),
+            Name::Shared(s) => s.clone(),
+        }
+    }
+}
+
+/// What every service and future of one layer instance shares: its name and, when metrics are
+/// on, its handles. Cloned into each call's future: free with a static name and metrics off.
+#[derive(Debug, Clone)]
 pub(crate) struct Shared {
-    name: Arc<str>,
-    metrics: Option<Handles>,
+    name: Name,
+    metrics: Option<Arc<Handles>>,
 }
 
 struct Handles {
@@ -34,17 +67,17 @@ impl std::fmt::Debug for Handles {
 impl Shared {
     /// Registers the handles (when `metrics` is on) with the recorder installed now;
     /// `headers` are the inbound headers whose malformed values are counted, in index order.
-    pub(crate) fn new(name: Arc<str>, metrics: bool, headers: &[&str]) -> Arc<Shared> {
+    pub(crate) fn new(name: Name, metrics: bool, headers: &[&str]) -> Shared {
         let metrics = metrics.then(|| {
             let labels = |key: &'static str, value: String| {
                 [
                     Label::from_static_parts(label::LAYER, names::layer::TIMEOUT),
-                    Label::new(label::NAME, name.to_string()),
+                    Label::new(label::NAME, name.as_str().to_owned()),
                     Label::new(key, value),
                 ]
             };
-            Handles {
-                red: RedMetrics::new(names::layer::TIMEOUT, name.to_string()),
+            Arc::new(Handles {
+                red: RedMetrics::new(names::layer::TIMEOUT, name.as_str().to_owned()),
                 exceeded: Stage::ALL.map(|stage| {
                     metrics::counter!(
                         names::DEADLINE_EXCEEDED_TOTAL,
@@ -60,9 +93,9 @@ impl Shared {
                         )
                     })
                     .collect(),
-            }
+            })
         });
-        Arc::new(Shared { name, metrics })
+        Shared { name, metrics }
     }
 
     /// Counts a finished call.
@@ -88,12 +121,12 @@ impl Shared {
             }
         }
         tracing::debug!(
-            name = &*self.name,
+            name = self.name.as_str(),
             stage = stage.as_str(),
             "deadline exceeded"
         );
         Rejection::new(RejectionKind::DeadlineExceeded)
-            .with_name(self.name.clone())
+            .with_name(self.name.to_arc())
             .with_detail(stage.detail())
             .into()
     }
@@ -104,7 +137,7 @@ impl Shared {
             counter.increment(1);
         }
         tracing::debug!(
-            name = &*self.name,
+            name = self.name.as_str(),
             header,
             "malformed deadline header ignored or rejected"
         );
@@ -116,7 +149,7 @@ impl Shared {
             m.red.record_rejection(Outcome::Rejected);
         }
         Rejection::new(RejectionKind::InvalidDeadline)
-            .with_name(self.name.clone())
+            .with_name(self.name.to_arc())
             .with_detail(detail)
             .into()
     }

@@ -35,6 +35,7 @@
 //! # }
 //! ```
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -50,7 +51,7 @@ use tower_service::Service;
 use crate::config::{positive, validate_name};
 use crate::error::{ConfigError, Stage};
 use crate::future::ResponseFuture;
-use crate::metrics::Shared;
+use crate::metrics::{Name, Shared};
 use crate::ready::ReadyWait;
 use crate::wire::{self, DEFAULT_HTTP_HEADER, GRPC_TIMEOUT, GrpcTimeout};
 use crate::{Deadline, DeadlineCarrier};
@@ -81,7 +82,7 @@ pub struct OutboundDeadlineBuilder {
     propagation: Propagation,
     http_header: String,
     cap: Option<Duration>,
-    name: Arc<str>,
+    name: Cow<'static, str>,
     metrics: bool,
 }
 
@@ -92,7 +93,7 @@ impl Default for OutboundDeadlineBuilder {
             propagation: Propagation::Auto,
             http_header: DEFAULT_HTTP_HEADER.to_owned(),
             cap: None,
-            name: Arc::from("outbound"),
+            name: Cow::Borrowed("outbound"),
             metrics: true,
         }
     }
@@ -127,7 +128,7 @@ impl OutboundDeadlineBuilder {
     }
 
     /// The instance name (default `outbound`).
-    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
         self.name = name.into();
         self
     }
@@ -160,7 +161,7 @@ impl OutboundDeadlineBuilder {
                 http_header,
                 cap,
             }),
-            shared: Shared::new(self.name, self.metrics, &[]),
+            shared: Shared::new(Name::new(self.name), self.metrics, &[]),
         })
     }
 }
@@ -179,7 +180,7 @@ struct Config {
 #[must_use]
 pub struct OutboundDeadlineLayer {
     config: Arc<Config>,
-    shared: Arc<Shared>,
+    shared: Shared,
 }
 
 impl OutboundDeadlineLayer {
@@ -192,7 +193,7 @@ impl OutboundDeadlineLayer {
                 http_header: HeaderName::from_static(DEFAULT_HTTP_HEADER),
                 cap: None,
             }),
-            shared: Shared::new(Arc::from("outbound"), true, &[]),
+            shared: Shared::new(Name::Static("outbound"), true, &[]),
         }
     }
 
@@ -225,7 +226,7 @@ impl<S> Layer<S> for OutboundDeadlineLayer {
 pub struct OutboundDeadline<S> {
     inner: S,
     config: Arc<Config>,
-    shared: Arc<Shared>,
+    shared: Shared,
     ready: ReadyWait,
 }
 
@@ -325,6 +326,7 @@ where
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let deadline = deadline.map(Deadline::within_current);
         let Some(deadline) = deadline else {
             return ResponseFuture::running(self.inner.call(req), None, now, self.shared.clone());
         };
@@ -368,7 +370,7 @@ where
             );
         }
         req.set_deadline(deadline);
-        let fut = deadline.sync_scope(|| self.inner.call(req));
+        let fut = deadline.sync_scope_exact(|| self.inner.call(req));
         ResponseFuture::running(fut, Some(deadline), now, self.shared.clone())
     }
 }

@@ -105,7 +105,9 @@ where
         let start = since.unwrap_or(now);
         let cap = self.config.cap_fn.cap(&req).unwrap_or(self.config.cap);
         let own = Deadline::after_from(start, cap);
-        let deadline = req.deadline().map_or(own, |d| d.min(own));
+        // The task-local deadline bounds this call too (for request types without extensions
+        // `req.deadline()` already is it).
+        let deadline = req.deadline().map_or(own, |d| d.min(own)).within_current();
         if deadline.instant() <= now {
             return ResponseFuture::failed(match since {
                 Some(since) => shared.exceeded(Stage::Ready, Some(now - since)),
@@ -113,7 +115,7 @@ where
             });
         }
         req.set_deadline(deadline);
-        let fut = deadline.sync_scope(|| self.inner.call(req));
+        let fut = deadline.sync_scope_exact(|| self.inner.call(req));
         ResponseFuture::running(fut, Some(deadline), start, shared.clone())
     }
 }
