@@ -58,7 +58,8 @@ impl<C> Guard<C> {
         let machine = &*self.permit.machine;
         let (now, elapsed) = match self.start {
             Some(start) => {
-                let end = Instant::now();
+                // Shared with the other layers of the stack finishing in this poll.
+                let end = tower_red::clock::now();
                 (machine.nanos(end), end.saturating_duration_since(start))
             }
             None => (0, Duration::ZERO),
@@ -157,6 +158,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Called { fut, guard } => {
+                let timed = guard.as_ref().is_some_and(|g| g.start.is_some());
+                let _scope = timed.then(tower_red::clock::Scope::enter);
                 let result = ready!(fut.poll(cx));
                 guard
                     .take()

@@ -279,7 +279,8 @@ where
         let machine = self.keys.machine((self.key_fn)(&req));
         match machine.admit() {
             Ok(adm) => {
-                let start = machine.needs_clock.then(Instant::now);
+                let _scope = machine.needs_clock.then(tower_red::clock::Scope::enter);
+                let start = machine.needs_clock.then(tower_red::clock::now);
                 let permit = Permit::new(machine, adm);
                 ResponseFuture::called(self.inner.call(req), permit, self.classifier.clone(), start)
             }

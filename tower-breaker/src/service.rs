@@ -184,7 +184,12 @@ where
         };
         match admission {
             Ok(permit) => {
-                let start = self.machine.needs_clock.then(Instant::now);
+                // One clock read shared by every layer of the stack calling in this scope.
+                let _scope = self
+                    .machine
+                    .needs_clock
+                    .then(tower_red::clock::Scope::enter);
+                let start = self.machine.needs_clock.then(tower_red::clock::now);
                 let fut = self.inner.call(req);
                 ResponseFuture::called(fut, permit, self.classifier.clone(), start)
             }
