@@ -37,6 +37,7 @@ impl Deadline {
 
     /// A deadline `budget` after `start`, saturating like [`Deadline::after`]. Layers that
     /// already read the clock use it to avoid a second read.
+    #[inline]
     pub fn after_from(start: Instant, budget: Duration) -> Deadline {
         Deadline {
             at: start
@@ -46,6 +47,7 @@ impl Deadline {
     }
 
     /// The instant.
+    #[inline]
     pub fn instant(self) -> Instant {
         self.at
     }
@@ -62,6 +64,7 @@ impl Deadline {
 
     /// The earlier of two deadlines.
     #[must_use]
+    #[inline]
     pub fn min(self, other: Deadline) -> Deadline {
         if other.at < self.at { other } else { self }
     }
@@ -101,6 +104,7 @@ impl Deadline {
     }
 
     /// Time left as seen at `now`; zero once passed.
+    #[inline]
     pub fn remaining_at(self, now: Instant) -> Duration {
         self.at.saturating_duration_since(now)
     }
@@ -121,6 +125,7 @@ impl Deadline {
     }
 
     /// The deadline of the task-local scope this code runs in, if any.
+    #[inline]
     pub fn current() -> Option<Deadline> {
         CURRENT.try_with(|d| *d).ok()
     }

@@ -43,7 +43,9 @@ impl ReadyWait {
     ) -> Poll<Result<(), E>> {
         match inner {
             Poll::Ready(Ok(())) => {
-                self.timer = None;
+                if self.timer.is_some() {
+                    self.timer = None;
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => {
@@ -82,7 +84,9 @@ impl ReadyWait {
     /// it ran out. Resets the state for the next request.
     #[inline]
     pub(crate) fn take(&mut self) -> (Option<Instant>, bool) {
-        self.timer = None;
+        if self.timer.is_some() {
+            self.timer = None;
+        }
         (self.since.take(), std::mem::take(&mut self.expired))
     }
 }
