@@ -7,7 +7,7 @@
 //! Reads are a snapshot, exact when writers are quiet and off by at most the number of calls
 //! finishing at that instant otherwise: enough to decide a trip.
 
-use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::config::Window as WindowConfig;
 
@@ -16,18 +16,6 @@ use crate::config::Window as WindowConfig;
 pub(crate) struct Sample {
     pub(crate) failure: bool,
     pub(crate) slow: bool,
-}
-
-impl Sample {
-    const RECORDED: u8 = 1;
-    const FAILURE: u8 = 2;
-    const SLOW: u8 = 4;
-
-    fn bits(self) -> u8 {
-        Self::RECORDED
-            | if self.failure { Self::FAILURE } else { 0 }
-            | if self.slow { Self::SLOW } else { 0 }
-    }
 }
 
 /// Calls, failures and slow calls over a window.
@@ -109,52 +97,67 @@ impl Window {
 
 /// The last `size` calls.
 pub(crate) struct CountWindow {
-    slots: Box<[AtomicU8]>,
+    size: u64,
+    /// Two bits per slot (failure, slow), 32 slots per word.
+    bits: Box<[AtomicU64]>,
     /// Calls recorded since the last reset; the next slot is `seq % size`.
     seq: AtomicU64,
-    /// Signed: a writer that evicts a sample another writer has not yet counted can take it
-    /// below zero for an instant.
+    /// Set bits, kept exactly: a bit's flip is counted by the writer whose RMW flipped it.
+    /// Signed, as the count may trail its bit for an instant.
     failures: AtomicI64,
     slow: AtomicI64,
 }
 
+const FAILURE_BIT: u64 = 1;
+const SLOW_BIT: u64 = 2;
+
 impl CountWindow {
     pub(crate) fn new(size: u32) -> Self {
+        let size = u64::from(size.max(1));
         CountWindow {
-            slots: (0..size.max(1)).map(|_| AtomicU8::new(0)).collect(),
+            size,
+            bits: (0..size.div_ceil(32)).map(|_| AtomicU64::new(0)).collect(),
             seq: AtomicU64::new(0),
             failures: AtomicI64::new(0),
             slow: AtomicI64::new(0),
         }
     }
 
-    /// Three atomic operations when a success replaces a success, the steady state.
+    /// One atomic add and one load when a success replaces a success, the steady state.
     #[inline]
     pub(crate) fn record(&self, sample: Sample, minimum_calls: u32) -> bool {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let size = self.slots.len() as u64;
-        // `seq % size < size == slots.len()`, so the index is in bounds.
-        let slot = &self.slots[(seq % size) as usize];
-        let new = sample.bits();
-        let old = slot.swap(new, Ordering::Relaxed);
-        let changed = old ^ new;
-        if changed & Sample::FAILURE != 0 {
-            let delta = if new & Sample::FAILURE != 0 { 1 } else { -1 };
-            self.failures.fetch_add(delta, Ordering::Relaxed);
-        }
-        if changed & Sample::SLOW != 0 {
-            let delta = if new & Sample::SLOW != 0 { 1 } else { -1 };
-            self.slow.fetch_add(delta, Ordering::Relaxed);
+        let slot = seq % self.size;
+        // `slot < size <= 32 * bits.len()`, so the index is in bounds.
+        let word = &self.bits[(slot / 32) as usize];
+        let shift = (slot % 32) * 2;
+        let new = (u64::from(sample.failure) * FAILURE_BIT) | (u64::from(sample.slow) * SLOW_BIT);
+        let current = (word.load(Ordering::Relaxed) >> shift) & 3;
+        if current != new {
+            self.flip(word, shift, current ^ new, new, FAILURE_BIT, &self.failures);
+            self.flip(word, shift, current ^ new, new, SLOW_BIT, &self.slow);
         }
         // A success never raises a rate, except by bringing the window to its minimum.
         sample.failure || sample.slow || seq + 1 == u64::from(minimum_calls)
     }
 
+    #[inline]
+    fn flip(&self, word: &AtomicU64, shift: u64, diff: u64, new: u64, bit: u64, count: &AtomicI64) {
+        if diff & bit == 0 {
+            return;
+        }
+        let mask = bit << shift;
+        if new & bit != 0 {
+            if word.fetch_or(mask, Ordering::Relaxed) & mask == 0 {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if word.fetch_and(!mask, Ordering::Relaxed) & mask != 0 {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn counts(&self) -> Counts {
-        let calls = self
-            .seq
-            .load(Ordering::Relaxed)
-            .min(self.slots.len() as u64);
+        let calls = self.seq.load(Ordering::Relaxed).min(self.size);
         let clamp = |v: i64| (v.max(0) as u64).min(calls);
         Counts {
             calls,
@@ -164,8 +167,8 @@ impl CountWindow {
     }
 
     pub(crate) fn reset(&self) {
-        for slot in self.slots.iter() {
-            slot.store(0, Ordering::Relaxed);
+        for word in self.bits.iter() {
+            word.store(0, Ordering::Relaxed);
         }
         self.failures.store(0, Ordering::Relaxed);
         self.slow.store(0, Ordering::Relaxed);
@@ -324,7 +327,7 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(128))]
 
         #[test]
-        fn count_window_matches_a_deque(size in 1u32..20, samples in proptest::collection::vec((any::<bool>(), any::<bool>()), 0..80)) {
+        fn count_window_matches_a_deque(size in 1u32..80, samples in proptest::collection::vec((any::<bool>(), any::<bool>()), 0..200)) {
             let w = CountWindow::new(size);
             let mut model = std::collections::VecDeque::new();
             for (failure, slow) in samples {
