@@ -79,6 +79,7 @@ impl Reason {
     pub fn rejection(self, name: Arc<str>) -> Rejection {
         Rejection::new(self.kind())
             .with_name(name)
+            .with_reason(self.as_str())
             .with_detail(self.detail())
     }
 
@@ -86,7 +87,7 @@ impl Reason {
     pub fn of(rejection: &Rejection) -> Option<Reason> {
         Reason::ALL
             .into_iter()
-            .find(|r| r.kind() == rejection.kind() && r.detail() == rejection.detail())
+            .find(|r| r.kind() == rejection.kind() && rejection.reason() == Some(r.as_str()))
     }
 }
 

@@ -378,7 +378,16 @@ impl PartitionState {
             reason = reason.as_str(),
             "bulkhead rejected a call"
         );
-        reason.rejection(self.layer_name.clone()).into()
+        // A permit frees up, on average, one service time from now: say so in `Retry-After`
+        // (at least a second, as the header counts whole seconds).
+        let retry_after = self
+            .service_time()
+            .unwrap_or_default()
+            .max(Duration::from_secs(1));
+        reason
+            .rejection(self.layer_name.clone())
+            .with_retry_after(retry_after)
+            .into()
     }
 
     pub(crate) fn record_queue_wait(&self, waited: Duration) {

@@ -40,6 +40,10 @@ async fn rejects_at_once_when_full_by_default() {
         .await
         .unwrap_err();
     assert_eq!(reason(&err), Some(Reason::Full));
+    let rejection = tower_red::Rejection::find_in(&err).unwrap();
+    assert_eq!(rejection.reason(), Some("full"));
+    // No call has finished yet, so no service time is known: the floor of one second.
+    assert_eq!(rejection.retry_after_secs(), Some(1));
     assert_eq!(
         backend.started(),
         vec![1, 2],

@@ -59,6 +59,10 @@ pub fn rejection_response(rejection: &Rejection) -> Response<ProblemBody> {
     body.push_str("\",\"title\":\"");
     body.push_str(rejection.kind().title());
     let _ = write!(body, "\",\"status\":{}", status.as_u16());
+    if let Some(reason) = rejection.reason() {
+        body.push_str(",\"reason\":");
+        push_json_string(&mut body, reason);
+    }
     if !rejection.detail().is_empty() {
         body.push_str(",\"detail\":");
         push_json_string(&mut body, rejection.detail());

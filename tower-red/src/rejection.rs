@@ -182,6 +182,7 @@ pub struct Rejection {
     kind: RejectionKind,
     retry_after: Option<Duration>,
     name: Option<Arc<str>>,
+    reason: Option<&'static str>,
     detail: Cow<'static, str>,
 }
 
@@ -192,6 +193,7 @@ impl Rejection {
             kind,
             retry_after: None,
             name: None,
+            reason: None,
             detail: Cow::Borrowed(""),
         }
     }
@@ -207,6 +209,14 @@ impl Rejection {
     #[must_use]
     pub fn with_name(mut self, name: Arc<str>) -> Self {
         self.name = Some(name);
+        self
+    }
+
+    /// Sets a layer's own stable, machine-readable sub-reason (snake_case, such as a bulkhead's
+    /// `queue_full` or a deadline's stage `ready`), for callers that need more than the kind.
+    #[must_use]
+    pub fn with_reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
         self
     }
 
@@ -241,6 +251,11 @@ impl Rejection {
     /// The name of the layer instance that refused, if it has one.
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
+    }
+
+    /// The layer's machine-readable sub-reason, if it gave one.
+    pub fn reason(&self) -> Option<&'static str> {
+        self.reason
     }
 
     /// The human detail; empty when none was given.

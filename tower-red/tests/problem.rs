@@ -63,6 +63,19 @@ async fn every_kind_gets_its_status() {
 }
 
 #[tokio::test]
+async fn a_layers_own_reason_is_in_the_body() {
+    let svc = ProblemLayer::new().layer(failing(|| {
+        Rejection::new(RejectionKind::BulkheadFull)
+            .with_reason("queue_full")
+            .into()
+    }));
+    let res = svc.oneshot(http::Request::new(())).await.unwrap();
+    assert_eq!(res.status(), 503);
+    let body = body_string(res.into_body()).await;
+    assert!(body.contains(r#""reason":"queue_full""#), "{body}");
+}
+
+#[tokio::test]
 async fn other_errors_are_a_500_that_leaks_nothing() {
     let svc = ProblemLayer::new().layer(failing(|| "password=hunter2 in connection string".into()));
     let res = svc.oneshot(http::Request::new(())).await.unwrap();
