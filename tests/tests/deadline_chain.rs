@@ -28,7 +28,7 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_red::grpc::status::StatusLayer;
 use tower_red::problem::ProblemLayer;
 use tower_red::{Rejection, RejectionKind};
-use tower_timeout_budget::inbound::InboundDeadlineLayer;
+use tower_timeout_budget::inbound::{InboundDeadlineBuilder, InboundDeadlineLayer};
 use tower_timeout_budget::outbound::{OutboundDeadline, OutboundDeadlineLayer};
 use tower_timeout_budget::{Deadline, Stage};
 
@@ -142,12 +142,10 @@ async fn listen() -> (tokio::net::TcpListener, SocketAddr) {
     (listener, addr)
 }
 
-fn inbound(name: &'static str) -> InboundDeadlineLayer {
+fn inbound(name: &'static str) -> InboundDeadlineBuilder {
     InboundDeadlineLayer::builder()
         .cap(Duration::from_secs(30))
         .name(name)
-        .build()
-        .expect("valid")
 }
 
 fn outbound(name: &'static str) -> OutboundDeadlineLayer {
@@ -232,7 +230,14 @@ async fn chain(
     tokio::spawn(
         tonic::transport::Server::builder()
             .layer(StatusLayer::new())
-            .layer(inbound("c"))
+            // C gives up 5 ms before its caller's budget ends, so its own DEADLINE_EXCEEDED
+            // (not tonic's built-in CANCELLED "Timeout expired") is the answer B sees.
+            .layer(
+                inbound("c")
+                    .margin(Duration::from_millis(5))
+                    .build()
+                    .expect("valid"),
+            )
             .layer(SlowLayer(probe.clone(), delay_c))
             .add_service(health)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
@@ -252,7 +257,7 @@ async fn chain(
         .layer(
             ServiceBuilder::new()
                 .layer(ProblemLayer::new())
-                .layer(inbound("b")),
+                .layer(inbound("b").build().expect("valid")),
         );
     tokio::spawn(async move { axum::serve(listener, app_b).await });
 
@@ -268,7 +273,7 @@ async fn chain(
         .layer(
             ServiceBuilder::new()
                 .layer(ProblemLayer::new())
-                .layer(inbound("a")),
+                .layer(inbound("a").build().expect("valid")),
         );
     tokio::spawn(async move { axum::serve(listener, app_a).await });
     a
@@ -331,8 +336,12 @@ async fn the_innermost_work_is_cancelled_when_the_outer_budget_ends() {
     assert!(ba <= Duration::from_millis(800));
     assert!(bb <= ba - step - MARGIN, "B {bb:?} vs A {ba:?}");
     assert!(bc <= bb - step - MARGIN, "C {bc:?} vs B {bb:?}");
-    // C's budget, the smallest, ends first, so the cut is reported from C.
-    assert!(body.starts_with("cut at c"), "{body}");
+    // C's budget, the smallest, ends first, so the cut is reported from C, by C's own
+    // inbound layer.
+    assert!(
+        body.starts_with("cut at c: deadline exceeded (c): in the call"),
+        "{body}"
+    );
     // Dropping C's handler future is what cancels its work; allow the server a moment.
     for _ in 0..100 {
         if probe.c_cancelled.load(Ordering::SeqCst) {

@@ -67,6 +67,7 @@ pub struct InboundDeadlineBuilder {
     grpc: bool,
     http_header: Option<String>,
     strict: bool,
+    margin: Duration,
     name: Cow<'static, str>,
     metrics: bool,
 }
@@ -78,6 +79,7 @@ impl Default for InboundDeadlineBuilder {
             grpc: true,
             http_header: Some(DEFAULT_HTTP_HEADER.to_owned()),
             strict: false,
+            margin: Duration::ZERO,
             name: Cow::Borrowed("inbound"),
             metrics: true,
         }
@@ -116,6 +118,16 @@ impl InboundDeadlineBuilder {
     /// being ignored (default off).
     pub fn strict(mut self, on: bool) -> Self {
         self.strict = on;
+        self
+    }
+
+    /// Subtracted from the caller's budget (not from the cap), so this server gives up, and
+    /// answers with its own `DEADLINE_EXCEEDED`, a little before the caller does (default zero;
+    /// Envoy offers the same offset). Behind tonic's server, which also enforces `grpc-timeout`
+    /// and answers `CANCELLED` when its timer fires first, a few milliseconds make this layer's
+    /// answer the one the caller sees.
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
         self
     }
 
@@ -160,6 +172,7 @@ impl InboundDeadlineBuilder {
                 grpc: self.grpc,
                 http_header,
                 strict: self.strict,
+                margin: self.margin,
             }),
             shared,
         })
@@ -172,6 +185,7 @@ struct Config {
     grpc: bool,
     http_header: Option<HeaderName>,
     strict: bool,
+    margin: Duration,
 }
 
 /// Layer that turns the caller's `grpc-timeout` or HTTP deadline header into the request's
@@ -197,6 +211,7 @@ impl InboundDeadlineLayer {
                 grpc: true,
                 http_header: Some(HeaderName::from_static(DEFAULT_HTTP_HEADER)),
                 strict: false,
+                margin: Duration::ZERO,
             }),
             shared,
         }
@@ -323,6 +338,7 @@ where
             Ok(budget) => budget,
             Err(detail) => return ResponseFuture::failed(self.shared.invalid(detail)),
         };
+        let budget = budget.map(|b| b.saturating_sub(self.config.margin));
         let budget = match (budget, self.config.cap) {
             (Some(b), Some(cap)) => Some(b.min(cap)),
             (b, cap) => b.or(cap),

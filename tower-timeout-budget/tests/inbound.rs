@@ -257,3 +257,27 @@ fn bad_configuration_names_the_field() {
         .expect_err("zero");
     assert_eq!(err.field(), "cap");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_inbound_margin_shortens_the_callers_budget_but_not_the_cap() {
+    let layer = InboundDeadlineLayer::builder()
+        .cap(Duration::from_secs(1))
+        .margin(5 * MS)
+        .build()
+        .expect("valid");
+    let got = seen(layer.clone(), &[("grpc-timeout", "100m")])
+        .await
+        .expect("ok");
+    assert_eq!(got.0, Some(95 * MS));
+    assert_eq!(
+        seen(layer.clone(), &[]).await.expect("ok").0,
+        Some(1_000 * MS)
+    );
+    let err = seen(layer, &[("grpc-timeout", "3m")])
+        .await
+        .expect_err("less than the margin left");
+    assert_eq!(
+        Stage::of(Rejection::find_in(&err).expect("a rejection")),
+        Some(Stage::Arrival)
+    );
+}
