@@ -1,7 +1,7 @@
 //! The crate's errors.
 //!
 //! A breaker refuses calls with [`tower_red::Rejection`] of kind
-//! [`RejectionKind::CircuitOpen`](tower_red::RejectionKind::CircuitOpen), boxed into a
+//! `RejectionKind::CircuitOpen`, boxed into a
 //! [`BoxError`](tower_red::BoxError), so every layer of the workspace is refused the same way;
 //! [`is_circuit_open`] recognises one. A bad configuration is a [`ConfigError`] naming the field.
 //!
