@@ -1,6 +1,7 @@
-//! The main demo: an axum server on loopback behind `RedLayer` and the problem+json adapter,
-//! driven by a bounded reqwest load in which some requests fail and some are refused, then the
-//! RED metrics in Prometheus text format.
+//! The main demo: an axum server on loopback behind the workspace's layers (RED metrics, the
+//! problem+json adapter, an inbound deadline, a partitioned bulkhead and a circuit breaker),
+//! driven by a bounded reqwest load in which some requests fail in the backend, some run out of
+//! time and some are refused, then the RED metrics in Prometheus text format.
 //!
 //! ```text
 //! cargo run -p examples --bin demo            # load, then print results and metrics
@@ -8,9 +9,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,9 +17,13 @@ use axum::routing::get;
 use futures::{StreamExt, stream};
 use http::StatusCode;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use tower::{Layer, Service, ServiceBuilder};
+use tower::ServiceBuilder;
+use tower_breaker::{BreakerConfig, BreakerLayer};
+use tower_bulkhead::{BulkheadLayer, Partition};
+use tower_red::classify::HttpStatus;
 use tower_red::problem::ProblemLayer;
-use tower_red::{BoxError, RedLayer, Rejection, RejectionKind, names};
+use tower_red::{BoxError, RedLayer, names};
+use tower_timeout_budget::inbound::InboundDeadlineLayer;
 
 const REQUESTS: usize = 400;
 const CONCURRENCY: usize = 8;
@@ -45,7 +47,8 @@ async fn main() -> Result<(), BoxError> {
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app()).await });
+    let app = app()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
 
     if serve {
         println!("demo server on http://{addr} (Ctrl-C to stop); try:");
@@ -61,16 +64,20 @@ async fn main() -> Result<(), BoxError> {
     println!("demo server on http://{addr}; sending {REQUESTS} requests, {CONCURRENCY} at a time");
     let client = reqwest::Client::new();
     let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
-    let mut sample_rejection = None;
+    let mut samples = BTreeMap::new();
     let load = stream::iter(0..REQUESTS)
         .map(|i| {
             let client = client.clone();
-            let url = if i.is_multiple_of(4) {
-                format!("http://{addr}/hello")
+            let request = if i.is_multiple_of(4) {
+                client.get(format!("http://{addr}/hello"))
+            } else if i % 10 == 1 {
+                client
+                    .get(format!("http://{addr}/slow"))
+                    .header("x-request-timeout-ms", "100")
             } else {
-                format!("http://{addr}/orders/{i}")
+                client.get(format!("http://{addr}/orders/{i}"))
             };
-            async move { client.get(url).send().await }
+            async move { request.send().await }
         })
         .buffer_unordered(CONCURRENCY);
     let load = tokio::time::timeout(LOAD_LIMIT, async {
@@ -78,8 +85,11 @@ async fn main() -> Result<(), BoxError> {
         while let Some(res) = load.next().await {
             let res = res?;
             *by_status.entry(res.status().as_u16()).or_default() += 1;
-            if res.status() == StatusCode::SERVICE_UNAVAILABLE && sample_rejection.is_none() {
-                sample_rejection = Some(wire_format(res).await?);
+            let status = res.status();
+            let refused =
+                status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
+            if refused && !samples.contains_key(&status.as_u16()) {
+                samples.insert(status.as_u16(), wire_format(res).await?);
             }
         }
         Ok::<_, BoxError>(())
@@ -93,29 +103,66 @@ async fn main() -> Result<(), BoxError> {
     for (status, count) in &by_status {
         println!("  {status}: {count}");
     }
-    if let Some(sample) = sample_rejection {
+    for sample in samples.values() {
         println!("\none refused request, as the client saw it:\n{sample}");
     }
-    println!("\nRED metrics (Prometheus text format; --buckets shows the histogram buckets too):");
+    println!(
+        "\nRED metrics, Prometheus text format (series still at zero left out; --buckets adds the histogram buckets):"
+    );
     for line in prometheus.render().lines() {
         let ours = line.contains("http_server_") || line.contains("resilience_");
-        if ours && (buckets_too || !line.contains("_bucket{")) {
+        let zero = line.ends_with(" 0");
+        if ours && !zero && (buckets_too || !line.contains("_bucket{")) {
             println!("{line}");
         }
     }
     Ok(())
 }
 
-fn app() -> Router {
-    Router::new()
+fn app() -> Result<Router, BoxError> {
+    // The caller's budget (`x-request-timeout-ms` or `grpc-timeout`), capped at one second.
+    let deadline = InboundDeadlineLayer::builder()
+        .name("api")
+        .cap(Duration::from_secs(1))
+        .build()?;
+    // At most 12 calls at once, of which at most 3 may be `/orders` calls.
+    let bulkhead = BulkheadLayer::builder()
+        .name("api")
+        .max_concurrent(12)
+        .partition(Partition::new("orders", 3))
+        .partition_by(|req: &http::Request<axum::body::Body>| {
+            req.uri().path().starts_with("/orders").then_some("orders")
+        })
+        .build()?;
+    // Opens when half of the last 50 calls failed (5xx), once 20 are in.
+    let breaker = BreakerLayer::new(
+        BreakerConfig::builder()
+            .name("backend")
+            .count_window(50)
+            .minimum_calls(20)
+            .failure_rate_threshold(0.5)
+            .open_time(Duration::from_secs(5))
+            .build()?,
+    )
+    .with_classifier(HttpStatus::new());
+    Ok(Router::new()
         .route("/hello", get(|| async { "hello\n" }))
         .route("/orders/{id}", get(order))
+        .route("/slow", get(slow))
         .layer(
             ServiceBuilder::new()
                 .layer(RedLayer::server())
                 .layer(ProblemLayer::new())
-                .layer(ShedEveryLayer::new(10)),
-        )
+                .layer(deadline)
+                .layer(bulkhead)
+                .layer(breaker),
+        ))
+}
+
+/// A handler slower than the budget the load gives it: cut at the deadline (504).
+async fn slow() -> &'static str {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    "finally\n"
 }
 
 /// The backend: orders whose id is a multiple of 5 fail, as a broken dependency would.
@@ -137,67 +184,4 @@ async fn wire_format(res: reqwest::Response) -> Result<String, BoxError> {
     }
     out.push_str(&format!("\n  {}", res.text().await?));
     Ok(out)
-}
-
-/// A stand-in load shedder for this demo: refuses every `n`th `/orders` request with the same
-/// rejection a full bulkhead gives (503, `Retry-After: 1`).
-#[derive(Clone)]
-struct ShedEveryLayer {
-    n: u64,
-    seen: Arc<AtomicU64>,
-}
-
-impl ShedEveryLayer {
-    fn new(n: u64) -> Self {
-        ShedEveryLayer {
-            n,
-            seen: Arc::new(AtomicU64::new(0)),
-        }
-    }
-}
-
-impl<S> Layer<S> for ShedEveryLayer {
-    type Service = ShedEvery<S>;
-    fn layer(&self, inner: S) -> ShedEvery<S> {
-        ShedEvery {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct ShedEvery<S> {
-    inner: S,
-    layer: ShedEveryLayer,
-}
-
-impl<S, B> Service<http::Request<B>> for ShedEvery<S>
-where
-    S: Service<http::Request<B>>,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = futures::future::BoxFuture<'static, Result<S::Response, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let orders = req.uri().path().starts_with("/orders");
-        if orders
-            && (self.layer.seen.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(self.layer.n)
-        {
-            let rejection = Rejection::new(RejectionKind::BulkheadFull)
-                .with_name(Arc::from("orders"))
-                .with_detail("demo shedder refuses every 10th order")
-                .with_retry_after(Duration::from_secs(1));
-            return Box::pin(async move { Err(rejection.into()) });
-        }
-        let fut = self.inner.call(req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
-    }
 }
