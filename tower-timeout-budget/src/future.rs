@@ -86,7 +86,9 @@ where
                 start,
                 shared,
             } => {
-                let _scope = Scope::enter();
+                // Only a layer that reads the clock here needs the shared clock scope; inner
+                // layers that read it enter their own.
+                let _scope = shared.metrics_on().then(Scope::enter);
                 let polled = match *deadline {
                     // Already bounded by the enclosing scope when the call was made.
                     Some(d) => d.sync_scope_exact(|| fut.poll(cx)),

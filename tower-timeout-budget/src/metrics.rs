@@ -98,6 +98,12 @@ impl Shared {
         Shared { name, metrics }
     }
 
+    /// Whether metrics are recorded (so the call's future reads the clock when it ends).
+    #[inline]
+    pub(crate) fn metrics_on(&self) -> bool {
+        self.metrics.is_some()
+    }
+
     /// Counts a finished call.
     #[inline]
     pub(crate) fn finished(
