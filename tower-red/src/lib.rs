@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+pub mod adapt;
 pub mod classify;
 pub mod clock;
 pub mod grpc;

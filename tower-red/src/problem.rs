@@ -24,20 +24,15 @@
 //! # }
 //! ```
 
-use std::convert::Infallible;
 use std::fmt::{self, Write as _};
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{Either, Full};
-use pin_project_lite::pin_project;
 use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::BoxError;
+use crate::adapt::{Adapter, AdapterFuture, Convert};
 use crate::rejection::Rejection;
 
 /// The body of responses built by this adapter.
@@ -163,39 +158,20 @@ impl<F> ProblemLayer<F> {
 impl<S, F: Clone> Layer<S> for ProblemLayer<F> {
     type Service = Problem<S, F>;
     fn layer(&self, inner: S) -> Self::Service {
-        Problem {
+        Adapter::with(
             inner,
-            on_error: self.on_error.clone(),
-            ready_error: None,
-        }
+            ToProblem {
+                on_error: self.on_error.clone(),
+            },
+        )
     }
 }
 
 /// Service built by [`ProblemLayer`].
-pub struct Problem<S, F = OnError> {
-    inner: S,
-    on_error: F,
-    ready_error: Option<BoxError>,
-}
+pub type Problem<S, F = OnError> = Adapter<S, ToProblem<F>>;
 
-impl<S: fmt::Debug, F> fmt::Debug for Problem<S, F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Problem")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S: Clone, F: Clone> Clone for Problem<S, F> {
-    fn clone(&self) -> Self {
-        // A readiness error belongs to the instance that saw it.
-        Problem {
-            inner: self.inner.clone(),
-            on_error: self.on_error.clone(),
-            ready_error: None,
-        }
-    }
-}
+/// Future of [`Problem`].
+pub type ResponseFuture<Fut, F = OnError> = AdapterFuture<Fut, ToProblem<F>>;
 
 impl<S> Problem<S> {
     /// Wraps `inner` with the default error mapping.
@@ -204,111 +180,34 @@ impl<S> Problem<S> {
     }
 }
 
-impl<S, F> Problem<S, F> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
+/// The conversion of [`ProblemLayer`]: rejections to problem responses, other errors through
+/// its `on_error` function, inner responses untouched.
+#[derive(Clone, Copy)]
+pub struct ToProblem<F> {
+    on_error: F,
+}
+
+impl<F> fmt::Debug for ToProblem<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ToProblem").finish_non_exhaustive()
     }
 }
 
-fn to_response<F>(err: BoxError, on_error: &F) -> Response<ProblemBody>
+impl<F, B> Convert<B> for ToProblem<F>
 where
-    F: Fn(&BoxError) -> Response<ProblemBody>,
-{
-    match Rejection::find_in(&err) {
-        Some(rejection) => rejection_response(rejection),
-        None => on_error(&err),
-    }
-}
-
-impl<S, F, Req, B> Service<Req> for Problem<S, F>
-where
-    S: Service<Req, Response = Response<B>>,
-    S::Error: Into<BoxError>,
     F: Fn(&BoxError) -> Response<ProblemBody> + Clone,
 {
     type Response = Response<Either<B, ProblemBody>>;
-    type Error = Infallible;
-    type Future = ResponseFuture<S::Future, F>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if self.ready_error.is_some() {
-            return Poll::Ready(Ok(()));
-        }
-        // An error from the inner readiness is answered on the next call instead.
-        if let Err(e) = ready!(self.inner.poll_ready(cx)) {
-            self.ready_error = Some(e.into());
-        }
-        Poll::Ready(Ok(()))
+    fn ok(&self, res: Response<B>) -> Self::Response {
+        res.map(Either::Left)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
-        let on_error = self.on_error.clone();
-        match self.ready_error.take() {
-            Some(err) => ResponseFuture::failed(err, on_error),
-            None => ResponseFuture::called(self.inner.call(req), on_error),
-        }
-    }
-}
-
-pin_project! {
-    /// Future of [`Problem`].
-    pub struct ResponseFuture<Fut, F> {
-        #[pin]
-        state: State<Fut, F>,
-    }
-}
-
-pin_project! {
-    #[project = Proj]
-    enum State<Fut, F> {
-        Called { #[pin] fut: Fut, on_error: F },
-        Failed { err: Option<BoxError>, on_error: F },
-    }
-}
-
-impl<Fut, F> ResponseFuture<Fut, F> {
-    fn called(fut: Fut, on_error: F) -> Self {
-        ResponseFuture {
-            state: State::Called { fut, on_error },
-        }
-    }
-    fn failed(err: BoxError, on_error: F) -> Self {
-        ResponseFuture {
-            state: State::Failed {
-                err: Some(err),
-                on_error,
-            },
-        }
-    }
-}
-
-impl<Fut, F, B, E> Future for ResponseFuture<Fut, F>
-where
-    Fut: Future<Output = Result<Response<B>, E>>,
-    E: Into<BoxError>,
-    F: Fn(&BoxError) -> Response<ProblemBody>,
-{
-    type Output = Result<Response<Either<B, ProblemBody>>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            Proj::Called { fut, on_error } => Poll::Ready(Ok(match ready!(fut.poll(cx)) {
-                Ok(res) => res.map(Either::Left),
-                Err(err) => to_response(err.into(), on_error).map(Either::Right),
-            })),
-            Proj::Failed { err, on_error } => {
-                let err = err.take().expect("polled after completion");
-                Poll::Ready(Ok(to_response(err, on_error).map(Either::Right)))
-            }
-        }
+    fn err(&self, err: BoxError) -> Self::Response {
+        let res = match Rejection::find_in(&err) {
+            Some(rejection) => rejection_response(rejection),
+            None => (self.on_error)(&err),
+        };
+        res.map(Either::Right)
     }
 }

@@ -11,19 +11,14 @@
 //! assert_eq!(status.code(), tonic::Code::ResourceExhausted);
 //! ```
 
-use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use pin_project_lite::pin_project;
 use tonic::body::Body;
 use tower_layer::Layer;
-use tower_service::Service;
 
 use crate::BoxError;
+use crate::adapt::{Adapter, AdapterFuture, Convert};
 use crate::rejection::Rejection;
 
 /// The trailer gRPC clients read as a server-chosen retry delay (gRFC A6).
@@ -111,122 +106,47 @@ impl<F> StatusLayer<F> {
 impl<S, F: Clone> Layer<S> for StatusLayer<F> {
     type Service = StatusService<S, F>;
     fn layer(&self, inner: S) -> Self::Service {
-        StatusService {
+        Adapter::with(
             inner,
-            on_error: self.on_error.clone(),
-            ready_error: None,
-        }
+            ToStatus {
+                on_error: self.on_error.clone(),
+            },
+        )
     }
 }
 
 /// Service built by [`StatusLayer`].
-pub struct StatusService<S, F = OnError> {
-    inner: S,
+pub type StatusService<S, F = OnError> = Adapter<S, ToStatus<F>>;
+
+/// Future of [`StatusService`].
+pub type ResponseFuture<Fut, F = OnError> = AdapterFuture<Fut, ToStatus<F>>;
+
+/// The conversion of [`StatusLayer`]: errors to trailers-only gRPC responses, inner responses
+/// re-boxed into tonic's body.
+#[derive(Clone, Copy)]
+pub struct ToStatus<F> {
     on_error: F,
-    ready_error: Option<BoxError>,
 }
 
-impl<S: Clone, F: Clone> Clone for StatusService<S, F> {
-    fn clone(&self) -> Self {
-        StatusService {
-            inner: self.inner.clone(),
-            on_error: self.on_error.clone(),
-            ready_error: None,
-        }
-    }
-}
-
-impl<S: fmt::Debug, F> fmt::Debug for StatusService<S, F> {
+impl<F> fmt::Debug for ToStatus<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StatusService")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
+        f.debug_struct("ToStatus").finish_non_exhaustive()
     }
 }
 
-impl<S, F, Req, B> Service<Req> for StatusService<S, F>
+impl<F, B> Convert<B> for ToStatus<F>
 where
-    S: Service<Req, Response = http::Response<B>>,
-    S::Error: Into<BoxError>,
+    F: Fn(&BoxError) -> tonic::Status + Clone,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
-    F: Fn(&BoxError) -> tonic::Status + Clone,
 {
     type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = ResponseFuture<S::Future, F>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        if self.ready_error.is_some() {
-            return Poll::Ready(Ok(()));
-        }
-        if let Err(e) = ready!(self.inner.poll_ready(cx)) {
-            self.ready_error = Some(e.into());
-        }
-        Poll::Ready(Ok(()))
+    fn ok(&self, res: http::Response<B>) -> Self::Response {
+        res.map(Body::new)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
-        let on_error = self.on_error.clone();
-        match self.ready_error.take() {
-            Some(err) => ResponseFuture::failed(err, on_error),
-            None => ResponseFuture::called(self.inner.call(req), on_error),
-        }
-    }
-}
-
-pin_project! {
-    /// Future of [`StatusService`].
-    pub struct ResponseFuture<Fut, F> {
-        #[pin]
-        state: State<Fut, F>,
-    }
-}
-
-pin_project! {
-    #[project = Proj]
-    enum State<Fut, F> {
-        Called { #[pin] fut: Fut, on_error: F },
-        Failed { err: Option<BoxError>, on_error: F },
-    }
-}
-
-impl<Fut, F> ResponseFuture<Fut, F> {
-    fn called(fut: Fut, on_error: F) -> Self {
-        ResponseFuture {
-            state: State::Called { fut, on_error },
-        }
-    }
-    fn failed(err: BoxError, on_error: F) -> Self {
-        ResponseFuture {
-            state: State::Failed {
-                err: Some(err),
-                on_error,
-            },
-        }
-    }
-}
-
-impl<Fut, F, B, E> Future for ResponseFuture<Fut, F>
-where
-    Fut: Future<Output = Result<http::Response<B>, E>>,
-    E: Into<BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-    F: Fn(&BoxError) -> tonic::Status,
-{
-    type Output = Result<http::Response<Body>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (err, on_error) = match self.project().state.project() {
-            Proj::Called { fut, on_error } => match ready!(fut.poll(cx)) {
-                Ok(res) => return Poll::Ready(Ok(res.map(Body::new))),
-                Err(err) => (err.into(), on_error),
-            },
-            Proj::Failed { err, on_error } => {
-                (err.take().expect("polled after completion"), on_error)
-            }
-        };
-        Poll::Ready(Ok(on_error(&err).into_http()))
+    fn err(&self, err: BoxError) -> Self::Response {
+        (self.on_error)(&err).into_http()
     }
 }
