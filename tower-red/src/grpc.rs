@@ -2,7 +2,7 @@
 //!
 //! The numeric values are those of the gRPC specification (`doc/statuscodes.md` in grpc/grpc).
 //! With the `tonic` feature, [`GrpcCode`] converts to and from `tonic::Code`, and the
-//! [`status`](crate::grpc::status) adapter turns rejections into trailers-only gRPC responses.
+//! `status` adapter turns rejections into trailers-only gRPC responses.
 
 use std::fmt;
 
