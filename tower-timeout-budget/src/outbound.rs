@@ -311,10 +311,10 @@ where
     }
 
     fn call(&mut self, mut req: R) -> Self::Future {
-        let (since, ready_expired) = self.ready.take();
         // One clock read serves every layer of the stack inside this call.
         let _scope = Scope::enter();
         let now = clock::now();
+        let (since, ready_expired) = self.ready.take(now);
         if ready_expired {
             return ResponseFuture::failed(
                 self.shared.exceeded(Stage::Ready, since.map(|s| now - s)),

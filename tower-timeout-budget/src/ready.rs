@@ -7,7 +7,9 @@
 //! limit, with one timer armed for the whole wait. When it fires, `poll_ready` returns `Ready`
 //! and the next `call` fails with [`Stage::Ready`](crate::Stage::Ready) without calling the inner
 //! service (fail-fast refusals come from `call`, never from `poll_ready`). When the inner service
-//! becomes ready in time, the request's deadline is counted from the start of the wait.
+//! becomes ready in time, the request's deadline is counted from the start of the wait; idle time
+//! between readiness and `call` (a ready cache such as `tower::balance` keeps ready services for
+//! later) is not charged to the request.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -21,6 +23,8 @@ use crate::Deadline;
 #[derive(Debug, Default)]
 pub(crate) struct ReadyWait {
     since: Option<Instant>,
+    /// How long the last wait lasted, once it ended.
+    waited: Option<Duration>,
     // Boxed: only allocated when a wait actually happens, and keeps the service `Unpin`.
     timer: Option<Pin<Box<Sleep>>>,
     expired: bool,
@@ -43,8 +47,10 @@ impl ReadyWait {
     ) -> Poll<Result<(), E>> {
         match inner {
             Poll::Ready(Ok(())) => {
-                if self.timer.is_some() {
-                    self.timer = None;
+                if let Some(since) = self.since
+                    && self.waited.is_none()
+                {
+                    self.end_wait(since);
                 }
                 Poll::Ready(Ok(()))
             }
@@ -73,20 +79,33 @@ impl ReadyWait {
         if let Some(timer) = self.timer.as_mut()
             && timer.as_mut().poll(cx).is_ready()
         {
-            self.timer = None;
+            self.end_wait(since);
             self.expired = true;
             return Poll::Ready(Ok(()));
         }
         Poll::Pending
     }
 
-    /// Taken by `call`: when the wait started (if the service was ever not ready) and whether
-    /// it ran out. Resets the state for the next request.
+    #[cold]
+    fn end_wait(&mut self, since: Instant) {
+        self.waited = Some(Instant::now().saturating_duration_since(since));
+        self.timer = None;
+    }
+
+    /// Taken by `call` at `now`: when the request's budget started (`now` minus the time spent
+    /// waiting, if the service was ever not ready) and whether the wait ran out. Resets the
+    /// state for the next request.
     #[inline]
-    pub(crate) fn take(&mut self) -> (Option<Instant>, bool) {
-        if self.timer.is_some() {
-            self.timer = None;
-        }
-        (self.since.take(), std::mem::take(&mut self.expired))
+    pub(crate) fn take(&mut self, now: Instant) -> (Option<Instant>, bool) {
+        let Some(since) = self.since.take() else {
+            return (None, false);
+        };
+        let start = match self.waited.take() {
+            Some(waited) => now.checked_sub(waited).unwrap_or(since),
+            // Called without a `Ready` after the wait: charge it all.
+            None => since,
+        };
+        self.timer = None;
+        (Some(start), std::mem::take(&mut self.expired))
     }
 }

@@ -94,10 +94,10 @@ where
 
     #[inline]
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let (since, ready_expired) = self.ready.take();
         // One clock read serves every layer of the stack inside this call.
         let _scope = Scope::enter();
         let now = clock::now();
+        let (since, ready_expired) = self.ready.take(now);
         let shared = &self.config.shared;
         if ready_expired {
             return ResponseFuture::failed(shared.exceeded(Stage::Ready, since.map(|s| now - s)));

@@ -323,3 +323,19 @@ fn the_stack_is_send_sync_and_static() {
     fn assert_send<T: Send + 'static>(_: &T) {}
     assert_send(&fut);
 }
+
+#[tokio::test(start_paused = true)]
+async fn idle_time_between_readiness_and_call_is_not_charged() {
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    handle.allow(0);
+    assert_pending!(svc.poll_ready());
+    advance(30 * MS).await;
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready());
+    // A ready cache may hold a ready service for a long time before a request comes.
+    advance(500 * MS).await;
+    let _fut = svc.call(http::Request::new(()));
+    let (req, _respond) = handle.next_request().await.expect("sent");
+    assert_eq!(req.deadline().map(Deadline::remaining), Some(70 * MS));
+}
