@@ -124,14 +124,14 @@ impl Stage {
         }
     }
 
-    /// The stage named by a rejection's detail, if the rejection came from this crate.
+    /// The stage a rejection from this crate names (its [`reason`](tower_red::Rejection::reason)),
+    /// or `None` for other rejections.
     pub fn of(rejection: &tower_red::Rejection) -> Option<Stage> {
         if !rejection.is(tower_red::RejectionKind::DeadlineExceeded) {
             return None;
         }
-        Stage::ALL
-            .into_iter()
-            .find(|s| s.detail() == rejection.detail())
+        let reason = rejection.reason()?;
+        Stage::ALL.into_iter().find(|s| s.as_str() == reason)
     }
 }
 

@@ -133,6 +133,7 @@ impl Shared {
         );
         Rejection::new(RejectionKind::DeadlineExceeded)
             .with_name(self.name.to_arc())
+            .with_reason(stage.as_str())
             .with_detail(stage.detail())
             .into()
     }
