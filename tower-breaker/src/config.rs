@@ -316,9 +316,10 @@ impl BreakerConfig {
         self.window
     }
 
-    /// Whether calls need a clock reading at their start and end.
+    /// Whether calls need a clock reading at their start and end: durations are only worth
+    /// two clock reads when a recorder will keep them.
     pub(crate) fn needs_clock(&self) -> bool {
-        self.metrics
+        (self.metrics && tower_red::red::recorder_installed())
             || self.slow_call_duration.is_some()
             || matches!(self.window, Window::Time { .. })
     }

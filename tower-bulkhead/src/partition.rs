@@ -164,7 +164,11 @@ impl PartitionState {
             service_time: AtomicU64::new(0),
             _settings: CacheLine,
             _queue: CacheLine,
-            timed: metrics.is_some() || shed_on_deadline || adaptive.is_some(),
+            // Durations cost two clock reads: only when a recorder keeps them, or a policy
+            // needs service times.
+            timed: (metrics.is_some() && tower_red::red::recorder_installed())
+                || shed_on_deadline
+                || adaptive.is_some(),
             name,
             layer_name,
             mode,

@@ -177,6 +177,18 @@ impl RedMetrics {
     }
 }
 
+/// Whether a metrics recorder is installed for this thread now (a local one, or the global
+/// one): `false` while the facade falls back to its no-op recorder.
+///
+/// Handles are bound to the recorder installed when they are registered, so a layer built
+/// while this is `false` records into no-ops for its whole life; layers use this at build time
+/// to skip the clock reads a duration needs. The `metrics` crate does not say which recorder
+/// is installed; the no-op recorder is the only zero-sized one it ships, so a zero-sized
+/// recorder is taken for it (a real recorder keeps its series somewhere).
+pub fn recorder_installed() -> bool {
+    metrics::with_recorder(|recorder| std::mem::size_of_val(recorder) != 0)
+}
+
 /// Describes every metric of this workspace (help text and unit) to the installed recorder.
 /// Call once after installing a recorder, such as a Prometheus exporter.
 pub fn describe_metrics() {

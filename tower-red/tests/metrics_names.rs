@@ -210,3 +210,16 @@ fn describe_metrics_sets_units_for_every_histogram() {
     assert_eq!(*unit, Some(metrics::Unit::Seconds));
     assert!(help.as_ref().is_some_and(|h| !h.is_empty()));
 }
+
+#[test]
+fn a_recorder_is_seen_only_while_installed() {
+    assert!(
+        !tower_red::red::recorder_installed(),
+        "no recorder in this test thread"
+    );
+    let recorder = DebuggingRecorder::new();
+    metrics::with_local_recorder(&recorder, || assert!(tower_red::red::recorder_installed()));
+    metrics::with_local_recorder(&metrics::NoopRecorder, || {
+        assert!(!tower_red::red::recorder_installed())
+    });
+}

@@ -68,7 +68,9 @@ impl Shared {
     /// Registers the handles (when `metrics` is on) with the recorder installed now;
     /// `headers` are the inbound headers whose malformed values are counted, in index order.
     pub(crate) fn new(name: Name, metrics: bool, headers: &[&str]) -> Shared {
-        let metrics = metrics.then(|| {
+        // Handles registered with no recorder installed are no-ops for life: skip them, and
+        // the clock reads their durations would cost.
+        let metrics = (metrics && tower_red::red::recorder_installed()).then(|| {
             let labels = |key: &'static str, value: String| {
                 [
                     Label::from_static_parts(label::LAYER, names::layer::TIMEOUT),
