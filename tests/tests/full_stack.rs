@@ -1,0 +1,201 @@
+//! Every layer stacked, as users stack them: on an axum router, on a tonic server and around a
+//! reqwest client, each exercised over loopback. Building these stacks is itself the check that
+//! the layers compose and are `Send + Sync + 'static`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_breaker::{BreakerConfig, BreakerLayer};
+use tower_bulkhead::BulkheadLayer;
+use tower_red::classify::{GrpcStatus, HttpStatus};
+use tower_red::grpc::status::StatusLayer;
+use tower_red::problem::ProblemLayer;
+use tower_red::{BoxError, RedLayer, Rejection, RejectionKind};
+use tower_timeout_budget::inbound::InboundDeadlineLayer;
+use tower_timeout_budget::outbound::OutboundDeadlineLayer;
+use tower_timeout_budget::{Deadline, TimeoutBudgetLayer};
+
+fn assert_send_sync_static<T: Send + Sync + 'static>(_: &T) {}
+
+fn breaker(name: &str, consecutive_failures: u32) -> BreakerConfig {
+    BreakerConfig::builder()
+        .name(name)
+        .consecutive_failures(consecutive_failures)
+        .open_time(Duration::from_secs(30))
+        .build()
+        .expect("a valid breaker")
+}
+
+#[tokio::test]
+async fn axum_router_with_every_layer_serves_and_refuses_over_the_wire() {
+    let app = Router::new()
+        .route("/ok", get(|| async { "ok" }))
+        .route(
+            "/fail",
+            get(|| async { (http::StatusCode::BAD_GATEWAY, "upstream down") }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(RedLayer::server())
+                .layer(ProblemLayer::new())
+                .layer(
+                    InboundDeadlineLayer::builder()
+                        .cap(Duration::from_secs(5))
+                        .build()
+                        .unwrap(),
+                )
+                .layer(
+                    BulkheadLayer::builder()
+                        .name("api")
+                        .max_concurrent(16)
+                        .build()
+                        .unwrap(),
+                )
+                .layer(BreakerLayer::new(breaker("api", 2)).with_classifier(HttpStatus::new())),
+        );
+    assert_send_sync_static(&app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("http://{addr}{path}")).send();
+    assert_eq!(get("/ok").await.unwrap().status(), 200);
+    assert_eq!(get("/fail").await.unwrap().status(), 502);
+    assert_eq!(get("/fail").await.unwrap().status(), 502);
+    // Two 5xx in a row opened the breaker: the next call is refused before the handler runs.
+    let refused = get("/ok").await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "30");
+    assert!(refused.text().await.unwrap().contains("circuit_open"));
+}
+
+#[tokio::test]
+async fn tonic_server_with_every_layer_answers_grpc_codes() {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tonic::transport::Server::builder()
+        .layer(StatusLayer::new())
+        .layer(
+            InboundDeadlineLayer::builder()
+                .cap(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            BulkheadLayer::builder()
+                .name("grpc")
+                .max_concurrent(16)
+                .build()
+                .unwrap(),
+        )
+        .layer(BreakerLayer::new(breaker("grpc", 2)).with_classifier(GrpcStatus::new()))
+        .add_service(health)
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    tokio::spawn(server);
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // The client side: the deadline travels out as grpc-timeout, the breaker guards the channel.
+    let client_stack = ServiceBuilder::new()
+        .layer(
+            OutboundDeadlineLayer::builder()
+                .margin(Duration::from_millis(5))
+                .build()
+                .unwrap(),
+        )
+        .layer(BreakerLayer::new(breaker("health-client", 5)).with_classifier(GrpcStatus::new()))
+        .service(channel);
+    assert_send_sync_static(&client_stack);
+    let mut client = HealthClient::new(tower::util::BoxCloneSyncService::new(
+        client_stack.map_err(|e: BoxError| e),
+    ));
+    let ok = Deadline::after(Duration::from_secs(2))
+        .scope(client.check(HealthCheckRequest {
+            service: String::new(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(ok.into_inner().status, 1, "SERVING");
+    let unknown = client
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn reqwest_client_wrapped_in_every_client_layer() {
+    let app = Router::new().route("/", get(|| async { "hi" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let client = ServiceBuilder::new()
+        .layer(RedLayer::client())
+        .layer(TimeoutBudgetLayer::new(Duration::from_secs(5)).unwrap())
+        .layer(OutboundDeadlineLayer::new())
+        .layer(
+            BulkheadLayer::builder()
+                .name("out")
+                .max_concurrent(4)
+                .build()
+                .unwrap(),
+        )
+        .layer(BreakerLayer::new(breaker("out", 3)).with_classifier(HttpStatus::new()))
+        .service(reqwest::Client::new());
+    assert_send_sync_static(&client);
+    let url: reqwest::Url = format!("http://{addr}/").parse().unwrap();
+    let res = client
+        .clone()
+        .oneshot(reqwest::Request::new(http::Method::GET, url.clone()))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // A spent budget fails fast, before anything is sent.
+    let spent = Deadline::after(Duration::ZERO)
+        .scope(client.oneshot(reqwest::Request::new(http::Method::GET, url)))
+        .await
+        .unwrap_err();
+    let rejection = Rejection::find_in(&spent).expect("refused locally");
+    assert_eq!(rejection.kind(), RejectionKind::DeadlineExceeded);
+}
+
+#[test]
+fn generic_request_types_compose_too() {
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutBudgetLayer::new(Duration::from_secs(1)).unwrap())
+        .layer(
+            BulkheadLayer::builder()
+                .name("jobs")
+                .max_concurrent(2)
+                .build()
+                .unwrap(),
+        )
+        .layer(BreakerLayer::new(breaker("jobs", 3)))
+        .service(tower::service_fn(|n: u64| async move {
+            Ok::<_, Infallible>(n * 2)
+        }));
+    assert_send_sync_static(&svc);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let doubled = rt.block_on(svc.oneshot(21)).unwrap();
+    assert_eq!(doubled, 42);
+}
