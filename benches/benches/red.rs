@@ -35,8 +35,10 @@ where
     }
 
     fn call(&mut self, req: u64) -> Self::Future {
-        let _scope = Scope::enter();
-        let start = clock::now();
+        // As the layers do: no clock read when no recorder keeps the duration.
+        let recording = self.red.is_recording();
+        let _scope = recording.then(Scope::enter);
+        let start = recording.then(clock::now);
         RecordedFuture {
             inner: self.inner.call(req),
             red: self.red.clone(),
@@ -48,7 +50,7 @@ where
 struct RecordedFuture<F> {
     inner: F,
     red: RedMetrics,
-    start: tokio::time::Instant,
+    start: Option<tokio::time::Instant>,
 }
 
 impl<F, T, E> std::future::Future for RecordedFuture<F>
@@ -57,13 +59,17 @@ where
 {
     type Output = Result<T, E>;
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let _scope = self.start.is_some().then(Scope::enter);
         let out = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll(cx));
         let outcome = if out.is_ok() {
             Outcome::Ok
         } else {
             Outcome::Error
         };
-        self.red.record(outcome, self.start.elapsed());
+        let elapsed = self
+            .start
+            .map_or(std::time::Duration::ZERO, |start| clock::now() - start);
+        self.red.record(outcome, elapsed);
         Poll::Ready(out)
     }
 }

@@ -111,6 +111,7 @@ pub struct RedMetrics {
 }
 
 struct Handles {
+    recording: bool,
     layer: &'static str,
     name: SharedString,
     requests: [Counter; Outcome::ALL.len()],
@@ -144,12 +145,20 @@ impl RedMetrics {
             .map(|o| metrics::histogram!(names::REQUEST_DURATION_SECONDS, labels(o).iter()));
         RedMetrics {
             inner: Arc::new(Handles {
+                recording: recorder_installed(),
                 layer,
                 name,
                 requests,
                 durations,
             }),
         }
+    }
+
+    /// Whether a recorder was installed when these handles were registered (see
+    /// [`recorder_installed`]). When it was not, every handle is a no-op for life, and a layer
+    /// can skip the clock reads a duration costs.
+    pub fn is_recording(&self) -> bool {
+        self.inner.recording
     }
 
     /// The layer kind label.
