@@ -98,6 +98,9 @@ impl Window {
 /// The last `size` calls.
 pub(crate) struct CountWindow {
     size: u64,
+    /// `2^64 / size` rounded up (wrapping to 0 for a size of 1): the multiplier that finds the
+    /// ring slot without a division.
+    magic: u64,
     /// Two bits per slot (failure, slow), 32 slots per word.
     bits: Box<[AtomicU64]>,
     /// Calls recorded since the last reset; the next slot is `seq % size`.
@@ -116,6 +119,7 @@ impl CountWindow {
         let size = u64::from(size.max(1));
         CountWindow {
             size,
+            magic: (u64::MAX / size).wrapping_add(1),
             bits: (0..size.div_ceil(32)).map(|_| AtomicU64::new(0)).collect(),
             seq: AtomicU64::new(0),
             failures: AtomicI64::new(0),
@@ -127,7 +131,7 @@ impl CountWindow {
     #[inline]
     pub(crate) fn record(&self, sample: Sample, minimum_calls: u32) -> bool {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let slot = seq % self.size;
+        let slot = self.slot(seq);
         // `slot < size <= 32 * bits.len()`, so the index is in bounds.
         let word = &self.bits[(slot / 32) as usize];
         let shift = (slot % 32) * 2;
@@ -139,6 +143,18 @@ impl CountWindow {
         }
         // A success never raises a rate, except by bringing the window to its minimum.
         sample.failure || sample.slow || seq + 1 == u64::from(minimum_calls)
+    }
+
+    /// `seq % size`, by multiplication while `seq` fits in 32 bits (Lemire's "faster remainder
+    /// by direct computation", exact for 32-bit numerators and divisors).
+    #[inline]
+    fn slot(&self, seq: u64) -> u64 {
+        if seq <= u64::from(u32::MAX) {
+            let low = self.magic.wrapping_mul(seq);
+            ((u128::from(low) * u128::from(self.size)) >> 64) as u64
+        } else {
+            seq % self.size
+        }
     }
 
     #[inline]
@@ -323,8 +339,39 @@ mod tests {
         assert_eq!(w.counts(100).calls, 0);
     }
 
+    #[test]
+    fn slots_are_remainders() {
+        for size in [1u32, 2, 3, 7, 31, 32, 33, 100, 1000, 65_537, 1 << 20] {
+            let w = CountWindow::new(size);
+            let size = u64::from(size);
+            let edges = [0, 1, size - 1, size, size + 1, u64::from(u32::MAX) - size];
+            for base in edges {
+                for seq in base..base + 2 * size.min(1000) {
+                    assert_eq!(w.slot(seq), seq % size, "seq {seq} size {size}");
+                }
+            }
+            for seq in [
+                u64::from(u32::MAX),
+                1 << 32,
+                (1 << 32) + 1,
+                u64::MAX - 1,
+                u64::MAX,
+            ] {
+                assert_eq!(w.slot(seq), seq % size, "seq {seq} size {size}");
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn slot_matches_remainder(size in 1u32..=(1 << 20), seq in any::<u64>()) {
+            let w = CountWindow::new(size);
+            prop_assert_eq!(w.slot(seq), seq % u64::from(size));
+            let small = seq & u64::from(u32::MAX);
+            prop_assert_eq!(w.slot(small), small % u64::from(size));
+        }
 
         #[test]
         fn count_window_matches_a_deque(size in 1u32..80, samples in proptest::collection::vec((any::<bool>(), any::<bool>()), 0..200)) {
