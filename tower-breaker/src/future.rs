@@ -12,31 +12,47 @@ use tower_red::BoxError;
 use tower_red::classify::{Classify, Verdict};
 use tower_red::red::Outcome;
 
-use crate::machine::{Admission, Machine};
+use crate::machine::{Admission, Kind as AdmissionKind, Machine};
 use crate::window::Sample;
 
 /// An admitted call's claim on the breaker. Dropped unused (a cancelled call, or a
 /// reservation made in `poll_ready` that was never called), it gives a probe slot back.
 pub(crate) struct Permit {
     machine: Arc<Machine>,
-    adm: Admission,
-    armed: bool,
+    /// The [`Admission`], packed, and [`SPENT`] once the call's end was reported. One word, so
+    /// the permit moves as two words.
+    adm: u64,
 }
 
+/// Set in a permit's packed admission once the call's end was reported.
+const SPENT: u64 = 0x80;
+
 impl Permit {
+    #[inline]
     pub(crate) fn new(machine: Arc<Machine>, adm: Admission) -> Self {
         Permit {
             machine,
-            adm,
-            armed: true,
+            adm: adm.pack(),
         }
+    }
+
+    #[inline]
+    fn admission(&self) -> Admission {
+        Admission::unpack(self.adm)
+    }
+
+    #[inline]
+    fn armed(&self) -> bool {
+        self.adm & SPENT == 0
     }
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
-        if self.armed {
-            self.machine.cancel(self.adm);
+        // Only a probe has anything to give back.
+        if self.armed() && self.admission().kind == AdmissionKind::Probe {
+            self.machine.cancel(self.admission());
         }
     }
 }
@@ -50,50 +66,70 @@ struct Guard<C> {
 }
 
 impl<C> Guard<C> {
-    fn finish<T, E>(mut self, result: &Result<T, E>)
+    /// Reports the call's end; the guard is spent after this, and is dropped in place.
+    #[inline]
+    fn finish<T, E>(&mut self, result: &Result<T, E>)
     where
         C: Classify<T, E>,
     {
         let verdict = self.classifier.classify(result);
+        let adm = self.permit.admission();
+        self.permit.adm |= SPENT;
         let machine = &*self.permit.machine;
-        let (now, elapsed) = match self.start {
-            Some(start) => {
-                // Shared with the other layers of the stack finishing in this poll.
-                let end = tower_red::clock::now();
-                (machine.nanos(end), end.saturating_duration_since(start))
+        let Some(start) = self.start else {
+            // No clock: nothing needs a duration (slow calls and time windows read it), so
+            // nothing is slow.
+            machine.complete(adm, sample(verdict, false), 0);
+            if let Some(m) = &machine.metrics {
+                m.red.record(Outcome::from_verdict(verdict), Duration::ZERO);
             }
-            None => (0, Duration::ZERO),
+            return;
         };
+        // Shared with the other layers of the stack finishing in this poll.
+        let end = tower_red::clock::now();
+        let (now, elapsed) = (machine.nanos(end), end.saturating_duration_since(start));
         let slow = machine
             .config
             .slow_call_duration
             .is_some_and(|d| elapsed >= d);
-        let sample = match verdict {
-            Verdict::Ignored => None,
-            Verdict::Success => Some(Sample {
-                failure: false,
-                slow,
-            }),
-            Verdict::Failure(_) => Some(Sample {
-                failure: true,
-                slow,
-            }),
-        };
-        self.permit.armed = false;
-        machine.complete(self.permit.adm, sample, now);
+        machine.complete(adm, sample(verdict, slow), now);
         if let Some(m) = &machine.metrics {
             m.red.record(Outcome::from_verdict(verdict), elapsed);
         }
     }
 }
 
+/// What the window records of a call: nothing when its classifier ignored it.
+#[inline]
+fn sample(verdict: Verdict, slow: bool) -> Option<Sample> {
+    match verdict {
+        Verdict::Ignored => None,
+        Verdict::Success => Some(Sample {
+            failure: false,
+            slow,
+        }),
+        Verdict::Failure(_) => Some(Sample {
+            failure: true,
+            slow,
+        }),
+    }
+}
+
 impl<C> Drop for Guard<C> {
+    #[inline]
     fn drop(&mut self) {
         // Still armed: the future was dropped before the inner call finished. The permit's
         // own drop gives a probe slot back; here the cancellation is counted.
-        if !self.permit.armed {
-            return;
+        if self.permit.armed() && self.permit.machine.metrics.is_some() {
+            self.cancelled();
         }
+    }
+}
+
+impl<C> Guard<C> {
+    #[cold]
+    #[inline(never)]
+    fn cancelled(&self) {
         if let Some(m) = &self.permit.machine.metrics {
             let elapsed = self.start.map_or(Duration::ZERO, |s| {
                 Instant::now().saturating_duration_since(s)
@@ -127,6 +163,7 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
+    #[inline]
     pub(crate) fn called(fut: F, permit: Permit, classifier: C, start: Option<Instant>) -> Self {
         ResponseFuture {
             kind: Kind::Called {
@@ -140,6 +177,7 @@ impl<F, C> ResponseFuture<F, C> {
         }
     }
 
+    #[inline]
     pub(crate) fn rejected(err: BoxError) -> Self {
         ResponseFuture {
             kind: Kind::Rejected { err: Some(err) },
@@ -155,16 +193,19 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Called { fut, guard } => {
                 let timed = guard.as_ref().is_some_and(|g| g.start.is_some());
                 let _scope = timed.then(tower_red::clock::Scope::enter);
                 let result = ready!(fut.poll(cx));
+                // Finished in place, then dropped: moving the guard out would copy it.
                 guard
-                    .take()
+                    .as_mut()
                     .expect("polled after completion")
                     .finish(&result);
+                *guard = None;
                 Poll::Ready(result.map_err(Into::into))
             }
             KindProj::Rejected { err } => {

@@ -35,6 +35,7 @@ const METRICS_ONLY: u64 = State::MetricsOnly as u64;
 
 /// What an admitted call is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum Kind {
     /// Measured; may trip the circuit.
     Closed,
@@ -51,6 +52,34 @@ pub(crate) enum Kind {
 pub(crate) struct Admission {
     pub(crate) word: u64,
     pub(crate) kind: Kind,
+}
+
+// An admission packed in one word, as a permit carries it: the state word's bits 4..8 are
+// always clear, so the kind goes in bits 4..6 and bit 7 is left to the permit.
+const KIND_SHIFT: u32 = 4;
+const PACKED_BITS: u64 = 0xf0;
+
+impl Admission {
+    /// This admission in one word; see [`unpack`](Self::unpack).
+    #[inline]
+    pub(crate) fn pack(self) -> u64 {
+        self.word | (self.kind as u64) << KIND_SHIFT
+    }
+
+    /// The admission packed in `packed`, ignoring bit 7.
+    #[inline]
+    pub(crate) fn unpack(packed: u64) -> Admission {
+        let kind = match (packed >> KIND_SHIFT) & 3 {
+            0 => Kind::Closed,
+            1 => Kind::Probe,
+            2 => Kind::MetricsOnly,
+            _ => Kind::Disabled,
+        };
+        Admission {
+            word: packed & !PACKED_BITS,
+            kind,
+        }
+    }
 }
 
 /// A refused call.
@@ -444,6 +473,7 @@ impl Machine {
         }
     }
 
+    #[inline(never)]
     fn rates_trip(&self, counts: &Counts, minimum: u32) -> Option<Reason> {
         if counts.calls < u64::from(minimum) || counts.calls == 0 {
             return None;
@@ -459,6 +489,7 @@ impl Machine {
         None
     }
 
+    #[inline(never)]
     fn complete_probe(&self, adm: Admission, sample: Option<Sample>) {
         let now = self.now();
         let event = {
@@ -506,6 +537,7 @@ impl Machine {
 
     /// A call's future was dropped before it finished: a probe gives its slot back, nothing is
     /// recorded.
+    #[cold]
     pub(crate) fn cancel(&self, adm: Admission) {
         if adm.kind != Kind::Probe {
             return;
@@ -518,6 +550,8 @@ impl Machine {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn trip(&self, expected: u64, reason: Reason, failure_rate: Option<f64>) {
         // The call's end time is not read when nothing needs it: read the clock here, trips
         // are rare.

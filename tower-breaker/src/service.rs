@@ -107,7 +107,23 @@ impl<S, C> Breaker<S, C> {
         self.inner
     }
 
+    /// The error of a refused call.
+    #[cold]
+    #[inline(never)]
+    fn reject(&self, refusal: Refusal) -> BoxError {
+        if let Some(m) = &self.machine.metrics {
+            m.red.record_rejection(Outcome::CircuitOpen);
+        }
+        let mut rejection =
+            Rejection::new(RejectionKind::CircuitOpen).with_name(self.machine.config.name.clone());
+        if let Some(after) = refusal.retry_after {
+            rejection = rejection.with_retry_after(after);
+        }
+        Box::new(rejection)
+    }
+
     /// Backpressure mode: reserve an admission, or register to be woken when one may exist.
+    #[inline(never)]
     fn poll_admission(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             if self.reserved.is_some() {
@@ -167,6 +183,7 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if self.machine.config.backpressure && self.poll_admission(cx).is_pending() {
             return Poll::Pending;
@@ -174,36 +191,24 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        let admission = match self.reserved.take() {
-            Some(permit) => Ok(permit),
-            None => self
-                .machine
-                .admit()
-                .map(|adm| Permit::new(self.machine.clone(), adm)),
+        let permit = match self.reserved.take() {
+            Some(permit) => permit,
+            None => match self.machine.admit() {
+                Ok(adm) => Permit::new(self.machine.clone(), adm),
+                Err(refusal) => return ResponseFuture::rejected(self.reject(refusal)),
+            },
         };
-        match admission {
-            Ok(permit) => {
-                // One clock read shared by every layer of the stack calling in this scope.
-                let _scope = self
-                    .machine
-                    .needs_clock
-                    .then(tower_red::clock::Scope::enter);
-                let start = self.machine.needs_clock.then(tower_red::clock::now);
-                let fut = self.inner.call(req);
-                ResponseFuture::called(fut, permit, self.classifier.clone(), start)
-            }
-            Err(refusal) => {
-                if let Some(m) = &self.machine.metrics {
-                    m.red.record_rejection(Outcome::CircuitOpen);
-                }
-                let mut rejection = Rejection::new(RejectionKind::CircuitOpen)
-                    .with_name(self.machine.config.name.clone());
-                if let Some(after) = refusal.retry_after {
-                    rejection = rejection.with_retry_after(after);
-                }
-                ResponseFuture::rejected(Box::new(rejection))
-            }
+        if self.machine.needs_clock {
+            // One clock read shared by every layer of the stack calling in this scope.
+            let _scope = tower_red::clock::Scope::enter();
+            let start = tower_red::clock::now();
+            let fut = self.inner.call(req);
+            ResponseFuture::called(fut, permit, self.classifier.clone(), Some(start))
+        } else {
+            let fut = self.inner.call(req);
+            ResponseFuture::called(fut, permit, self.classifier.clone(), None)
         }
     }
 }
