@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::config::{BreakerConfig, OpenTime};
 use crate::event::{Reason, Rejected, State, Transition};
 use crate::metrics::Metrics;
-use crate::window::{Counts, Sample, Window};
+use crate::window::{Counts, Padded, Sample, Window};
 
 // The state word: the state in bits 0..3, the ramp flag in bit 3, the epoch above bit 8. Every
 // transition bumps the epoch, so a call admitted before it is recognised when it completes.
@@ -109,7 +109,9 @@ struct Inner {
 pub(crate) struct Machine {
     pub(crate) config: BreakerConfig,
     base: Instant,
-    word: AtomicU64,
+    /// Read by every call, written on transitions only: kept off the lines every call writes
+    /// (the `Arc`'s counts before the machine, the window's sequence).
+    word: Padded<AtomicU64>,
     /// Nanoseconds since `base` at which an open circuit may let a probe through.
     open_until: AtomicU64,
     ramp_start: AtomicU64,
@@ -157,7 +159,7 @@ impl Machine {
         };
         Machine {
             base: Instant::now(),
-            word: AtomicU64::new(CLOSED),
+            word: Padded(AtomicU64::new(CLOSED)),
             open_until: AtomicU64::new(0),
             ramp_start: AtomicU64::new(0),
             ramp_seq: AtomicU64::new(0),
@@ -420,42 +422,69 @@ impl Machine {
     #[inline]
     pub(crate) fn complete(&self, adm: Admission, sample: Option<Sample>, now: u64) {
         match adm.kind {
-            Kind::Disabled => {}
-            Kind::Closed => {
-                let w = self.word.load(Ordering::Acquire);
-                if (w ^ adm.word) & !RAMP != 0 {
-                    return; // admitted before a transition: stale
-                }
-                let Some(sample) = sample else { return };
-                if let Some(limit) = self.config.consecutive_failures {
-                    if sample.failure {
-                        let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
-                        if n >= limit {
-                            self.trip(w, Reason::ConsecutiveFailures, None);
-                            return;
-                        }
-                    } else if self.consecutive.load(Ordering::Relaxed) != 0 {
-                        self.consecutive.store(0, Ordering::Relaxed);
-                    }
-                }
-                let ramping = w & RAMP != 0;
-                let minimum = if ramping {
-                    self.config.minimum_calls.min(self.config.permitted_probes)
-                } else {
-                    self.config.minimum_calls
-                };
-                if self.window.record(sample, now, minimum) {
-                    let counts = self.window.counts(now);
-                    if let Some(reason) = self.rates_trip(&counts, minimum) {
-                        let reason = if ramping {
-                            Reason::RecoveryFailed
-                        } else {
-                            reason
-                        };
-                        self.trip(w, reason, Some(counts.failure_rate()));
-                    }
-                }
+            Kind::Closed => self.complete_closed(adm, sample, now),
+            _ => self.complete_other(adm, sample, now),
+        }
+    }
+
+    /// The closed path: inline up to the window's record, the rest is rare.
+    #[inline]
+    fn complete_closed(&self, adm: Admission, sample: Option<Sample>, now: u64) {
+        let w = self.word.load(Ordering::Acquire);
+        if (w ^ adm.word) & !RAMP != 0 {
+            return; // admitted before a transition: stale
+        }
+        let Some(sample) = sample else { return };
+        if self.config.consecutive_failures.is_some() && self.count_consecutive(w, sample) {
+            return;
+        }
+        let minimum = if w & RAMP != 0 {
+            self.config.minimum_calls.min(self.config.permitted_probes)
+        } else {
+            self.config.minimum_calls
+        };
+        if self.window.record(sample, now, minimum) {
+            self.check_rates(w, minimum, now);
+        }
+    }
+
+    /// Counts a closed call towards the consecutive-failure limit; `true` when it tripped.
+    #[inline(never)]
+    fn count_consecutive(&self, w: u64, sample: Sample) -> bool {
+        let Some(limit) = self.config.consecutive_failures else {
+            return false;
+        };
+        if sample.failure {
+            let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= limit {
+                self.trip(w, Reason::ConsecutiveFailures, None);
+                return true;
             }
+        } else if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+        false
+    }
+
+    /// The window asked for a check: trips when a rate is over its threshold.
+    #[inline(never)]
+    fn check_rates(&self, w: u64, minimum: u32, now: u64) {
+        let counts = self.window.counts(now);
+        if let Some(reason) = self.rates_trip(&counts, minimum) {
+            let reason = if w & RAMP != 0 {
+                Reason::RecoveryFailed
+            } else {
+                reason
+            };
+            self.trip(w, reason, Some(counts.failure_rate()));
+        }
+    }
+
+    /// Every kind but closed.
+    #[inline(never)]
+    fn complete_other(&self, adm: Admission, sample: Option<Sample>, now: u64) {
+        match adm.kind {
+            Kind::Disabled | Kind::Closed => {}
             Kind::MetricsOnly => {
                 if self.word.load(Ordering::Acquire) != adm.word {
                     return;

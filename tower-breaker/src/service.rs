@@ -191,7 +191,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
         let permit = match self.reserved.take() {
             Some(permit) => permit,

@@ -49,6 +49,10 @@ fn ratio(part: u64, whole: u64) -> f64 {
     }
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per breaker; the count window is padded on purpose, and boxing it would add a pointer chase to every call"
+)]
 pub(crate) enum Window {
     Count(CountWindow),
     Time(TimeWindow),
@@ -103,12 +107,27 @@ pub(crate) struct CountWindow {
     magic: u64,
     /// Two bits per slot (failure, slow), 32 slots per word.
     bits: Box<[AtomicU64]>,
-    /// Calls recorded since the last reset; the next slot is `seq % size`.
-    seq: AtomicU64,
+    /// Calls recorded since the last reset; the next slot is `seq % size`. Written by every
+    /// call, so on a cache line of its own (with the counts, written on flips only).
+    seq: Padded<AtomicU64>,
     /// Set bits, kept exactly: a bit's flip is counted by the writer whose RMW flipped it.
     /// Signed, as the count may trail its bit for an instant.
     failures: AtomicI64,
     slow: AtomicI64,
+}
+
+/// Keeps what it holds off the cache lines of its neighbours: two lines, as adjacent lines
+/// are fetched in pairs.
+#[repr(align(128))]
+pub(crate) struct Padded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 const FAILURE_BIT: u64 = 1;
@@ -121,7 +140,7 @@ impl CountWindow {
             size,
             magic: (u64::MAX / size).wrapping_add(1),
             bits: (0..size.div_ceil(32)).map(|_| AtomicU64::new(0)).collect(),
-            seq: AtomicU64::new(0),
+            seq: Padded(AtomicU64::new(0)),
             failures: AtomicI64::new(0),
             slow: AtomicI64::new(0),
         }
