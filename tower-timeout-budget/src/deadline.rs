@@ -1,13 +1,38 @@
 //! [`Deadline`]: the instant by which a request must be done, carried in request extensions
 //! and in a task-local scope, and read by every layer that waits.
 
+use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-tokio::task_local! {
-    static CURRENT: Deadline;
+// The task-local deadline. A scope sets it for the duration of one synchronous call or poll and
+// restores the previous value afterwards (as `tokio::task_local!` does), so it follows the task
+// that polls, not the thread. A plain `Cell` with a constant initialiser and no destructor: a
+// read or a scope costs a few instructions, no borrow flag and no lazy registration.
+thread_local! {
+    static CURRENT: Cell<Option<Deadline>> = const { Cell::new(None) };
+}
+
+/// Restores the enclosing task-local deadline when a scope ends, unwinding included.
+struct Restore(Option<Deadline>);
+
+impl Restore {
+    #[inline]
+    fn enter(deadline: Deadline) -> Restore {
+        Restore(CURRENT.with(|c| c.replace(Some(deadline))))
+    }
+}
+
+impl Drop for Restore {
+    #[inline]
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.0));
+    }
 }
 
 /// The instant by which a request must be done.
@@ -127,28 +152,23 @@ impl Deadline {
     /// The deadline of the task-local scope this code runs in, if any.
     #[inline]
     pub fn current() -> Option<Deadline> {
-        CURRENT.try_with(|d| *d).ok()
+        CURRENT.with(Cell::get)
     }
 
     /// Runs `fut` with `self` as the task-local deadline (the earlier of `self` and any
     /// enclosing one), so calls made inside inherit it without plumbing.
-    pub fn scope<F: Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<Deadline, F> {
-        let effective = match Deadline::current() {
-            Some(outer) => outer.min(self),
-            None => self,
-        };
-        CURRENT.scope(effective, fut)
+    pub fn scope<F: Future>(self, fut: F) -> Scoped<F> {
+        Scoped {
+            fut: Some(fut),
+            deadline: self.within_current(),
+        }
     }
 
     /// Runs the closure `f` with `self` as the task-local deadline (the earlier of `self` and
     /// any enclosing one): the synchronous twin of [`Deadline::scope`], for code that polls a
     /// future by hand.
     pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
-        let effective = match Deadline::current() {
-            Some(outer) => outer.min(self),
-            None => self,
-        };
-        CURRENT.sync_scope(effective, f)
+        self.within_current().sync_scope_exact(f)
     }
 
     /// The earlier of `self` and the enclosing task-local deadline: what a scope would hold.
@@ -164,7 +184,57 @@ impl Deadline {
     /// one (see [`Deadline::within_current`]): skips reading it again.
     #[inline]
     pub(crate) fn sync_scope_exact<R>(self, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self, f)
+        let _restore = Restore::enter(self);
+        f()
+    }
+}
+
+pin_project! {
+    /// The future of [`Deadline::scope`]: polls (and drops) `fut` with the deadline as the
+    /// task-local one.
+    pub struct Scoped<F> {
+        #[pin]
+        fut: Option<F>,
+        deadline: Deadline,
+    }
+
+    impl<F> PinnedDrop for Scoped<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.fut.is_some() {
+                // Code run by the inner future's destructor sees the deadline too.
+                let _restore = Restore::enter(*this.deadline);
+                this.fut.set(None);
+            }
+        }
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        let _restore = Restore::enter(*this.deadline);
+        let fut = this
+            .fut
+            .as_mut()
+            .as_pin_mut()
+            .expect("`Scoped` polled after completion");
+        let res = fut.poll(cx);
+        if res.is_ready() {
+            this.fut.set(None);
+        }
+        res
+    }
+}
+
+impl<F> std::fmt::Debug for Scoped<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scoped")
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
     }
 }
 
@@ -181,11 +251,13 @@ fn far_future(now: Instant) -> Instant {
 /// `impl DeadlineCarrier for MyRequest {}`, or override both methods.
 pub trait DeadlineCarrier {
     /// The request's deadline: its own, or else the task-local one.
+    #[inline]
     fn deadline(&self) -> Option<Deadline> {
         Deadline::current()
     }
 
     /// Stores `deadline` on the request; a no-op for request types without extensions.
+    #[inline]
     fn set_deadline(&mut self, deadline: Deadline) {
         let _ = deadline;
     }
@@ -287,6 +359,37 @@ mod tests {
                 assert_eq!(0u64.deadline(), Some(outer));
             })
             .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scopes_end_with_their_poll_and_survive_a_panic() {
+        let d = Deadline::after(Duration::from_secs(1));
+        let panicked = std::panic::catch_unwind(|| d.sync_scope(|| panic!("boom")));
+        assert!(panicked.is_err());
+        assert_eq!(Deadline::current(), None, "restored while unwinding");
+        // A task spawned inside a scope does not inherit it: the scope belongs to the task.
+        let spawned = d
+            .scope(async { tokio::spawn(async { Deadline::current() }).await.unwrap() })
+            .await;
+        assert_eq!(spawned, None);
+        // The scope holds across awaits, and the inner future is dropped inside it.
+        struct SeesDeadline(Option<Deadline>);
+        impl Drop for SeesDeadline {
+            fn drop(&mut self) {
+                assert_eq!(Deadline::current(), self.0);
+            }
+        }
+        let guard = SeesDeadline(Some(d));
+        let pending = d.scope(async move {
+            let _guard = guard;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(1), pending)
+                .await
+                .is_err()
+        );
+        assert_eq!(Deadline::current(), None);
     }
 
     #[tokio::test(start_paused = true)]

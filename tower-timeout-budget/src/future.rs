@@ -1,6 +1,7 @@
 //! [`ResponseFuture`]: the future of every service in this crate.
 
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -36,12 +37,36 @@ pin_project! {
             fut: F,
             // Boxed so the future stays small (a `Sleep` is large and would be copied on every
             // move); allocated only when the inner future is not ready at once.
-            sleep: Option<Pin<Box<Sleep>>>,
+            sleep: Timer,
             deadline: Option<Deadline>,
             start: Instant,
             shared: Shared,
         },
         Failed { err: Option<BoxError> },
+    }
+}
+
+/// The timer of a call whose inner future was not ready at once, if armed. Dropping an unarmed
+/// one is a single inlined check (the drop of a `Sleep` is large and never inlined).
+pub(crate) struct Timer(ManuallyDrop<Option<Pin<Box<Sleep>>>>);
+
+impl Drop for Timer {
+    #[inline]
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            self.disarm();
+        }
+    }
+}
+
+impl Timer {
+    #[cold]
+    #[inline(never)]
+    fn disarm(&mut self) {
+        drop(ManuallyDrop::into_inner(std::mem::replace(
+            &mut self.0,
+            ManuallyDrop::new(None),
+        )));
     }
 }
 
@@ -55,7 +80,7 @@ impl<F> ResponseFuture<F> {
         ResponseFuture {
             state: State::Running {
                 fut,
-                sleep: None,
+                sleep: Timer(ManuallyDrop::new(None)),
                 deadline,
                 start,
                 shared,
@@ -77,7 +102,55 @@ where
 {
     type Output = Result<T, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The fast path, small enough to inline: a deadline and no metrics.
+        if let StateProj::Running {
+            fut,
+            sleep,
+            deadline: Some(d),
+            start,
+            shared,
+        } = self.as_mut().project().state.project()
+            && !shared.metrics_on()
+        {
+            let d = *d;
+            if let Poll::Ready(res) = d.sync_scope_exact(|| fut.poll(cx)) {
+                return Poll::Ready(res.map_err(Into::into));
+            }
+            return poll_timer(sleep, d, *start, shared, cx).map(Err);
+        }
+        self.poll_slow(cx)
+    }
+}
+
+/// The inner future is not ready: arms the deadline's timer (once) and polls it; ready with
+/// the rejection once it fires.
+#[inline(never)]
+fn poll_timer(
+    sleep: &mut Timer,
+    deadline: Deadline,
+    start: Instant,
+    shared: &Shared,
+    cx: &mut Context<'_>,
+) -> Poll<BoxError> {
+    let timer = sleep.0.get_or_insert_with(|| Box::pin(deadline.sleep()));
+    ready!(timer.as_mut().poll(cx));
+    Poll::Ready(shared.exceeded(
+        Stage::Call,
+        Some(clock::now().saturating_duration_since(start)),
+    ))
+}
+
+impl<F, T, E> ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    /// Every other case: metrics on (the call's duration is recorded), no deadline, or a
+    /// refusal.
+    #[inline(never)]
+    fn poll_slow(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, BoxError>> {
         match self.project().state.project() {
             StateProj::Running {
                 fut,
@@ -108,12 +181,7 @@ where
                 let Some(d) = *deadline else {
                     return Poll::Pending;
                 };
-                let timer = sleep.get_or_insert_with(|| Box::pin(d.sleep()));
-                ready!(timer.as_mut().poll(cx));
-                Poll::Ready(Err(shared.exceeded(
-                    Stage::Call,
-                    Some(clock::now().saturating_duration_since(*start)),
-                )))
+                poll_timer(sleep, d, *start, shared, cx).map(Err)
             }
             StateProj::Failed { err } => {
                 Poll::Ready(Err(err.take().expect("polled after completion")))

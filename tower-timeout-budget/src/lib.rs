@@ -57,7 +57,7 @@ mod service;
 pub mod wire;
 
 pub use crate::config::{CapFn, DefaultCap, TimeoutBudgetBuilder};
-pub use crate::deadline::{Deadline, DeadlineCarrier};
+pub use crate::deadline::{Deadline, DeadlineCarrier, Scoped};
 pub use crate::error::{ConfigError, Stage};
 pub use crate::future::ResponseFuture;
 pub use crate::layer::TimeoutBudgetLayer;
