@@ -254,27 +254,66 @@ where
 {
     type Output = Result<H::Output, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // The fast path, small enough to inline: a call holding its permit.
+        let this = self.as_mut().project();
+        if let StateProj::Called { fut } = this.state.project() {
+            let result = ready!(fut.poll(cx));
+            return Poll::Ready(Self::finish(result, this.permit, this.start, *this.served));
+        }
+        self.poll_queued_or_done(cx)
+    }
+}
+
+impl<S, Req, H> ResponseFuture<S::Future, S, Req, H>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    H: Release<S::Response>,
+{
+    /// The call's result, with the permit released (or attached to the response).
+    #[inline]
+    fn finish(
+        result: Result<S::Response, S::Error>,
+        permit: &mut Option<Permit>,
+        start: &mut Option<Instant>,
+        served: Option<Instant>,
+    ) -> Result<H::Output, BoxError> {
+        let permit = permit.take().expect("polled after completion");
+        let start = start.take();
+        match result {
+            Ok(res) => {
+                permit.finished(start, served, Outcome::Ok);
+                Ok(H::attach(res, permit))
+            }
+            Err(err) => {
+                let err = err.into();
+                if start.is_some() {
+                    permit.finished(start, served, Outcome::from_error(&*err));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The slow path: waiting in the queue, then the call; or the refusal.
+    #[inline(never)]
+    fn poll_queued_or_done(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<H::Output, BoxError>> {
         let mut this = self.project();
         loop {
             let (permit, mut inner, req, now) = match this.state.as_mut().project() {
                 StateProj::Called { fut } => {
                     let result = ready!(fut.poll(cx));
-                    let permit = this.permit.take().expect("polled after completion");
-                    let start = this.start.take();
-                    return Poll::Ready(match result {
-                        Ok(res) => {
-                            permit.finished(start, *this.served, Outcome::Ok);
-                            Ok(H::attach(res, permit))
-                        }
-                        Err(err) => {
-                            let err = err.into();
-                            if start.is_some() {
-                                permit.finished(start, *this.served, Outcome::from_error(&*err));
-                            }
-                            Err(err)
-                        }
-                    });
+                    return Poll::Ready(Self::finish(
+                        result,
+                        this.permit,
+                        this.start,
+                        *this.served,
+                    ));
                 }
                 StateProj::Done { err } => {
                     return Poll::Ready(Err(err.take().expect("polled after completion")));

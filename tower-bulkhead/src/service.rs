@@ -116,32 +116,15 @@ where
     type Error = BoxError;
     type Future = ResponseFuture<S::Future, S, Req, H>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         if self.shared.backpressure && self.reserved.is_none() {
-            if self.waiting.is_none() {
-                let part = &self.shared.partitions[0];
-                match part.try_acquire() {
-                    Some(permit) => self.reserved = Some(permit),
-                    None => match part.enqueue(None) {
-                        Enqueued::Granted(permit) => self.reserved = Some(permit),
-                        Enqueued::Waiting(waiter) => self.waiting = Some(waiter),
-                        // An unbounded queue is never full; were it, failing the call beats
-                        // failing readiness, which would poison a Buffer in front.
-                        Enqueued::QueueFull => {
-                            return self.inner.poll_ready(cx).map_err(Into::into);
-                        }
-                    },
-                }
-            }
-            if let Some(waiter) = self.waiting.as_mut() {
-                let permit = ready!(waiter.poll_granted(cx));
-                self.waiting = None;
-                self.reserved = Some(permit);
-            }
+            ready!(self.reserve(cx));
         }
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let index = self.shared.index(self.partitioner.partition(&req));
         let part = &self.shared.partitions[index];
@@ -153,6 +136,44 @@ where
             let start = part.timed.then(Instant::now);
             return ResponseFuture::called(self.inner.call(req), permit, start, None);
         }
+        self.full(index, req)
+    }
+}
+
+impl<S, P, H> Bulkhead<S, P, H> {
+    /// Backpressure mode: reserves a permit for the next call, waiting in the queue for one;
+    /// `Ready` once reserved (or, were the unbounded queue ever full, to let `call` refuse).
+    #[inline(never)]
+    fn reserve(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.waiting.is_none() {
+            let part = &self.shared.partitions[0];
+            match part.try_acquire() {
+                Some(permit) => self.reserved = Some(permit),
+                None => match part.enqueue(None) {
+                    Enqueued::Granted(permit) => self.reserved = Some(permit),
+                    Enqueued::Waiting(waiter) => self.waiting = Some(waiter),
+                    // An unbounded queue is never full; were it, failing the call beats
+                    // failing readiness, which would poison a Buffer in front.
+                    Enqueued::QueueFull => return Poll::Ready(()),
+                },
+            }
+        }
+        if let Some(waiter) = self.waiting.as_mut() {
+            let permit = ready!(waiter.poll_granted(cx));
+            self.waiting = None;
+            self.reserved = Some(permit);
+        }
+        Poll::Ready(())
+    }
+
+    /// No permit is free: queue or refuse, by the partition's mode.
+    #[inline(never)]
+    fn full<Req>(&mut self, index: usize, req: Req) -> ResponseFuture<S::Future, S, Req, H>
+    where
+        S: Service<Req> + Clone,
+        Req: DeadlineCarrier,
+    {
+        let part = &self.shared.partitions[index];
         match part.mode {
             Mode::Queue { max_len, max_wait } => self.enqueue(index, req, max_len, max_wait),
             Mode::Reject | Mode::Backpressure => {
@@ -160,9 +181,7 @@ where
             }
         }
     }
-}
 
-impl<S, P, H> Bulkhead<S, P, H> {
     /// The slow path: every permit is taken and the partition queues.
     fn enqueue<Req>(
         &mut self,
