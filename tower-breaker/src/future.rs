@@ -67,7 +67,7 @@ struct Guard<C> {
 
 impl<C> Guard<C> {
     /// Reports the call's end; the guard is spent after this, and is dropped in place.
-    #[inline]
+    #[inline(always)]
     fn finish<T, E>(&mut self, result: &Result<T, E>)
     where
         C: Classify<T, E>,
