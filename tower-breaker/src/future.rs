@@ -80,8 +80,8 @@ impl<C> Guard<C> {
             // No clock: nothing needs a duration (slow calls and time windows read it), so
             // nothing is slow.
             machine.complete(adm, sample(verdict, false), 0);
-            if let Some(m) = &machine.metrics {
-                m.red.record(Outcome::from_verdict(verdict), Duration::ZERO);
+            if let Some(red) = &machine.red {
+                red.record(Outcome::from_verdict(verdict), Duration::ZERO);
             }
             return;
         };
@@ -93,8 +93,8 @@ impl<C> Guard<C> {
             .slow_call_duration
             .is_some_and(|d| elapsed >= d);
         machine.complete(adm, sample(verdict, slow), now);
-        if let Some(m) = &machine.metrics {
-            m.red.record(Outcome::from_verdict(verdict), elapsed);
+        if let Some(red) = &machine.red {
+            red.record(Outcome::from_verdict(verdict), elapsed);
         }
     }
 }
@@ -120,7 +120,7 @@ impl<C> Drop for Guard<C> {
     fn drop(&mut self) {
         // Still armed: the future was dropped before the inner call finished. The permit's
         // own drop gives a probe slot back; here the cancellation is counted.
-        if self.permit.armed() && self.permit.machine.metrics.is_some() {
+        if self.permit.armed() && self.permit.machine.red.is_some() {
             self.cancelled();
         }
     }
@@ -130,11 +130,11 @@ impl<C> Guard<C> {
     #[cold]
     #[inline(never)]
     fn cancelled(&self) {
-        if let Some(m) = &self.permit.machine.metrics {
+        if let Some(red) = &self.permit.machine.red {
             let elapsed = self.start.map_or(Duration::ZERO, |s| {
                 Instant::now().saturating_duration_since(s)
             });
-            m.red.record(Outcome::Cancelled, elapsed);
+            red.record(Outcome::Cancelled, elapsed);
         }
     }
 }

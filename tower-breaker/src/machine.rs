@@ -14,6 +14,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tower_red::red::RedMetrics;
 
 use crate::config::{BreakerConfig, OpenTime};
 use crate::event::{Reason, Rejected, State, Transition};
@@ -121,6 +122,9 @@ pub(crate) struct Machine {
     inner: Mutex<Inner>,
     pub(crate) notify: Arc<Notify>,
     pub(crate) metrics: Option<Arc<Metrics>>,
+    /// The RED handles of `metrics` when they record: registered while no recorder was
+    /// installed, they are no-ops for life, and calls skip them.
+    pub(crate) red: Option<RedMetrics>,
     /// Whether this machine owns the state gauge (a keyed breaker's keys do not).
     gauge: bool,
     pub(crate) needs_clock: bool,
@@ -171,6 +175,10 @@ impl Machine {
                 probes: Probes::default(),
             }),
             notify: Arc::new(Notify::new()),
+            red: metrics
+                .as_ref()
+                .map(|m| m.red.clone())
+                .filter(RedMetrics::is_recording),
             metrics,
             gauge,
             needs_clock: config.needs_clock(),
