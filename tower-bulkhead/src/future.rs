@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -36,7 +37,7 @@ pin_project! {
     pub struct ResponseFuture<F, S, Req, H> {
         #[pin]
         state: State<F, S, Req>,
-        permit: Option<Permit>,
+        permit: PermitSlot,
         // When the call reached the bulkhead, if its partition times calls.
         start: Option<Instant>,
         // When a queued call got its permit.
@@ -49,7 +50,7 @@ pin_project! {
             let this = this.project();
             // A call that reached the bulkhead and never finished was cancelled.
             if let Some(start) = *this.start {
-                let part = match (this.permit.as_ref(), this.state.project()) {
+                let part = match (this.permit.0.as_ref(), this.state.project()) {
                     (Some(permit), _) => Some(permit.partition()),
                     (None, StateProj::Queued { queued }) => Some(&**queued.waiter.partition()),
                     _ => None,
@@ -107,7 +108,7 @@ impl<F, S, Req, H> ResponseFuture<F, S, Req, H> {
     ) -> Self {
         ResponseFuture {
             state: State::Called { fut },
-            permit: Some(permit),
+            permit: PermitSlot(ManuallyDrop::new(Some(permit))),
             start,
             served,
             _release: PhantomData,
@@ -117,7 +118,7 @@ impl<F, S, Req, H> ResponseFuture<F, S, Req, H> {
     pub(crate) fn rejected(err: BoxError) -> Self {
         ResponseFuture {
             state: State::Done { err: Some(err) },
-            permit: None,
+            permit: PermitSlot(ManuallyDrop::new(None)),
             start: None,
             served: None,
             _release: PhantomData,
@@ -147,11 +148,36 @@ impl<F, S, Req, H> ResponseFuture<F, S, Req, H> {
                     deadline,
                 }),
             },
-            permit: None,
+            permit: PermitSlot(ManuallyDrop::new(None)),
             start: timed.then_some(now),
             served: None,
             _release: PhantomData,
         }
+    }
+}
+
+/// A call's permit, if it holds one. Dropping an empty slot (the usual case: the permit goes
+/// when the response arrives) is one inlined check; only a held permit takes the out-of-line
+/// release.
+struct PermitSlot(ManuallyDrop<Option<Permit>>);
+
+impl Drop for PermitSlot {
+    #[inline]
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            self.release();
+        }
+    }
+}
+
+impl PermitSlot {
+    #[cold]
+    #[inline(never)]
+    fn release(&mut self) {
+        drop(ManuallyDrop::into_inner(std::mem::replace(
+            &mut self.0,
+            ManuallyDrop::new(None),
+        )));
     }
 }
 
@@ -260,7 +286,12 @@ where
         let this = self.as_mut().project();
         if let StateProj::Called { fut } = this.state.project() {
             let result = ready!(fut.poll(cx));
-            return Poll::Ready(Self::finish(result, this.permit, this.start, *this.served));
+            return Poll::Ready(Self::finish(
+                result,
+                &mut this.permit.0,
+                this.start,
+                *this.served,
+            ));
         }
         self.poll_queued_or_done(cx)
     }
@@ -310,7 +341,7 @@ where
                     let result = ready!(fut.poll(cx));
                     return Poll::Ready(Self::finish(
                         result,
-                        this.permit,
+                        &mut this.permit.0,
                         this.start,
                         *this.served,
                     ));
@@ -327,7 +358,7 @@ where
                     }
                 },
             };
-            *this.permit = Some(permit);
+            *this.permit.0 = Some(permit);
             *this.served = Some(now);
             let fut = inner.call(req);
             this.state.set(State::Called { fut });
