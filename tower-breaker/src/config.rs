@@ -317,9 +317,10 @@ impl BreakerConfig {
     }
 
     /// Whether calls need a clock reading at their start and end: durations are only worth
-    /// two clock reads when a recorder will keep them.
-    pub(crate) fn needs_clock(&self) -> bool {
-        (self.metrics && tower_red::red::recorder_installed())
+    /// two clock reads when the breaker's handles record (`recording`: registered while a
+    /// recorder was installed), or when a rule needs them.
+    pub(crate) fn needs_clock(&self, recording: bool) -> bool {
+        (self.metrics && recording)
             || self.slow_call_duration.is_some()
             || matches!(self.window, Window::Time { .. })
     }

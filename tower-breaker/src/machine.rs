@@ -157,6 +157,9 @@ impl Machine {
         metrics: Option<Arc<Metrics>>,
         gauge: bool,
     ) -> Machine {
+        // From the handles this machine records into, not from the recorder installed now: a
+        // keyed breaker builds machines long after its shared handles.
+        let recording = metrics.as_ref().is_some_and(|m| m.red.is_recording());
         let rng = match config.seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_os_rng(),
@@ -181,7 +184,7 @@ impl Machine {
                 .filter(RedMetrics::is_recording),
             metrics,
             gauge,
-            needs_clock: config.needs_clock(),
+            needs_clock: config.needs_clock(recording),
             rejected: AtomicU64::new(0),
             config,
         }
