@@ -336,10 +336,12 @@ async fn the_innermost_work_is_cancelled_when_the_outer_budget_ends() {
     assert!(ba <= Duration::from_millis(800));
     assert!(bb <= ba - step - MARGIN, "B {bb:?} vs A {ba:?}");
     assert!(bc <= bb - step - MARGIN, "C {bc:?} vs B {bb:?}");
-    // C's budget, the smallest, ends first, so the cut is reported from C, by C's own
-    // inbound layer.
+    // C's budget, the smallest, ends first, so the cut is reported from C: by C's own inbound
+    // layer ("deadline exceeded (c): in the call") or, when a loaded machine delays it past its
+    // 5 ms margin, by tonic's server timer ("Timeout expired"). Both are C's budget ending.
+    assert!(body.starts_with("cut at c: "), "{body}");
     assert!(
-        body.starts_with("cut at c: deadline exceeded (c): in the call"),
+        body.contains("deadline exceeded (c)") || body.contains("Timeout expired"),
         "{body}"
     );
     // Dropping C's handler future is what cancels its work; allow the server a moment.
