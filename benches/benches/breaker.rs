@@ -8,11 +8,10 @@
 use std::convert::Infallible;
 use std::future::{Future, Ready};
 use std::pin::Pin;
-use std::sync::Barrier;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use benches::{Passthrough, allocations_per_call, runtime, time_calls};
+use benches::{Passthrough, allocations_per_call, runtime, time_calls, time_calls_on_two_threads};
 use criterion::{Criterion, criterion_group, criterion_main};
 use tower::{Layer, Service, ServiceExt};
 use tower_breaker::{BreakerConfig, BreakerLayer};
@@ -142,33 +141,6 @@ fn failsafe() -> impl Service<u64, Response = u64, Error = &'static str> + Clone
     }
 }
 
-/// Two threads, each on its own current-thread runtime, each making `iters` calls through a
-/// clone of `svc`: wall time for the pair, so the figure is the time per call per thread.
-fn two_threads<S>(svc: &S, iters: u64) -> Duration
-where
-    S: Service<u64> + Clone + Send + 'static,
-    S::Error: std::fmt::Debug,
-{
-    let barrier = std::sync::Arc::new(Barrier::new(3));
-    let handles: Vec<_> = (0..2)
-        .map(|_| {
-            let mut svc = svc.clone();
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                let rt = runtime();
-                barrier.wait();
-                time_calls(&rt, &mut svc, iters, || 1)
-            })
-        })
-        .collect();
-    barrier.wait();
-    let start = Instant::now();
-    for h in handles {
-        h.join().expect("a bench thread");
-    }
-    start.elapsed()
-}
-
 /// `iters` refused calls; the error is dropped.
 fn time_rejections<S: Service<u64>>(
     rt: &tokio::runtime::Runtime,
@@ -221,27 +193,27 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("breaker_two_threads");
     group.bench_function("passthrough", |b| {
-        b.iter_custom(|n| two_threads(&Passthrough, n))
+        b.iter_custom(|n| time_calls_on_two_threads(&Passthrough, n))
     });
     group.bench_function("tower_breaker", |b| {
         let svc = ours(true).layer(Passthrough);
-        b.iter_custom(|n| two_threads(&svc, n))
+        b.iter_custom(|n| time_calls_on_two_threads(&svc, n))
     });
     group.bench_function("tower_breaker_no_metrics", |b| {
         let svc = ours(false).layer(Passthrough);
-        b.iter_custom(|n| two_threads(&svc, n))
+        b.iter_custom(|n| time_calls_on_two_threads(&svc, n))
     });
     group.bench_function("tower_resilience", |b| {
         let svc = resilience().layer(Passthrough);
-        b.iter_custom(|n| two_threads(&svc, n))
+        b.iter_custom(|n| time_calls_on_two_threads(&svc, n))
     });
     group.bench_function("recloser", |b| {
         let svc = recloser();
-        b.iter_custom(|n| two_threads(&svc, n))
+        b.iter_custom(|n| time_calls_on_two_threads(&svc, n))
     });
     group.bench_function("failsafe", |b| {
         let svc = failsafe();
-        b.iter_custom(|n| two_threads(&svc, n))
+        b.iter_custom(|n| time_calls_on_two_threads(&svc, n))
     });
     group.finish();
 

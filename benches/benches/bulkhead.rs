@@ -6,10 +6,8 @@
 use std::cell::RefCell;
 use std::num::NonZeroUsize;
 use std::rc::Rc;
-use std::sync::{Arc, Barrier};
-use std::time::Duration;
 
-use benches::{Passthrough, allocations_per_call, runtime, time_calls};
+use benches::{Passthrough, allocations_per_call, runtime, time_calls, time_calls_on_two_threads};
 use criterion::{Criterion, criterion_group, criterion_main};
 use tower::limit::ConcurrencyLimit;
 use tower::{Layer, Service, ServiceExt};
@@ -35,33 +33,6 @@ fn peer() -> tower_resilience::bulkhead::Bulkhead<Passthrough> {
         .build()
         .expect("a valid configuration")
         .layer(Passthrough)
-}
-
-/// Two threads, each on its own current-thread runtime, driving a clone of `svc` for `iters`
-/// calls at the same time; the wall time of the slower, i.e. ns per call per thread.
-fn two_threads<S>(svc: &S, iters: u64) -> Duration
-where
-    S: Service<u64> + Clone + Send + 'static,
-    S::Error: std::fmt::Debug,
-    S::Future: Send,
-{
-    let barrier = Arc::new(Barrier::new(2));
-    let threads: Vec<_> = (0..2)
-        .map(|_| {
-            let mut svc = svc.clone();
-            let barrier = barrier.clone();
-            std::thread::spawn(move || {
-                let rt = runtime();
-                barrier.wait();
-                time_calls(&rt, &mut svc, iters, || 1)
-            })
-        })
-        .collect();
-    threads
-        .into_iter()
-        .map(|t| t.join().expect("a bench thread"))
-        .max()
-        .unwrap_or_default()
 }
 
 fn bench(c: &mut Criterion) {
@@ -93,23 +64,23 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("bulkhead/two_threads");
     group.bench_function("passthrough", |b| {
-        b.iter_custom(|n| two_threads(&Passthrough, n))
+        b.iter_custom(|n| time_calls_on_two_threads(&Passthrough, n))
     });
     group.bench_function("ours", |b| {
         let svc = ours(false);
-        b.iter_custom(|n| two_threads(&svc, n))
+        b.iter_custom(|n| time_calls_on_two_threads(&svc, n))
     });
     group.bench_function("ours_with_metrics_no_recorder", |b| {
         let svc = ours(true);
-        b.iter_custom(|n| two_threads(&svc, n))
+        b.iter_custom(|n| time_calls_on_two_threads(&svc, n))
     });
     group.bench_function("tower_concurrency_limit", |b| {
         let svc = ConcurrencyLimit::new(Passthrough, LIMIT);
-        b.iter_custom(|n| two_threads(&svc, n))
+        b.iter_custom(|n| time_calls_on_two_threads(&svc, n))
     });
     group.bench_function("tower_resilience_bulkhead", |b| {
         let svc = peer();
-        b.iter_custom(|n| two_threads(&svc, n))
+        b.iter_custom(|n| time_calls_on_two_threads(&svc, n))
     });
     group.finish();
 

@@ -83,3 +83,30 @@ where
         start.elapsed()
     })
 }
+
+/// Two OS threads, each on its own current-thread runtime, each making `iters` calls through a
+/// clone of `svc` at the same time: the time of the slower thread, i.e. the time per call per
+/// thread when both share whatever `svc`'s clones share.
+pub fn time_calls_on_two_threads<S>(svc: &S, iters: u64) -> std::time::Duration
+where
+    S: Service<u64> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let mut svc = svc.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let rt = runtime();
+                barrier.wait();
+                time_calls(&rt, &mut svc, iters, || 1)
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .map(|t| t.join().expect("a bench thread"))
+        .max()
+        .unwrap_or_default()
+}
