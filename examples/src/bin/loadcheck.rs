@@ -1,0 +1,143 @@
+//! How much throughput the full stack costs an axum hello-world: the same handler served bare
+//! and behind `RedLayer`, `ProblemLayer`, an inbound deadline, a bulkhead and a breaker with a
+//! Prometheus recorder installed, each driven by the same bounded loopback load.
+//!
+//! ```text
+//! cargo run --release -p examples --bin loadcheck [-- --requests 40000 --concurrency 32]
+//! ```
+//!
+//! Client and servers share this process and the machine's cores, as a sidecar would; the
+//! ratio of the two rates is the figure, not the rates themselves. Not part of CI.
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use futures::{StreamExt, stream};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use tower::ServiceBuilder;
+use tower_breaker::{BreakerConfig, BreakerLayer};
+use tower_bulkhead::BulkheadLayer;
+use tower_red::classify::HttpStatus;
+use tower_red::problem::ProblemLayer;
+use tower_red::{BoxError, RedLayer};
+use tower_timeout_budget::inbound::InboundDeadlineLayer;
+
+const TIME_LIMIT: Duration = Duration::from_secs(60);
+const ROUNDS: usize = 3;
+
+fn arg(args: &[String], name: &str, default: usize) -> Result<usize, BoxError> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => Ok(args.get(i + 1).ok_or("a value")?.parse()?),
+        None => Ok(default),
+    }
+}
+
+fn hello() -> Router {
+    Router::new().route("/", get(|| async { "hello" }))
+}
+
+fn stacked() -> Result<Router, BoxError> {
+    Ok(hello().layer(
+        ServiceBuilder::new()
+            .layer(RedLayer::server())
+            .layer(ProblemLayer::new())
+            .layer(
+                InboundDeadlineLayer::builder()
+                    .name("api")
+                    .cap(Duration::from_secs(5))
+                    .build()?,
+            )
+            .layer(
+                BulkheadLayer::builder()
+                    .name("api")
+                    .max_concurrent(1_024)
+                    .build()?,
+            )
+            .layer(
+                BreakerLayer::new(BreakerConfig::builder().name("api").build()?)
+                    .with_classifier(HttpStatus::new()),
+            ),
+    ))
+}
+
+async fn serve(app: Router) -> Result<std::net::SocketAddr, BoxError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+/// Requests per second over `requests` GETs, `concurrency` at a time, stopped at the time limit.
+async fn drive(
+    addr: std::net::SocketAddr,
+    requests: usize,
+    concurrency: usize,
+) -> Result<f64, BoxError> {
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/");
+    let start = Instant::now();
+    let mut done = 0usize;
+    let load = stream::iter(0..requests)
+        .map(|_| client.get(&url).send())
+        .buffer_unordered(concurrency);
+    tokio::pin!(load);
+    while let Some(res) = load.next().await {
+        if !res?.status().is_success() {
+            return Err("a request failed".into());
+        }
+        done += 1;
+        if start.elapsed() > TIME_LIMIT {
+            break;
+        }
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().collect();
+    let requests = arg(&args, "--requests", 40_000)?;
+    let concurrency = arg(&args, "--concurrency", 32)?;
+    let prometheus = PrometheusBuilder::new().install_recorder()?;
+    tower_red::describe_metrics();
+
+    let bare = serve(hello()).await?;
+    let full = serve(stacked()?).await?;
+    // Warm both up (connections, series registration), then alternate rounds.
+    drive(bare, 2_000, concurrency).await?;
+    drive(full, 2_000, concurrency).await?;
+    let mut rates = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        rates.0.push(drive(bare, requests, concurrency).await?);
+        rates.1.push(drive(full, requests, concurrency).await?);
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let rounds = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (bare_rps, full_rps) = (best(&rates.0), best(&rates.1));
+    println!("{requests} requests per round, {concurrency} at a time, best of {ROUNDS} rounds:");
+    println!(
+        "  bare axum hello-world   {bare_rps:>9.0} req/s  (rounds: {})",
+        rounds(&rates.0)
+    );
+    println!(
+        "  full stack + Prometheus {full_rps:>9.0} req/s  (rounds: {})",
+        rounds(&rates.1)
+    );
+    println!(
+        "  kept {:.1}% of the bare rate",
+        100.0 * full_rps / bare_rps
+    );
+    let series = prometheus
+        .render()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .count();
+    println!("  ({series} Prometheus sample lines recorded)");
+    Ok(())
+}
