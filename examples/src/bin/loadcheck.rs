@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p examples --bin loadcheck [-- --requests 40000 --concurrency 32]
+//! cargo run --release -p examples --bin loadcheck -- --serve   # both servers, for wrk
 //! ```
 //!
 //! Client and servers share this process and the machine's cores, as a sidecar would; the
@@ -104,6 +105,12 @@ async fn main() -> Result<(), BoxError> {
 
     let bare = serve(hello()).await?;
     let full = serve(stacked()?).await?;
+    if args.iter().any(|a| a == "--serve") {
+        // For an external load generator, such as `wrk -t1 -c32 -d10s http://ADDR/`.
+        println!("bare http://{bare}/  full http://{full}/  (Ctrl-C to stop)");
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
     // Warm both up (connections, series registration), then alternate rounds.
     drive(bare, 2_000, concurrency).await?;
     drive(full, 2_000, concurrency).await?;
