@@ -11,7 +11,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use benches::{Passthrough, allocations_per_call, runtime, time_calls, time_calls_on_two_threads};
+use benches::{
+    Passthrough, allocations_per_call, allocations_per_u64_call, runtime, time_calls,
+    time_calls_on_two_threads,
+};
 use criterion::{Criterion, criterion_group, criterion_main};
 use tower::{Layer, Service, ServiceExt};
 use tower_breaker::{BreakerConfig, BreakerLayer};
@@ -235,80 +238,18 @@ fn bench(c: &mut Criterion) {
     // Exact allocation counts per call, steady state.
     let report = |label: &str, allocs: f64| println!("allocations per call: {label} {allocs}");
     let svc = ours(true).layer(Passthrough);
-    report(
-        "tower_breaker",
-        allocations_per_call(&rt, 10_000, || {
-            let mut svc = svc.clone();
-            async move {
-                svc.ready()
-                    .await
-                    .expect("ready")
-                    .call(1)
-                    .await
-                    .expect("call")
-            }
-        }),
-    );
+    report("tower_breaker", allocations_per_u64_call(&rt, &svc));
     let svc = ours(false).layer(Passthrough);
     report(
         "tower_breaker_no_metrics",
-        allocations_per_call(&rt, 10_000, || {
-            let mut svc = svc.clone();
-            async move {
-                svc.ready()
-                    .await
-                    .expect("ready")
-                    .call(1)
-                    .await
-                    .expect("call")
-            }
-        }),
+        allocations_per_u64_call(&rt, &svc),
     );
     let svc = resilience().layer(Passthrough);
-    report(
-        "tower_resilience",
-        allocations_per_call(&rt, 10_000, || {
-            let mut svc = svc.clone();
-            async move {
-                svc.ready()
-                    .await
-                    .expect("ready")
-                    .call(1)
-                    .await
-                    .expect("call")
-            }
-        }),
-    );
+    report("tower_resilience", allocations_per_u64_call(&rt, &svc));
     let svc = recloser();
-    report(
-        "recloser",
-        allocations_per_call(&rt, 10_000, || {
-            let mut svc = svc.clone();
-            async move {
-                svc.ready()
-                    .await
-                    .expect("ready")
-                    .call(1)
-                    .await
-                    .expect("call")
-            }
-        }),
-    );
+    report("recloser", allocations_per_u64_call(&rt, &svc));
     let svc = failsafe();
-    report(
-        "failsafe",
-        allocations_per_call(&rt, 10_000, || {
-            let mut svc = svc.clone();
-            async move {
-                svc.ready()
-                    .await
-                    .expect("ready")
-                    .call(1)
-                    .await
-                    .expect("call")
-            }
-        }),
-    );
+    report("failsafe", allocations_per_u64_call(&rt, &svc));
     let layer = ours(true);
     layer.handle().force_open();
     let svc = layer.layer(Passthrough);

@@ -110,3 +110,17 @@ where
         .max()
         .unwrap_or_default()
 }
+
+/// Allocations per `ready().await` + `call(1).await` through a fresh clone of `svc`, over
+/// 10,000 calls (cloning these services is expected to allocate nothing).
+pub fn allocations_per_u64_call<S>(rt: &tokio::runtime::Runtime, svc: &S) -> f64
+where
+    S: Service<u64> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    use tower::ServiceExt;
+    allocations_per_call(rt, 10_000, || {
+        let svc = svc.clone();
+        async move { svc.oneshot(1).await.expect("call") }
+    })
+}
