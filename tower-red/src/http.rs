@@ -11,8 +11,10 @@
 //! requests. Routes and hosts are capped ([`RedLayer::max_routes`]); past the cap they are
 //! labelled `_OTHER`, so no input can grow the number of series without bound.
 //!
-//! Series handles are cached after their first use: the steady state takes one read lock per
-//! request, two clock reads and no allocation. The request ends when the response head
+//! Series handles are cached after their first use: the steady state takes two read locks per
+//! request (route and series), one clock pair shared with the layers inside
+//! ([`clock`](crate::clock)) and no allocation. Handles bind to the recorder installed when the
+//! layer is built; a layer built with none passes calls straight through. The request ends when the response head
 //! arrives; time spent streaming the body is not counted.
 //!
 //! ```
@@ -144,6 +146,9 @@ struct Interner {
 
 struct Shared {
     side: Side,
+    /// A recorder was installed when the layer was built: without one, every handle would be a
+    /// no-op, so calls skip the work (and the clock) altogether.
+    recording: bool,
     max_routes: usize,
     routes: RwLock<Interner>,
     series: RwLock<SeriesMap>,
@@ -164,6 +169,7 @@ impl Shared {
         });
         Shared {
             side,
+            recording: crate::red::recorder_installed(),
             max_routes,
             routes: RwLock::new(Interner {
                 ids: HashMap::new(),
@@ -381,6 +387,12 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        if !self.shared.recording {
+            return ResponseFuture {
+                inner: self.inner.call(req),
+                guard: None,
+            };
+        }
         let method = method_index(req.method());
         let (route, port) = match self.shared.side {
             Side::Server => (route_of(&req).map_or(NO_ID, |r| self.shared.intern(r)), 0),
@@ -389,12 +401,14 @@ where
                 .map_or((NO_ID, 0), |(host, port)| (self.shared.intern(host), port)),
         };
         self.shared.active[usize::from(method)].increment(1.0);
+        // One clock read shared with the layers this call goes through.
+        let _scope = Scope::enter();
         let guard = Guard {
             shared: self.shared.clone(),
             method,
             route,
             port,
-            start: Instant::now(),
+            start: clock::now(),
         };
         ResponseFuture {
             inner: self.inner.call(req),
@@ -453,10 +467,13 @@ where
     type Output = Result<Res, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let _scope = Scope::enter();
         let this = self.project();
+        let _scope = this.guard.is_some().then(Scope::enter);
         let result = ready!(this.inner.poll(cx));
-        let guard = this.guard.take().expect("polled after completion");
+        // No guard: nothing records (no recorder at build), or already completed.
+        let Some(guard) = this.guard.take() else {
+            return Poll::Ready(result);
+        };
         let elapsed = clock::now().saturating_duration_since(guard.start);
         let (status, error) = match &result {
             Ok(res) => {

@@ -278,3 +278,20 @@ async fn rejections_turned_into_responses_keep_their_kind_as_error_type() {
         "{s:#?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_layer_built_without_a_recorder_passes_calls_straight_through() {
+    let mut svc = RedLayer::server().layer(service_fn(app));
+    // A recorder installed after the layer was built sees nothing of it: handles bind at build.
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let res = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(request("GET", "/", Some("/")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(series(&recorder).is_empty());
+}
