@@ -11,9 +11,10 @@
 //! requests. Routes and hosts are capped ([`RedLayer::max_routes`]); past the cap they are
 //! labelled `_OTHER`, so no input can grow the number of series without bound.
 //!
-//! Series handles are cached after their first use: the steady state takes two read locks per
-//! request (route and series), one clock pair shared with the layers inside
-//! ([`clock`](crate::clock)) and no allocation. Handles bind to the recorder installed when the
+//! Route ids and series handles are cached per thread after their first use: the steady state
+//! takes no lock, touches no map shared between cores, takes one clock pair shared with the
+//! layers inside
+//! (see [`crate::clock`]) and no allocation. Handles bind to the recorder installed when the
 //! layer is built; a layer built with none passes calls straight through. The request ends when the response head
 //! arrives; time spent streaming the body is not counted.
 //!
@@ -33,11 +34,13 @@
 //! ```
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll, ready};
 
@@ -138,6 +141,36 @@ impl Hasher for KeyHasher {
 }
 
 type SeriesMap = HashMap<Key, Histogram, BuildHasherDefault<KeyHasher>>;
+type ById<V> = HashMap<u64, V, BuildHasherDefault<KeyHasher>>;
+
+static NEXT_LAYER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How many layers one thread caches for; past it the cache starts over (layers built per
+/// request would otherwise grow it without bound).
+const MAX_CACHED_LAYERS: usize = 64;
+
+/// Per-thread copies of the layers' route ids and series handles: with two or more runtime
+/// workers, a shared map's read lock would move its reader count between cores on every
+/// request.
+#[derive(Default)]
+struct LocalCache {
+    routes: ById<HashMap<Box<str>, u16, BuildHasherDefault<KeyHasher>>>,
+    series: ById<SeriesMap>,
+}
+
+impl LocalCache {
+    fn make_room(&mut self, layer: u64) {
+        let known = self.routes.contains_key(&layer) || self.series.contains_key(&layer);
+        if !known && self.routes.len().max(self.series.len()) >= MAX_CACHED_LAYERS {
+            self.routes.clear();
+            self.series.clear();
+        }
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<LocalCache> = RefCell::new(LocalCache::default());
+}
 
 struct Interner {
     ids: HashMap<Box<str>, u16>,
@@ -145,6 +178,8 @@ struct Interner {
 }
 
 struct Shared {
+    /// Unique per layer for the life of the process: the key of this layer's per-thread caches.
+    id: u64,
     side: Side,
     /// A recorder was installed when the layer was built: without one, every handle would be a
     /// no-op, so calls skip the work (and the clock) altogether.
@@ -168,6 +203,7 @@ impl Shared {
             )
         });
         Shared {
+            id: NEXT_LAYER_ID.fetch_add(1, Ordering::Relaxed),
             side,
             recording: crate::red::recorder_installed(),
             max_routes,
@@ -180,8 +216,38 @@ impl Shared {
         }
     }
 
-    /// The id of a route template or host, `OTHER_ID` once the cap is reached.
+    /// The id of a route template or host, `OTHER_ID` once the cap is reached. Looked up in
+    /// this thread's cache first, so the steady state takes no lock and touches no shared line.
     fn intern(&self, s: &str) -> u16 {
+        let cached = LOCAL.with(|local| {
+            let local = local.borrow();
+            local
+                .routes
+                .get(&self.id)
+                .and_then(|routes| routes.get(s))
+                .copied()
+        });
+        if let Some(id) = cached {
+            return id;
+        }
+        let id = self.intern_shared(s);
+        // Past the cap every new string maps to `_OTHER`: those are not cached, so no input
+        // can grow the cache.
+        if id != OTHER_ID {
+            LOCAL.with(|local| {
+                let mut local = local.borrow_mut();
+                local.make_room(self.id);
+                local
+                    .routes
+                    .entry(self.id)
+                    .or_default()
+                    .insert(s.into(), id);
+            });
+        }
+        id
+    }
+
+    fn intern_shared(&self, s: &str) -> u16 {
         if let Some(id) = self
             .routes
             .read()
@@ -204,20 +270,50 @@ impl Shared {
         id
     }
 
-    /// Records into the series' histogram under the read lock: no handle clone per call.
+    /// Records into the series' histogram, found in this thread's cache first.
     fn record(&self, key: Key, seconds: f64) {
+        let hit = LOCAL.with(|local| {
+            let local = local.borrow();
+            match local
+                .series
+                .get(&self.id)
+                .and_then(|series| series.get(&key))
+            {
+                Some(h) => {
+                    h.record(seconds);
+                    true
+                }
+                None => false,
+            }
+        });
+        if hit {
+            return;
+        }
+        let histogram = self.histogram_shared(key);
+        histogram.record(seconds);
+        LOCAL.with(|local| {
+            let mut local = local.borrow_mut();
+            local.make_room(self.id);
+            local
+                .series
+                .entry(self.id)
+                .or_default()
+                .insert(key, histogram);
+        });
+    }
+
+    fn histogram_shared(&self, key: Key) -> Histogram {
         if let Some(h) = self
             .series
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
         {
-            h.record(seconds);
-            return;
+            return h.clone();
         }
         let histogram = self.register(key);
         let mut series = self.series.write().unwrap_or_else(|e| e.into_inner());
-        series.entry(key).or_insert(histogram).record(seconds);
+        series.entry(key).or_insert(histogram).clone()
     }
 
     fn register(&self, key: Key) -> Histogram {

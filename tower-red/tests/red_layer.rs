@@ -295,3 +295,40 @@ async fn a_layer_built_without_a_recorder_passes_calls_straight_through() {
     assert_eq!(res.status(), 200);
     assert!(series(&recorder).is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn layers_on_one_thread_keep_their_own_route_ids() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut a = RedLayer::server().max_routes(1).layer(service_fn(app));
+    let mut b = RedLayer::server().max_routes(1).layer(service_fn(app));
+    let call = |svc: &mut tower_red::http::Red<_>, route: &'static str| {
+        let fut = svc.call(request("GET", route, Some(route)));
+        async move { fut.await.unwrap() }
+    };
+    call(&mut a, "/x").await;
+    call(&mut b, "/y").await;
+    // `/x` is cached for `a` on this thread; for `b` it is past the cap.
+    call(&mut b, "/x").await;
+    let s = series(&recorder);
+    let name = names::HTTP_SERVER_REQUEST_DURATION_SECONDS;
+    let base = [
+        ("http_request_method", "GET"),
+        ("http_response_status_code", "200"),
+    ];
+    assert_eq!(
+        count(&s, name, &l(&[base[0], base[1], ("http_route", "/x")])),
+        1,
+        "{s:#?}"
+    );
+    assert_eq!(
+        count(&s, name, &l(&[base[0], base[1], ("http_route", "/y")])),
+        1,
+        "{s:#?}"
+    );
+    assert_eq!(
+        count(&s, name, &l(&[base[0], base[1], ("http_route", "_OTHER")])),
+        1,
+        "{s:#?}"
+    );
+}
