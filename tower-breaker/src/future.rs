@@ -103,7 +103,7 @@ impl<C> Guard<C> {
 #[inline]
 fn sample(verdict: Verdict, slow: bool) -> Option<Sample> {
     match verdict {
-        Verdict::Ignored => None,
+        Verdict::Ignored | Verdict::Refused(_) => None,
         Verdict::Success => Some(Sample {
             failure: false,
             slow,

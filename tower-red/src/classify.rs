@@ -9,6 +9,10 @@
 //! | [`HttpStatus`] | 1xx–3xx, 4xx by default | `Err`, 5xx, 429 by default | 4xx when asked |
 //! | [`GrpcStatus`] | `OK` and codes not in the failure set | `Err`, [`GrpcStatus::DEFAULT_FAILURES`] | — |
 //! | [`ClassifyFn`] | what the closure says | | |
+//!
+//! The HTTP and gRPC classifiers give [`Verdict::Refused`] for a response that one of our
+//! layers' refusals became. Layers never call a classifier directly: they call [`judge`], which
+//! first takes any [`Rejection`] of an inner layer out of the classifier's hands.
 //! | `TowerHttp` (feature `tower-http`) | what a `tower_http::classify::ClassifyResponse` says | | |
 //!
 //! ```
@@ -26,13 +30,16 @@
 //! needs `E: Display`, while our layers also wrap `Service<u64>`-like and reqwest services and
 //! classify by reference at every call. The `tower-http` feature adapts any of its classifiers.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
 use http::StatusCode;
 
+use crate::BoxError;
 use crate::grpc::GrpcCode;
 use crate::parts::ResponseParts;
+use crate::rejection::{Rejection, RejectionKind};
 
 /// What a classifier decided about one finished call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,6 +50,11 @@ pub enum Verdict {
     Failure(FailureClass),
     /// The call counts neither as a success nor as a failure (for example a client's 4xx).
     Ignored,
+    /// One of this workspace's layers refused the call (a [`Rejection`] as the error, or a
+    /// response built from one by [`rejection_response`](crate::problem::rejection_response)):
+    /// it never reached the backend, so it is neither the backend's success nor its failure,
+    /// and its latency is not the backend's. See [`judge`].
+    Refused(RejectionKind),
 }
 
 impl Verdict {
@@ -50,6 +62,81 @@ impl Verdict {
     pub fn is_failure(self) -> bool {
         matches!(self, Verdict::Failure(_))
     }
+
+    /// Whether the call reached the backend and its outcome says something about it: a
+    /// success or a failure, not ignored and not refused.
+    pub fn is_sample(self) -> bool {
+        matches!(self, Verdict::Success | Verdict::Failure(_))
+    }
+
+    /// The verdict an outer layer gives a call that an inner layer refused with `rejection`.
+    ///
+    /// A refusal is [`Verdict::Refused`], with one exception: a deadline that passed while the
+    /// inner call was running (a `DeadlineExceeded` rejection whose reason is `call`, as
+    /// `tower-timeout-budget` raises it) is the backend's slowness, so it is a
+    /// [`FailureClass::Timeout`]: a timeout is a failure for a breaker on whichever side of it
+    /// the deadline is enforced. A deadline spent before the call was sent (on arrival, in a
+    /// queue, waiting for readiness, before sending) is a refusal.
+    pub fn of_refusal(rejection: &Rejection) -> Verdict {
+        if rejection.is(RejectionKind::DeadlineExceeded) && rejection.reason() == Some("call") {
+            Verdict::Failure(FailureClass::Timeout)
+        } else {
+            Verdict::Refused(rejection.kind())
+        }
+    }
+}
+
+/// The [`Rejection`] in an error of any type: the error itself, or one found in the `source()`
+/// chain of a [`BoxError`]. `None` for every other error type (their refusals cannot be ours).
+///
+/// Costs one type-id comparison per candidate type, resolved at compile time.
+#[inline]
+pub fn refusal_of<E: 'static>(err: &E) -> Option<&Rejection> {
+    let any = err as &dyn Any;
+    if let Some(boxed) = any.downcast_ref::<BoxError>() {
+        return Rejection::find(&**boxed);
+    }
+    any.downcast_ref::<Rejection>()
+}
+
+/// The verdict every layer of this workspace gives a finished call: an inner layer's
+/// [`Rejection`] is judged by [`Verdict::of_refusal`] whatever the classifier, everything else
+/// by the classifier.
+///
+/// This is what "one verdict per stack" means: a classifier decides what the *backend's*
+/// answers mean, and no classifier can make one of our own refusals count as the backend's
+/// failure. A response that an inner layer's refusal became (marked by
+/// [`rejection_response`](crate::problem::rejection_response)) is recognised by the built-in
+/// HTTP and gRPC classifiers.
+///
+/// ```
+/// use tower_red::classify::{judge, AnyError, FailureClass, Verdict};
+/// use tower_red::{BoxError, Rejection, RejectionKind};
+///
+/// let refused: Result<(), BoxError> = Err(Rejection::new(RejectionKind::CircuitOpen).into());
+/// assert_eq!(judge(&AnyError, &refused), Verdict::Refused(RejectionKind::CircuitOpen));
+/// let failed: Result<(), BoxError> = Err("connection reset".into());
+/// assert_eq!(judge(&AnyError, &failed), Verdict::Failure(FailureClass::Error));
+/// ```
+#[inline]
+pub fn judge<C, T, E>(classifier: &C, result: &Result<T, E>) -> Verdict
+where
+    C: Classify<T, E> + ?Sized,
+    E: 'static,
+{
+    if let Err(err) = result
+        && let Some(rejection) = refusal_of(err)
+    {
+        return Verdict::of_refusal(rejection);
+    }
+    classifier.classify(result)
+}
+
+/// The refusal a response was built from, if one of our layers' rejections became it (see
+/// [`rejection_response`](crate::problem::rejection_response)).
+#[inline]
+pub fn refused_response<R: ResponseParts>(res: &R) -> Option<RejectionKind> {
+    res.extensions()?.get::<RejectionKind>().copied()
 }
 
 /// Why a call failed. Every value is from a small, bounded set, so it can become a metric label.
@@ -198,7 +285,10 @@ impl HttpStatus {
 impl<R: ResponseParts, E> Classify<R, E> for HttpStatus {
     fn classify(&self, result: &Result<R, E>) -> Verdict {
         match result {
-            Ok(res) => self.classify_status(res.status()),
+            Ok(res) => match refused_response(res) {
+                Some(kind) => Verdict::Refused(kind),
+                None => self.classify_status(res.status()),
+            },
             Err(_) => Verdict::Failure(FailureClass::Error),
         }
     }
@@ -276,7 +366,10 @@ impl GrpcStatus {
 impl<R: ResponseParts, E> Classify<R, E> for GrpcStatus {
     fn classify(&self, result: &Result<R, E>) -> Verdict {
         match result {
-            Ok(res) => self.classify_code(Self::code_of(res)),
+            Ok(res) => match refused_response(res) {
+                Some(kind) => Verdict::Refused(kind),
+                None => self.classify_code(Self::code_of(res)),
+            },
             Err(_) => Verdict::Failure(FailureClass::Error),
         }
     }
@@ -417,6 +510,71 @@ mod tests {
         assert!(c.classify(&response(200, Some("x"))).is_failure());
         // A 503 from a proxy in front of the server is UNAVAILABLE.
         assert!(c.classify(&response(503, None)).is_failure());
+    }
+
+    #[test]
+    fn an_inner_refusal_is_never_the_backends_failure_whatever_the_classifier() {
+        let always_fails =
+            classify_fn(|_: &Result<(), BoxError>| Verdict::Failure(FailureClass::Other("always")));
+        for kind in RejectionKind::ALL {
+            let refused: Result<(), BoxError> = Err(Rejection::new(kind).into());
+            assert_eq!(judge(&always_fails, &refused), Verdict::Refused(kind));
+        }
+        // A bare `Rejection` error type too.
+        let bare: Result<(), Rejection> = Err(Rejection::new(RejectionKind::BulkheadFull));
+        assert_eq!(
+            judge(&AnyError, &bare),
+            Verdict::Refused(RejectionKind::BulkheadFull)
+        );
+        // Other errors are the classifier's.
+        let io: Result<(), BoxError> = Err("reset".into());
+        assert_eq!(
+            judge(&always_fails, &io),
+            Verdict::Failure(FailureClass::Other("always"))
+        );
+    }
+
+    #[test]
+    fn an_inner_deadline_that_passed_during_the_call_is_a_timeout() {
+        let in_call: Result<(), BoxError> = Err(Rejection::new(RejectionKind::DeadlineExceeded)
+            .with_reason("call")
+            .into());
+        assert_eq!(
+            judge(&AnyError, &in_call),
+            Verdict::Failure(FailureClass::Timeout)
+        );
+        for stage in ["arrival", "ready", "before_send"] {
+            let before: Result<(), BoxError> = Err(Rejection::new(RejectionKind::DeadlineExceeded)
+                .with_reason(stage)
+                .into());
+            assert_eq!(
+                judge(&AnyError, &before),
+                Verdict::Refused(RejectionKind::DeadlineExceeded),
+                "{stage}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_response_built_from_a_refusal_is_a_refusal() {
+        let res: Result<_, BoxError> = Ok(crate::problem::rejection_response(&Rejection::new(
+            RejectionKind::CircuitOpen,
+        )));
+        assert_eq!(res.as_ref().unwrap().status(), 503);
+        assert_eq!(
+            HttpStatus::new().classify(&res),
+            Verdict::Refused(RejectionKind::CircuitOpen)
+        );
+        assert_eq!(
+            GrpcStatus::new().classify(&res),
+            Verdict::Refused(RejectionKind::CircuitOpen)
+        );
+        // The same status from the backend is a failure.
+        assert!(
+            HttpStatus::new()
+                .classify(&response(503, None))
+                .is_failure()
+        );
     }
 
     #[test]

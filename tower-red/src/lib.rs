@@ -8,6 +8,9 @@
 //! - [`red`] and [`names`]: per-layer RED handles and the metric names; [`clock`] lets a
 //!   stack of layers share one clock pair per call.
 //! - [`http`]: [`RedLayer`], OpenTelemetry HTTP server and client metrics.
+//! - [`config`]: [`ConfigError`], what every layer builder returns for a bad value;
+//!   [`cancel`]: how a deadline enforcer tells the layers inside it why their future was
+//!   dropped; [`define_inner_service_accessors!`] for services.
 //!
 //! ```
 //! use std::time::Duration;
@@ -29,9 +32,12 @@
 //! # }
 //! ```
 
+mod accessors;
 pub mod adapt;
+pub mod cancel;
 pub mod classify;
 pub mod clock;
+pub mod config;
 pub mod grpc;
 pub mod http;
 pub mod names;
@@ -40,7 +46,8 @@ pub mod problem;
 pub mod red;
 pub mod rejection;
 
-pub use crate::classify::{Classify, FailureClass, Verdict};
+pub use crate::classify::{Classify, FailureClass, Verdict, judge};
+pub use crate::config::ConfigError;
 pub use crate::grpc::GrpcCode;
 pub use crate::http::RedLayer;
 pub use crate::red::{Outcome, RedMetrics, describe_metrics};

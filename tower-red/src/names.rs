@@ -101,8 +101,12 @@ pub mod layer {
     pub const BULKHEAD: &str = "bulkhead";
     /// `tower-retry-jitter`.
     pub const RETRY: &str = "retry";
-    /// `tower-timeout-budget`.
+    /// `tower-timeout-budget`'s `TimeoutBudgetLayer`.
     pub const TIMEOUT: &str = "timeout";
+    /// `tower-timeout-budget`'s `InboundDeadlineLayer`.
+    pub const DEADLINE_INBOUND: &str = "deadline_inbound";
+    /// `tower-timeout-budget`'s `OutboundDeadlineLayer`.
+    pub const DEADLINE_OUTBOUND: &str = "deadline_outbound";
     /// `tower-idempotency`.
     pub const IDEMPOTENCY: &str = "idempotency";
 }

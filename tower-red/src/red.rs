@@ -17,14 +17,16 @@
 //! red.record_rejection(Outcome::CircuitOpen);
 //! ```
 
+use std::collections::HashMap;
 use std::error::Error;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, Label, SharedString, Unit};
 
-use crate::classify::{FailureClass, Verdict};
+use crate::classify::{FailureClass, Verdict, refusal_of};
 use crate::names::{self, label};
 use crate::rejection::Rejection;
 
@@ -50,11 +52,16 @@ pub enum Outcome {
     Rejected,
     /// The caller dropped the future before it finished.
     Cancelled,
+    /// A layer inside this one refused the call (a [`Rejection`] came up from below, or a
+    /// response built from one). That layer counted the refusal under its own outcome
+    /// (`circuit_open`, `shed`, `timeout`, …); outer layers count it here, so summing one
+    /// refusal outcome over every layer gives the calls actually refused.
+    InnerRefusal,
 }
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Ok,
         Outcome::Error,
         Outcome::Timeout,
@@ -64,6 +71,7 @@ impl Outcome {
         Outcome::Replayed,
         Outcome::Rejected,
         Outcome::Cancelled,
+        Outcome::InnerRefusal,
     ];
 
     /// The label value, such as `circuit_open`.
@@ -78,6 +86,7 @@ impl Outcome {
             Outcome::Replayed => "replayed",
             Outcome::Rejected => "rejected",
             Outcome::Cancelled => "cancelled",
+            Outcome::InnerRefusal => "inner_refusal",
         }
     }
 
@@ -87,12 +96,32 @@ impl Outcome {
             Verdict::Success | Verdict::Ignored => Outcome::Ok,
             Verdict::Failure(FailureClass::Timeout) => Outcome::Timeout,
             Verdict::Failure(_) => Outcome::Error,
+            Verdict::Refused(_) => Outcome::InnerRefusal,
         }
     }
 
-    /// The outcome of an error: a [`Rejection`]'s own outcome, else [`Outcome::Error`].
+    /// The outcome a layer records for a call that finished with `result`, judged `verdict`
+    /// (by [`judge`](crate::classify::judge)): [`Outcome::InnerRefusal`] when an inner layer
+    /// refused it (even when the verdict counts an inner deadline as the backend's timeout: the
+    /// layer that enforced it counted the `timeout`), else the verdict's outcome.
+    #[inline]
+    pub fn judged<T, E: 'static>(verdict: Verdict, result: &Result<T, E>) -> Outcome {
+        if let Err(err) = result
+            && refusal_of(err).is_some()
+        {
+            return Outcome::InnerRefusal;
+        }
+        Outcome::from_verdict(verdict)
+    }
+
+    /// The outcome an outer layer records for an error that came up from inside it:
+    /// [`Outcome::InnerRefusal`] for a [`Rejection`] of an inner layer (that layer counted it
+    /// under its own outcome, [`Rejection::outcome`]), else [`Outcome::Error`].
     pub fn from_error(err: &(dyn Error + 'static)) -> Outcome {
-        Rejection::find(err).map_or(Outcome::Error, Rejection::outcome)
+        match Rejection::find(err) {
+            Some(_) => Outcome::InnerRefusal,
+            None => Outcome::Error,
+        }
     }
 }
 
@@ -114,8 +143,82 @@ struct Handles {
     recording: bool,
     layer: &'static str,
     name: SharedString,
+    /// Bit `o` set when outcome `o` has real handles.
+    registered: u16,
     requests: [Counter; Outcome::ALL.len()],
     durations: [Histogram; Outcome::ALL.len()],
+    _live: Option<LiveName>,
+}
+
+/// Logs, once per process, that a layer was built before any metrics recorder.
+#[cold]
+fn warn_not_recording(layer: &'static str, name: &str) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    // Relaxed: a flag that only limits a log line to once; no other memory depends on it.
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            layer,
+            name,
+            "a resilience layer was built before any metrics recorder was installed: its metrics \
+             (and those of every layer built so far) are no-ops for life; install the recorder \
+             first (this is logged once per process)"
+        );
+    }
+}
+
+/// The live (layer, name) pairs, to warn when two instances would merge their series.
+fn live_names() -> &'static Mutex<HashMap<(&'static str, String), usize>> {
+    static LIVE: OnceLock<Mutex<HashMap<(&'static str, String), usize>>> = OnceLock::new();
+    LIVE.get_or_init(Default::default)
+}
+
+/// One instance's claim on its (layer, name) pair; released when its handles are dropped.
+struct LiveName {
+    layer: &'static str,
+    name: String,
+}
+
+impl LiveName {
+    /// Build-time only: takes a lock and allocates.
+    fn register(layer: &'static str, name: &str) -> LiveName {
+        let mut live = live_names().lock().unwrap_or_else(|e| e.into_inner());
+        let count = live.entry((layer, name.to_owned())).or_insert(0);
+        *count += 1;
+        if *count > 1 {
+            tracing::warn!(
+                layer,
+                name,
+                instances = *count,
+                "two live resilience layers share a layer kind and name: their metric series \
+                 merge and gauges such as the breaker state stop meaning anything; give each a \
+                 distinct name"
+            );
+        }
+        LiveName {
+            layer,
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for LiveName {
+    fn drop(&mut self) {
+        let mut live = live_names().lock().unwrap_or_else(|e| e.into_inner());
+        let key = (self.layer, std::mem::take(&mut self.name));
+        if let Some(count) = live.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                live.remove(&key);
+            }
+        }
+    }
+}
+
+/// The number of live layer instances registered under `layer` and `name` (with a recorder
+/// installed when they were built). Builders that must refuse duplicates read it.
+pub fn live_instances(layer: &'static str, name: &str) -> usize {
+    let live = live_names().lock().unwrap_or_else(|e| e.into_inner());
+    live.get(&(layer, name.to_owned())).copied().unwrap_or(0)
 }
 
 impl fmt::Debug for RedMetrics {
@@ -128,9 +231,32 @@ impl fmt::Debug for RedMetrics {
 }
 
 impl RedMetrics {
-    /// Registers the handles of the layer kind `layer` (one of [`names::layer`]) and instance
-    /// `name` with the recorder installed now (global, or local to this thread).
+    /// Registers handles for every [`Outcome`] (a counter and a duration histogram each) of the
+    /// layer kind `layer` (one of [`names::layer`]) and instance `name`, with the recorder
+    /// installed now (global, or local to this thread). Layers use
+    /// [`RedMetrics::with_outcomes`] to register only the series they can produce.
     pub fn new(layer: &'static str, name: impl Into<SharedString>) -> Self {
+        Self::with_outcomes(layer, name, &Outcome::ALL, &[])
+    }
+
+    /// Registers only the series a layer can produce: a counter and a duration histogram for
+    /// each outcome in `timed` (recorded with [`RedMetrics::record`]), a counter alone for each
+    /// refusal in `refusals` (recorded with [`RedMetrics::record_rejection`]). An exporter then
+    /// shows no series that can never move (such as a bulkhead's `circuit_open`).
+    ///
+    /// Recording an outcome that was not registered records nothing (and fails a debug
+    /// assertion, so tests catch it).
+    ///
+    /// A second live instance with the same `layer` and `name` would merge its series with the
+    /// first (and a state gauge would then lie): it is logged as a `tracing` warning. So is
+    /// building the first layer of a process before any metrics recorder is installed, which
+    /// leaves that layer's handles as no-ops for life.
+    pub fn with_outcomes(
+        layer: &'static str,
+        name: impl Into<SharedString>,
+        timed: &[Outcome],
+        refusals: &[Outcome],
+    ) -> Self {
         let name = name.into();
         let labels = |outcome: Outcome| {
             [
@@ -139,17 +265,36 @@ impl RedMetrics {
                 Label::from_static_parts(label::OUTCOME, outcome.as_str()),
             ]
         };
-        let requests =
-            Outcome::ALL.map(|o| metrics::counter!(names::REQUESTS_TOTAL, labels(o).iter()));
-        let durations = Outcome::ALL
-            .map(|o| metrics::histogram!(names::REQUEST_DURATION_SECONDS, labels(o).iter()));
+        let mut registered = 0u16;
+        let requests = Outcome::ALL.map(|o| {
+            if timed.contains(&o) || refusals.contains(&o) {
+                registered |= 1 << o as u16;
+                metrics::counter!(names::REQUESTS_TOTAL, labels(o).iter())
+            } else {
+                Counter::noop()
+            }
+        });
+        let durations = Outcome::ALL.map(|o| {
+            if timed.contains(&o) {
+                metrics::histogram!(names::REQUEST_DURATION_SECONDS, labels(o).iter())
+            } else {
+                Histogram::noop()
+            }
+        });
+        let recording = recorder_installed();
+        if !recording {
+            warn_not_recording(layer, &name);
+        }
+        let live = recording.then(|| LiveName::register(layer, &name));
         RedMetrics {
             inner: Arc::new(Handles {
-                recording: recorder_installed(),
+                recording,
                 layer,
                 name,
+                registered,
                 requests,
                 durations,
+                _live: live,
             }),
         }
     }
@@ -175,6 +320,12 @@ impl RedMetrics {
     #[inline]
     pub fn record(&self, outcome: Outcome, elapsed: Duration) {
         let i = outcome as usize;
+        debug_assert!(
+            !self.inner.recording || self.inner.registered & (1 << i) != 0,
+            "outcome {outcome} not registered for {} {:?}",
+            self.inner.layer,
+            &*self.inner.name
+        );
         self.inner.requests[i].increment(1);
         self.inner.durations[i].record(elapsed.as_secs_f64());
     }
@@ -182,7 +333,14 @@ impl RedMetrics {
     /// Counts one call refused before it started: no duration is recorded.
     #[inline]
     pub fn record_rejection(&self, outcome: Outcome) {
-        self.inner.requests[outcome as usize].increment(1);
+        let i = outcome as usize;
+        debug_assert!(
+            !self.inner.recording || self.inner.registered & (1 << i) != 0,
+            "outcome {outcome} not registered for {} {:?}",
+            self.inner.layer,
+            &*self.inner.name
+        );
+        self.inner.requests[i].increment(1);
     }
 }
 

@@ -128,7 +128,8 @@ fn metric_names_are_pinned() {
             "budget_exhausted",
             "replayed",
             "rejected",
-            "cancelled"
+            "cancelled",
+            "inner_refusal"
         ]
     );
 }
@@ -145,8 +146,8 @@ fn red_metrics_registers_every_outcome_once_and_records_by_outcome() {
         red.record_rejection(Outcome::CircuitOpen);
     });
     let snap = snapshot(&snapshotter);
-    // 9 outcomes x (counter + histogram), all registered up front.
-    assert_eq!(snap.len(), 18);
+    // 10 outcomes x (counter + histogram), all registered up front.
+    assert_eq!(snap.len(), 20);
     let (key, ..) = snap
         .iter()
         .find(|(k, ..)| k.key().name() == names::REQUESTS_TOTAL)
@@ -187,11 +188,70 @@ fn red_metrics_registers_every_outcome_once_and_records_by_outcome() {
 }
 
 #[test]
-fn outcome_of_an_error_is_the_rejections_own() {
+fn an_inner_refusal_is_counted_as_one_by_outer_layers() {
     let shed: BoxError = Rejection::new(RejectionKind::QueueTimeout).into();
     let other: BoxError = "connection reset".into();
-    assert_eq!(Outcome::from_error(&*shed), Outcome::Shed);
+    // The layer that refused counts it under its own outcome...
+    assert_eq!(Rejection::find_in(&shed).unwrap().outcome(), Outcome::Shed);
+    // ...and every layer outside it under `inner_refusal`, so `shed` is counted once.
+    assert_eq!(Outcome::from_error(&*shed), Outcome::InnerRefusal);
     assert_eq!(Outcome::from_error(&*other), Outcome::Error);
+}
+
+#[test]
+fn a_layer_registers_only_the_series_it_can_produce() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let red = RedMetrics::with_outcomes(
+            names::layer::BULKHEAD,
+            "only-some",
+            &[Outcome::Ok, Outcome::Error],
+            &[Outcome::Shed],
+        );
+        red.record(Outcome::Ok, Duration::from_millis(1));
+        red.record_rejection(Outcome::Shed);
+    });
+    let snap = snapshot(&snapshotter);
+    // ok and error: counter + histogram; shed: counter only.
+    assert_eq!(snap.len(), 5);
+    assert!(
+        snap.iter()
+            .all(|(k, ..)| !labels(k).contains(&("outcome".into(), "circuit_open".into())))
+    );
+    assert_eq!(
+        find(&snap, names::REQUESTS_TOTAL, "shed"),
+        &DebugValue::Counter(1)
+    );
+}
+
+#[test]
+fn a_second_live_instance_with_the_same_name_is_known() {
+    let recorder = DebuggingRecorder::new();
+    metrics::with_local_recorder(&recorder, || {
+        let a = RedMetrics::new(names::layer::BREAKER, "twice-named");
+        assert_eq!(
+            tower_red::red::live_instances(names::layer::BREAKER, "twice-named"),
+            1
+        );
+        let b = RedMetrics::new(names::layer::BREAKER, "twice-named");
+        assert_eq!(
+            tower_red::red::live_instances(names::layer::BREAKER, "twice-named"),
+            2
+        );
+        let a2 = a.clone(); // clones share one instance
+        drop(a);
+        drop(b);
+        assert_eq!(
+            tower_red::red::live_instances(names::layer::BREAKER, "twice-named"),
+            1
+        );
+        drop(a2);
+        assert_eq!(
+            tower_red::red::live_instances(names::layer::BREAKER, "twice-named"),
+            0
+        );
+    });
 }
 
 #[test]
