@@ -24,8 +24,13 @@
 
 use std::cell::Cell;
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// What every layer of this workspace means by "never": about 30 years, as tokio itself uses
+/// for a timer that does not fire. A request without a deadline has this much time left.
+pub const NEVER: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 thread_local! {
     static DEPTH: Cell<u32> = const { Cell::new(0) };
