@@ -8,6 +8,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_red::BoxError;
+use tower_red::cancel;
 use tower_red::clock::{self, Scope};
 use tower_red::red::Outcome;
 
@@ -23,6 +24,11 @@ pin_project! {
     /// It polls the inner future first, inside the deadline's task-local scope, and only arms a
     /// timer when the inner future is not ready: a call that completes at once costs no timer
     /// and no allocation.
+    ///
+    /// When the deadline fires, the inner future is dropped at once, inside
+    /// [`tower_red::cancel::drop_expired`]: the drop guards of inner layers see
+    /// [`cancel::expired`](tower_red::cancel::expired) and count a timeout, while a call its
+    /// caller drops before the deadline is seen as abandoned.
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
@@ -118,9 +124,29 @@ where
             if let Poll::Ready(res) = d.sync_scope_exact(|| fut.poll(cx)) {
                 return Poll::Ready(res.map_err(Into::into));
             }
-            return poll_timer(sleep, d, *start, shared, cx).map(Err);
+            let err = ready!(poll_timer(sleep, d, *start, shared, cx));
+            return self.expire(err);
         }
         self.poll_slow(cx)
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    /// The deadline fired: drops the inner future now, inside [`cancel::drop_expired`], so the
+    /// drop guards of inner layers (a breaker's) count a timeout rather than a caller who
+    /// walked away; then fails with `err`.
+    #[cold]
+    #[inline(never)]
+    fn expire<T>(self: Pin<&mut Self>, err: BoxError) -> Poll<Result<T, BoxError>> {
+        /// Replaces the running state when dropped, that is inside `drop_expired`.
+        struct Finish<'a, F>(Pin<&'a mut State<F>>);
+        impl<F> Drop for Finish<'_, F> {
+            fn drop(&mut self) {
+                self.0.set(State::Failed { err: None });
+            }
+        }
+        cancel::drop_expired(Finish(self.project().state));
+        Poll::Ready(Err(err))
     }
 }
 
@@ -150,8 +176,8 @@ where
     /// Every other case: metrics on (the call's duration is recorded), no deadline, or a
     /// refusal.
     #[inline(never)]
-    fn poll_slow(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, BoxError>> {
-        match self.project().state.project() {
+    fn poll_slow(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, BoxError>> {
+        let err = match self.as_mut().project().state.project() {
             StateProj::Running {
                 fut,
                 sleep,
@@ -181,12 +207,13 @@ where
                 let Some(d) = *deadline else {
                     return Poll::Pending;
                 };
-                poll_timer(sleep, d, *start, shared, cx).map(Err)
+                ready!(poll_timer(sleep, d, *start, shared, cx))
             }
             StateProj::Failed { err } => {
-                Poll::Ready(Err(err.take().expect("polled after completion")))
+                return Poll::Ready(Err(err.take().expect("polled after completion")));
             }
-        }
+        };
+        self.expire(err)
     }
 }
 
