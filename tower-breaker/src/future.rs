@@ -9,7 +9,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_red::BoxError;
-use tower_red::classify::{Classify, Verdict};
+use tower_red::classify::{Classify, Verdict, judge};
 use tower_red::red::Outcome;
 
 use crate::machine::{Admission, Kind as AdmissionKind, Machine};
@@ -68,11 +68,12 @@ struct Guard<C> {
 impl<C> Guard<C> {
     /// Reports the call's end; the guard is spent after this, and is dropped in place.
     #[inline(always)]
-    fn finish<T, E>(&mut self, result: &Result<T, E>)
+    fn finish<T, E: 'static>(&mut self, result: &Result<T, E>)
     where
         C: Classify<T, E>,
     {
-        let verdict = self.classifier.classify(result);
+        // An inner layer's refusal is judged as one whatever the classifier says.
+        let verdict = judge(&self.classifier, result);
         let adm = self.permit.admission();
         self.permit.adm |= SPENT;
         let machine = &*self.permit.machine;
@@ -81,7 +82,7 @@ impl<C> Guard<C> {
             // nothing is slow.
             machine.complete(adm, sample(verdict, false), 0);
             if let Some(red) = &machine.red {
-                red.record(Outcome::from_verdict(verdict), Duration::ZERO);
+                red.record(Outcome::judged(verdict, result), Duration::ZERO);
             }
             return;
         };
@@ -94,7 +95,7 @@ impl<C> Guard<C> {
             .is_some_and(|d| elapsed >= d);
         machine.complete(adm, sample(verdict, slow), now);
         if let Some(red) = &machine.red {
-            red.record(Outcome::from_verdict(verdict), elapsed);
+            red.record(Outcome::judged(verdict, result), elapsed);
         }
     }
 }
@@ -118,22 +119,41 @@ fn sample(verdict: Verdict, slow: bool) -> Option<Sample> {
 impl<C> Drop for Guard<C> {
     #[inline]
     fn drop(&mut self) {
-        // Still armed: the future was dropped before the inner call finished. The permit's
-        // own drop gives a probe slot back; here the cancellation is counted.
-        if self.permit.armed() && self.permit.machine.red.is_some() {
-            self.cancelled();
+        // Still armed: the future was dropped before the inner call finished.
+        if self.permit.armed() {
+            self.dropped();
         }
     }
 }
 
 impl<C> Guard<C> {
+    /// The future was dropped before the inner call finished. Dropped by a deadline enforcer
+    /// because the request's deadline passed ([`tower_red::cancel::expired`]), the backend did
+    /// not answer in time: a failure of class timeout, and slow. Dropped by its caller, it is
+    /// no verdict: the permit's own drop gives a probe slot back. Either way the RED outcome
+    /// is `cancelled` (the enforcer counts the `timeout`).
     #[cold]
     #[inline(never)]
-    fn cancelled(&self) {
-        if let Some(red) = &self.permit.machine.red {
-            let elapsed = self.start.map_or(Duration::ZERO, |s| {
-                Instant::now().saturating_duration_since(s)
-            });
+    fn dropped(&mut self) {
+        let machine = &*self.permit.machine;
+        let expired = tower_red::cancel::expired();
+        if !expired && machine.red.is_none() {
+            return;
+        }
+        let end = Instant::now();
+        if expired {
+            let adm = self.permit.admission();
+            self.permit.adm |= SPENT;
+            let timeout = Sample {
+                failure: true,
+                slow: true,
+            };
+            machine.complete(adm, Some(timeout), machine.nanos(end));
+        }
+        if let Some(red) = &machine.red {
+            let elapsed = self
+                .start
+                .map_or(Duration::ZERO, |s| end.saturating_duration_since(s));
             red.record(Outcome::Cancelled, elapsed);
         }
     }
@@ -188,7 +208,7 @@ impl<F, C> ResponseFuture<F, C> {
 impl<F, C, T, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
-    E: Into<BoxError>,
+    E: Into<BoxError> + 'static,
     C: Classify<T, E>,
 {
     type Output = Result<T, BoxError>;

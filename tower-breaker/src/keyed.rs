@@ -261,7 +261,7 @@ impl<S, K, F, C> KeyedBreaker<S, K, F, C> {
 impl<S, K, F, C, Req> Service<Req> for KeyedBreaker<S, K, F, C>
 where
     S: Service<Req>,
-    S::Error: Into<BoxError>,
+    S::Error: Into<BoxError> + 'static,
     K: Hash + Eq + Clone,
     F: Fn(&Req) -> K,
     C: Classify<S::Response, S::Error> + Clone,

@@ -6,8 +6,16 @@
 //! - **Closed**: calls pass and are measured. The circuit opens when the failure rate (over a
 //!   count or a bucketed time [`Window`]) reaches its threshold once `minimum_calls` are in, on
 //!   `consecutive_failures` failures in a row, or when the slow-call rate reaches its own.
-//!   Outcomes are classified by [`tower_red::classify`]: any `Err` by default, HTTP 5xx or gRPC
-//!   codes on request, and an ignored verdict counts neither way.
+//!   Outcomes are judged by [`tower_red::classify::judge`]: any `Err` by default, HTTP 5xx or
+//!   gRPC codes on request, and an ignored verdict counts neither way. A
+//!   [`tower_red::Rejection`] raised by a layer inside the breaker (a full bulkhead, a deadline
+//!   spent before sending) is that layer's refusal, never the backend's failure: it does not
+//!   enter the window (a deadline that passed *during* the call is a timeout failure).
+//! - **Deadlines**: a call whose future is dropped because its request's deadline passed (a
+//!   deadline layer above the breaker, such as `tower-timeout-budget`'s, dropping it inside
+//!   [`tower_red::cancel::drop_expired`]) counts in the window as a failure of class timeout,
+//!   and as slow: a backend that never answers opens the circuit. A call its caller drops
+//!   before its deadline counts as nothing (a probe gives its slot back).
 //! - **Open**: `poll_ready` stays ready and `call` refuses at once with a
 //!   [`tower_red::Rejection`] ([`RejectionKind::CircuitOpen`](tower_red::RejectionKind)) whose
 //!   `Retry-After` is the open time left. The open time is fixed or grows with each consecutive
@@ -59,10 +67,17 @@
 //!
 //! With metrics on (the default), each breaker registers when it is built: the RED counter
 //! and histogram of [`tower_red::red`] (`layer="breaker"`, `name`, `outcome`, where refusals
-//! count as `circuit_open` and dropped calls as `cancelled`), the state gauge
+//! count as `circuit_open`, dropped calls as `cancelled` and a refusal from a layer inside
+//! the breaker as `inner_refusal`), the state gauge
 //! [`BREAKER_STATE`](tower_red::names::BREAKER_STATE) (0 closed … 5 metrics only) and the
 //! counter [`BREAKER_TRANSITIONS_TOTAL`](tower_red::names::BREAKER_TRANSITIONS_TOTAL) by
-//! `from` and `to`. Every transition is also a `tracing` event at `INFO`, every refusal one at
+//! `from` and `to`.
+//!
+//! A call dropped at its deadline is `cancelled` at the breaker even though its window counts
+//! it as a timeout: the deadline layer that enforced it counts it as `timeout`, so summing
+//! `outcome="timeout"` over a stack counts each timed-out call once.
+//!
+//! Every transition is also a `tracing` event at `INFO`, every refusal one at
 //! `DEBUG`.
 
 pub mod config;

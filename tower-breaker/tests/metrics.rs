@@ -150,3 +150,58 @@ fn metrics_can_be_turned_off() {
     });
     assert!(snapshotter.snapshot().into_vec().is_empty());
 }
+
+#[test]
+fn deadline_drops_count_as_cancelled_and_inner_refusals_as_inner_refusal() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        BreakerLayer::new(
+            BreakerConfig::builder()
+                .name("verdicts")
+                .consecutive_failures(5)
+                .build()
+                .unwrap(),
+        )
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut svc = layer.layer(backend());
+        let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let mut fut = tokio_test::task::spawn(
+            tower::ServiceExt::ready(&mut svc)
+                .await
+                .unwrap()
+                .call_wait(rx),
+        );
+        assert!(fut.poll().is_pending());
+        tower_red::cancel::drop_expired(fut);
+
+        let mut refusing = layer.layer(tower::service_fn(|_: Call| async {
+            Err::<u16, tower_red::BoxError>(Box::new(tower_red::Rejection::new(
+                tower_red::RejectionKind::BulkheadFull,
+            )))
+        }));
+        assert!(send(&mut refusing, Call::Ok).await.is_err());
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let red = |outcome| {
+        value(
+            &snapshot,
+            names::REQUESTS_TOTAL,
+            &[
+                ("layer", "breaker"),
+                ("name", "verdicts"),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(red("cancelled"), Some(Val::Counter(1)));
+    assert_eq!(red("inner_refusal"), Some(Val::Counter(1)));
+    assert_eq!(red("error"), Some(Val::Counter(0)));
+    assert_eq!(red("timeout"), Some(Val::Counter(0)));
+}

@@ -93,3 +93,6 @@ where
 pub fn refused(result: &Result<u16, BoxError>) -> bool {
     matches!(result, Err(e) if tower_breaker::is_circuit_open(&**e))
 }
+
+/// The future of a backend whose error is already a [`BoxError`].
+pub type BoxFutBox = Pin<Box<dyn Future<Output = Result<u16, BoxError>> + Send>>;

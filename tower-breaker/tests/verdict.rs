@@ -1,0 +1,142 @@
+//! One verdict per stack: calls cut off by their deadline are timeouts, inner refusals are no
+//! verdict at all. On a paused clock.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Call, backend, send};
+use tokio::sync::oneshot;
+use tokio::time::advance;
+use tokio_test::assert_pending;
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_breaker::{BreakerConfig, BreakerConfigBuilder, BreakerLayer, Counts, State};
+use tower_red::{BoxError, Rejection, RejectionKind};
+
+fn config() -> BreakerConfigBuilder {
+    BreakerConfig::builder()
+        .name("verdict")
+        .metrics(false)
+        .count_window(4)
+        .minimum_calls(4)
+        .failure_rate_threshold(0.5)
+        .open_time(Duration::from_secs(10))
+        .permitted_probes(1)
+}
+
+fn layer(builder: BreakerConfigBuilder) -> BreakerLayer {
+    BreakerLayer::new(builder.build().expect("valid config"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_at_its_deadline_counts_as_a_slow_failure_and_trips() {
+    let layer = layer(config());
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend());
+    for n in 1..=4u64 {
+        let (_tx, rx) = oneshot::channel::<()>();
+        let mut call = tokio_test::task::spawn(svc.ready().await.unwrap().call(Call::Wait(rx)));
+        assert_pending!(call.poll());
+        advance(Duration::from_secs(1)).await;
+        // What a deadline enforcer above the breaker does when the deadline passes.
+        tower_red::cancel::drop_expired(call);
+        if n < 4 {
+            assert_eq!(
+                handle.counts(),
+                Counts {
+                    calls: n,
+                    failures: n,
+                    slow: n
+                }
+            );
+        }
+    }
+    assert_eq!(handle.state(), State::Open, "a hanging backend opens it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_by_its_caller_before_its_deadline_counts_as_nothing() {
+    let layer = layer(config().consecutive_failures(1));
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend());
+    for _ in 0..10 {
+        let (_tx, rx) = oneshot::channel::<()>();
+        let mut call = tokio_test::task::spawn(svc.ready().await.unwrap().call(Call::Wait(rx)));
+        assert_pending!(call.poll());
+        drop(call);
+    }
+    assert_eq!(handle.counts(), Counts::default());
+    assert_eq!(handle.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_dropped_at_its_deadline_is_a_failed_probe() {
+    let layer = layer(config());
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend());
+    for _ in 0..4 {
+        let _ = send(&mut svc, Call::Fail).await;
+    }
+    assert_eq!(handle.state(), State::Open);
+    advance(Duration::from_secs(10)).await;
+    let (_tx, rx) = oneshot::channel::<()>();
+    let mut probe = tokio_test::task::spawn(svc.ready().await.unwrap().call(Call::Wait(rx)));
+    assert_pending!(probe.poll());
+    assert_eq!(handle.state(), State::HalfOpen);
+    tower_red::cancel::drop_expired(probe);
+    assert_eq!(handle.state(), State::Open, "the probe timed out");
+}
+
+/// A service refusing every call the way an inner layer of the workspace does.
+fn refusing(
+    rejection: fn() -> Rejection,
+) -> impl Service<Call, Response = u16, Error = BoxError, Future = common::BoxFutBox> + Clone {
+    service_fn(move |_: Call| -> common::BoxFutBox {
+        Box::pin(async move { Err::<u16, BoxError>(Box::new(rejection())) })
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_layers_refusal_never_enters_the_window() {
+    let layer = layer(config().consecutive_failures(1));
+    let handle = layer.handle();
+    let mut svc = layer.layer(refusing(|| Rejection::new(RejectionKind::BulkheadFull)));
+    for _ in 0..10 {
+        let err = send_boxed(&mut svc).await.unwrap_err();
+        let rejection = Rejection::find_in(&err).expect("the inner refusal passes through");
+        assert_eq!(rejection.kind(), RejectionKind::BulkheadFull);
+    }
+    assert_eq!(handle.counts(), Counts::default());
+    assert_eq!(handle.consecutive_failures(), 0);
+    assert_eq!(handle.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_deadline_passing_during_the_call_is_a_timeout_failure() {
+    let layer = layer(config().consecutive_failures(1));
+    let handle = layer.handle();
+    let mut svc = layer.layer(refusing(|| {
+        Rejection::new(RejectionKind::DeadlineExceeded).with_reason("call")
+    }));
+    let _ = send_boxed(&mut svc).await;
+    assert_eq!(handle.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_deadline_spent_before_sending_is_a_refusal() {
+    let layer = layer(config().consecutive_failures(1));
+    let handle = layer.handle();
+    let mut svc = layer.layer(refusing(|| {
+        Rejection::new(RejectionKind::DeadlineExceeded).with_reason("before_send")
+    }));
+    let _ = send_boxed(&mut svc).await;
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.counts(), Counts::default());
+}
+
+async fn send_boxed<S>(svc: &mut S) -> Result<u16, BoxError>
+where
+    S: Service<Call, Response = u16, Error = BoxError>,
+{
+    svc.ready().await?.call(Call::Ok).await
+}
