@@ -34,6 +34,7 @@
 
 mod accessors;
 pub mod adapt;
+pub mod body;
 pub mod cancel;
 pub mod classify;
 pub mod clock;
