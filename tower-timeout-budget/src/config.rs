@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::layer::TimeoutBudgetLayer;
-use crate::metrics::{Name, Shared};
+use crate::metrics::{Kind, Name, Shared};
 
 /// The per-request cap of a [`TimeoutBudgetLayer`]: a function of the request that returns its
 /// cap, or `None` for the layer's default cap (tower #798).
@@ -141,7 +141,7 @@ impl<C> TimeoutBudgetBuilder<C> {
             Some(limit) => positive("ready_timeout", limit)?,
         };
         validate_name(&self.name)?;
-        let shared = Shared::new(Name::new(self.name), self.metrics, &[]);
+        let shared = Shared::new(Kind::Timeout, Name::new(self.name), self.metrics, [None; 2]);
         Ok(TimeoutBudgetLayer::from_parts(
             cap,
             self.cap_fn,

@@ -52,7 +52,7 @@ use tower_service::Service;
 use crate::config::{positive, validate_name};
 use crate::error::{ConfigError, Stage};
 use crate::future::ResponseFuture;
-use crate::metrics::{Name, Shared};
+use crate::metrics::{Kind, Name, Shared};
 use crate::wire::{self, DEFAULT_HTTP_HEADER, GRPC_TIMEOUT, GrpcTimeout};
 use crate::{Deadline, DeadlineCarrier};
 
@@ -160,11 +160,16 @@ impl InboundDeadlineBuilder {
             ));
         }
         validate_name(&self.name)?;
-        let http_label = http_header.as_ref().map_or("", HeaderName::as_str);
         let shared = Shared::new(
+            Kind::Inbound {
+                strict: self.strict,
+            },
             Name::new(self.name),
             self.metrics,
-            &[GRPC_TIMEOUT.as_str(), http_label],
+            [
+                self.grpc.then_some(GRPC_TIMEOUT.as_str()),
+                http_header.as_ref().map(HeaderName::as_str),
+            ],
         );
         Ok(InboundDeadlineLayer {
             config: Arc::new(Config {
@@ -201,9 +206,10 @@ impl InboundDeadlineLayer {
     /// Reads both headers, no server cap, lenient, metrics on.
     pub fn new() -> Self {
         let shared = Shared::new(
+            Kind::Inbound { strict: false },
             Name::Static("inbound"),
             true,
-            &[GRPC_TIMEOUT.as_str(), DEFAULT_HTTP_HEADER],
+            [Some(GRPC_TIMEOUT.as_str()), Some(DEFAULT_HTTP_HEADER)],
         );
         InboundDeadlineLayer {
             config: Arc::new(Config {

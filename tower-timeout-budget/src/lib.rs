@@ -38,11 +38,16 @@
 //!
 //! Every layer instance records the `tower-red` RED pair
 //! ([`REQUESTS_TOTAL`](tower_red::names::REQUESTS_TOTAL),
-//! [`REQUEST_DURATION_SECONDS`](tower_red::names::REQUEST_DURATION_SECONDS)) with
-//! `layer="timeout"` and its `name`, plus
+//! [`REQUEST_DURATION_SECONDS`](tower_red::names::REQUEST_DURATION_SECONDS)) labelled by its
+//! `name` and its own `layer`: [`timeout`](tower_red::names::layer::TIMEOUT),
+//! [`deadline_inbound`](tower_red::names::layer::DEADLINE_INBOUND) or
+//! [`deadline_outbound`](tower_red::names::layer::DEADLINE_OUTBOUND). Outcomes are `ok`,
+//! `error`, `timeout` (this layer's deadline passed), `inner_refusal` (a layer inside refused,
+//! and counted it) and, for a strict inbound layer, `rejected` (a malformed header). Plus
 //! [`DEADLINE_EXCEEDED_TOTAL`](tower_red::names::DEADLINE_EXCEEDED_TOTAL) by `stage` and, for the
 //! inbound layer, [`DEADLINE_HEADER_INVALID_TOTAL`](tower_red::names::DEADLINE_HEADER_INVALID_TOTAL)
-//! by `header`. Handles are registered when the layer is built; a call allocates nothing.
+//! by `header`. Only the series a layer can produce are registered, when it is built; a call
+//! allocates nothing for metrics.
 
 mod config;
 mod deadline;

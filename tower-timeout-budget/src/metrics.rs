@@ -53,7 +53,7 @@ pub(crate) struct Shared {
 struct Handles {
     red: RedMetrics,
     exceeded: [Counter; Stage::ALL.len()],
-    invalid: Vec<Counter>,
+    invalid: [Counter; 2],
 }
 
 impl std::fmt::Debug for Handles {
@@ -64,37 +64,94 @@ impl std::fmt::Debug for Handles {
     }
 }
 
+/// Which layer of this crate records, and so which series it can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `TimeoutBudgetLayer`: `layer="timeout"`.
+    Timeout,
+    /// `InboundDeadlineLayer`: `layer="deadline_inbound"`; strict mode refuses malformed headers.
+    Inbound { strict: bool },
+    /// `OutboundDeadlineLayer`: `layer="deadline_outbound"`.
+    Outbound,
+}
+
+/// What every call of every layer here can end as: the inner result (`ok`, `error`, or an
+/// inner layer's refusal) or this layer's own `timeout`, each with its duration.
+const TIMED: [Outcome; 4] = [
+    Outcome::Ok,
+    Outcome::Error,
+    Outcome::Timeout,
+    Outcome::InnerRefusal,
+];
+
+impl Kind {
+    fn layer(self) -> &'static str {
+        match self {
+            Kind::Timeout => names::layer::TIMEOUT,
+            Kind::Inbound { .. } => names::layer::DEADLINE_INBOUND,
+            Kind::Outbound => names::layer::DEADLINE_OUTBOUND,
+        }
+    }
+
+    /// The stages at which this layer can find a deadline passed.
+    fn stages(self) -> &'static [Stage] {
+        match self {
+            Kind::Timeout => &[Stage::Arrival, Stage::Ready, Stage::Call],
+            // No request, so no deadline, exists while the inbound layer waits for readiness.
+            Kind::Inbound { .. } => &[Stage::Arrival, Stage::Call],
+            // A spent outbound budget is found before sending, never "on arrival".
+            Kind::Outbound => &[Stage::Ready, Stage::Call, Stage::BeforeSend],
+        }
+    }
+
+    fn refusals(self) -> &'static [Outcome] {
+        match self {
+            Kind::Inbound { strict: true } => &[Outcome::Rejected],
+            _ => &[],
+        }
+    }
+}
+
 impl Shared {
-    /// Registers the handles (when `metrics` is on) with the recorder installed now;
-    /// `headers` are the inbound headers whose malformed values are counted, in index order.
-    pub(crate) fn new(name: Name, metrics: bool, headers: &[&str]) -> Shared {
+    /// Registers the handles (when `metrics` is on) with the recorder installed now: only the
+    /// series a layer of `kind` can produce. `headers` are the inbound headers whose malformed
+    /// values are counted, by index (`None`: not read, nothing registered).
+    pub(crate) fn new(kind: Kind, name: Name, metrics: bool, headers: [Option<&str>; 2]) -> Shared {
         // Handles registered with no recorder installed are no-ops for life: skip them, and
         // the clock reads their durations would cost.
         let metrics = (metrics && tower_red::red::recorder_installed()).then(|| {
+            let layer = kind.layer();
             let labels = |key: &'static str, value: String| {
                 [
-                    Label::from_static_parts(label::LAYER, names::layer::TIMEOUT),
+                    Label::from_static_parts(label::LAYER, layer),
                     Label::new(label::NAME, name.as_str().to_owned()),
                     Label::new(key, value),
                 ]
             };
             Arc::new(Handles {
-                red: RedMetrics::new(names::layer::TIMEOUT, name.as_str().to_owned()),
+                red: RedMetrics::with_outcomes(
+                    layer,
+                    name.as_str().to_owned(),
+                    &TIMED,
+                    kind.refusals(),
+                ),
                 exceeded: Stage::ALL.map(|stage| {
-                    metrics::counter!(
-                        names::DEADLINE_EXCEEDED_TOTAL,
-                        labels(label::STAGE, stage.as_str().to_owned()).iter()
-                    )
-                }),
-                invalid: headers
-                    .iter()
-                    .map(|h| {
+                    if kind.stages().contains(&stage) {
                         metrics::counter!(
-                            names::DEADLINE_HEADER_INVALID_TOTAL,
-                            labels(label::HEADER, (*h).to_owned()).iter()
+                            names::DEADLINE_EXCEEDED_TOTAL,
+                            labels(label::STAGE, stage.as_str().to_owned()).iter()
                         )
-                    })
-                    .collect(),
+                    } else {
+                        Counter::noop()
+                    }
+                }),
+                invalid: headers.map(|h| match h {
+                    Some(h) => metrics::counter!(
+                        names::DEADLINE_HEADER_INVALID_TOTAL,
+                        labels(label::HEADER, h.to_owned()).iter()
+                    ),
+                    None => Counter::noop(),
+                }),
             })
         });
         Shared { name, metrics }
@@ -142,8 +199,8 @@ impl Shared {
 
     /// Counts a malformed inbound header (by its index in `headers` of [`Shared::new`]).
     pub(crate) fn invalid_header(&self, index: usize, header: &str) {
-        if let Some(counter) = self.metrics.as_ref().and_then(|m| m.invalid.get(index)) {
-            counter.increment(1);
+        if let Some(m) = &self.metrics {
+            m.invalid[index].increment(1);
         }
         tracing::debug!(
             name = self.name.as_str(),

@@ -51,7 +51,7 @@ use tower_service::Service;
 use crate::config::{positive, validate_name};
 use crate::error::{ConfigError, Stage};
 use crate::future::ResponseFuture;
-use crate::metrics::{Name, Shared};
+use crate::metrics::{Kind, Name, Shared};
 use crate::ready::ReadyWait;
 use crate::wire::{self, DEFAULT_HTTP_HEADER, GRPC_TIMEOUT, GrpcTimeout};
 use crate::{Deadline, DeadlineCarrier};
@@ -161,7 +161,12 @@ impl OutboundDeadlineBuilder {
                 http_header,
                 cap,
             }),
-            shared: Shared::new(Name::new(self.name), self.metrics, &[]),
+            shared: Shared::new(
+                Kind::Outbound,
+                Name::new(self.name),
+                self.metrics,
+                [None; 2],
+            ),
         })
     }
 }
@@ -193,7 +198,7 @@ impl OutboundDeadlineLayer {
                 http_header: HeaderName::from_static(DEFAULT_HTTP_HEADER),
                 cap: None,
             }),
-            shared: Shared::new(Name::Static("outbound"), true, &[]),
+            shared: Shared::new(Kind::Outbound, Name::Static("outbound"), true, [None; 2]),
         }
     }
 

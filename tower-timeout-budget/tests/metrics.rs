@@ -11,6 +11,7 @@ use tower::{Layer, ServiceExt, service_fn};
 use tower_red::names;
 use tower_timeout_budget::TimeoutBudgetLayer;
 use tower_timeout_budget::inbound::InboundDeadlineLayer;
+use tower_timeout_budget::outbound::OutboundDeadlineLayer;
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -166,4 +167,160 @@ async fn metrics_can_be_turned_off() {
     let svc = layer.layer(service_fn(|_req: u64| async { Ok::<_, Infallible>(()) }));
     svc.oneshot(1).await.expect("ok");
     assert!(snapshotter.snapshot().into_vec().is_empty());
+}
+
+/// Every series registered in `snapshot`, as `metric{label=value,…}` without the `name` label.
+fn series(snapshot: &Snapshot) -> std::collections::BTreeSet<String> {
+    snapshot
+        .iter()
+        .map(|(key, ..)| {
+            let labels: Vec<String> = key
+                .key()
+                .labels()
+                .filter(|l| l.key() != "name")
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            format!("{}{{{}}}", key.key().name(), labels.join(","))
+        })
+        .collect()
+}
+
+/// The series a deadline layer labelled `layer` registers: the RED pair for the outcomes it can
+/// produce, its stages, its malformed headers and its refusals.
+fn expected(
+    layer: &str,
+    stages: &[&str],
+    headers: &[&str],
+    refusals: &[&str],
+) -> std::collections::BTreeSet<String> {
+    let mut all = std::collections::BTreeSet::new();
+    for outcome in ["ok", "error", "timeout", "inner_refusal"] {
+        for metric in [names::REQUESTS_TOTAL, names::REQUEST_DURATION_SECONDS] {
+            all.insert(format!("{metric}{{layer={layer},outcome={outcome}}}"));
+        }
+    }
+    for outcome in refusals {
+        let metric = names::REQUESTS_TOTAL;
+        all.insert(format!("{metric}{{layer={layer},outcome={outcome}}}"));
+    }
+    for stage in stages {
+        let metric = names::DEADLINE_EXCEEDED_TOTAL;
+        all.insert(format!("{metric}{{layer={layer},stage={stage}}}"));
+    }
+    for header in headers {
+        let metric = names::DEADLINE_HEADER_INVALID_TOTAL;
+        all.insert(format!("{metric}{{layer={layer},header={header}}}"));
+    }
+    all
+}
+
+#[test]
+fn each_layer_has_its_own_label_and_registers_only_the_series_it_can_produce() {
+    let registered = |build: &dyn Fn()| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, build);
+        series(&snapshot(&snapshotter))
+    };
+    let timeout = registered(&|| {
+        let _layer = TimeoutBudgetLayer::builder()
+            .cap(MS)
+            .name("a")
+            .build()
+            .expect("valid");
+    });
+    assert_eq!(
+        timeout,
+        expected("timeout", &["arrival", "ready", "call"], &[], &[])
+    );
+    let inbound = registered(&|| {
+        let _layer = InboundDeadlineLayer::builder()
+            .name("b")
+            .build()
+            .expect("valid");
+    });
+    assert_eq!(
+        inbound,
+        expected(
+            "deadline_inbound",
+            &["arrival", "call"],
+            &["grpc-timeout", "x-request-timeout-ms"],
+            &[]
+        )
+    );
+    let strict_grpc_only = registered(&|| {
+        let _layer = InboundDeadlineLayer::builder()
+            .no_http_header()
+            .strict(true)
+            .name("c")
+            .build()
+            .expect("valid");
+    });
+    assert_eq!(
+        strict_grpc_only,
+        expected(
+            "deadline_inbound",
+            &["arrival", "call"],
+            &["grpc-timeout"],
+            &["rejected"]
+        )
+    );
+    let outbound = registered(&|| {
+        let _layer = OutboundDeadlineLayer::builder()
+            .name("d")
+            .build()
+            .expect("valid");
+    });
+    assert_eq!(
+        outbound,
+        expected(
+            "deadline_outbound",
+            &["ready", "call", "before_send"],
+            &[],
+            &[]
+        )
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn inbound_and_outbound_layers_record_under_their_own_labels() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let inbound = InboundDeadlineLayer::builder()
+        .name("edge")
+        .build()
+        .expect("valid");
+    let outbound = OutboundDeadlineLayer::builder()
+        .name("upstream")
+        .build()
+        .expect("valid");
+    let svc = inbound.layer(outbound.layer(service_fn(|_req: http::Request<()>| async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok::<_, Infallible>(())
+    })));
+    let req = http::Request::builder()
+        .header("x-request-timeout-ms", "100")
+        .body(())
+        .expect("a request");
+    svc.oneshot(req).await.expect_err("timed out");
+    let snap = snapshot(&snapshotter);
+    // Both enforce the same deadline; the inner one (outbound) fires first and counts the
+    // timeout, the outer one counts an inner refusal.
+    let out_timeout = [
+        ("layer", "deadline_outbound"),
+        ("name", "upstream"),
+        ("outcome", "timeout"),
+    ];
+    let in_refusal = [
+        ("layer", "deadline_inbound"),
+        ("name", "edge"),
+        ("outcome", "inner_refusal"),
+    ];
+    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &out_timeout), 1);
+    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &in_refusal), 1);
+    assert_eq!(
+        counter(&snap, names::REQUESTS_TOTAL, &[("layer", "timeout")]),
+        0
+    );
 }
