@@ -1,8 +1,9 @@
 //! gRPC status codes, without a dependency on tonic.
 //!
 //! The numeric values are those of the gRPC specification (`doc/statuscodes.md` in grpc/grpc).
-//! With the `tonic` feature, [`GrpcCode`] converts to and from `tonic::Code`, and the
-//! `status` adapter turns rejections into trailers-only gRPC responses.
+//! With the `tonic` feature, [`GrpcCode`] converts to and from `tonic::Code`, the `status`
+//! adapter turns rejections into trailers-only gRPC responses on a server, and the `client`
+//! adapter turns them into the `tonic::Status` a generated client returns to its caller.
 
 use std::fmt;
 
@@ -146,6 +147,8 @@ impl From<tonic::Code> for GrpcCode {
     }
 }
 
+#[cfg(feature = "tonic")]
+pub mod client;
 #[cfg(feature = "tonic")]
 pub mod status;
 

@@ -184,4 +184,21 @@ mod grpc {
         let res = svc.oneshot(http::Request::new(())).await.unwrap();
         assert_eq!(res.headers()["grpc-status"], "5");
     }
+
+    #[test]
+    fn status_of_keeps_tonics_own_mapping_of_its_transport_errors() {
+        use tower_red::grpc::status::status_of;
+        let refused: BoxError = tonic::ConnectError(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )))
+        .into();
+        assert_eq!(status_of(&refused).code(), tonic::Code::Unavailable);
+        let timed_out: BoxError = tonic::TimeoutExpired(()).into();
+        assert_eq!(status_of(&timed_out).code(), tonic::Code::Cancelled);
+        // What tonic does not know stays hidden.
+        let secret: BoxError = "password=hunter2".into();
+        let status = status_of(&secret);
+        assert_eq!(status.code(), tonic::Code::Unknown);
+        assert!(!status.message().contains("hunter2"));
+    }
 }

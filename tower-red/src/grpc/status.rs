@@ -1,5 +1,6 @@
-//! The tonic adapter (feature `tonic`): rejections become `tonic::Status`es, and a layer turns
-//! them into trailers-only gRPC responses so a tonic server answers with the right code.
+//! The server half of the tonic adapter (feature `tonic`): rejections become `tonic::Status`es,
+//! and a layer turns them into trailers-only gRPC responses so a tonic server answers with the
+//! right code. For clients see [`client`](super::client).
 //!
 //! Rejections with a `Retry-After` also carry `grpc-retry-pushback-ms`, which gRPC clients
 //! with retries enabled (gRFC A6) honour as the delay before the next attempt.
@@ -45,8 +46,25 @@ impl From<Rejection> for tonic::Status {
     }
 }
 
-/// The `tonic::Status` for any error: a rejection's own status, a `tonic::Status` found in the
-/// error unchanged, else `UNKNOWN` with a generic message (the error's text may hold internals).
+/// The `tonic::Status` a server answers for any error: a rejection's own status, a
+/// `tonic::Status` found in the error unchanged, tonic's own mapping of its transport errors
+/// (`tonic::ConnectError` is `UNAVAILABLE`, `tonic::TimeoutExpired` is `CANCELLED`, as
+/// `tonic::Status::from_error` maps them), else `UNKNOWN "internal error"` (the error's text may
+/// hold internals, so it is not sent).
+///
+/// This is the server's mapping. A tonic client needs none: put
+/// [`ClientStatusLayer`](super::client::ClientStatusLayer) in its stack and let tonic map every
+/// other error (it also knows hyper's and h2's, which this function cannot see).
+///
+/// ```
+/// use tower_red::grpc::status::status_of;
+/// use tower_red::BoxError;
+///
+/// let refused: BoxError = tonic::ConnectError("tcp connect error".into()).into();
+/// assert_eq!(status_of(&refused).code(), tonic::Code::Unavailable);
+/// let secret: BoxError = "password=hunter2".into();
+/// assert_eq!(status_of(&secret).message(), "internal error");
+/// ```
 pub fn status_of(err: &BoxError) -> tonic::Status {
     if let Some(rejection) = Rejection::find_in(err) {
         return rejection.to_status();
@@ -55,6 +73,12 @@ pub fn status_of(err: &BoxError) -> tonic::Status {
     while let Some(e) = current {
         if let Some(status) = e.downcast_ref::<tonic::Status>() {
             return status.clone();
+        }
+        if let Some(timeout) = e.downcast_ref::<tonic::TimeoutExpired>() {
+            return tonic::Status::cancelled(timeout.to_string());
+        }
+        if let Some(connect) = e.downcast_ref::<tonic::ConnectError>() {
+            return tonic::Status::unavailable(connect.to_string());
         }
         current = e.source();
     }

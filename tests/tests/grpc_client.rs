@@ -1,0 +1,148 @@
+//! The client half of the gRPC adapter on a real tonic client and server: a layer's refusal in a
+//! client stack reaches the caller as its own `Status`, tonic's own errors keep tonic's mapping.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+use tower::{Layer, Service, ServiceBuilder};
+use tower_red::grpc::client::ClientStatusLayer;
+use tower_red::grpc::status::RETRY_PUSHBACK_MS;
+use tower_red::{BoxError, Rejection, RejectionKind};
+
+/// A client-side layer that refuses calls whose metadata says `x-refuse: <kind>`, as a breaker
+/// or bulkhead in the client stack would, and passes the rest to the channel.
+#[derive(Clone)]
+struct RefuseOnHeader<S>(S);
+
+impl<S, B> Service<http::Request<B>> for RefuseOnHeader<S>
+where
+    S: Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let kind = req.headers().get("x-refuse").and_then(|v| {
+            RejectionKind::ALL
+                .into_iter()
+                .find(|k| k.as_str().as_bytes() == v.as_bytes())
+        });
+        if let Some(kind) = kind {
+            let rejection = Rejection::new(kind)
+                .with_name(Arc::from("upstream"))
+                .with_retry_after(Duration::from_millis(2_500));
+            return Box::pin(async move { Err(rejection.into()) });
+        }
+        let fut = self.0.call(req);
+        Box::pin(async move { fut.await.map_err(Into::into) })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct RefuseOnHeaderLayer;
+
+impl<S> Layer<S> for RefuseOnHeaderLayer {
+    type Service = RefuseOnHeader<S>;
+    fn layer(&self, inner: S) -> RefuseOnHeader<S> {
+        RefuseOnHeader(inner)
+    }
+}
+
+async fn health_server() -> std::net::SocketAddr {
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+fn check(refuse: Option<RejectionKind>) -> tonic::Request<HealthCheckRequest> {
+    let mut req = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    if let Some(kind) = refuse {
+        req.metadata_mut()
+            .insert("x-refuse", kind.as_str().parse().unwrap());
+    }
+    req
+}
+
+#[tokio::test]
+async fn a_rejection_in_a_tonic_client_stack_reaches_the_caller_as_its_status() {
+    let addr = health_server().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let stack = ServiceBuilder::new()
+        .layer(ClientStatusLayer::new())
+        .layer(RefuseOnHeaderLayer)
+        .service(channel);
+    let mut client = HealthClient::new(stack);
+
+    let ok = client.check(check(None)).await.unwrap();
+    assert_eq!(ok.into_inner().status, 1, "SERVING");
+
+    for kind in [
+        RejectionKind::CircuitOpen,
+        RejectionKind::BulkheadFull,
+        RejectionKind::DeadlineExceeded,
+    ] {
+        let status = client.check(check(Some(kind))).await.unwrap_err();
+        assert_eq!(status.code() as i32, kind.grpc_code().as_i32(), "{kind}");
+        assert_eq!(
+            status
+                .metadata()
+                .get(RETRY_PUSHBACK_MS)
+                .map(|v| v.to_str().unwrap()),
+            Some("2500"),
+            "{kind}"
+        );
+        assert!(
+            status.message().starts_with(kind.title()),
+            "{}",
+            status.message()
+        );
+        // The caller can still find the rejection itself.
+        assert!(
+            status.message().contains("(upstream)"),
+            "{}",
+            status.message()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connection_stays_unavailable_through_the_adapter() {
+    // A port nothing listens on: bound, then closed.
+    let addr = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let stack = ServiceBuilder::new()
+        .layer(ClientStatusLayer::new())
+        .layer(RefuseOnHeaderLayer)
+        .service(channel);
+    let mut client = HealthClient::new(stack);
+    let status = client.check(check(None)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}

@@ -1,0 +1,158 @@
+//! The client half of the tonic adapter (feature `tonic`): a layer's [`Rejection`] in a tonic
+//! client stack reaches the caller as its own `tonic::Status`.
+//!
+//! A generated tonic client (`HealthClient<S>`, …) turns its service's error into a `Status`
+//! with `tonic::Status::from_error`, which knows `Status` itself and tonic's transport errors
+//! (a refused connection is `UNAVAILABLE`) but not [`Rejection`]: an open circuit in the stack
+//! would reach the caller as `UNKNOWN`, with no `grpc-retry-pushback-ms`. [`ClientStatusLayer`]
+//! replaces each rejection, found anywhere in the error's source chain, by its
+//! [`Rejection::to_status`] (code, message, pushback), boxed as the error: `from_error` returns
+//! a boxed `Status` as it is. Every other error is passed on untouched, so tonic's own mapping
+//! still applies to it. Put the layer outermost in the stack, right under the generated client.
+//!
+//! Do not map a client's errors with [`status_of`](super::status::status_of): it is the
+//! server's mapping, which hides what it does not know behind `UNKNOWN "internal error"`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+//! use tower_red::grpc::client::ClientStatusLayer;
+//! use tower_red::{BoxError, Rejection, RejectionKind};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // Stands in for `ServiceBuilder::new().layer(ClientStatusLayer::new()).layer(breaker).service(channel)`.
+//! let mut stack = ServiceBuilder::new()
+//!     .layer(ClientStatusLayer::new())
+//!     .service(service_fn(|_req: http::Request<()>| async {
+//!         Err::<http::Response<()>, BoxError>(
+//!             Rejection::new(RejectionKind::CircuitOpen)
+//!                 .with_retry_after(Duration::from_millis(1_500))
+//!                 .into(),
+//!         )
+//!     }));
+//! let err = stack.ready().await.unwrap().call(http::Request::new(())).await.unwrap_err();
+//! // What a generated client does with the error:
+//! let status = tonic::Status::from_error(err);
+//! assert_eq!(status.code(), tonic::Code::Unavailable);
+//! assert_eq!(status.metadata().get("grpc-retry-pushback-ms").unwrap(), "1500");
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::BoxError;
+use crate::rejection::Rejection;
+
+/// The error a tonic client should see for `err`: the `Status` of a [`Rejection`] found in it,
+/// boxed, else `err` untouched (tonic maps it with `Status::from_error`).
+pub fn client_error(err: BoxError) -> BoxError {
+    match Rejection::find_in(&err) {
+        Some(rejection) => Box::new(rejection.to_status()),
+        None => err,
+    }
+}
+
+/// Layer for tonic clients: rejections of the layers below become their `tonic::Status`; see
+/// the [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+#[must_use]
+pub struct ClientStatusLayer {
+    _priv: (),
+}
+
+impl ClientStatusLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        ClientStatusLayer { _priv: () }
+    }
+}
+
+impl<S> Layer<S> for ClientStatusLayer {
+    type Service = ClientStatus<S>;
+    fn layer(&self, inner: S) -> ClientStatus<S> {
+        ClientStatus::new(inner)
+    }
+}
+
+/// Service built by [`ClientStatusLayer`].
+#[derive(Clone)]
+pub struct ClientStatus<S> {
+    inner: S,
+}
+
+impl<S: fmt::Debug> fmt::Debug for ClientStatus<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientStatus")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S> ClientStatus<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        ClientStatus { inner }
+    }
+
+    crate::define_inner_service_accessors!();
+}
+
+impl<S, Req> Service<Req> for ClientStatus<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| client_error(e.into()))
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        ResponseFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// Future of [`ClientStatus`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: fmt::Debug> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Poll::Ready(ready!(self.project().inner.poll(cx)).map_err(|e| client_error(e.into())))
+    }
+}
