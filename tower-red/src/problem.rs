@@ -6,6 +6,11 @@
 //! not leak the error's text, unless [`ProblemLayer::on_error`] says otherwise. Responses of the
 //! inner service pass through untouched.
 //!
+//! Problem bodies go to outside callers, so they do not name the layer instance that refused
+//! (its [`Rejection::name`], such as the upstream a client breaker guards) unless asked:
+//! [`ProblemLayer::expose_instance_name`] and [`rejection_response_with_instance_name`] add it
+//! as `instance_name`.
+//!
 //! ```
 //! use std::convert::Infallible;
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
@@ -21,6 +26,30 @@
 //! assert_eq!(res.status(), 503);
 //! assert_eq!(res.headers()["retry-after"], "5");
 //! assert_eq!(res.headers()["content-type"], "application/problem+json");
+//! # }
+//! ```
+//!
+//! With the `axum` feature, [`Rejection`] is an `axum::response::IntoResponse`: a handler whose
+//! outbound call was refused returns the rejection as it is, and gets the same response (marked
+//! as a refusal, so classifiers and `RedLayer` outside see one).
+//!
+//! ```
+//! # #[cfg(feature = "axum")] {
+//! use axum::{routing::get, Router};
+//! use tower::ServiceExt;
+//! use tower_red::{Rejection, RejectionKind};
+//!
+//! async fn quote() -> Result<String, Rejection> {
+//!     // The outbound call's breaker refused: pass the refusal on.
+//!     Err(Rejection::new(RejectionKind::CircuitOpen).with_retry_after(std::time::Duration::from_secs(2)))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let app = Router::new().route("/quote", get(quote));
+//! let res = app.oneshot(http::Request::get("/quote").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+//! assert_eq!(res.status(), 503);
+//! assert_eq!(res.headers()["retry-after"], "2");
+//! # }
 //! # }
 //! ```
 
@@ -44,8 +73,20 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// The `type` URI of a rejection's problem body: `urn:tower-red:rejection:<kind>`.
 pub const TYPE_PREFIX: &str = "urn:tower-red:rejection:";
 
-/// Builds the response for a rejection: status, `Retry-After`, problem+json body.
+/// Builds the response for a rejection: status, `Retry-After`, problem+json body (without the
+/// layer instance's name). The response carries the [`RejectionKind`](crate::RejectionKind) in
+/// its extensions, so classifiers judge it a refusal and `RedLayer` labels it.
 pub fn rejection_response(rejection: &Rejection) -> Response<ProblemBody> {
+    build(rejection, false)
+}
+
+/// Like [`rejection_response`], and the body names the layer instance that refused
+/// (`instance_name`), when it has a name. For callers allowed to see internal names.
+pub fn rejection_response_with_instance_name(rejection: &Rejection) -> Response<ProblemBody> {
+    build(rejection, true)
+}
+
+fn build(rejection: &Rejection, instance_name: bool) -> Response<ProblemBody> {
     let status = rejection.http_status();
     let mut body = String::with_capacity(192);
     body.push_str("{\"type\":\"");
@@ -62,7 +103,7 @@ pub fn rejection_response(rejection: &Rejection) -> Response<ProblemBody> {
         body.push_str(",\"detail\":");
         push_json_string(&mut body, rejection.detail());
     }
-    if let Some(name) = rejection.name() {
+    if instance_name && let Some(name) = rejection.name() {
         body.push_str(",\"instance_name\":");
         push_json_string(&mut body, name);
     }
@@ -78,6 +119,14 @@ pub fn rejection_response(rejection: &Rejection) -> Response<ProblemBody> {
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     res
+}
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for Rejection {
+    /// [`rejection_response`], without the instance name; see the [module docs](self).
+    fn into_response(self) -> axum::response::Response {
+        rejection_response(&self).map(axum::body::Body::new)
+    }
 }
 
 /// The default response for errors that are not rejections: a 500 that says nothing about the
@@ -122,11 +171,14 @@ pub type OnError = fn(&BoxError) -> Response<ProblemBody>;
 #[must_use]
 pub struct ProblemLayer<F = OnError> {
     on_error: F,
+    instance_name: bool,
 }
 
 impl<F> fmt::Debug for ProblemLayer<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProblemLayer").finish_non_exhaustive()
+        f.debug_struct("ProblemLayer")
+            .field("instance_name", &self.instance_name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -141,6 +193,7 @@ impl ProblemLayer {
     pub fn new() -> Self {
         ProblemLayer {
             on_error: internal_error_response,
+            instance_name: false,
         }
     }
 }
@@ -151,7 +204,17 @@ impl<F> ProblemLayer<F> {
     where
         G: Fn(&BoxError) -> Response<ProblemBody> + Clone,
     {
-        ProblemLayer { on_error: f }
+        ProblemLayer {
+            on_error: f,
+            instance_name: self.instance_name,
+        }
+    }
+
+    /// Whether problem bodies name the layer instance that refused (`instance_name`); off by
+    /// default, since the names are internal (an upstream, a database).
+    pub fn expose_instance_name(mut self, expose: bool) -> Self {
+        self.instance_name = expose;
+        self
     }
 }
 
@@ -162,6 +225,7 @@ impl<S, F: Clone> Layer<S> for ProblemLayer<F> {
             inner,
             ToProblem {
                 on_error: self.on_error.clone(),
+                instance_name: self.instance_name,
             },
         )
     }
@@ -185,6 +249,7 @@ impl<S> Problem<S> {
 #[derive(Clone, Copy)]
 pub struct ToProblem<F> {
     on_error: F,
+    instance_name: bool,
 }
 
 impl<F> fmt::Debug for ToProblem<F> {
@@ -205,7 +270,7 @@ where
 
     fn err(&self, err: BoxError) -> Self::Response {
         let res = match Rejection::find_in(&err) {
-            Some(rejection) => rejection_response(rejection),
+            Some(rejection) => build(rejection, self.instance_name),
             None => (self.on_error)(&err),
         };
         res.map(Either::Right)

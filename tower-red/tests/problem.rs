@@ -39,7 +39,49 @@ async fn circuit_open_is_a_503_with_retry_after_and_a_problem_body() {
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     assert_eq!(
         body_string(res.into_body()).await,
-        r#"{"type":"urn:tower-red:rejection:circuit_open","title":"circuit open","status":503,"detail":"5 failures in a row","instance_name":"payments","retry_after":5}"#
+        r#"{"type":"urn:tower-red:rejection:circuit_open","title":"circuit open","status":503,"detail":"5 failures in a row","retry_after":5}"#
+    );
+}
+
+fn named_refusal() -> BoxError {
+    Rejection::new(RejectionKind::BulkheadFull)
+        .with_name("ledger-db".into())
+        .into()
+}
+
+#[tokio::test]
+async fn problem_bodies_do_not_name_internal_instances_by_default() {
+    let res = ProblemLayer::new()
+        .layer(failing(named_refusal))
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
+    let body = body_string(res.into_body()).await;
+    assert!(!body.contains("ledger-db"), "{body}");
+    assert!(!body.contains("instance_name"), "{body}");
+    let direct = tower_red::problem::rejection_response(
+        &Rejection::new(RejectionKind::BulkheadFull).with_name("ledger-db".into()),
+    );
+    assert!(!body_string(direct.into_body()).await.contains("ledger-db"));
+}
+
+#[tokio::test]
+async fn problem_bodies_name_the_instance_when_asked() {
+    let res = ProblemLayer::new()
+        .expose_instance_name(true)
+        .layer(failing(named_refusal))
+        .oneshot(http::Request::new(()))
+        .await
+        .unwrap();
+    let body = body_string(res.into_body()).await;
+    assert!(body.contains(r#""instance_name":"ledger-db""#), "{body}");
+    let direct = tower_red::problem::rejection_response_with_instance_name(
+        &Rejection::new(RejectionKind::BulkheadFull).with_name("ledger-db".into()),
+    );
+    assert!(
+        body_string(direct.into_body())
+            .await
+            .contains(r#""instance_name":"ledger-db""#)
     );
 }
 
@@ -200,5 +242,45 @@ mod grpc {
         let status = status_of(&secret);
         assert_eq!(status.code(), tonic::Code::Unknown);
         assert!(!status.message().contains("hunter2"));
+    }
+}
+
+#[cfg(feature = "axum")]
+mod axum_handlers {
+    use super::*;
+    use axum::Router;
+    use axum::routing::get;
+
+    /// A handler whose outbound call was refused returns the rejection as it is.
+    async fn checkout() -> Result<&'static str, Rejection> {
+        Err(Rejection::new(RejectionKind::CircuitOpen)
+            .with_name("payments".into())
+            .with_retry_after(Duration::from_secs(3)))
+    }
+
+    #[tokio::test]
+    async fn a_handler_returns_a_rejection_as_a_problem_response() {
+        let app = Router::new().route("/checkout", get(checkout));
+        let res = app
+            .oneshot(
+                http::Request::get("/checkout")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()["retry-after"], "3");
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        // Still marked as our refusal, so outer layers and classifiers see one.
+        assert_eq!(
+            res.extensions().get::<RejectionKind>(),
+            Some(&RejectionKind::CircuitOpen)
+        );
+        let body = body_string(res.into_body()).await;
+        assert!(
+            body.contains("urn:tower-red:rejection:circuit_open"),
+            "{body}"
+        );
     }
 }
