@@ -13,8 +13,9 @@
 //!
 //! Route ids and series handles are cached per thread after their first use: the steady state
 //! takes no lock, touches no map shared between cores, takes one clock pair shared with the
-//! layers inside
-//! (see [`crate::clock`]) and no allocation. Handles bind to the recorder installed when the
+//! layers inside (see [`crate::clock`]) and no allocation. Routes seen after the cap is reached
+//! are the exception: each such request takes a shared read lock (see
+//! [`RedLayer::max_routes`]). Handles bind to the recorder installed when the
 //! layer is built; a layer built with none passes calls straight through. The request ends when the response head
 //! arrives; time spent streaming the body is not counted.
 //!
@@ -248,14 +249,15 @@ impl Shared {
     }
 
     fn intern_shared(&self, s: &str) -> u16 {
-        if let Some(id) = self
-            .routes
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .ids
-            .get(s)
         {
-            return *id;
+            let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(id) = routes.ids.get(s) {
+                return *id;
+            }
+            // Full: the table never changes again, so a new string needs no write lock.
+            if routes.ids.len() >= self.max_routes {
+                return OTHER_ID;
+            }
         }
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(id) = routes.ids.get(s) {
@@ -409,6 +411,15 @@ impl RedLayer {
 
     /// Caps the number of distinct route templates (server) or hosts (client) that become
     /// labels; later ones are labelled `_OTHER`. The cap is at most 65,534.
+    ///
+    /// What a request costs depends on which side of the cap its route is. A route that got
+    /// an id (one of the first `max` seen) is cached per thread after its first use there: no
+    /// lock. A route seen after the table is full is not cached (input must not grow memory),
+    /// so every such request takes the table's shared read lock once, an atomic
+    /// read-modify-write on a cache line all cores share, but never the write lock (which
+    /// would serialise them). Its `_OTHER` series handle is cached per thread like any other.
+    /// Set the cap above the number of routes (or hosts) you really have, so only unexpected
+    /// ones pay.
     pub fn max_routes(self, max: usize) -> Self {
         let side = self.shared.side;
         RedLayer {
@@ -633,5 +644,25 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(shared.intern("/a"), a);
         assert_eq!(shared.intern("/c"), OTHER_ID);
+    }
+
+    #[test]
+    fn routes_past_the_cap_take_no_write_lock() {
+        let shared = Arc::new(Shared::new(Side::Server, 1));
+        assert_ne!(shared.intern("/a"), OTHER_ID);
+        // A reader holds the table: a request that wanted the write lock would wait for it.
+        let held = shared.routes.read().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = shared.clone();
+        std::thread::spawn(move || {
+            let ids: Vec<u16> = (0..100).map(|i| other.intern(&format!("/x{i}"))).collect();
+            let _ = tx.send(ids);
+        });
+        // Bounded so that a regression fails instead of hanging; it answers at once when right.
+        let ids = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("interning past the cap waited for the write lock");
+        assert!(ids.iter().all(|id| *id == OTHER_ID));
+        drop(held);
     }
 }
