@@ -227,6 +227,22 @@ mod grpc {
         assert_eq!(res.headers()["grpc-status"], "5");
     }
 
+    #[tokio::test]
+    async fn grpc_statuses_do_not_name_internal_instances_by_default() {
+        let svc = StatusLayer::new().layer(failing(named_refusal));
+        let res = svc.oneshot(http::Request::new(())).await.unwrap();
+        let sent = tonic::Status::from_header_map(res.headers()).expect("a trailers-only status");
+        assert_eq!(sent.code(), tonic::Code::ResourceExhausted);
+        let message = sent.message();
+        assert!(message.starts_with("bulkhead full"), "{message}");
+        assert!(!message.contains("ledger-db"), "{message}");
+        // In-process (a client's caller), the name stays.
+        let status = tonic::Status::from(
+            Rejection::new(RejectionKind::BulkheadFull).with_name("ledger-db".into()),
+        );
+        assert!(status.message().contains("ledger-db"));
+    }
+
     #[test]
     fn status_of_keeps_tonics_own_mapping_of_its_transport_errors() {
         use tower_red::grpc::status::status_of;

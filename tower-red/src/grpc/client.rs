@@ -7,8 +7,11 @@
 //! would reach the caller as `UNKNOWN`, with no `grpc-retry-pushback-ms`. [`ClientStatusLayer`]
 //! replaces each rejection, found anywhere in the error's source chain, by its
 //! [`Rejection::to_status`] (code, message, pushback), boxed as the error: `from_error` returns
-//! a boxed `Status` as it is. Every other error is passed on untouched, so tonic's own mapping
-//! still applies to it. Put the layer outermost in the stack, right under the generated client.
+//! a boxed `Status` as it is. The original error stays reachable as the status's `source()`, so
+//! the caller can still [`Rejection::find`] it in the `Status` the client returns. Every other
+//! error is passed on untouched, so tonic's own mapping still applies to it. Put the layer
+//! outermost in the stack, right under the generated client: layers above it would no longer see
+//! a `Rejection` but a `Status`.
 //!
 //! Do not map a client's errors with [`status_of`](super::status::status_of): it is the
 //! server's mapping, which hides what it does not know behind `UNKNOWN "internal error"`.
@@ -35,12 +38,14 @@
 //! let status = tonic::Status::from_error(err);
 //! assert_eq!(status.code(), tonic::Code::Unavailable);
 //! assert_eq!(status.metadata().get("grpc-retry-pushback-ms").unwrap(), "1500");
+//! assert_eq!(Rejection::find(&status).unwrap().kind(), RejectionKind::CircuitOpen);
 //! # }
 //! ```
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
@@ -51,12 +56,15 @@ use crate::BoxError;
 use crate::rejection::Rejection;
 
 /// The error a tonic client should see for `err`: the `Status` of a [`Rejection`] found in it,
-/// boxed, else `err` untouched (tonic maps it with `Status::from_error`).
+/// boxed, with `err` as the status's `source()` (so the caller can still
+/// [`Rejection::find`] it); else `err` untouched (tonic maps it with `Status::from_error`).
 pub fn client_error(err: BoxError) -> BoxError {
-    match Rejection::find_in(&err) {
-        Some(rejection) => Box::new(rejection.to_status()),
-        None => err,
-    }
+    let Some(rejection) = Rejection::find_in(&err) else {
+        return err;
+    };
+    let mut status = rejection.to_status();
+    status.set_source(Arc::from(err));
+    Box::new(status)
 }
 
 /// Layer for tonic clients: rejections of the layers below become their `tonic::Status`; see

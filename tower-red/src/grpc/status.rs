@@ -12,7 +12,7 @@
 //! assert_eq!(status.code(), tonic::Code::ResourceExhausted);
 //! ```
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use bytes::Bytes;
 use tonic::body::Body;
@@ -26,10 +26,29 @@ use crate::rejection::Rejection;
 pub const RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
 
 impl Rejection {
-    /// The `tonic::Status` for this rejection: its code, its text as message, and
-    /// `grpc-retry-pushback-ms` metadata when it has a `Retry-After`.
+    /// The `tonic::Status` for this rejection: its code, its text as message (naming the layer
+    /// instance, as its `Display` does), and `grpc-retry-pushback-ms` metadata when it has a
+    /// `Retry-After`. For callers in the same process; a server answers outside callers with
+    /// [`status_of`], which leaves the instance name out.
     pub fn to_status(&self) -> tonic::Status {
-        let mut status = tonic::Status::new(self.grpc_code().into(), self.to_string());
+        self.status_with_message(self.to_string())
+    }
+
+    /// Like [`Rejection::to_status`], without the layer instance's name in the message.
+    fn to_public_status(&self) -> tonic::Status {
+        let mut message = String::from(self.kind().title());
+        if !self.detail().is_empty() {
+            message.push_str(": ");
+            message.push_str(self.detail());
+        }
+        if let Some(secs) = self.retry_after_secs() {
+            let _ = write!(message, "; retry after {secs}s");
+        }
+        self.status_with_message(message)
+    }
+
+    fn status_with_message(&self, message: String) -> tonic::Status {
+        let mut status = tonic::Status::new(self.grpc_code().into(), message);
         if let Some(after) = self.retry_after() {
             let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
             if let Ok(value) = ms.to_string().parse() {
@@ -46,7 +65,8 @@ impl From<Rejection> for tonic::Status {
     }
 }
 
-/// The `tonic::Status` a server answers for any error: a rejection's own status, a
+/// The `tonic::Status` a server answers for any error: a rejection's own status (its code,
+/// title, detail and pushback, without the name of the layer instance, which is internal), a
 /// `tonic::Status` found in the error unchanged, tonic's own mapping of its transport errors
 /// (`tonic::ConnectError` is `UNAVAILABLE`, `tonic::TimeoutExpired` is `CANCELLED`, as
 /// `tonic::Status::from_error` maps them), else `UNKNOWN "internal error"` (the error's text may
@@ -67,7 +87,7 @@ impl From<Rejection> for tonic::Status {
 /// ```
 pub fn status_of(err: &BoxError) -> tonic::Status {
     if let Some(rejection) = Rejection::find_in(err) {
-        return rejection.to_status();
+        return rejection.to_public_status();
     }
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
     while let Some(e) = current {
@@ -119,6 +139,19 @@ impl StatusLayer {
 
 impl<F> StatusLayer<F> {
     /// Maps every error with `f` instead (call [`status_of`] inside to keep the defaults).
+    ///
+    /// To show outside callers the name of the layer instance that refused, map rejections
+    /// with [`Rejection::to_status`]:
+    ///
+    /// ```
+    /// use tower_red::grpc::status::{status_of, StatusLayer};
+    /// use tower_red::{BoxError, Rejection};
+    ///
+    /// let layer = StatusLayer::new().on_error(|err: &BoxError| {
+    ///     Rejection::find_in(err).map_or_else(|| status_of(err), Rejection::to_status)
+    /// });
+    /// # let _ = layer;
+    /// ```
     pub fn on_error<G>(self, f: G) -> StatusLayer<G>
     where
         G: Fn(&BoxError) -> tonic::Status + Clone,
