@@ -119,12 +119,15 @@ async fn a_rejection_in_a_tonic_client_stack_reaches_the_caller_as_its_status() 
             "{}",
             status.message()
         );
-        // The caller can still find the rejection itself.
         assert!(
             status.message().contains("(upstream)"),
             "{}",
             status.message()
         );
+        // The caller can still find the rejection itself, through the status's source.
+        let rejection = Rejection::find(&status).expect("the rejection is the status's source");
+        assert_eq!(rejection.kind(), kind);
+        assert_eq!(rejection.name(), Some("upstream"));
     }
 }
 
