@@ -1,9 +1,12 @@
 //! The adaptive limit: additive increase, multiplicative decrease, in the spirit of Netflix's
 //! concurrency-limits `AimdLimit`.
 //!
-//! Each finished call adjusts its partition's limit: a call that failed or took longer than
-//! [`Aimd::timeout`] cuts the limit to `limit × backoff_ratio` (never below [`Aimd::min`]); a
-//! successful call made while at least half the limit was in use raises it by one (never above
+//! Each call that reached the backend adjusts its partition's limit, as the bulkhead's
+//! classifier judged it (refusals of inner layers, such as an open breaker below, are no signal
+//! and leave the limit alone; outcomes the classifier ignores neither): a call that failed, took
+//! longer than [`Aimd::timeout`] or was dropped at its request's deadline cuts the limit to
+//! `limit × backoff_ratio` (never below [`Aimd::min`]); a successful call made while at least
+//! half the limit was in use raises it by one (never above
 //! [`Aimd::max`]). Netflix's defaults: min 20, max 200, backoff ratio 0.9, timeout 5 s. The
 //! partition's `max_concurrent` is the initial limit.
 //!
@@ -22,6 +25,7 @@
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::permits::MAX_LIMIT;
 
 /// AIMD settings for an adaptive limit.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,33 +79,41 @@ impl Aimd {
     }
 
     pub(crate) fn validate(&self, prefix: &str, initial: usize) -> Result<(), ConfigError> {
+        let err = |field: &str, value: &dyn std::fmt::Debug, reason: &'static str| {
+            ConfigError::new(
+                tower_red::names::layer::BULKHEAD,
+                format!("{prefix}{field}"),
+                value,
+                reason,
+            )
+        };
         if self.min == 0 {
-            return Err(ConfigError::new(
-                format!("{prefix}adaptive.min"),
-                "must be at least 1",
-            ));
+            return Err(err("adaptive.min", &self.min, "must be at least 1"));
         }
         if self.max < self.min {
-            return Err(ConfigError::new(
-                format!("{prefix}adaptive.max"),
+            return Err(err(
+                "adaptive.max",
+                &self.max,
                 "must be at least adaptive.min",
             ));
         }
+        if self.max > MAX_LIMIT {
+            return Err(err("adaptive.max", &self.max, "must be at most 4294967295"));
+        }
         if !(self.backoff_ratio > 0.0 && self.backoff_ratio < 1.0) {
-            return Err(ConfigError::new(
-                format!("{prefix}adaptive.backoff_ratio"),
+            return Err(err(
+                "adaptive.backoff_ratio",
+                &self.backoff_ratio,
                 "must be between 0 and 1, exclusive",
             ));
         }
         if self.timeout.is_zero() {
-            return Err(ConfigError::new(
-                format!("{prefix}adaptive.timeout"),
-                "must be positive",
-            ));
+            return Err(err("adaptive.timeout", &self.timeout, "must be positive"));
         }
         if initial < self.min || initial > self.max {
-            return Err(ConfigError::new(
-                format!("{prefix}max_concurrent"),
+            return Err(err(
+                "max_concurrent",
+                &initial,
                 "is the initial adaptive limit and must lie between adaptive.min and adaptive.max",
             ));
         }

@@ -18,28 +18,48 @@
 //!
 //! let err = BulkheadLayer::builder().max_concurrent(0).build().unwrap_err();
 //! assert_eq!(err.field(), "max_concurrent");
+//! assert_eq!(err.to_string(), "invalid bulkhead config: max_concurrent = 0: must be at least 1");
 //! ```
+//!
+//! **Unknown partition names.** A partition function names partitions at run time, so the
+//! builder cannot check its names. A request whose name matches no partition runs in the
+//! default partition, as a request that names none does; unlike it, it is counted in
+//! `resilience_bulkhead_unknown_partition_total{layer="bulkhead",name}` and the first one is
+//! logged as a `tracing` warning with the name, so a typo shows instead of silently sharing
+//! the default partition's capacity.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tower_red::classify::AnyError;
 use tower_red::names;
-use tower_red::red::RedMetrics;
 
 use crate::adaptive::Aimd;
 use crate::body::OnResponse;
+use crate::deadline::{FromRequest, FromScope};
 use crate::error::ConfigError;
 use crate::handle::Shared;
 use crate::layer::BulkheadLayer;
 use crate::metrics::PartitionMetrics;
 use crate::partition::{Mode, PartitionState};
+use crate::permits::MAX_LIMIT;
+
+fn invalid(
+    field: impl Into<Cow<'static, str>>,
+    value: impl fmt::Debug,
+    reason: &'static str,
+) -> ConfigError {
+    ConfigError::new(names::layer::BULKHEAD, field, value, reason)
+}
 
 /// The name of the partition that takes every request no partition function claims.
 pub const DEFAULT_PARTITION: &str = "default";
 
-/// Picks the partition of a request: `None` (or a name no partition has) means the default.
+/// Picks the partition of a request: `None` means the default partition; a name no partition
+/// has also runs in the default partition, counted and logged (see the [module docs](self)).
 pub trait Partitioner<Req> {
     /// The partition `req` belongs to.
     fn partition(&self, req: &Req) -> Option<&str>;
@@ -113,27 +133,41 @@ impl Partition {
 
     fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
         if self.name.is_empty() {
-            return Err(ConfigError::new(
-                format!("{prefix}name"),
-                "must not be empty",
-            ));
+            return Err(invalid(format!("{prefix}name"), "", "must not be empty"));
         }
         if self.max_concurrent == 0 {
-            return Err(ConfigError::new(
+            return Err(invalid(
                 format!("{prefix}max_concurrent"),
+                0,
                 "must be at least 1",
+            ));
+        }
+        if self.max_concurrent > MAX_LIMIT {
+            return Err(invalid(
+                format!("{prefix}max_concurrent"),
+                self.max_concurrent,
+                "must be at most 4294967295",
             ));
         }
         if let Some((max_len, max_wait)) = self.queue {
             if max_len == 0 {
-                return Err(ConfigError::new(
+                return Err(invalid(
                     format!("{prefix}queue.max_len"),
+                    0,
                     "must be at least 1 (leave the queue out to reject at once)",
                 ));
             }
+            if max_len > MAX_LIMIT {
+                return Err(invalid(
+                    format!("{prefix}queue.max_len"),
+                    max_len,
+                    "must be at most 4294967295",
+                ));
+            }
             if max_wait.is_zero() {
-                return Err(ConfigError::new(
+                return Err(invalid(
                     format!("{prefix}queue.max_wait"),
+                    max_wait,
                     "must be positive (leave the queue out to reject at once)",
                 ));
             }
@@ -148,20 +182,24 @@ impl Partition {
 /// Builds a [`BulkheadLayer`]; [`Builder::build`] checks every value.
 ///
 /// Defaults: name `bulkhead`, 25 concurrent calls (Resilience4j's default), reject at once when
-/// full, no partitions, deadline-aware shedding on for queues, metrics on.
+/// full, no partitions, deadline-aware shedding on for queues, metrics on, the [`AnyError`]
+/// classifier (as every layer of the workspace), the deadline from the task-local scope.
 #[must_use]
-pub struct Builder<P = Unpartitioned, H = OnResponse> {
+pub struct Builder<P = Unpartitioned, H = OnResponse, C = AnyError, D = FromScope> {
     name: Arc<str>,
     default: Partition,
     partitions: Vec<Partition>,
     backpressure: bool,
     shed_on_deadline: bool,
     metrics: bool,
+    partitioned: bool,
     partitioner: P,
+    classifier: C,
+    deadline: D,
     _release: PhantomData<fn() -> H>,
 }
 
-impl<P: Clone, H> Clone for Builder<P, H> {
+impl<P: Clone, H, C: Clone, D: Clone> Clone for Builder<P, H, C, D> {
     fn clone(&self) -> Self {
         Builder {
             name: self.name.clone(),
@@ -170,13 +208,16 @@ impl<P: Clone, H> Clone for Builder<P, H> {
             backpressure: self.backpressure,
             shed_on_deadline: self.shed_on_deadline,
             metrics: self.metrics,
+            partitioned: self.partitioned,
             partitioner: self.partitioner.clone(),
+            classifier: self.classifier.clone(),
+            deadline: self.deadline.clone(),
             _release: PhantomData,
         }
     }
 }
 
-impl<P, H> fmt::Debug for Builder<P, H> {
+impl<P, H, C: fmt::Debug, D: fmt::Debug> fmt::Debug for Builder<P, H, C, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("name", &self.name)
@@ -185,6 +226,8 @@ impl<P, H> fmt::Debug for Builder<P, H> {
             .field("backpressure", &self.backpressure)
             .field("shed_on_deadline", &self.shed_on_deadline)
             .field("metrics", &self.metrics)
+            .field("classifier", &self.classifier)
+            .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
 }
@@ -198,13 +241,16 @@ impl Default for Builder {
             backpressure: false,
             shed_on_deadline: true,
             metrics: true,
+            partitioned: false,
             partitioner: Unpartitioned,
+            classifier: AnyError,
+            deadline: FromScope,
             _release: PhantomData,
         }
     }
 }
 
-impl<P, H> Builder<P, H> {
+impl<P, H, C, D> Builder<P, H, C, D> {
     /// The instance name: the `name` label of every metric and the name in rejections.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = name.into();
@@ -224,13 +270,13 @@ impl<P, H> Builder<P, H> {
         self
     }
 
-    /// Waits for a permit in `poll_ready` instead of rejecting, like
+    /// With `true`, waits for a permit in `poll_ready` instead of rejecting, like
     /// `tower::limit::ConcurrencyLimit`; the permit reserved there is used by the next `call`,
     /// and a clone of the service does not inherit it. The wait is unbounded: put a timeout
     /// layer above. Incompatible with partitions and queues, since `poll_ready` runs before
-    /// the request is seen.
-    pub fn backpressure(mut self) -> Self {
-        self.backpressure = true;
+    /// the request is seen. Off by default.
+    pub fn backpressure(mut self, on: bool) -> Self {
+        self.backpressure = on;
         self
     }
 
@@ -261,31 +307,49 @@ impl<P, H> Builder<P, H> {
         self
     }
 
-    /// Picks each request's partition by name; `None` or an unknown name means the default
-    /// partition.
-    pub fn partition_by<F, Req>(self, f: F) -> Builder<PartitionFn<F>, H>
+    /// Picks each request's partition by name; `None` means the default partition, and so
+    /// does a name no partition has (counted and logged, see the [module docs](self)).
+    pub fn partition_by<F, Req>(self, f: F) -> Builder<PartitionFn<F>, H, C, D>
     where
         F: Fn(&Req) -> Option<&'static str>,
     {
-        self.with(PartitionFn(f))
+        let mut builder = self.rebuild(|_| PartitionFn(f), |c| c, |d| d);
+        builder.partitioned = true;
+        builder
+    }
+
+    /// Judges finished calls with `classifier` (any [`tower_red::Classify`] of the inner
+    /// service's response and a [`tower_red::BoxError`]), as the breaker and retry layers of
+    /// the stack do; [`AnyError`] by default. The verdict feeds the adaptive limit and the
+    /// service-time estimate, and the RED `outcome`, through [`tower_red::judge`]: a refusal of
+    /// an inner layer (an open breaker below) never counts as the backend's failure or
+    /// latency, and is recorded as `inner_refusal`. With
+    /// [`HttpStatus`](tower_red::classify::HttpStatus), a 5xx is a failure for AIMD.
+    pub fn classifier<C2>(self, classifier: C2) -> Builder<P, H, C2, D> {
+        self.rebuild(|p| p, |_| classifier, |d| d)
+    }
+
+    /// Reads a queued call's deadline from the request ([`tower_timeout_budget::DeadlineCarrier`],
+    /// then the task-local scope) instead of the task-local scope alone; needed when a
+    /// deadline lives only on the request (see [`deadline`](crate::deadline)). Requires the
+    /// request type to implement `DeadlineCarrier`.
+    pub fn deadline_from_request(self) -> Builder<P, H, C, FromRequest> {
+        self.rebuild(|p| p, |c| c, |_| FromRequest)
     }
 
     /// Holds each permit until the HTTP response body has ended or was dropped, not just until
-    /// the response head arrives: a streamed body keeps its place in the bulkhead.
-    pub fn hold_permit_until_body_end(self) -> Builder<P, crate::body::OnBodyEnd> {
-        Builder {
-            name: self.name,
-            default: self.default,
-            partitions: self.partitions,
-            backpressure: self.backpressure,
-            shed_on_deadline: self.shed_on_deadline,
-            metrics: self.metrics,
-            partitioner: self.partitioner,
-            _release: PhantomData,
-        }
+    /// the response head arrives: a streamed body keeps its place in the bulkhead. (A method
+    /// without a flag: it changes the response type.)
+    pub fn hold_permit_until_body_end(self) -> Builder<P, crate::body::OnBodyEnd, C, D> {
+        self.rebuild(|p| p, |c| c, |d| d)
     }
 
-    fn with<Q>(self, partitioner: Q) -> Builder<Q, H> {
+    fn rebuild<P2, H2, C2, D2>(
+        self,
+        p: impl FnOnce(P) -> P2,
+        c: impl FnOnce(C) -> C2,
+        d: impl FnOnce(D) -> D2,
+    ) -> Builder<P2, H2, C2, D2> {
         Builder {
             name: self.name,
             default: self.default,
@@ -293,46 +357,50 @@ impl<P, H> Builder<P, H> {
             backpressure: self.backpressure,
             shed_on_deadline: self.shed_on_deadline,
             metrics: self.metrics,
-            partitioner,
+            partitioned: self.partitioned,
+            partitioner: p(self.partitioner),
+            classifier: c(self.classifier),
+            deadline: d(self.deadline),
             _release: PhantomData,
         }
     }
 
     /// Checks every value and builds the layer, registering its metric handles with the
     /// recorder installed now.
-    pub fn build(self) -> Result<BulkheadLayer<P, H>, ConfigError> {
+    pub fn build(self) -> Result<BulkheadLayer<P, H, C, D>, ConfigError> {
         if self.name.is_empty() {
-            return Err(ConfigError::new("name", "must not be empty"));
+            return Err(invalid("name", "", "must not be empty"));
         }
         self.default.validate("")?;
         for (i, p) in self.partitions.iter().enumerate() {
-            p.validate(&format!("partitions[{}].", p.name))?;
+            p.validate(&format!("partitions.{}.", p.name))?;
             let taken = &*p.name == DEFAULT_PARTITION
                 || self.partitions[..i].iter().any(|q| q.name == p.name);
             if taken {
-                return Err(ConfigError::new(
-                    format!("partitions[{}].name", p.name),
+                return Err(invalid(
+                    format!("partitions.{}.name", p.name),
+                    &*p.name,
                     "is already taken (`default` is reserved for the default partition)",
                 ));
             }
         }
         if self.backpressure {
             if !self.partitions.is_empty() {
-                return Err(ConfigError::new(
+                return Err(invalid(
                     "backpressure",
+                    true,
                     "cannot be combined with partitions: poll_ready runs before the request picks its partition",
                 ));
             }
             if self.default.queue.is_some() {
-                return Err(ConfigError::new(
+                return Err(invalid(
                     "backpressure",
+                    true,
                     "cannot be combined with a queue: backpressure already waits in poll_ready",
                 ));
             }
         }
-        let red = self
-            .metrics
-            .then(|| RedMetrics::new(names::layer::BULKHEAD, self.name.to_string()));
+        let red = self.metrics.then(|| crate::metrics::red(&self.name));
         let state = |p: &Partition, backpressure: bool| {
             let mode = match (backpressure, p.queue) {
                 (true, _) => Mode::Backpressure,
@@ -346,17 +414,24 @@ impl<P, H> Builder<P, H> {
                 mode,
                 self.shed_on_deadline,
                 p.adaptive,
-                red.clone().map(|red| PartitionMetrics::new(red, &p.name)),
+                red.clone()
+                    .map(|red| PartitionMetrics::new(red, &p.name, mode)),
             ))
         };
         let partitions = std::iter::once(state(&self.default, self.backpressure))
             .chain(self.partitions.iter().map(|p| state(p, false)))
             .collect();
-        let shared = Arc::new(Shared {
-            name: self.name,
+        let shared = Arc::new(Shared::new(
+            self.name,
             partitions,
-            backpressure: self.backpressure,
-        });
-        Ok(BulkheadLayer::from_parts(shared, self.partitioner))
+            self.backpressure,
+            self.metrics && self.partitioned,
+        ));
+        Ok(BulkheadLayer::from_parts(
+            shared,
+            self.partitioner,
+            self.classifier,
+            self.deadline,
+        ))
     }
 }

@@ -97,44 +97,10 @@ impl fmt::Display for Reason {
     }
 }
 
-/// A configuration value the bulkhead cannot work with, found when the layer is built (or when
-/// a limit is changed through a [`BulkheadHandle`](crate::BulkheadHandle)).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: String,
-    reason: &'static str,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: impl Into<String>, reason: &'static str) -> Self {
-        ConfigError {
-            field: field.into(),
-            reason,
-        }
-    }
-
-    /// The offending setting, such as `max_concurrent` or `partitions[background].queue.max_wait`.
-    pub fn field(&self) -> &str {
-        &self.field
-    }
-
-    /// Why it was refused.
-    pub fn reason(&self) -> &str {
-        self.reason
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid bulkhead setting `{}`: {}",
-            self.field, self.reason
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
+/// The configuration error every layer of this workspace returns: the layer (`bulkhead`), the
+/// setting, the value and why it cannot work. Returned by [`Builder::build`](crate::Builder::build)
+/// and [`BulkheadHandle::set_limit`](crate::BulkheadHandle::set_limit).
+pub use tower_red::ConfigError;
 
 #[cfg(test)]
 mod tests {
@@ -155,16 +121,6 @@ mod tests {
         assert_eq!(
             Reason::of(&Rejection::new(RejectionKind::BulkheadFull)),
             None
-        );
-    }
-
-    #[test]
-    fn config_error_names_the_field() {
-        let err = ConfigError::new("max_concurrent", "must be at least 1");
-        assert_eq!(err.field(), "max_concurrent");
-        assert_eq!(
-            err.to_string(),
-            "invalid bulkhead setting `max_concurrent`: must be at least 1"
         );
     }
 }

@@ -9,14 +9,16 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tower_red::BoxError;
+use tower_red::classify::{Classify, Verdict};
+use tower_red::clock::{self, Scope};
 use tower_red::red::Outcome;
+use tower_red::{BoxError, cancel};
 use tower_service::Service;
 use tower_timeout_budget::Deadline;
 
 use crate::body::Release;
 use crate::error::Reason;
-use crate::partition::{PartitionState, Permit, Waiter};
+use crate::partition::{PartitionState, Permit, Signal, Waiter};
 
 /// Whether a call with `deadline` cannot be served in time: the deadline has passed, or (with
 /// deadline-aware shedding) no more time is left than the partition's recent service time,
@@ -33,8 +35,13 @@ pub(crate) fn doomed(part: &PartitionState, deadline: Option<Deadline>, now: Ins
 pin_project! {
     /// The future of a [`Bulkhead`](crate::Bulkhead) call.
     ///
-    /// Dropping it at any point gives back its permit or its place in the queue at once.
-    pub struct ResponseFuture<F, S, Req, H> {
+    /// Dropping it at any point gives back its permit or its place in the queue at once. A
+    /// running call dropped by a deadline enforcer above (inside
+    /// [`tower_red::cancel::drop_expired`]) is a timeout for the adaptive limit, and the time
+    /// it ran feeds the service-time estimate as a lower bound of its service time; a call its
+    /// caller dropped earlier feeds neither. Both are `cancelled` in the bulkhead's RED series
+    /// (the enforcer counts the `timeout`).
+    pub struct ResponseFuture<F, S, Req, H, C> {
         #[pin]
         state: State<F, S, Req>,
         permit: PermitSlot,
@@ -42,24 +49,42 @@ pin_project! {
         start: Option<Instant>,
         // When a queued call got its permit.
         served: Option<Instant>,
+        classifier: C,
         _release: PhantomData<fn() -> H>,
     }
 
-    impl<F, S, Req, H> PinnedDrop for ResponseFuture<F, S, Req, H> {
+    impl<F, S, Req, H, C> PinnedDrop for ResponseFuture<F, S, Req, H, C> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             // A call that reached the bulkhead and never finished was cancelled.
             if let Some(start) = *this.start {
                 let part = match (this.permit.0.as_ref(), this.state.project()) {
-                    (Some(permit), _) => Some(permit.partition()),
-                    (None, StateProj::Queued { queued }) => Some(&**queued.waiter.partition()),
+                    (Some(permit), _) => Some((permit.partition(), true)),
+                    (None, StateProj::Queued { queued }) => {
+                        Some((&**queued.waiter.partition(), false))
+                    }
                     _ => None,
                 };
-                if let Some(m) = part.and_then(|p| p.metrics.as_ref()) {
-                    m.red.record(Outcome::Cancelled, start.elapsed());
+                if let Some((part, running)) = part {
+                    dropped(part, running, start, *this.served);
                 }
             }
         }
+    }
+}
+
+/// Accounts for a timed call dropped before it finished; `running` when it held its permit.
+#[cold]
+fn dropped(part: &PartitionState, running: bool, start: Instant, served: Option<Instant>) {
+    let now = clock::now();
+    if let Some(m) = &part.metrics {
+        m.red
+            .record(Outcome::Cancelled, now.saturating_duration_since(start));
+    }
+    // Cut off by its deadline while the backend worked on it: the backend was too slow.
+    if running && part.observes() && cancel::expired() {
+        let ran = now.saturating_duration_since(served.unwrap_or(start));
+        part.observe(ran, Signal::Drop);
     }
 }
 
@@ -85,7 +110,7 @@ pin_project! {
     }
 }
 
-impl<F, S, Req, H> fmt::Debug for ResponseFuture<F, S, Req, H> {
+impl<F, S, Req, H, C> fmt::Debug for ResponseFuture<F, S, Req, H, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Called { .. } => "called",
@@ -98,29 +123,26 @@ impl<F, S, Req, H> fmt::Debug for ResponseFuture<F, S, Req, H> {
     }
 }
 
-impl<F, S, Req, H> ResponseFuture<F, S, Req, H> {
+impl<F, S, Req, H, C> ResponseFuture<F, S, Req, H, C> {
     #[inline]
-    pub(crate) fn called(
-        fut: F,
-        permit: Permit,
-        start: Option<Instant>,
-        served: Option<Instant>,
-    ) -> Self {
+    pub(crate) fn called(fut: F, permit: Permit, start: Option<Instant>, classifier: C) -> Self {
         ResponseFuture {
             state: State::Called { fut },
             permit: PermitSlot(ManuallyDrop::new(Some(permit))),
             start,
-            served,
+            served: None,
+            classifier,
             _release: PhantomData,
         }
     }
 
-    pub(crate) fn rejected(err: BoxError) -> Self {
+    pub(crate) fn rejected(err: BoxError, classifier: C) -> Self {
         ResponseFuture {
             state: State::Done { err: Some(err) },
             permit: PermitSlot(ManuallyDrop::new(None)),
             start: None,
             served: None,
+            classifier,
             _release: PhantomData,
         }
     }
@@ -134,6 +156,7 @@ impl<F, S, Req, H> ResponseFuture<F, S, Req, H> {
         wait_end: Instant,
         deadline: Option<Deadline>,
         timed: bool,
+        classifier: C,
     ) -> Self {
         let wake = wake_at(waiter.partition(), wait_end, deadline);
         ResponseFuture {
@@ -151,6 +174,7 @@ impl<F, S, Req, H> ResponseFuture<F, S, Req, H> {
             permit: PermitSlot(ManuallyDrop::new(None)),
             start: timed.then_some(now),
             served: None,
+            classifier,
             _release: PhantomData,
         }
     }
@@ -218,7 +242,7 @@ impl<S, Req> Queued<S, Req> {
                 ));
             }
             ready!(this.sleep.as_mut().poll(cx));
-            let now = Instant::now();
+            let now = clock::now();
             let part = this.waiter.partition();
             let reason = if now >= *this.wait_end {
                 Reason::QueueTimeout
@@ -258,7 +282,7 @@ impl<S, Req> Queued<S, Req> {
         enqueued: Instant,
         deadline: Option<Deadline>,
     ) -> Result<Granted<S, Req>, BoxError> {
-        let now = Instant::now();
+        let now = clock::now();
         let part = waiter.partition();
         let waited = now.saturating_duration_since(enqueued);
         part.record_queue_wait(waited);
@@ -272,11 +296,12 @@ impl<S, Req> Queued<S, Req> {
     }
 }
 
-impl<S, Req, H> Future for ResponseFuture<S::Future, S, Req, H>
+impl<S, Req, H, C> Future for ResponseFuture<S::Future, S, Req, H, C>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     H: Release<S::Response>,
+    C: Classify<S::Response, BoxError>,
 {
     type Output = Result<H::Output, BoxError>;
 
@@ -285,23 +310,27 @@ where
         // The fast path, small enough to inline: a call holding its permit.
         let this = self.as_mut().project();
         if let StateProj::Called { fut } = this.state.project() {
+            // A timed call shares one clock read with the layers it polls.
+            let _scope = this.start.is_some().then(Scope::enter);
             let result = ready!(fut.poll(cx));
             return Poll::Ready(Self::finish(
                 result,
                 &mut this.permit.0,
                 this.start,
                 *this.served,
+                this.classifier,
             ));
         }
         self.poll_queued_or_done(cx)
     }
 }
 
-impl<S, Req, H> ResponseFuture<S::Future, S, Req, H>
+impl<S, Req, H, C> ResponseFuture<S::Future, S, Req, H, C>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     H: Release<S::Response>,
+    C: Classify<S::Response, BoxError>,
 {
     /// The call's result, with the permit released (or attached to the response).
     #[inline]
@@ -310,21 +339,16 @@ where
         permit: &mut Option<Permit>,
         start: &mut Option<Instant>,
         served: Option<Instant>,
+        classifier: &C,
     ) -> Result<H::Output, BoxError> {
         let permit = permit.take().expect("polled after completion");
-        let start = start.take();
+        let result = result.map_err(Into::into);
+        if let Some(start) = start.take() {
+            judged(&permit, &result, classifier, start, served);
+        }
         match result {
-            Ok(res) => {
-                permit.finished(start, served, Outcome::Ok);
-                Ok(H::attach(res, permit))
-            }
-            Err(err) => {
-                let err = err.into();
-                if start.is_some() {
-                    permit.finished(start, served, Outcome::from_error(&*err));
-                }
-                Err(err)
-            }
+            Ok(res) => Ok(H::attach(res, permit)),
+            Err(err) => Err(err),
         }
     }
 
@@ -334,6 +358,7 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<H::Output, BoxError>> {
+        let _scope = Scope::enter();
         let mut this = self.project();
         loop {
             let (permit, mut inner, req, now) = match this.state.as_mut().project() {
@@ -344,6 +369,7 @@ where
                         &mut this.permit.0,
                         this.start,
                         *this.served,
+                        this.classifier,
                     ));
                 }
                 StateProj::Done { err } => {
@@ -363,5 +389,39 @@ where
             let fut = inner.call(req);
             this.state.set(State::Called { fut });
         }
+    }
+}
+
+/// Records a timed call's verdict: RED by [`Outcome::judged`], and, for a call that reached
+/// the backend, its service time and AIMD signal. A refusal of an inner layer (an open breaker
+/// below) feeds neither: it says nothing about the backend.
+#[inline]
+fn judged<T, C: Classify<T, BoxError>>(
+    permit: &Permit,
+    result: &Result<T, BoxError>,
+    classifier: &C,
+    start: Instant,
+    served: Option<Instant>,
+) {
+    let part = permit.partition();
+    let verdict = tower_red::judge(classifier, result);
+    let now = clock::now();
+    if let Some(m) = &part.metrics {
+        m.red.record(
+            Outcome::judged(verdict, result),
+            now.saturating_duration_since(start),
+        );
+    }
+    if part.observes() {
+        let signal = match verdict {
+            Verdict::Success => Signal::Success,
+            Verdict::Failure(_) => Signal::Drop,
+            Verdict::Ignored => Signal::Neutral,
+            Verdict::Refused(_) => return,
+        };
+        part.observe(
+            now.saturating_duration_since(served.unwrap_or(start)),
+            signal,
+        );
     }
 }

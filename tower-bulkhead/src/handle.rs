@@ -2,6 +2,11 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+
+use metrics::Counter;
+use tower_red::names::{self, label};
 
 use crate::error::ConfigError;
 use crate::partition::PartitionState;
@@ -12,21 +17,65 @@ pub(crate) struct Shared {
     /// The default partition first, then the configured ones in order.
     pub(crate) partitions: Box<[Arc<PartitionState>]>,
     pub(crate) backpressure: bool,
+    /// Calls that named an unknown partition (a no-op unless a partition function is set and
+    /// metrics are on).
+    unknown: Counter,
+    warned: AtomicBool,
 }
 
 impl Shared {
-    /// The index of the partition named `name`; the default partition for `None` or an
-    /// unknown name.
+    pub(crate) fn new(
+        name: Arc<str>,
+        partitions: Box<[Arc<PartitionState>]>,
+        backpressure: bool,
+        count_unknown: bool,
+    ) -> Self {
+        let unknown = if count_unknown {
+            metrics::counter!(
+                crate::metrics::UNKNOWN_PARTITION_TOTAL,
+                label::LAYER => names::layer::BULKHEAD,
+                label::NAME => name.to_string()
+            )
+        } else {
+            Counter::noop()
+        };
+        Shared {
+            name,
+            partitions,
+            backpressure,
+            unknown,
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// The index of the partition named `name`: the default partition for `None`, and for an
+    /// unknown name (counted, and logged the first time).
     #[inline]
     pub(crate) fn index(&self, name: Option<&str>) -> usize {
         match name {
             None => 0,
-            Some(name) => self
-                .partitions
-                .iter()
-                .position(|p| &*p.name == name)
-                .unwrap_or(0),
+            Some(name) => match self.partitions.iter().position(|p| &*p.name == name) {
+                Some(i) => i,
+                None => self.unknown(name),
+            },
         }
+    }
+
+    #[cold]
+    fn unknown(&self, name: &str) -> usize {
+        self.unknown.increment(1);
+        // Relaxed: the flag only limits a log line to once; no other memory depends on it, and
+        // a swap is atomic on every architecture, so exactly one caller logs.
+        if !self.warned.swap(true, Relaxed) {
+            tracing::warn!(
+                name = &*self.name,
+                partition = name,
+                "a bulkhead's partition function named a partition it does not have: such calls \
+                 run in the default partition (counted in \
+                 resilience_bulkhead_unknown_partition_total; logged once per bulkhead)"
+            );
+        }
+        0
     }
 
     fn find(&self, name: &str) -> Option<&PartitionState> {
@@ -73,6 +122,7 @@ pub struct PartitionStats {
 /// assert_eq!(handle.limit("background"), Some(8));
 /// assert_eq!(handle.in_flight("background"), Some(0));
 /// assert!(handle.set_limit("background", 0).is_err());
+/// assert_eq!(handle.set_limit("background", 0).unwrap_err().field(), "partitions.background.limit");
 /// assert!(handle.set_limit("nope", 1).is_err());
 /// ```
 #[derive(Clone)]
@@ -134,17 +184,29 @@ impl BulkheadHandle {
     /// only holds back new ones until enough have finished; raising it admits waiters at once.
     /// With an adaptive limit this sets the current value, which keeps adapting within bounds.
     pub fn set_limit(&self, partition: &str, limit: usize) -> Result<(), ConfigError> {
-        let part = self.shared.find(partition).ok_or_else(|| {
-            ConfigError::new(format!("partitions[{partition}]"), "no such partition")
-        })?;
+        let invalid = |field: String, value: &dyn fmt::Debug, reason: &'static str| {
+            ConfigError::new(names::layer::BULKHEAD, field, value, reason)
+        };
+        let Some(part) = self.shared.find(partition) else {
+            return Err(invalid(
+                "partition".to_owned(),
+                &partition,
+                "no such partition",
+            ));
+        };
+        let field = || format!("partitions.{partition}.limit");
         if limit == 0 {
-            return Err(ConfigError::new("limit", "must be at least 1"));
+            return Err(invalid(field(), &limit, "must be at least 1"));
+        }
+        if limit > crate::permits::MAX_LIMIT {
+            return Err(invalid(field(), &limit, "must be at most 4294967295"));
         }
         if let Some(aimd) = &part.adaptive
             && (limit < aimd.min() || limit > aimd.max())
         {
-            return Err(ConfigError::new(
-                "limit",
+            return Err(invalid(
+                field(),
+                &limit,
                 "must lie between the partition's adaptive min and max",
             ));
         }

@@ -18,6 +18,12 @@
 //!   [`error::Reason`] says why: full, queue full, queue timeout or deadline.
 //! - **Live**: a [`BulkheadHandle`] reads in-flight and queued counts per partition and changes
 //!   limits at run time; an [`Aimd`] adaptive limit is opt-in.
+//! - **One verdict per stack**: finished calls are judged by the stack's classifier
+//!   ([`Builder::classifier`], `AnyError` by default) through [`tower_red::judge`], so a refusal
+//!   of an inner layer (an open breaker below) never moves the adaptive limit or the
+//!   service-time estimate, and is counted as `inner_refusal`.
+//! - **Any request type**: the deadline comes from the task-local scope by default
+//!   ([`deadline`]), so a request type needs no trait to pass.
 //! - **Metrics** (through `metrics`, handles registered once at build): the `tower-red` RED
 //!   pair under `layer="bulkhead"`, `resilience_bulkhead_in_flight`,
 //!   `resilience_bulkhead_queue_depth` and `resilience_bulkhead_limit` gauges,
@@ -25,7 +31,9 @@
 //!   labelled by `partition` (and `reason`).
 //!
 //! A call with a free permit takes no lock and allocates nothing: one compare-and-swap on the
-//! partition's counter. Time comes from `tokio::time`, so tests can pause the clock.
+//! partition's counter. Time comes from `tokio::time` through the stack's shared
+//! [`tower_red::clock`], and is read only when something needs it (metrics with a recorder,
+//! deadline-aware shedding of a queue, or an adaptive limit), so tests can pause the clock.
 //!
 //! ```
 //! use std::time::Duration;
@@ -71,19 +79,26 @@
 mod adaptive;
 pub mod body;
 mod config;
+pub mod deadline;
 pub mod error;
+mod ewma;
 pub mod future;
 mod handle;
 mod layer;
 mod metrics;
 mod partition;
+mod permits;
+mod queue;
+mod retry_after;
 mod service;
+mod sync;
 
 pub use crate::adaptive::Aimd;
 pub use crate::body::{OnBodyEnd, OnResponse, PermitBody};
 pub use crate::config::{
     Builder, DEFAULT_PARTITION, Partition, PartitionFn, Partitioner, Unpartitioned,
 };
+pub use crate::deadline::{DeadlineSource, FromRequest, FromScope};
 pub use crate::error::{ConfigError, Reason};
 pub use crate::handle::{BulkheadHandle, PartitionStats};
 pub use crate::layer::BulkheadLayer;

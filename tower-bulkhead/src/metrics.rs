@@ -1,4 +1,6 @@
-//! Metric handles of one partition, registered once when the layer is built.
+//! Metric handles of one partition, registered once when the layer is built: only the series
+//! the partition can produce (no queue series for a partition that never queues, no rejection
+//! reason its mode cannot give).
 
 use std::time::Duration;
 
@@ -7,6 +9,50 @@ use tower_red::names::{self, label};
 use tower_red::red::{Outcome, RedMetrics};
 
 use crate::error::Reason;
+use crate::partition::Mode;
+use crate::permits::Observer;
+
+/// Calls whose partition function named a partition the bulkhead does not have (they run in
+/// the default partition), labelled by `layer` and `name`.
+///
+/// Not yet among `tower_red::names`; kept here, private, until it moves there.
+pub(crate) const UNKNOWN_PARTITION_TOTAL: &str = "resilience_bulkhead_unknown_partition_total";
+
+/// The outcomes a bulkhead records with a duration: calls that ran (judged by its classifier,
+/// or refused by an inner layer), calls dropped before they finished, and calls shed after a
+/// wait in the queue.
+pub(crate) const TIMED_OUTCOMES: [Outcome; 6] = [
+    Outcome::Ok,
+    Outcome::Error,
+    Outcome::Timeout,
+    Outcome::Cancelled,
+    Outcome::InnerRefusal,
+    Outcome::Shed,
+];
+
+/// The outcome a bulkhead records without a duration: a call refused before it waited.
+pub(crate) const REFUSAL_OUTCOMES: [Outcome; 1] = [Outcome::Shed];
+
+/// The RED handles of a bulkhead named `name`.
+pub(crate) fn red(name: &str) -> RedMetrics {
+    RedMetrics::with_outcomes(
+        names::layer::BULKHEAD,
+        name.to_owned(),
+        &TIMED_OUTCOMES,
+        &REFUSAL_OUTCOMES,
+    )
+}
+
+/// The rejection reasons a partition in `mode` can give.
+fn reasons(mode: Mode) -> &'static [Reason] {
+    match mode {
+        Mode::Reject => &[Reason::Full],
+        Mode::Queue { .. } => &[Reason::QueueFull, Reason::QueueTimeout, Reason::Deadline],
+        // `Full` for a call made without a reservation (or, never in practice, a full
+        // unbounded queue).
+        Mode::Backpressure => &[Reason::Full],
+    }
+}
 
 /// The handles of one partition; every update indexes an array and bumps a handle.
 pub(crate) struct PartitionMetrics {
@@ -19,9 +65,9 @@ pub(crate) struct PartitionMetrics {
 }
 
 impl PartitionMetrics {
-    /// Registers the handles of partition `partition` of the bulkhead whose RED handles are
-    /// `red`, with the recorder installed now.
-    pub(crate) fn new(red: RedMetrics, partition: &str) -> Self {
+    /// Registers the handles of partition `partition` (in `mode`) of the bulkhead whose RED
+    /// handles are `red`, with the recorder installed now.
+    pub(crate) fn new(red: RedMetrics, partition: &str, mode: Mode) -> Self {
         let name: SharedString = red.name().clone();
         let partition: SharedString = partition.to_owned().into();
         let labels = || {
@@ -31,33 +77,39 @@ impl PartitionMetrics {
                 Label::new(label::PARTITION, partition.clone()),
             ]
         };
+        let possible = reasons(mode);
         let rejections = Reason::ALL.map(|reason| {
+            if !possible.contains(&reason) {
+                return Counter::noop();
+            }
             let mut labels = labels();
             labels.push(Label::from_static_parts(label::REASON, reason.as_str()));
             metrics::counter!(names::BULKHEAD_REJECTIONS_TOTAL, labels)
         });
+        let queues = !matches!(mode, Mode::Reject);
+        let (queue_depth, queue_wait) = if queues {
+            let depth = metrics::gauge!(names::BULKHEAD_QUEUE_DEPTH, labels());
+            depth.set(0.0);
+            (
+                depth,
+                metrics::histogram!(names::BULKHEAD_QUEUE_WAIT_SECONDS, labels()),
+            )
+        } else {
+            (Gauge::noop(), Histogram::noop())
+        };
         PartitionMetrics {
             in_flight: metrics::gauge!(names::BULKHEAD_IN_FLIGHT, labels()),
-            queue_depth: metrics::gauge!(names::BULKHEAD_QUEUE_DEPTH, labels()),
+            queue_depth,
             limit: metrics::gauge!(names::BULKHEAD_LIMIT, labels()),
-            queue_wait: metrics::histogram!(names::BULKHEAD_QUEUE_WAIT_SECONDS, labels()),
+            queue_wait,
             rejections,
             red,
         }
     }
 
-    #[inline]
-    pub(crate) fn acquired(&self) {
-        self.in_flight.increment(1.0);
-    }
-
-    #[inline]
-    pub(crate) fn released(&self) {
-        self.in_flight.decrement(1.0);
-    }
-
-    pub(crate) fn queue_depth(&self, depth: usize) {
-        self.queue_depth.set(depth as f64);
+    /// Whether the handles record (a recorder was installed when they were registered).
+    pub(crate) fn is_recording(&self) -> bool {
+        self.red.is_recording()
     }
 
     pub(crate) fn limit(&self, limit: usize) {
@@ -75,6 +127,28 @@ impl PartitionMetrics {
         match waited {
             Some(waited) => self.red.record(Outcome::Shed, waited),
             None => self.red.record_rejection(Outcome::Shed),
+        }
+    }
+}
+
+impl Observer for Option<PartitionMetrics> {
+    #[inline]
+    fn acquired(&self) {
+        if let Some(m) = self {
+            m.in_flight.increment(1.0);
+        }
+    }
+
+    #[inline]
+    fn released(&self) {
+        if let Some(m) = self {
+            m.in_flight.decrement(1.0);
+        }
+    }
+
+    fn queue_depth(&self, depth: usize) {
+        if let Some(m) = self {
+            m.queue_depth.set(depth as f64);
         }
     }
 }

@@ -1,4 +1,5 @@
-//! The service: takes a permit (or waits for one) and calls the inner service.
+//! The service: takes a permit (or waits for one) and calls the inner service; the policies
+//! live in [`partition`](crate::partition) and the files it wires.
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -7,13 +8,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::time::Instant;
 use tower_red::BoxError;
+use tower_red::classify::{AnyError, Classify};
+use tower_red::clock::{self, NEVER, Scope};
 use tower_service::Service;
-use tower_timeout_budget::DeadlineCarrier;
 
 use crate::body::{OnResponse, Release};
 use crate::config::{Partitioner, Unpartitioned};
+use crate::deadline::{DeadlineSource, FromScope};
 use crate::error::Reason;
 use crate::future::{ResponseFuture, doomed};
 use crate::handle::{BulkheadHandle, Shared};
@@ -26,13 +28,17 @@ use crate::partition::{Enqueued, Mode, Permit, Waiter};
 /// in `poll_ready`; a clone never inherits a reservation, and dropping a service gives its
 /// reservation back.
 ///
-/// Queued calls need their own handle on the inner service, so the inner service must be
-/// `Clone` (as axum routers, tower buffers, reqwest and tonic clients are); the service made
-/// ready is the one that serves the call.
-pub struct Bulkhead<S, P = Unpartitioned, H = OnResponse> {
+/// The inner service must be `Clone` (as axum routers, tower buffers, reqwest and tonic
+/// clients are): a queued call needs its own handle on it, and whether a partition queues is
+/// decided at run time by the builder, while trait bounds are fixed at compile time. A service
+/// that is not `Clone` passes once wrapped in a buffer: `ServiceBuilder::new().layer(bulkhead)
+/// .buffer(1024).service(svc)`.
+pub struct Bulkhead<S, P = Unpartitioned, H = OnResponse, C = AnyError, D = FromScope> {
     inner: S,
     shared: Arc<Shared>,
     partitioner: P,
+    classifier: C,
+    deadline: D,
     reserved: Option<Permit>,
     waiting: Option<Waiter>,
     _release: PhantomData<fn() -> H>,
@@ -50,12 +56,20 @@ impl<S> Bulkhead<S> {
     }
 }
 
-impl<S, P, H> Bulkhead<S, P, H> {
-    pub(crate) fn from_parts(inner: S, shared: Arc<Shared>, partitioner: P) -> Self {
+impl<S, P, H, C, D> Bulkhead<S, P, H, C, D> {
+    pub(crate) fn from_parts(
+        inner: S,
+        shared: Arc<Shared>,
+        partitioner: P,
+        classifier: C,
+        deadline: D,
+    ) -> Self {
         Bulkhead {
             inner,
             shared,
             partitioner,
+            classifier,
+            deadline,
             reserved: None,
             waiting: None,
             _release: PhantomData,
@@ -67,34 +81,24 @@ impl<S, P, H> Bulkhead<S, P, H> {
         BulkheadHandle::new(self.shared.clone())
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service; a reserved permit is given back.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    // `into_inner` gives a reserved permit back (it is dropped with `self`).
+    tower_red::define_inner_service_accessors!();
 }
 
-impl<S: Clone, P: Clone, H> Clone for Bulkhead<S, P, H> {
+impl<S: Clone, P: Clone, H, C: Clone, D: Clone> Clone for Bulkhead<S, P, H, C, D> {
     /// Shares the bulkhead, but not this service's reservation.
     fn clone(&self) -> Self {
         Bulkhead::from_parts(
             self.inner.clone(),
             self.shared.clone(),
             self.partitioner.clone(),
+            self.classifier.clone(),
+            self.deadline.clone(),
         )
     }
 }
 
-impl<S: fmt::Debug, P, H> fmt::Debug for Bulkhead<S, P, H> {
+impl<S: fmt::Debug, P, H, C, D> fmt::Debug for Bulkhead<S, P, H, C, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Bulkhead")
             .field("inner", &self.inner)
@@ -104,17 +108,18 @@ impl<S: fmt::Debug, P, H> fmt::Debug for Bulkhead<S, P, H> {
     }
 }
 
-impl<S, Req, P, H> Service<Req> for Bulkhead<S, P, H>
+impl<S, Req, P, H, C, D> Service<Req> for Bulkhead<S, P, H, C, D>
 where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
-    Req: DeadlineCarrier,
     P: Partitioner<Req>,
     H: Release<S::Response>,
+    C: Classify<S::Response, BoxError> + Clone,
+    D: DeadlineSource<Req>,
 {
     type Response = H::Output;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future, S, Req, H>;
+    type Future = ResponseFuture<S::Future, S, Req, H, C>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
@@ -133,14 +138,22 @@ where
             None => part.try_acquire(),
         };
         if let Some(permit) = permit {
-            let start = part.timed.then(Instant::now);
-            return ResponseFuture::called(self.inner.call(req), permit, start, None);
+            if !part.timed {
+                // Nothing needs the time: no clock read at all.
+                let fut = self.inner.call(req);
+                return ResponseFuture::called(fut, permit, None, self.classifier.clone());
+            }
+            // One clock read, shared with every layer of the stack inside this call.
+            let _scope = Scope::enter();
+            let start = clock::now();
+            let fut = self.inner.call(req);
+            return ResponseFuture::called(fut, permit, Some(start), self.classifier.clone());
         }
         self.full(index, req)
     }
 }
 
-impl<S, P, H> Bulkhead<S, P, H> {
+impl<S, P, H, C: Clone, D> Bulkhead<S, P, H, C, D> {
     /// Backpressure mode: reserves a permit for the next call, waiting in the queue for one;
     /// `Ready` once reserved (or, were the unbounded queue ever full, to let `call` refuse).
     #[inline(never)]
@@ -168,16 +181,16 @@ impl<S, P, H> Bulkhead<S, P, H> {
 
     /// No permit is free: queue or refuse, by the partition's mode.
     #[inline(never)]
-    fn full<Req>(&mut self, index: usize, req: Req) -> ResponseFuture<S::Future, S, Req, H>
+    fn full<Req>(&mut self, index: usize, req: Req) -> ResponseFuture<S::Future, S, Req, H, C>
     where
         S: Service<Req> + Clone,
-        Req: DeadlineCarrier,
+        D: DeadlineSource<Req>,
     {
         let part = &self.shared.partitions[index];
         match part.mode {
             Mode::Queue { max_len, max_wait } => self.enqueue(index, req, max_len, max_wait),
             Mode::Reject | Mode::Backpressure => {
-                ResponseFuture::rejected(part.reject(Reason::Full, None))
+                ResponseFuture::rejected(part.reject(Reason::Full, None), self.classifier.clone())
             }
         }
     }
@@ -189,31 +202,36 @@ impl<S, P, H> Bulkhead<S, P, H> {
         req: Req,
         max_len: usize,
         max_wait: Duration,
-    ) -> ResponseFuture<S::Future, S, Req, H>
+    ) -> ResponseFuture<S::Future, S, Req, H, C>
     where
         S: Service<Req> + Clone,
-        Req: DeadlineCarrier,
+        D: DeadlineSource<Req>,
     {
+        let _scope = Scope::enter();
         let part = &self.shared.partitions[index];
-        let now = Instant::now();
-        let deadline = req.deadline();
+        let now = clock::now();
+        let deadline = self.deadline.deadline(&req);
+        let classifier = self.classifier.clone();
         if doomed(part, deadline, now) {
-            return ResponseFuture::rejected(part.reject(Reason::Deadline, None));
+            return ResponseFuture::rejected(part.reject(Reason::Deadline, None), classifier);
         }
         match part.enqueue(Some(max_len)) {
-            Enqueued::QueueFull => ResponseFuture::rejected(part.reject(Reason::QueueFull, None)),
+            Enqueued::QueueFull => {
+                ResponseFuture::rejected(part.reject(Reason::QueueFull, None), classifier)
+            }
             Enqueued::Granted(permit) => {
                 let start = part.timed.then_some(now);
-                ResponseFuture::called(self.inner.call(req), permit, start, None)
+                ResponseFuture::called(self.inner.call(req), permit, start, classifier)
             }
             Enqueued::Waiting(waiter) => {
                 // The ready service serves the call later; a fresh clone waits for readiness.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let wait_end = now
-                    .checked_add(max_wait)
-                    .unwrap_or(now + Duration::from_secs(86_400 * 365));
-                ResponseFuture::queued(waiter, inner, req, now, wait_end, deadline, part.timed)
+                let wait_end = now + max_wait.min(NEVER);
+                let timed = part.timed;
+                ResponseFuture::queued(
+                    waiter, inner, req, now, wait_end, deadline, timed, classifier,
+                )
             }
         }
     }

@@ -202,15 +202,16 @@ async fn metrics_use_the_tower_red_names_and_bounded_labels() {
         other => panic!("no queue wait histogram: {other:?}"),
     }
     for (reason, count) in [
-        (Reason::QueueFull, 1),
-        (Reason::QueueTimeout, 1),
-        (Reason::Full, 0),
-        (Reason::Deadline, 0),
+        (Reason::QueueFull, Some(1)),
+        (Reason::QueueTimeout, Some(1)),
+        (Reason::Deadline, Some(0)),
+        // A queueing partition never refuses with `full`: no series that cannot move.
+        (Reason::Full, None),
     ] {
         let labels = [("partition", "default"), ("reason", reason.as_str())];
         assert_eq!(
             find(&snapshot, names::BULKHEAD_REJECTIONS_TOTAL, &labels),
-            Some(&DebugValue::Counter(count)),
+            count.map(DebugValue::Counter).as_ref(),
             "{reason}"
         );
     }
@@ -241,33 +242,33 @@ fn every_bad_setting_is_named_at_build() {
     assert_eq!(field(b().queue(1, Duration::ZERO)), "queue.max_wait");
     assert_eq!(
         field(b().partition(Partition::new("bg", 0))),
-        "partitions[bg].max_concurrent"
+        "partitions.bg.max_concurrent"
     );
     assert_eq!(
         field(b().partition(Partition::new("bg", 1).queue(1, Duration::ZERO))),
-        "partitions[bg].queue.max_wait"
+        "partitions.bg.queue.max_wait"
     );
     assert_eq!(
         field(b().partition(Partition::new("", 1))),
-        "partitions[].name"
+        "partitions..name"
     );
     assert_eq!(
         field(b().partition(Partition::new("default", 1))),
-        "partitions[default].name"
+        "partitions.default.name"
     );
     assert_eq!(
         field(
             b().partition(Partition::new("bg", 1))
                 .partition(Partition::new("bg", 2))
         ),
-        "partitions[bg].name"
+        "partitions.bg.name"
     );
     assert_eq!(
-        field(b().backpressure().partition(Partition::new("bg", 1))),
+        field(b().backpressure(true).partition(Partition::new("bg", 1))),
         "backpressure"
     );
     assert_eq!(
-        field(b().backpressure().queue(1, Duration::from_secs(1))),
+        field(b().backpressure(true).queue(1, Duration::from_secs(1))),
         "backpressure"
     );
     assert_eq!(
@@ -282,8 +283,91 @@ fn every_bad_setting_is_named_at_build() {
         "adaptive.backoff_ratio"
     );
     let err = b().max_concurrent(0).build().unwrap_err();
+    assert_eq!(err.layer(), "bulkhead");
+    assert_eq!(err.value(), "0");
     assert_eq!(
         err.to_string(),
-        "invalid bulkhead setting `max_concurrent`: must be at least 1"
+        "invalid bulkhead config: max_concurrent = 0: must be at least 1"
     );
+    assert!(
+        b().backpressure(false)
+            .partition(Partition::new("bg", 1))
+            .build()
+            .is_ok(),
+        "backpressure(false) is the default"
+    );
+}
+
+#[test]
+fn only_the_series_a_bulkhead_can_produce_are_registered() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _layer = metrics::with_local_recorder(&recorder, || {
+        BulkheadLayer::builder()
+            .name("series")
+            .max_concurrent(1)
+            .partition(Partition::new("queues", 1).queue(1, Duration::from_secs(1)))
+            .build()
+            .unwrap()
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let part = |p: &'static str| [("name", "series"), ("partition", p)];
+    assert_eq!(
+        find(&snapshot, names::BULKHEAD_QUEUE_DEPTH, &part("default")),
+        None,
+        "a partition that rejects at once has no queue"
+    );
+    assert_eq!(
+        find(
+            &snapshot,
+            names::BULKHEAD_QUEUE_WAIT_SECONDS,
+            &part("default")
+        ),
+        None
+    );
+    assert!(find(&snapshot, names::BULKHEAD_QUEUE_DEPTH, &part("queues")).is_some());
+    let reason = |p: &'static str, r: &'static str| [("partition", p), ("reason", r)];
+    assert!(
+        find(
+            &snapshot,
+            names::BULKHEAD_REJECTIONS_TOTAL,
+            &reason("default", "full")
+        )
+        .is_some()
+    );
+    assert_eq!(
+        find(
+            &snapshot,
+            names::BULKHEAD_REJECTIONS_TOTAL,
+            &reason("default", "queue_timeout")
+        ),
+        None
+    );
+    let red = |outcome| {
+        [
+            ("layer", "bulkhead"),
+            ("name", "series"),
+            ("outcome", outcome),
+        ]
+    };
+    for impossible in ["circuit_open", "budget_exhausted", "replayed", "rejected"] {
+        assert_eq!(
+            find(&snapshot, names::REQUESTS_TOTAL, &red(impossible)),
+            None,
+            "{impossible}"
+        );
+    }
+    for possible in [
+        "ok",
+        "error",
+        "timeout",
+        "shed",
+        "cancelled",
+        "inner_refusal",
+    ] {
+        assert!(
+            find(&snapshot, names::REQUESTS_TOTAL, &red(possible)).is_some(),
+            "{possible}"
+        );
+    }
 }

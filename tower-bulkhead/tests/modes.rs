@@ -123,6 +123,8 @@ async fn the_queue_wait_never_outlives_the_deadline() {
     let mut svc = BulkheadLayer::builder()
         .max_concurrent(1)
         .queue(4, ms(1_000))
+        // `Job` carries its deadline itself, not in the task-local scope.
+        .deadline_from_request()
         .build()
         .unwrap()
         .layer(Backend::default());
@@ -281,6 +283,7 @@ async fn deadline_aware_admission_sheds_calls_that_cannot_finish_in_time() {
     let layer = BulkheadLayer::builder()
         .max_concurrent(1)
         .queue(8, ms(10_000))
+        .deadline_from_request()
         .build()
         .unwrap();
     let mut svc = layer.layer(Backend::default());
@@ -325,6 +328,7 @@ async fn deadline_aware_admission_sheds_calls_that_cannot_finish_in_time() {
         .max_concurrent(1)
         .queue(8, ms(10_000))
         .shed_on_deadline(false)
+        .deadline_from_request()
         .build()
         .unwrap()
         .layer(Backend::default());
@@ -355,7 +359,7 @@ async fn backpressure_waits_in_poll_ready_and_reserves() {
     let backend = Backend::default();
     let layer = BulkheadLayer::builder()
         .max_concurrent(1)
-        .backpressure()
+        .backpressure(true)
         .build()
         .unwrap();
     let handle = layer.handle();
@@ -399,7 +403,7 @@ async fn backpressure_waits_in_poll_ready_and_reserves() {
 async fn a_service_dropped_while_waiting_in_poll_ready_leaves_the_queue() {
     let layer = BulkheadLayer::builder()
         .max_concurrent(1)
-        .backpressure()
+        .backpressure(true)
         .build()
         .unwrap();
     let handle = layer.handle();

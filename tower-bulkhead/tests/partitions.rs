@@ -3,6 +3,8 @@
 
 mod support;
 
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -74,25 +76,54 @@ async fn slow_background_work_never_takes_capacity_from_critical_work() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn unknown_partition_names_fall_back_to_the_default() {
-    let layer = BulkheadLayer::builder()
-        .max_concurrent(1)
-        .partition(Partition::new("background", 1))
-        .partition_by(|job: &Job| Some(job.class))
-        .build()
-        .unwrap();
+async fn unknown_partition_names_fall_back_to_the_default_counted() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        BulkheadLayer::builder()
+            .name("typo")
+            .max_concurrent(2)
+            .partition(Partition::new("background", 1))
+            .partition_by(|job: &Job| Some(job.class))
+            .build()
+            .unwrap()
+    });
     let handle = layer.handle();
     let mut svc = layer.layer(Backend::default());
     let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 100)));
     assert_pending!(a.poll());
+    let mut b = task::spawn(svc.ready().await.unwrap().call(Job::new(2, 100)));
+    assert_pending!(b.poll());
     assert_eq!(
         handle.in_flight(DEFAULT_PARTITION),
-        Some(1),
+        Some(2),
         "`critical` is not declared"
     );
     assert_eq!(
         handle.partitions().collect::<Vec<_>>(),
         ["default", "background"]
+    );
+    let unknown = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .find(|(key, ..)| key.key().name() == "resilience_bulkhead_unknown_partition_total")
+        .map(|(key, .., value)| {
+            (
+                key.key()
+                    .labels()
+                    .map(|l| l.value().to_owned())
+                    .collect::<Vec<_>>(),
+                value,
+            )
+        });
+    assert_eq!(
+        unknown,
+        Some((
+            vec!["bulkhead".to_owned(), "typo".to_owned()],
+            DebugValue::Counter(2)
+        )),
+        "not silent: counted"
     );
 }
 
