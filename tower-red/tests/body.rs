@@ -239,3 +239,38 @@ proptest! {
         })?;
     }
 }
+
+/// The bodies the retry and idempotency layers meet are `Unpin`, so they collect as they are,
+/// and the collector's types can cross threads with them.
+#[allow(dead_code)]
+fn framework_bodies_collect_as_they_are() {
+    fn send<T: Send + 'static>(_: &T) {}
+    #[cfg(feature = "tonic")]
+    {
+        let c = collect(tonic::body::Body::empty(), 1024);
+        send(&c);
+    }
+    #[cfg(feature = "axum")]
+    {
+        let c = collect(axum::body::Body::empty(), 1024);
+        send(&c);
+    }
+    send(&collect(http_body_util::Full::new(Bytes::new()), 0));
+}
+
+#[cfg(feature = "tonic")]
+#[tokio::test]
+async fn a_tonic_request_body_replays_with_its_frames() {
+    let body =
+        tonic::body::Body::new(Frames::data(&[b"\0\0\0\0\x01a"]).map_err(tonic::Status::internal));
+    let Buffered::Complete(collected) = collect(body, 64).await.unwrap() else {
+        panic!("fits");
+    };
+    for _ in 0..2 {
+        let replayed = tonic::body::Body::new(collected.body());
+        assert_eq!(
+            replayed.collect().await.unwrap().to_bytes(),
+            &b"\0\0\0\0\x01a"[..]
+        );
+    }
+}
