@@ -133,6 +133,8 @@ fn app() -> Result<Router, BoxError> {
         .partition_by(|req: &http::Request<axum::body::Body>| {
             req.uri().path().starts_with("/orders").then_some("orders")
         })
+        // The breaker's classifier: one verdict for the whole stack.
+        .classifier(HttpStatus::new())
         .build()?;
     // Opens when half of the last 50 calls failed (5xx), once 20 are in.
     let breaker = BreakerLayer::new(
