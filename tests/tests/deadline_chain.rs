@@ -25,6 +25,7 @@ use http::StatusCode;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower_red::grpc::client::{ClientStatus, ClientStatusLayer};
 use tower_red::grpc::status::StatusLayer;
 use tower_red::problem::ProblemLayer;
 use tower_red::{Rejection, RejectionKind};
@@ -182,7 +183,7 @@ async fn hop_a(State(hop): State<HopA>) -> (StatusCode, String) {
 struct HopB {
     probe: Arc<Probe>,
     delay: Duration,
-    to_c: OutboundDeadline<tonic::transport::Channel>,
+    to_c: ClientStatus<OutboundDeadline<tonic::transport::Channel>>,
 }
 
 async fn hop_b(State(hop): State<HopB>) -> (StatusCode, String) {
@@ -199,10 +200,11 @@ async fn hop_b(State(hop): State<HopB>) -> (StatusCode, String) {
             StatusCode::OK,
             format!("status {}", res.into_inner().status),
         ),
-        // C's inbound layer answers DEADLINE_EXCEEDED; tonic's server also enforces
-        // `grpc-timeout` itself, outside every user layer, and answers CANCELLED with
-        // "Timeout expired" when its timer fires first. Both mean C's budget ended.
-        Err(status) if c_budget_ended(&status) => (
+        // C's inbound layer gives up (by default 20 ms) before the budget B sent runs out and
+        // answers DEADLINE_EXCEEDED; should B's Channel enforce that budget first, B's outbound
+        // layer takes its timeout error for the deadline passing: DEADLINE_EXCEEDED too, never
+        // tonic's CANCELLED "Timeout expired".
+        Err(status) if status.code() == tonic::Code::DeadlineExceeded => (
             StatusCode::GATEWAY_TIMEOUT,
             format!("cut at c: {}", status.message()),
         ),
@@ -211,11 +213,6 @@ async fn hop_b(State(hop): State<HopB>) -> (StatusCode, String) {
             format!("cut at b: {}", status.message()),
         ),
     }
-}
-
-fn c_budget_ended(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::DeadlineExceeded
-        || (status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired")
 }
 
 /// Starts C, B and A; returns A's address.
@@ -230,14 +227,10 @@ async fn chain(
     tokio::spawn(
         tonic::transport::Server::builder()
             .layer(StatusLayer::new())
-            // C gives up 5 ms before its caller's budget ends, so its own DEADLINE_EXCEEDED
-            // (not tonic's built-in CANCELLED "Timeout expired") is the answer B sees.
-            .layer(
-                inbound("c")
-                    .margin(Duration::from_millis(5))
-                    .build()
-                    .expect("valid"),
-            )
+            // C gives up its default margin (20 ms) before its caller's budget ends, so its own
+            // DEADLINE_EXCEEDED (not tonic's built-in CANCELLED "Timeout expired") is the
+            // answer B sees.
+            .layer(inbound("c").build().expect("valid"))
             .layer(SlowLayer(probe.clone(), delay_c))
             .add_service(health)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
@@ -252,7 +245,7 @@ async fn chain(
         .with_state(HopB {
             probe: probe.clone(),
             delay: delay_b,
-            to_c: outbound("b_to_c").layer(channel),
+            to_c: ClientStatusLayer::new().layer(outbound("b_to_c").layer(channel)),
         })
         .layer(
             ServiceBuilder::new()
@@ -336,14 +329,12 @@ async fn the_innermost_work_is_cancelled_when_the_outer_budget_ends() {
     assert!(ba <= Duration::from_millis(800));
     assert!(bb <= ba - step - MARGIN, "B {bb:?} vs A {ba:?}");
     assert!(bc <= bb - step - MARGIN, "C {bc:?} vs B {bb:?}");
-    // C's budget, the smallest, ends first, so the cut is reported from C: by C's own inbound
-    // layer ("deadline exceeded (c): in the call") or, when a loaded machine delays it past its
-    // 5 ms margin, by tonic's server timer ("Timeout expired"). Both are C's budget ending.
+    // C's budget, the smallest, ends first, so the cut is reported from C as DEADLINE_EXCEEDED:
+    // by C's own inbound layer or, when a loaded machine delays C's answer past its margin, by
+    // B's outbound layer when B's Channel enforces the budget it sent. Never tonic's CANCELLED.
     assert!(body.starts_with("cut at c: "), "{body}");
-    assert!(
-        body.contains("deadline exceeded (c)") || body.contains("Timeout expired"),
-        "{body}"
-    );
+    assert!(body.contains("deadline exceeded"), "{body}");
+    assert!(!body.contains("Timeout expired"), "{body}");
     // Dropping C's handler future is what cancels its work; allow the server a moment.
     for _ in 0..100 {
         if probe.c_cancelled.load(Ordering::SeqCst) {

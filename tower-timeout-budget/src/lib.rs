@@ -12,7 +12,20 @@
 //! - [`inbound::InboundDeadlineLayer`] (servers) turns `grpc-timeout` or a millisecond HTTP
 //!   header into the deadline and a task-local scope; [`outbound::OutboundDeadlineLayer`]
 //!   (clients: reqwest, tonic, hyper) writes the remaining budget into the outgoing request and
-//!   fails fast when it is spent. [`wire`] holds both header formats.
+//!   fails fast when it is spent; it goes **innermost**, just above the transport, so no wait
+//!   happens after the budget is written. [`wire`] holds both header formats.
+//!
+//! # gRPC: deadlines against tonic's own timers
+//!
+//! tonic enforces `grpc-timeout` on both sides, outside every user layer, and reports its own
+//! timer as `CANCELLED "Timeout expired"`. With the defaults the caller sees
+//! `DEADLINE_EXCEEDED` whichever timer fires first: the inbound layer gives up its
+//! [margin](inbound::DEFAULT_MARGIN) (20 ms) before the caller's budget ends, so its answer
+//! arrives before the caller's `Channel` gives up; and the outbound layer takes its `Channel`'s
+//! timeout error, once the budget it sent has run out, for the deadline passing. On a tonic
+//! client, put `tower_red::grpc::client::ClientStatusLayer` above it so a rejection reaches the
+//! caller as its `Status`; on a tonic server, `tower_red::grpc::status::StatusLayer` above the
+//! inbound layer.
 //!
 //! ```
 //! use std::time::Duration;

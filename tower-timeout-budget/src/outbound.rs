@@ -12,10 +12,34 @@
 //!    digits) for gRPC requests (`content-type: application/grpc…`), or into the millisecond
 //!    HTTP header for others ([`Propagation`] changes that); a smaller value already on the
 //!    request (say, from tonic's `Request::set_timeout`) is kept;
-//! 4. enforces the deadline itself, so the call is cut even if the server ignores the header.
+//! 4. enforces the deadline itself, so the call is cut even if the server ignores the header;
+//! 5. takes an error of the inner service that comes **once the budget written on the request
+//!    has run out** for that budget being enforced below it, and answers it as its own
+//!    `DeadlineExceeded` ([`Stage::Call`]). tonic's `Channel` enforces the `grpc-timeout` it
+//!    sends and fails with `tonic::TimeoutExpired`, which tonic reports as
+//!    `CANCELLED "Timeout expired"`, possibly before this layer's timer fires (always, with a
+//!    margin); the caller then sees `DEADLINE_EXCEEDED` whichever timer won (through
+//!    `tower_red::grpc::client::ClientStatusLayer` on a tonic client). Errors that come earlier,
+//!    and inner layers' [`Rejection`](tower_red::Rejection)s, pass through untouched.
 //!
 //! The margin is the time the response needs to travel back: the Google SRE book suggests
-//! shaving a few hundred milliseconds; Envoy offers the same offset for `grpc-timeout`.
+//! shaving a few hundred milliseconds; Envoy offers the same offset for `grpc-timeout`. An
+//! upstream behind [`InboundDeadlineLayer`](crate::inbound::InboundDeadlineLayer) already gives
+//! up its own inbound margin early, so the default here is zero.
+//!
+//! # Where it goes: innermost, just above the transport
+//!
+//! The budget is written when this layer's `call` runs. A wait *below* it (a bulkhead or pool
+//! queue that waits inside the call, a `tower::buffer`) is spent after the header was written,
+//! so the server would be told it has more time than is left. Put the layer innermost, right
+//! above the client (`reqwest::Client`, tonic `Channel`): every wait above it, in `poll_ready`
+//! or in a call, is then already subtracted. The standard client stack is
+//! retry → breaker → bulkhead → per-attempt [`TimeoutBudgetLayer`](crate::TimeoutBudgetLayer)
+//! → `OutboundDeadlineLayer` → transport. Below a `tower::buffer`, whose worker task makes the
+//! inner calls, only a deadline in the request's extensions is seen (not the caller's
+//! task-local one): a [`TimeoutBudgetLayer`](crate::TimeoutBudgetLayer) or
+//! [`InboundDeadlineLayer`](crate::inbound::InboundDeadlineLayer) above puts it there. tonic's
+//! `Channel` queues internally too; the server's inbound margin absorbs that wait.
 //!
 //! It serves `http::Request` (tonic `Channel`, hyper clients) and, with the `reqwest` feature,
 //! `reqwest::Request` (whose deadline comes from the task-local scope only).
@@ -282,17 +306,22 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// Inserts `value` unless the header already holds a valid, smaller budget.
+/// Inserts `value` unless the header already holds a valid, smaller budget; returns the budget
+/// the header carries afterwards.
 fn write_budget(
     headers: &mut HeaderMap,
     name: HeaderName,
     budget: Duration,
     parse: fn(&[u8]) -> Option<Duration>,
     value: HeaderValue,
-) {
+) -> Duration {
     let existing = headers.get(&name).and_then(|v| parse(v.as_bytes()));
-    if existing.is_none_or(|e| e > budget) {
-        headers.insert(name, value);
+    match existing {
+        Some(existing) if existing <= budget => existing,
+        _ => {
+            headers.insert(name, value);
+            budget
+        }
     }
 }
 
@@ -355,27 +384,32 @@ where
             Propagation::Both => (true, true),
             Propagation::None => (false, false),
         };
+        // The smallest budget the request carries out, if any: the transport (tonic's `Channel`)
+        // or the server may enforce it before this layer's own timer fires.
+        let mut on_wire: Option<Duration> = None;
         if grpc {
             let sent = GrpcTimeout::from_duration(budget);
-            write_budget(
+            on_wire = Some(write_budget(
                 req.headers_mut(),
                 GRPC_TIMEOUT,
                 sent.duration(),
                 |b| GrpcTimeout::parse(b).ok().map(GrpcTimeout::duration),
                 sent.to_header_value(),
-            );
+            ));
         }
         if http {
-            write_budget(
+            let sent = write_budget(
                 req.headers_mut(),
                 self.config.http_header.clone(),
                 budget,
                 |b| wire::parse_millis(b).ok(),
                 wire::millis_header_value(budget),
             );
+            on_wire = Some(on_wire.map_or(sent, |w| w.min(sent)));
         }
         req.set_deadline(deadline);
         let fut = deadline.sync_scope_exact(|| self.inner.call(req));
-        ResponseFuture::running(fut, Some(deadline), now, self.shared.clone())
+        let wire = on_wire.and_then(|w| now.checked_add(w));
+        ResponseFuture::sent(fut, Some(deadline), now, wire, self.shared.clone())
     }
 }

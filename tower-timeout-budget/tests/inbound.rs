@@ -29,8 +29,12 @@ async fn seen(layer: InboundDeadlineLayer, headers: &[(&str, &str)]) -> Result<S
     svc.oneshot(req.body(()).expect("a request")).await
 }
 
+/// Lenient, and without the default margin, so budgets read exactly as sent.
 fn lenient() -> InboundDeadlineLayer {
-    InboundDeadlineLayer::new()
+    InboundDeadlineLayer::builder()
+        .margin(Duration::ZERO)
+        .build()
+        .expect("valid")
 }
 
 #[tokio::test(start_paused = true)]
@@ -57,6 +61,7 @@ async fn the_http_header_is_read_in_milliseconds() {
 async fn the_http_header_name_is_configurable() {
     let envoy = InboundDeadlineLayer::builder()
         .http_header("x-envoy-expected-rq-timeout-ms")
+        .margin(Duration::ZERO)
         .build()
         .expect("valid");
     let got = seen(envoy.clone(), &[("x-envoy-expected-rq-timeout-ms", "300")])
@@ -87,6 +92,7 @@ async fn when_both_headers_are_sent_the_smaller_wins() {
 async fn the_server_cap_clamps_headers_and_applies_without_one() {
     let capped = InboundDeadlineLayer::builder()
         .cap(500 * MS)
+        .margin(Duration::ZERO)
         .build()
         .expect("valid");
     let got = seen(capped.clone(), &[("grpc-timeout", "10S")])
@@ -125,6 +131,7 @@ async fn absurd_values_without_a_cap_saturate_instead_of_panicking() {
 async fn malformed_headers_are_ignored_in_lenient_mode() {
     let capped = InboundDeadlineLayer::builder()
         .cap(500 * MS)
+        .margin(Duration::ZERO)
         .build()
         .expect("valid");
     for (k, v) in [
@@ -154,6 +161,7 @@ async fn strict_mode_answers_malformed_headers_with_400_without_calling_the_hand
     let flag = called.clone();
     let strict = InboundDeadlineLayer::builder()
         .strict(true)
+        .margin(Duration::ZERO)
         .build()
         .expect("valid");
     let svc = ServiceBuilder::new()
@@ -185,6 +193,7 @@ async fn strict_mode_answers_malformed_headers_with_400_without_calling_the_hand
 async fn strict_rejection_is_invalid_deadline() {
     let strict = InboundDeadlineLayer::builder()
         .strict(true)
+        .margin(Duration::ZERO)
         .build()
         .expect("valid");
     let err = seen(strict, &[("x-request-timeout-ms", "soon")])
@@ -273,11 +282,26 @@ async fn the_inbound_margin_shortens_the_callers_budget_but_not_the_cap() {
         seen(layer.clone(), &[]).await.expect("ok").0,
         Some(1_000 * MS)
     );
-    let err = seen(layer, &[("grpc-timeout", "3m")])
+    // Less than the margin: half of it is kept rather than refused on arrival.
+    let got = seen(layer, &[("grpc-timeout", "3m")]).await.expect("ok");
+    assert_eq!(got.0, Some(Duration::from_micros(1_500)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn by_default_the_server_gives_up_20_ms_before_its_caller() {
+    let layer = InboundDeadlineLayer::new();
+    let got = seen(layer.clone(), &[("grpc-timeout", "200m")])
         .await
-        .expect_err("less than the margin left");
-    assert_eq!(
-        Stage::of(Rejection::find_in(&err).expect("a rejection")),
-        Some(Stage::Arrival)
-    );
+        .expect("ok");
+    assert_eq!(got, (Some(180 * MS), Some(180 * MS)));
+    let got = seen(layer.clone(), &[("x-request-timeout-ms", "1500")])
+        .await
+        .expect("ok");
+    assert_eq!(got.0, Some(1_480 * MS));
+    // A short budget keeps at least half of itself.
+    let got = seen(layer, &[("grpc-timeout", "30m")]).await.expect("ok");
+    assert_eq!(got.0, Some(15 * MS));
+    let built = InboundDeadlineLayer::builder().build().expect("valid");
+    let got = seen(built, &[("grpc-timeout", "200m")]).await.expect("ok");
+    assert_eq!(got.0, Some(180 * MS), "the builder has the same default");
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use tokio::time::{Instant, advance};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_red::{BoxError, Rejection, RejectionKind};
@@ -234,4 +234,149 @@ fn bad_configuration_names_the_field() {
         .build()
         .expect_err("name");
     assert_eq!(err.field(), "http_header");
+}
+
+/// A transport that enforces the budget sent in the HTTP header itself, as tonic's `Channel`
+/// does with `grpc-timeout`: it fails with its own error when that budget runs out.
+async fn enforcing_transport(req: http::Request<()>) -> Result<(), BoxError> {
+    let sent = req.headers()["x-request-timeout-ms"]
+        .to_str()
+        .expect("ascii")
+        .parse::<u64>()
+        .expect("millis");
+    tokio::time::sleep(Duration::from_millis(sent)).await;
+    Err("Timeout expired".into())
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_transport_enforcing_the_sent_budget_first_is_the_deadline_passing() {
+    let layer = OutboundDeadlineLayer::builder()
+        .margin(20 * MS)
+        .build()
+        .expect("valid");
+    let client = layer.layer(tower::service_fn(enforcing_transport));
+    let start = Instant::now();
+    let err = Deadline::after(500 * MS)
+        .scope(client.oneshot(http::Request::new(())))
+        .await
+        .expect_err("the transport gave up");
+    assert_eq!(start.elapsed(), 480 * MS, "the transport's timer won");
+    assert_eq!(stage_of(&err), Some(Stage::Call), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn inner_errors_before_the_sent_budget_runs_out_pass_through() {
+    let client =
+        OutboundDeadlineLayer::new().layer(tower::service_fn(|_req: http::Request<()>| async {
+            tokio::time::sleep(100 * MS).await;
+            Err::<(), BoxError>("connection reset".into())
+        }));
+    let err = Deadline::after(500 * MS)
+        .scope(client.oneshot(http::Request::new(())))
+        .await
+        .expect_err("failed");
+    assert!(Rejection::find_in(&err).is_none(), "{err}");
+    assert_eq!(err.to_string(), "connection reset");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_refusal_after_the_sent_budget_runs_out_stays_that_refusal() {
+    let client = OutboundDeadlineLayer::builder()
+        .margin(20 * MS)
+        .build()
+        .expect("valid")
+        .layer(tower::service_fn(|_req: http::Request<()>| async {
+            tokio::time::sleep(490 * MS).await;
+            Err::<(), BoxError>(Rejection::new(RejectionKind::BulkheadFull).into())
+        }));
+    let err = Deadline::after(500 * MS)
+        .scope(client.oneshot(http::Request::new(())))
+        .await
+        .expect_err("refused");
+    let rejection = Rejection::find_in(&err).expect("a rejection");
+    assert_eq!(rejection.kind(), RejectionKind::BulkheadFull);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_header_sent_inner_errors_pass_through() {
+    let late_failure = |propagation| {
+        OutboundDeadlineLayer::builder()
+            .margin(20 * MS)
+            .propagation(propagation)
+            .build()
+            .expect("valid")
+            .layer(tower::service_fn(|_req: http::Request<()>| async {
+                tokio::time::sleep(490 * MS).await;
+                Err::<(), BoxError>("late failure".into())
+            }))
+    };
+    let err = Deadline::after(500 * MS)
+        .scope(late_failure(Propagation::None).oneshot(http::Request::new(())))
+        .await
+        .expect_err("failed");
+    assert_eq!(
+        err.to_string(),
+        "late failure",
+        "nothing sent, nothing enforced"
+    );
+    let err = Deadline::after(500 * MS)
+        .scope(late_failure(Propagation::HttpHeader).oneshot(http::Request::new(())))
+        .await
+        .expect_err("failed");
+    assert_eq!(stage_of(&err), Some(Stage::Call), "480 ms were sent: {err}");
+}
+
+/// The budgets two concurrent calls carried out, through a queue (`tower::buffer` in front of a
+/// one-permit limit, as a bulkhead queue or a connection pool) where the second call waits 300
+/// ms for the first; the outbound layer innermost, or above the queue.
+async fn sent_through_a_queue(innermost: bool) -> Vec<HeaderValue> {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let transport = tower::service_fn(move |req: http::Request<()>| {
+        let record = record.clone();
+        async move {
+            record
+                .lock()
+                .expect("not poisoned")
+                .push(req.headers()["x-request-timeout-ms"].clone());
+            tokio::time::sleep(300 * MS).await;
+            Ok::<_, BoxError>(())
+        }
+    });
+    let client = tower::ServiceBuilder::new()
+        .option_layer((!innermost).then(OutboundDeadlineLayer::new))
+        .buffer(16)
+        .concurrency_limit(1)
+        .option_layer(innermost.then(OutboundDeadlineLayer::new))
+        .service(transport);
+    let start = Instant::now();
+    // In the extensions, as a deadline layer above puts it: the buffer's worker task, which
+    // makes the inner calls, does not see the caller's task-local scope.
+    let deadline = Deadline::after(Duration::from_secs(1));
+    let request = || {
+        let mut req = http::Request::new(());
+        req.set_deadline(deadline);
+        req
+    };
+    let (a, b) = tokio::join!(
+        client.clone().oneshot(request()),
+        client.clone().oneshot(request()),
+    );
+    a.expect("in time");
+    b.expect("in time");
+    assert_eq!(start.elapsed(), 600 * MS);
+    let seen = seen.lock().expect("not poisoned");
+    seen.clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn placed_innermost_the_header_carries_what_is_left_after_a_queue_wait() {
+    assert_eq!(sent_through_a_queue(true).await, ["1000", "700"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn placed_above_a_queue_the_header_misses_the_wait() {
+    // Why the docs put the layer innermost: the second call told the server it had 1000 ms
+    // when 700 were left.
+    assert_eq!(sent_through_a_queue(false).await, ["1000", "1000"]);
 }
