@@ -76,13 +76,19 @@ pin_project! {
 /// Accounts for a timed call dropped before it finished; `running` when it held its permit.
 #[cold]
 fn dropped(part: &PartitionState, running: bool, start: Instant, served: Option<Instant>) {
+    // Cut off by its deadline while the backend worked on it: the backend was too slow.
+    let timed_out = running && part.observes() && cancel::expired();
+    let recording = part.metrics.as_ref().filter(|m| m.is_recording());
+    if !timed_out && recording.is_none() {
+        return;
+    }
     let now = clock::now();
-    if let Some(m) = &part.metrics {
+    if let Some(m) = recording {
         m.red
             .record(Outcome::Cancelled, now.saturating_duration_since(start));
     }
-    // Cut off by its deadline while the backend worked on it: the backend was too slow.
-    if running && part.observes() && cancel::expired() {
+    if timed_out {
+        // The time it ran is a lower bound of its service time.
         let ran = now.saturating_duration_since(served.unwrap_or(start));
         part.observe(ran, Signal::Drop);
     }
