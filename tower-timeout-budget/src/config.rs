@@ -4,9 +4,10 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
-use crate::error::ConfigError;
 use crate::layer::TimeoutBudgetLayer;
 use crate::metrics::{Kind, Name, Shared};
+use tower_red::ConfigError;
+use tower_red::names::layer::TIMEOUT;
 
 /// The per-request cap of a [`TimeoutBudgetLayer`]: a function of the request that returns its
 /// cap, or `None` for the layer's default cap (tower #798).
@@ -133,14 +134,21 @@ impl<C> TimeoutBudgetBuilder<C> {
     /// installed now.
     pub fn build(self) -> Result<TimeoutBudgetLayer<C>, ConfigError> {
         let cap = match self.cap {
-            None => return Err(ConfigError::new("cap", "is required")),
-            Some(cap) => positive("cap", cap)?,
+            None => {
+                return Err(ConfigError::new(
+                    TIMEOUT,
+                    "cap",
+                    Option::<Duration>::None,
+                    "is required",
+                ));
+            }
+            Some(cap) => positive(TIMEOUT, "cap", cap)?,
         };
         let ready_timeout = match self.ready_timeout {
             None => cap,
-            Some(limit) => positive("ready_timeout", limit)?,
+            Some(limit) => positive(TIMEOUT, "ready_timeout", limit)?,
         };
-        validate_name(&self.name)?;
+        validate_name(TIMEOUT, &self.name)?;
         let shared = Shared::new(Kind::Timeout, Name::new(self.name), self.metrics, [None; 2]);
         Ok(TimeoutBudgetLayer::from_parts(
             cap,
@@ -151,21 +159,34 @@ impl<C> TimeoutBudgetBuilder<C> {
     }
 }
 
-pub(crate) fn positive(field: &'static str, value: Duration) -> Result<Duration, ConfigError> {
+/// `value`, unless it is zero.
+pub(crate) fn positive(
+    layer: &'static str,
+    field: &'static str,
+    value: Duration,
+) -> Result<Duration, ConfigError> {
     if value.is_zero() {
-        Err(ConfigError::new(field, "must be greater than zero"))
+        Err(ConfigError::new(
+            layer,
+            field,
+            value,
+            "must be greater than zero",
+        ))
     } else {
         Ok(value)
     }
 }
 
-pub(crate) fn validate_name(name: &str) -> Result<(), ConfigError> {
+/// An instance name is a metric label: not empty, and short.
+pub(crate) fn validate_name(layer: &'static str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() {
-        return Err(ConfigError::new("name", "must not be empty"));
+        return Err(ConfigError::new(layer, "name", name, "must not be empty"));
     }
     if name.len() > 64 {
         return Err(ConfigError::new(
+            layer,
             "name",
+            name,
             "must be at most 64 bytes (it is a metric label)",
         ));
     }

@@ -1,5 +1,5 @@
-//! The crate's own error types: [`ConfigError`] from the builders and [`ParseError`] from the
-//! header parsers.
+//! The crate's error types: [`ConfigError`] from the builders (the workspace's one
+//! [`tower_red::ConfigError`], re-exported) and [`ParseError`] from the header parsers.
 //!
 //! Deadline refusals themselves are [`tower_red::Rejection`]s of kind
 //! [`RejectionKind::DeadlineExceeded`](tower_red::RejectionKind::DeadlineExceeded) (HTTP 504,
@@ -11,43 +11,16 @@
 //! use tower_timeout_budget::TimeoutBudgetLayer;
 //!
 //! let err = TimeoutBudgetLayer::new(std::time::Duration::ZERO).unwrap_err();
-//! assert_eq!(err.field(), "cap");
-//! assert_eq!(err.to_string(), "invalid `cap`: must be greater than zero");
+//! assert_eq!((err.layer(), err.field(), err.value()), ("timeout", "cap", "0ns"));
+//! assert_eq!(err.to_string(), "invalid timeout config: cap = 0ns: must be greater than zero");
 //! ```
 
 use std::error::Error;
 use std::fmt;
 
-/// A builder was given a value it cannot work with; names the field and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    reason: &'static str,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, reason: &'static str) -> Self {
-        ConfigError { field, reason }
-    }
-
-    /// The builder field that was wrong, such as `cap` or `http_header`.
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-
-    /// Why it was wrong.
-    pub fn reason(&self) -> &'static str {
-        self.reason
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid `{}`: {}", self.field, self.reason)
-    }
-}
-
-impl Error for ConfigError {}
+/// The configuration error of every builder of this workspace: names the layer (`timeout`,
+/// `deadline_inbound` or `deadline_outbound`), the field, the value and why it cannot work.
+pub use tower_red::ConfigError;
 
 /// A deadline header value that does not follow its format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

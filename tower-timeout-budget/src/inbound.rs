@@ -51,7 +51,10 @@ use tower_red::clock::{self, Scope};
 use tower_service::Service;
 
 use crate::config::{positive, validate_name};
-use crate::error::{ConfigError, Stage};
+use tower_red::ConfigError;
+use tower_red::names::layer::DEADLINE_INBOUND;
+
+use crate::error::Stage;
 use crate::future::ResponseFuture;
 use crate::metrics::{Kind, Name, Shared};
 use crate::wire::{self, DEFAULT_HTTP_HEADER, GRPC_TIMEOUT, GrpcTimeout};
@@ -161,21 +164,32 @@ impl InboundDeadlineBuilder {
 
     /// Validates the configuration and registers the metric handles.
     pub fn build(self) -> Result<InboundDeadlineLayer, ConfigError> {
-        let cap = self.cap.map(|cap| positive("cap", cap)).transpose()?;
+        let cap = self
+            .cap
+            .map(|cap| positive(DEADLINE_INBOUND, "cap", cap))
+            .transpose()?;
         let http_header = self
             .http_header
             .map(|h| {
-                HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| ConfigError::new("http_header", "is not a valid header name"))
+                HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    ConfigError::new(
+                        DEADLINE_INBOUND,
+                        "http_header",
+                        &h,
+                        "is not a valid header name",
+                    )
+                })
             })
             .transpose()?;
         if http_header.as_ref() == Some(&GRPC_TIMEOUT) {
             return Err(ConfigError::new(
+                DEADLINE_INBOUND,
                 "http_header",
+                GRPC_TIMEOUT.as_str(),
                 "must not be grpc-timeout, which has its own format",
             ));
         }
-        validate_name(&self.name)?;
+        validate_name(DEADLINE_INBOUND, &self.name)?;
         let shared = Shared::new(
             Kind::Inbound {
                 strict: self.strict,
@@ -285,20 +299,7 @@ impl<S> InboundDeadline<S> {
         InboundDeadlineLayer::new().layer(inner)
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    tower_red::define_inner_service_accessors!();
 }
 
 /// The budget the headers of `req` ask for: `Ok(None)` when none is sent, `Err` with the

@@ -37,6 +37,22 @@ impl<C> fmt::Debug for TimeoutBudgetLayer<C> {
 
 impl TimeoutBudgetLayer {
     /// A layer with the default cap `cap` and default options (metrics on, name `timeout`).
+    ///
+    /// # Errors
+    ///
+    /// Unlike the `new` of the other layers, this one is fallible: the cap is a `Duration`, which
+    /// can be zero, and a zero cap would refuse every request on arrival. It is validated as
+    /// [`TimeoutBudgetBuilder::build`] validates it, and a zero cap is a [`ConfigError`] naming
+    /// `cap`, never a panic or a layer that refuses everything. For a cap known at compile time,
+    /// `expect` documents that it cannot fail:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_timeout_budget::TimeoutBudgetLayer;
+    ///
+    /// let layer = TimeoutBudgetLayer::new(Duration::from_secs(2)).expect("a non-zero cap");
+    /// # let _ = layer;
+    /// ```
     pub fn new(cap: Duration) -> Result<Self, ConfigError> {
         Self::builder().cap(cap).build()
     }

@@ -73,7 +73,10 @@ use tower_red::parts::RequestParts;
 use tower_service::Service;
 
 use crate::config::{positive, validate_name};
-use crate::error::{ConfigError, Stage};
+use tower_red::ConfigError;
+use tower_red::names::layer::DEADLINE_OUTBOUND;
+
+use crate::error::Stage;
 use crate::future::ResponseFuture;
 use crate::metrics::{Kind, Name, Shared};
 use crate::ready::ReadyWait;
@@ -165,19 +168,37 @@ impl OutboundDeadlineBuilder {
 
     /// Validates the configuration and registers the metric handles.
     pub fn build(self) -> Result<OutboundDeadlineLayer, ConfigError> {
-        let cap = self.cap.map(|cap| positive("cap", cap)).transpose()?;
-        if cap.is_some_and(|cap| self.margin >= cap) {
-            return Err(ConfigError::new("margin", "must be smaller than the cap"));
+        let cap = self
+            .cap
+            .map(|cap| positive(DEADLINE_OUTBOUND, "cap", cap))
+            .transpose()?;
+        if let Some(cap) = cap
+            && self.margin >= cap
+        {
+            return Err(ConfigError::new(
+                DEADLINE_OUTBOUND,
+                "margin",
+                self.margin,
+                format!("must be smaller than the cap ({cap:?})"),
+            ));
         }
-        let http_header = HeaderName::from_bytes(self.http_header.as_bytes())
-            .map_err(|_| ConfigError::new("http_header", "is not a valid header name"))?;
+        let http_header = HeaderName::from_bytes(self.http_header.as_bytes()).map_err(|_| {
+            ConfigError::new(
+                DEADLINE_OUTBOUND,
+                "http_header",
+                &self.http_header,
+                "is not a valid header name",
+            )
+        })?;
         if http_header == GRPC_TIMEOUT {
             return Err(ConfigError::new(
+                DEADLINE_OUTBOUND,
                 "http_header",
+                &self.http_header,
                 "must not be grpc-timeout, which has its own format",
             ));
         }
-        validate_name(&self.name)?;
+        validate_name(DEADLINE_OUTBOUND, &self.name)?;
         Ok(OutboundDeadlineLayer {
             config: Arc::new(Config {
                 margin: self.margin,
@@ -284,20 +305,7 @@ impl<S> OutboundDeadline<S> {
         OutboundDeadlineLayer::new().layer(inner)
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    tower_red::define_inner_service_accessors!();
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {

@@ -23,32 +23,21 @@ pub struct TimeoutBudget<S, C = DefaultCap> {
 }
 
 impl<S> TimeoutBudget<S> {
-    /// Wraps `inner` with the default cap `cap` and default options.
+    /// Wraps `inner` with the default cap `cap` and default options; fails on a zero cap, as
+    /// [`TimeoutBudgetLayer::new`] does.
     pub fn new(inner: S, cap: Duration) -> Result<Self, ConfigError> {
         TimeoutBudgetLayer::new(cap).map(|layer| tower_layer::Layer::layer(&layer, inner))
     }
 
-    /// A layer with the default cap `cap`: the same as [`TimeoutBudgetLayer::new`].
+    /// A layer with the default cap `cap`: the same as [`TimeoutBudgetLayer::new`] (fails on a
+    /// zero cap).
     pub fn layer(cap: Duration) -> Result<TimeoutBudgetLayer, ConfigError> {
         TimeoutBudgetLayer::new(cap)
     }
 }
 
 impl<S, C> TimeoutBudget<S, C> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    tower_red::define_inner_service_accessors!();
 }
 
 impl<S: Clone, C: Clone> Clone for TimeoutBudget<S, C> {

@@ -305,3 +305,20 @@ async fn by_default_the_server_gives_up_20_ms_before_its_caller() {
     let got = seen(built, &[("grpc-timeout", "200m")]).await.expect("ok");
     assert_eq!(got.0, Some(180 * MS), "the builder has the same default");
 }
+
+#[test]
+fn configuration_errors_name_the_layer_the_field_and_the_value() {
+    let err: tower_red::ConfigError = InboundDeadlineLayer::builder()
+        .http_header("grpc-timeout")
+        .build()
+        .expect_err("taken");
+    assert_eq!(
+        (err.layer(), err.field(), err.value()),
+        ("deadline_inbound", "http_header", "\"grpc-timeout\"")
+    );
+    assert_eq!(
+        err.to_string(),
+        "invalid deadline_inbound config: http_header = \"grpc-timeout\": \
+         must not be grpc-timeout, which has its own format"
+    );
+}

@@ -380,3 +380,28 @@ async fn placed_above_a_queue_the_header_misses_the_wait() {
     // when 700 were left.
     assert_eq!(sent_through_a_queue(false).await, ["1000", "1000"]);
 }
+
+#[test]
+fn configuration_errors_name_the_layer_the_field_and_the_value() {
+    let err: tower_red::ConfigError = OutboundDeadlineLayer::builder()
+        .cap(100 * MS)
+        .margin(100 * MS)
+        .build()
+        .expect_err("margin too large");
+    assert_eq!(
+        (err.layer(), err.field(), err.value()),
+        ("deadline_outbound", "margin", "100ms")
+    );
+    assert_eq!(
+        err.to_string(),
+        "invalid deadline_outbound config: margin = 100ms: must be smaller than the cap (100ms)"
+    );
+    let err = OutboundDeadlineLayer::builder()
+        .http_header("not a header")
+        .build()
+        .expect_err("bad name");
+    assert_eq!(
+        (err.field(), err.value()),
+        ("http_header", "\"not a header\"")
+    );
+}

@@ -306,7 +306,25 @@ fn bad_configuration_names_the_field() {
         .build()
         .expect_err("empty name");
     assert_eq!(err.field(), "name");
-    assert_eq!(err.to_string(), "invalid `name`: must not be empty");
+    assert_eq!(
+        err.to_string(),
+        "invalid timeout config: name = \"\": must not be empty"
+    );
+}
+
+#[test]
+fn configuration_errors_are_the_workspace_config_error() {
+    let err: tower_red::ConfigError = TimeoutBudgetLayer::new(Duration::ZERO).expect_err("zero");
+    assert_eq!(
+        (err.layer(), err.field(), err.value()),
+        ("timeout", "cap", "0ns")
+    );
+    assert_eq!(
+        err.to_string(),
+        "invalid timeout config: cap = 0ns: must be greater than zero"
+    );
+    let same: tower_timeout_budget::ConfigError = err;
+    let _ = same;
 }
 
 #[test]
