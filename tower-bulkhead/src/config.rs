@@ -59,7 +59,7 @@ fn invalid(
 pub const DEFAULT_PARTITION: &str = "default";
 
 /// Picks the partition of a request: `None` means the default partition; a name no partition
-/// has also runs in the default partition, counted and logged (see the [module docs](self)).
+/// has also runs in the default partition, counted and logged (see [`Builder::partition_by`]).
 pub trait Partitioner<Req> {
     /// The partition `req` belongs to.
     fn partition(&self, req: &Req) -> Option<&str>;
@@ -307,8 +307,12 @@ impl<P, H, C, D> Builder<P, H, C, D> {
         self
     }
 
-    /// Picks each request's partition by name; `None` means the default partition, and so
-    /// does a name no partition has (counted and logged, see the [module docs](self)).
+    /// Picks each request's partition by name; `None` means the default partition.
+    ///
+    /// The names a function returns are known only at run time, so the builder cannot check
+    /// them. A name no partition has also runs in the default partition, but not silently: it
+    /// is counted in `resilience_bulkhead_unknown_partition_total{layer="bulkhead",name}` and
+    /// the first one is logged as a `tracing` warning naming it.
     pub fn partition_by<F, Req>(self, f: F) -> Builder<PartitionFn<F>, H, C, D>
     where
         F: Fn(&Req) -> Option<&'static str>,
@@ -400,7 +404,12 @@ impl<P, H, C, D> Builder<P, H, C, D> {
                 ));
             }
         }
-        let red = self.metrics.then(|| crate::metrics::red(&self.name));
+        let queues = std::iter::once(&self.default)
+            .chain(&self.partitions)
+            .any(|p| p.queue.is_some());
+        let red = self
+            .metrics
+            .then(|| crate::metrics::red(&self.name, queues));
         let state = |p: &Partition, backpressure: bool| {
             let mode = match (backpressure, p.queue) {
                 (true, _) => Mode::Backpressure,

@@ -19,27 +19,25 @@ use crate::permits::Observer;
 pub(crate) const UNKNOWN_PARTITION_TOTAL: &str = "resilience_bulkhead_unknown_partition_total";
 
 /// The outcomes a bulkhead records with a duration: calls that ran (judged by its classifier,
-/// or refused by an inner layer), calls dropped before they finished, and calls shed after a
-/// wait in the queue.
-pub(crate) const TIMED_OUTCOMES: [Outcome; 6] = [
+/// or refused by an inner layer) and calls dropped before they finished.
+const TIMED_OUTCOMES: [Outcome; 5] = [
     Outcome::Ok,
     Outcome::Error,
     Outcome::Timeout,
     Outcome::Cancelled,
     Outcome::InnerRefusal,
-    Outcome::Shed,
 ];
 
-/// The outcome a bulkhead records without a duration: a call refused before it waited.
-pub(crate) const REFUSAL_OUTCOMES: [Outcome; 1] = [Outcome::Shed];
-
-/// The RED handles of a bulkhead named `name`.
-pub(crate) fn red(name: &str) -> RedMetrics {
+/// The RED handles of a bulkhead named `name`; `queues` when a partition can wait (its
+/// refusals after a wait are `shed` with the time waited).
+pub(crate) fn red(name: &str, queues: bool) -> RedMetrics {
+    let shed_timed = [TIMED_OUTCOMES.as_slice(), &[Outcome::Shed]].concat();
     RedMetrics::with_outcomes(
         names::layer::BULKHEAD,
         name.to_owned(),
-        &TIMED_OUTCOMES,
-        &REFUSAL_OUTCOMES,
+        if queues { &shed_timed } else { &TIMED_OUTCOMES },
+        // A call refused before it waited: counted without a duration.
+        &[Outcome::Shed],
     )
 }
 
