@@ -157,6 +157,17 @@ impl OpenTime {
     }
 }
 
+impl OpenTime {
+    /// The open time a forced-open refusal gives as `Retry-After`: the fixed time, or the
+    /// first of a growing one.
+    pub(crate) fn nominal(&self) -> Duration {
+        match *self {
+            OpenTime::Fixed(d) => d,
+            OpenTime::Exponential { initial, .. } => initial,
+        }
+    }
+}
+
 impl From<Duration> for OpenTime {
     fn from(d: Duration) -> Self {
         OpenTime::Fixed(d)

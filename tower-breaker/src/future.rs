@@ -37,7 +37,7 @@ impl Permit {
     }
 
     #[inline]
-    fn admission(&self) -> Admission {
+    pub(crate) fn admission(&self) -> Admission {
         Admission::unpack(self.adm)
     }
 

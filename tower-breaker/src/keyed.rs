@@ -40,9 +40,8 @@ use std::task::{Context, Poll};
 
 use tokio::time::Instant;
 use tower_layer::Layer;
+use tower_red::BoxError;
 use tower_red::classify::{AnyError, Classify};
-use tower_red::red::Outcome;
-use tower_red::{BoxError, Rejection, RejectionKind};
 use tower_service::Service;
 
 use crate::config::BreakerConfig;
@@ -242,20 +241,7 @@ impl<S: fmt::Debug, K, F, C: fmt::Debug> fmt::Debug for KeyedBreaker<S, K, F, C>
 }
 
 impl<S, K, F, C> KeyedBreaker<S, K, F, C> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    tower_red::define_inner_service_accessors!();
 }
 
 impl<S, K, F, C, Req> Service<Req> for KeyedBreaker<S, K, F, C>
@@ -284,17 +270,7 @@ where
                 let permit = Permit::new(machine, adm);
                 ResponseFuture::called(self.inner.call(req), permit, self.classifier.clone(), start)
             }
-            Err(refusal) => {
-                if let Some(m) = &machine.metrics {
-                    m.red.record_rejection(Outcome::CircuitOpen);
-                }
-                let mut rejection = Rejection::new(RejectionKind::CircuitOpen)
-                    .with_name(machine.config.name.clone());
-                if let Some(after) = refusal.retry_after {
-                    rejection = rejection.with_retry_after(after);
-                }
-                ResponseFuture::rejected(Box::new(rejection))
-            }
+            Err(refusal) => ResponseFuture::rejected(crate::service::rejection(&machine, refusal)),
         }
     }
 }

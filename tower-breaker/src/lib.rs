@@ -16,9 +16,14 @@
 //!   [`tower_red::cancel::drop_expired`]) counts in the window as a failure of class timeout,
 //!   and as slow: a backend that never answers opens the circuit. A call its caller drops
 //!   before its deadline counts as nothing (a probe gives its slot back).
-//! - **Open**: `poll_ready` stays ready and `call` refuses at once with a
-//!   [`tower_red::Rejection`] ([`RejectionKind::CircuitOpen`](tower_red::RejectionKind)) whose
-//!   `Retry-After` is the open time left. The open time is fixed or grows with each consecutive
+//! - **Open**: `poll_ready` is ready at once, without waiting on the inner service (over a
+//!   saturated pool or bulkhead a caller is refused, not queued), and `call` refuses with a
+//!   [`tower_red::Rejection`] ([`RejectionKind::CircuitOpen`](tower_red::RejectionKind)). A
+//!   call never reaches an inner service its `poll_ready` did not ready: if the circuit closed
+//!   in between, that one call is refused too. A call made after a trip is refused, whenever
+//!   its service was readied. Every refusal carries a `Retry-After` of at least 1 s: the open
+//!   time left; forced open, the configured open time; half-open with every probe slot busy,
+//!   the probe wait left. The open time is fixed or grows with each consecutive
 //!   trip ([`OpenTime`]).
 //! - **Half-open**: the first call after the open time moves the circuit to half-open (no
 //!   background task). Exactly `permitted_probes` probes are admitted; their rates close or

@@ -87,7 +87,9 @@ impl Admission {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Refusal {
     pub(crate) state: State,
-    pub(crate) retry_after: Option<Duration>,
+    /// When a call may be admitted again (or, forced open, the open time): exact, for the
+    /// backpressure timer; a rejection rounds it up to at least a second.
+    pub(crate) retry_after: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -238,6 +240,34 @@ impl Machine {
         }
     }
 
+    /// Whether `adm` was admitted under the current state (no transition since, a graded
+    /// recovery's ramp aside).
+    #[inline]
+    pub(crate) fn is_current(&self, adm: Admission) -> bool {
+        (self.word.load(Ordering::Acquire) ^ adm.word) & !RAMP == 0
+    }
+
+    /// Whether a call made now would be refused without asking the lock: open with open time
+    /// left, or forced open. Closed, one atomic load.
+    #[inline]
+    pub(crate) fn refuses_now(&self) -> bool {
+        let w = self.word.load(Ordering::Acquire);
+        match w & STATE_MASK {
+            CLOSED | DISABLED | METRICS_ONLY | HALF_OPEN => false,
+            _ => self.refuses_now_slow(w),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refuses_now_slow(&self, w: u64) -> bool {
+        match w & STATE_MASK {
+            FORCED_OPEN => true,
+            OPEN => self.now() < self.open_until.load(Ordering::Acquire),
+            _ => false,
+        }
+    }
+
     /// Like [`admit`](Self::admit), but a refusal is not reported: the caller waits instead.
     pub(crate) fn try_admit(&self) -> Result<Admission, Refusal> {
         self.admit_slow(self.word.load(Ordering::Acquire), false)
@@ -252,13 +282,13 @@ impl Machine {
                 target: "tower_breaker",
                 breaker = &*self.config.name,
                 state = refusal.state.as_str(),
-                retry_after_ms = refusal.retry_after.map(|d| d.as_millis() as u64),
+                retry_after_ms = refusal.retry_after.as_millis() as u64,
                 "circuit breaker refused a call"
             );
             if !self.config.on_rejection.is_empty() {
                 let event = Rejected {
                     state: refusal.state,
-                    retry_after: refusal.retry_after,
+                    retry_after: Some(refusal.retry_after),
                 };
                 for hook in &self.config.on_rejection {
                     hook(&event);
@@ -276,9 +306,10 @@ impl Machine {
                 DISABLED => Kind::Disabled,
                 METRICS_ONLY => Kind::MetricsOnly,
                 FORCED_OPEN => {
+                    // No open time ends a forced open: say the configured one.
                     return Err(Refusal {
                         state: State::ForcedOpen,
-                        retry_after: None,
+                        retry_after: self.config.open_time.nominal(),
                     });
                 }
                 OPEN => {
@@ -287,7 +318,7 @@ impl Machine {
                     if now < until {
                         return Err(Refusal {
                             state: State::Open,
-                            retry_after: Some(Duration::from_nanos(until - now)),
+                            retry_after: Duration::from_nanos(until - now),
                         });
                     }
                     match self.admit_locked(now) {
@@ -323,7 +354,7 @@ impl Machine {
                     if now < until {
                         Err(Refusal {
                             state: State::Open,
-                            retry_after: Some(Duration::from_nanos(until - now)),
+                            retry_after: Duration::from_nanos(until - now),
                         })
                     } else {
                         let (word, t) = self.transition(
@@ -353,7 +384,7 @@ impl Machine {
                             now,
                             None,
                         );
-                        let retry_after = t.open_for;
+                        let retry_after = t.open_for.unwrap_or_default();
                         event = Some(t);
                         Err(Refusal {
                             state: State::Open,
@@ -366,9 +397,12 @@ impl Machine {
                             kind: Kind::Probe,
                         })
                     } else {
+                        // Every slot is busy: a slot frees, or the probes are declared hung,
+                        // by then.
+                        let left = nanos_of(self.config.max_probe_wait) - waited;
                         Err(Refusal {
                             state: State::HalfOpen,
-                            retry_after: None,
+                            retry_after: Duration::from_nanos(left),
                         })
                     }
                 }
@@ -424,7 +458,7 @@ impl Machine {
             let step_end = (step as u64 + 1) * total / steps;
             Err(Refusal {
                 state: State::Closed,
-                retry_after: Some(Duration::from_nanos(step_end.saturating_sub(elapsed))),
+                retry_after: Duration::from_nanos(step_end.saturating_sub(elapsed)),
             })
         }
     }

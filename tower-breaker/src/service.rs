@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
@@ -30,6 +31,9 @@ pub struct Breaker<S, C = AnyError> {
     classifier: C,
     /// Backpressure mode: the admission `poll_ready` reserved for the next `call`.
     reserved: Option<Permit>,
+    /// `poll_ready` answered for an open circuit without readying `inner`: the next `call`
+    /// must not reach it.
+    unready: bool,
     notified: Option<Pin<Box<OwnedNotified>>>,
     sleep: Option<Pin<Box<Sleep>>>,
 }
@@ -42,6 +46,7 @@ impl<S: Clone, C: Clone> Clone for Breaker<S, C> {
             machine: self.machine.clone(),
             classifier: self.classifier.clone(),
             reserved: None,
+            unready: false,
             notified: None,
             sleep: None,
         }
@@ -77,6 +82,7 @@ impl<S, C> Breaker<S, C> {
             machine,
             classifier,
             reserved: None,
+            unready: false,
             notified: None,
             sleep: None,
         }
@@ -92,34 +98,33 @@ impl<S, C> Breaker<S, C> {
         BreakerHandle::new(self.machine.clone())
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    tower_red::define_inner_service_accessors!();
 
     /// The error of a refused call.
     #[cold]
     #[inline(never)]
     fn reject(&self, refusal: Refusal) -> BoxError {
-        if let Some(m) = &self.machine.metrics {
-            m.red.record_rejection(Outcome::CircuitOpen);
-        }
-        let mut rejection =
-            Rejection::new(RejectionKind::CircuitOpen).with_name(self.machine.config.name.clone());
-        if let Some(after) = refusal.retry_after {
-            rejection = rejection.with_retry_after(after);
-        }
-        Box::new(rejection)
+        rejection(&self.machine, refusal)
+    }
+
+    /// `poll_ready` did not ready the inner service (the circuit was open), so this call
+    /// cannot reach it, whatever the state is now.
+    #[cold]
+    #[inline(never)]
+    fn reject_unready(&self) -> BoxError {
+        let refusal = match self.machine.admit() {
+            Err(refusal) => refusal,
+            Ok(adm) => {
+                // The circuit moved on since `poll_ready`: give a probe slot back, and send
+                // the caller back for a readiness that polls the inner service.
+                drop(Permit::new(self.machine.clone(), adm));
+                Refusal {
+                    state: self.machine.state(),
+                    retry_after: Duration::ZERO,
+                }
+            }
+        };
+        self.reject(refusal)
     }
 
     /// Backpressure mode: reserve an admission, or register to be woken when one may exist.
@@ -144,14 +149,12 @@ impl<S, C> Breaker<S, C> {
                         self.notified = Some(notified);
                         continue;
                     }
-                    if let Some(after) = retry_after {
-                        let deadline = Instant::now() + after;
-                        match &mut self.sleep {
-                            Some(sleep) => sleep.as_mut().reset(deadline),
-                            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                        }
-                    } else {
-                        self.sleep = None;
+                    // Every refusal says when to look again (an open time, a probe wait, a
+                    // ramp step), so a waiter never depends on a wake-up alone.
+                    let deadline = Instant::now() + retry_after;
+                    match &mut self.sleep {
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
                     }
                     let slept = self
                         .sleep
@@ -185,17 +188,30 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.machine.config.backpressure && self.poll_admission(cx).is_pending() {
-            return Poll::Pending;
+        if self.machine.config.backpressure {
+            if self.poll_admission(cx).is_pending() {
+                return Poll::Pending;
+            }
+        } else if self.machine.refuses_now() {
+            // Refuse at once in `call` rather than wait on an inner service the call will
+            // never reach (a saturated pool or bulkhead below).
+            self.unready = true;
+            return Poll::Ready(Ok(()));
         }
+        self.unready = false;
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
+        if self.unready {
+            self.unready = false;
+            return ResponseFuture::rejected(self.reject_unready());
+        }
         let permit = match self.reserved.take() {
-            Some(permit) => permit,
-            None => match self.machine.admit() {
+            // A reservation made before a transition (a trip, say) is decided again.
+            Some(permit) if self.machine.is_current(permit.admission()) => permit,
+            _ => match self.machine.admit() {
                 Ok(adm) => Permit::new(self.machine.clone(), adm),
                 Err(refusal) => return ResponseFuture::rejected(self.reject(refusal)),
             },
@@ -212,3 +228,21 @@ where
         }
     }
 }
+
+/// The error of a call `machine` refused: a [`Rejection`] of kind
+/// [`RejectionKind::CircuitOpen`] whose `Retry-After` is the refusal's, at least a second (a
+/// client told to come back in 0 s comes back at once).
+#[cold]
+#[inline(never)]
+pub(crate) fn rejection(machine: &Machine, refusal: Refusal) -> BoxError {
+    if let Some(m) = &machine.metrics {
+        m.red.record_rejection(Outcome::CircuitOpen);
+    }
+    let rejection = Rejection::new(RejectionKind::CircuitOpen)
+        .with_name(machine.config.name.clone())
+        .with_retry_after(refusal.retry_after.max(MIN_RETRY_AFTER));
+    Box::new(rejection)
+}
+
+/// The shortest `Retry-After` a refusal gives.
+const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);

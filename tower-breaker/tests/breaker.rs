@@ -477,7 +477,11 @@ async fn forced_open_refuses_every_call_until_reset() {
     advance(Duration::from_secs(3_600)).await;
     let err = send(&mut svc, Call::Ok).await.unwrap_err();
     let rejection = Rejection::find_in(&err).unwrap();
-    assert_eq!(rejection.retry_after(), None, "no open time to wait for");
+    assert_eq!(
+        rejection.retry_after(),
+        Some(Duration::from_secs(10)),
+        "no open time ends a forced open: the configured one is said"
+    );
     assert_eq!(handle.state(), State::ForcedOpen);
     handle.reset();
     assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), 200);

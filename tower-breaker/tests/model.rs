@@ -153,14 +153,14 @@ impl Model {
         }
     }
 
-    fn admit(&mut self, now: u64) -> Result<ModelCall, Option<u64>> {
+    fn admit(&mut self, now: u64) -> Result<ModelCall, u64> {
         match self.state {
             State::Closed => Ok(ModelCall {
                 epoch: self.epoch,
                 kind: Kind::Closed,
                 start: now,
             }),
-            State::Open if now < self.open_until => Err(Some(self.open_until - now)),
+            State::Open if now < self.open_until => Err(self.open_until - now),
             State::Open => {
                 self.go(State::HalfOpen, now);
                 self.admitted = 1;
@@ -172,7 +172,7 @@ impl Model {
             }
             State::HalfOpen if now - self.since >= self.p.max_wait_ms => {
                 self.go(State::Open, now);
-                Err(Some(self.p.open_ms))
+                Err(self.p.open_ms)
             }
             State::HalfOpen if self.admitted < self.p.probes => {
                 self.admitted += 1;
@@ -182,7 +182,8 @@ impl Model {
                     start: now,
                 })
             }
-            _ => Err(None),
+            // Every probe slot is busy: come back when the probes are declared hung.
+            _ => Err(self.p.max_wait_ms - (now - self.since)),
         }
     }
 
@@ -307,9 +308,10 @@ fn run(p: Params, ops: Vec<Op>) -> Result<(), TestCaseError> {
                             let expected = model_says.err().unwrap_or_else(|| {
                                 panic!("model admitted, breaker refused at {}", now())
                             });
+                            // A refusal says to come back in a second at least.
                             prop_assert_eq!(
                                 rejection.retry_after().map(|d| d.as_millis() as u64),
-                                expected
+                                Some(expected.max(1_000))
                             );
                         }
                         std::task::Poll::Pending => {
