@@ -370,4 +370,24 @@ fn only_the_series_a_bulkhead_can_produce_are_registered() {
             "{possible}"
         );
     }
+    let shed_duration = [("name", "series"), ("outcome", "shed")];
+    assert!(
+        find(&snapshot, names::REQUEST_DURATION_SECONDS, &shed_duration).is_some(),
+        "a partition that queues sheds after a wait"
+    );
+
+    // A bulkhead that never queues never times a refusal.
+    let snapshot = metrics::with_local_recorder(&recorder, || {
+        let _layer = BulkheadLayer::builder()
+            .name("series-reject")
+            .build()
+            .unwrap();
+        snapshotter.snapshot().into_vec()
+    });
+    let shed_duration = [("name", "series-reject"), ("outcome", "shed")];
+    assert_eq!(
+        find(&snapshot, names::REQUEST_DURATION_SECONDS, &shed_duration),
+        None
+    );
+    assert!(find(&snapshot, names::REQUESTS_TOTAL, &shed_duration).is_some());
 }
