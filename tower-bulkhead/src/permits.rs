@@ -530,4 +530,26 @@ mod loom_models {
             assert_eq!((p.in_flight(), p.queued()), (2, 0));
         });
     }
+
+    #[test]
+    fn loom_two_waiters_and_a_release_leave_nobody_parked() {
+        loom::model(|| {
+            let p = Arc::new(Permits::new(1, 2));
+            assert!(p.try_acquire(&()));
+            let callers: Vec<_> = (0..2)
+                .map(|_| {
+                    let p = p.clone();
+                    thread::spawn(move || {
+                        acquire_or_wait(&p);
+                        p.release(&());
+                    })
+                })
+                .collect();
+            p.release(&());
+            for caller in callers {
+                caller.join().unwrap();
+            }
+            assert_eq!((p.in_flight(), p.queued()), (0, 0));
+        });
+    }
 }
