@@ -47,6 +47,21 @@
 //! # }
 //! ```
 //!
+//! # What a call costs
+//!
+//! Measured exactly (`tests/allocations.rs`):
+//!
+//! - a call whose inner future is ready at once arms no timer; on a request type without
+//!   extensions (`u64`, `reqwest::Request`, whose deadline travels in the task-local scope) it
+//!   allocates nothing;
+//! - on an `http::Request`, storing the [`Deadline`] in its `http::Extensions` allocates: **3
+//!   allocations** when the request has no extensions yet (the boxed map, its table, the boxed
+//!   value), 1 or 2 when it has others. A `Deadline` already there, put by an outer layer, is
+//!   overwritten in place for free, so a stack of these layers pays once per request;
+//! - a call still pending after its first poll arms one boxed timer (1 allocation);
+//! - the outbound layer's header value is 1 more (a stack of all three layers on an
+//!   `http::Request`: 4 in all).
+//!
 //! # Metrics
 //!
 //! Every layer instance records the `tower-red` RED pair
