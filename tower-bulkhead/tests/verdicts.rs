@@ -280,3 +280,24 @@ async fn a_request_type_without_a_deadline_trait_queues_up_to_the_task_local_dea
     );
     assert_eq!(start.elapsed(), ms(50), "not the queue's 10 s");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_bulkhead_reads_the_clock_only_when_something_needs_the_time() {
+    let recorder = DebuggingRecorder::new();
+    let untimed = BulkheadLayer::builder().metrics(false).build().unwrap();
+    let timed = metrics::with_local_recorder(&recorder, || {
+        BulkheadLayer::builder().name("timed").build().unwrap()
+    });
+    for (layer, reads) in [(untimed, false), (timed, true)] {
+        let mut svc = layer.layer(service_fn(|n: u64| async move { Ok::<_, BoxError>(n) }));
+        svc.ready().await.unwrap();
+        let before = Instant::now();
+        let _scope = Scope::enter();
+        let call = svc.call(1);
+        tokio::time::advance(ms(5)).await;
+        // A read inside the scope would have cached `before`.
+        let cached = clock::now() == before;
+        assert_eq!(cached, reads, "metrics on: {reads}");
+        call.await.unwrap();
+    }
+}
