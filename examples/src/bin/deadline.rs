@@ -20,6 +20,7 @@ use http::StatusCode;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower_red::grpc::client::{ClientStatus, ClientStatusLayer};
 use tower_red::grpc::status::StatusLayer;
 use tower_red::problem::ProblemLayer;
 use tower_red::{Rejection, RejectionKind};
@@ -144,7 +145,7 @@ async fn hop_a(State(hop): State<HopA>) -> (StatusCode, String) {
 
 #[derive(Clone)]
 struct HopB {
-    to_c: OutboundDeadline<tonic::transport::Channel>,
+    to_c: ClientStatus<OutboundDeadline<tonic::transport::Channel>>,
 }
 
 async fn hop_b(State(hop): State<HopB>) -> (StatusCode, String) {
@@ -160,18 +161,13 @@ async fn hop_b(State(hop): State<HopB>) -> (StatusCode, String) {
             StatusCode::OK,
             format!("C says serving status {}", res.into_inner().status),
         ),
-        // tonic's server enforces `grpc-timeout` too, outside user layers, and answers
-        // CANCELLED "Timeout expired" when its timer wins the tie with C's inbound layer.
-        Err(status)
-            if status.code() == tonic::Code::DeadlineExceeded
-                || (status.code() == tonic::Code::Cancelled
-                    && status.message() == "Timeout expired") =>
-        {
-            (
-                StatusCode::GATEWAY_TIMEOUT,
-                format!("cut at C: {} ({:?})", status.message(), status.code()),
-            )
-        }
+        // C's inbound layer gives up its margin before the budget B sent runs out; if B's own
+        // Channel enforces that budget first, B's outbound layer reports its timeout as the
+        // deadline passing. Either way: DEADLINE_EXCEEDED, never tonic's CANCELLED.
+        Err(status) if status.code() == tonic::Code::DeadlineExceeded => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("cut at C: {} ({:?})", status.message(), status.code()),
+        ),
         Err(status) => (
             StatusCode::BAD_GATEWAY,
             format!("cut at B: {}", status.message()),
@@ -208,14 +204,10 @@ async fn chain(c_work: Duration) -> SocketAddr {
     tokio::spawn(
         tonic::transport::Server::builder()
             .layer(StatusLayer::new())
-            // C gives up 5 ms before its caller's budget ends, so its own DEADLINE_EXCEEDED
-            // (not tonic's built-in CANCELLED "Timeout expired") is the answer B sees.
-            .layer(
-                inbound("c")
-                    .margin(Duration::from_millis(5))
-                    .build()
-                    .expect("valid"),
-            )
+            // C gives up its default inbound margin (20 ms) before its caller's budget ends, so
+            // its own DEADLINE_EXCEEDED (not tonic's built-in CANCELLED "Timeout expired") is
+            // the answer B sees.
+            .layer(inbound("c").build().expect("valid"))
             .layer(SlowLayer(c_work))
             .add_service(health)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
@@ -228,7 +220,9 @@ async fn chain(c_work: Duration) -> SocketAddr {
     let app_b = Router::new()
         .route("/b", get(hop_b))
         .with_state(HopB {
-            to_c: outbound("b_to_c").layer(channel),
+            // Innermost, just above the Channel; ClientStatusLayer turns a rejection into the
+            // Status the generated client returns.
+            to_c: ClientStatusLayer::new().layer(outbound("b_to_c").layer(channel)),
         })
         .layer(
             ServiceBuilder::new()
@@ -255,10 +249,12 @@ async fn chain(c_work: Duration) -> SocketAddr {
 
 async fn run(title: &str, budget: Duration, c_work: Duration) {
     println!(
-        "\n{title}: client budget {} ms, C works {} ms, margin {} ms per client hop",
+        "\n{title}: client budget {} ms, C works {} ms, margins {} ms per client and {} ms per \
+         server hop",
         budget.as_millis(),
         c_work.as_millis(),
-        MARGIN.as_millis()
+        MARGIN.as_millis(),
+        tower_timeout_budget::inbound::DEFAULT_MARGIN.as_millis()
     );
     let a = chain(c_work).await;
     let started = Instant::now();
