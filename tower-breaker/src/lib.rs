@@ -95,6 +95,7 @@ mod layer;
 mod machine;
 mod metrics;
 mod service;
+mod sync;
 mod window;
 
 pub use crate::config::{BreakerConfig, BreakerConfigBuilder, GradedRecovery, OpenTime, Window};

@@ -7,7 +7,7 @@
 //! Reads are a snapshot, exact when writers are quiet and off by at most the number of calls
 //! finishing at that instant otherwise: enough to decide a trip.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use crate::sync::{AtomicI64, AtomicU64, Ordering};
 
 use crate::config::Window as WindowConfig;
 
@@ -132,6 +132,10 @@ impl<T> std::ops::Deref for Padded<T> {
 
 const FAILURE_BIT: u64 = 1;
 const SLOW_BIT: u64 = 2;
+/// The failure bits of every slot of a word.
+const FAILURE_BITS: u64 = 0x5555_5555_5555_5555;
+/// The slow bits of every slot of a word.
+const SLOW_BITS: u64 = FAILURE_BITS << 1;
 
 impl CountWindow {
     pub(crate) fn new(size: u32) -> Self {
@@ -149,12 +153,16 @@ impl CountWindow {
     /// One atomic add and one load when a success replaces a success, the steady state.
     #[inline]
     pub(crate) fn record(&self, sample: Sample, minimum_calls: u32) -> bool {
+        // Relaxed: the RMW alone hands each writer its own slot; nothing else is published
+        // through the sequence.
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let slot = self.slot(seq);
         // `slot < size <= 32 * bits.len()`, so the index is in bounds.
         let word = &self.bits[(slot / 32) as usize];
         let shift = (slot % 32) * 2;
         let new = (u64::from(sample.failure) * FAILURE_BIT) | (u64::from(sample.slow) * SLOW_BIT);
+        // Relaxed: only a hint to skip the RMWs when the slot already holds this sample; the
+        // flips below decide by what their own RMW returns.
         let current = (word.load(Ordering::Relaxed) >> shift) & 3;
         if current != new {
             self.flip(word, shift, current ^ new, new, FAILURE_BIT, &self.failures);
@@ -182,6 +190,9 @@ impl CountWindow {
             return;
         }
         let mask = bit << shift;
+        // Relaxed: a count is exact because each bit flip is paired with one count change by
+        // the thread whose RMW flipped it; that needs each word's and each count's own
+        // modification order only, which every architecture gives every atomic.
         if new & bit != 0 {
             if word.fetch_or(mask, Ordering::Relaxed) & mask == 0 {
                 count.fetch_add(1, Ordering::Relaxed);
@@ -192,6 +203,8 @@ impl CountWindow {
     }
 
     pub(crate) fn counts(&self) -> Counts {
+        // Relaxed: a snapshot, clamped; a read off by the calls finishing at this instant is
+        // enough to decide a trip.
         let calls = self.seq.load(Ordering::Relaxed).min(self.size);
         let clamp = |v: i64| (v.max(0) as u64).min(calls);
         Counts {
@@ -201,20 +214,38 @@ impl CountWindow {
         }
     }
 
+    /// Clears the window. Racing writers are not lost track of: every bit is cleared by an
+    /// RMW that says which bits it cleared, and their counts are taken back exactly, so a bit
+    /// and its count change together whoever flips it (a plain store of zero could clear a
+    /// bit whose writer then counts it, leaving the count off by one for good).
     pub(crate) fn reset(&self) {
+        let (mut failures, mut slow) = (0, 0);
         for word in self.bits.iter() {
-            word.store(0, Ordering::Relaxed);
+            // Relaxed: the counts are kept exact by pairing each bit flip with one count
+            // change, which needs only each word's modification order, not ordering between
+            // words or with the counts.
+            let cleared = word.swap(0, Ordering::Relaxed);
+            failures += i64::from((cleared & FAILURE_BITS).count_ones());
+            slow += i64::from((cleared & SLOW_BITS).count_ones());
         }
-        self.failures.store(0, Ordering::Relaxed);
-        self.slow.store(0, Ordering::Relaxed);
+        // Relaxed: as above, an RMW per count; readers clamp a count that trails its bits.
+        self.failures.fetch_sub(failures, Ordering::Relaxed);
+        self.slow.fetch_sub(slow, Ordering::Relaxed);
+        // Relaxed: the sequence only picks the next slot; a writer that took a slot before
+        // the reset writes a sample the ring overwrites in turn, counted like any other.
         self.seq.store(0, Ordering::Relaxed);
     }
 }
 
-const EMPTY: u64 = u64::MAX;
+/// Set in a bucket's stamp while its claimer zeroes its counters: readers skip the bucket,
+/// writers wait for the new stamp.
+const BUSY: u64 = 1 << 63;
+/// The stamp of a bucket that counts nothing.
+const EMPTY: u64 = BUSY - 1;
 
 struct Bucket {
-    /// The time slice (`now / width`) this bucket counts, or `EMPTY`.
+    /// The time slice (`now / width`) this bucket counts, or `EMPTY`, with `BUSY` set while
+    /// it is being zeroed for a new slice.
     stamp: AtomicU64,
     calls: AtomicU64,
     failures: AtomicU64,
@@ -222,6 +253,12 @@ struct Bucket {
 }
 
 /// The calls of the last `buckets · width` nanoseconds.
+///
+/// A bucket moves to a new slice by a claim: the claimer marks its stamp `BUSY`, zeroes the
+/// counters and only then publishes the new slice (a seqlock's write side). A writer adds to
+/// a bucket only once it reads the slice it counts, so nothing is added before the zeroing
+/// (and lost to it); a reader counts a bucket only if its stamp was the same slice before and
+/// after reading the counters, so the old slice's counts are never taken for the new one's.
 pub(crate) struct TimeWindow {
     buckets: Box<[Bucket]>,
     width: u64,
@@ -242,24 +279,20 @@ impl TimeWindow {
         }
     }
 
+    #[inline]
     pub(crate) fn record(&self, sample: Sample, now_nanos: u64) {
         let slice = now_nanos / self.width;
         let n = self.buckets.len() as u64;
         // `slice % n < buckets.len()`.
         let bucket = &self.buckets[(slice % n) as usize];
+        // Acquire: pairs with the claimer's publishing store, so its zeroing happens before
+        // this writer's additions.
         let stamp = bucket.stamp.load(Ordering::Acquire);
-        if stamp != slice
-            && (stamp == EMPTY || stamp < slice)
-            && bucket
-                .stamp
-                .compare_exchange(stamp, slice, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            // This writer claimed the expired bucket: start it afresh.
-            bucket.calls.store(0, Ordering::Relaxed);
-            bucket.failures.store(0, Ordering::Relaxed);
-            bucket.slow.store(0, Ordering::Relaxed);
+        if stamp != slice {
+            self.advance(bucket, slice);
         }
+        // Relaxed: additions commute; the stamp's acquire above orders them after the zeroing,
+        // and readers tolerate a snapshot off by the calls finishing at that instant.
         bucket.calls.fetch_add(1, Ordering::Relaxed);
         if sample.failure {
             bucket.failures.fetch_add(1, Ordering::Relaxed);
@@ -269,34 +302,103 @@ impl TimeWindow {
         }
     }
 
+    /// Brings `bucket` to `slice` (claiming and zeroing it when it counts an older one), or
+    /// returns when it already counts a newer slice (this call finished a moment ago: it is
+    /// counted with the newer calls).
+    #[cold]
+    #[inline(never)]
+    fn advance(&self, bucket: &Bucket, slice: u64) {
+        let mut turn = 0;
+        loop {
+            let stamp = bucket.stamp.load(Ordering::Acquire);
+            if stamp & BUSY != 0 {
+                // Another writer (or a reset) is zeroing it: wait for its few stores.
+                crate::sync::spin(&mut turn);
+                continue;
+            }
+            if stamp != EMPTY && stamp >= slice {
+                return;
+            }
+            if bucket
+                .stamp
+                .compare_exchange(stamp, slice | BUSY, Ordering::Acquire, Ordering::Acquire)
+                .is_ok()
+            {
+                Self::zero(bucket, slice);
+                return;
+            }
+        }
+    }
+
+    /// The claimer's side: the stamp is `BUSY`, held by this thread alone.
+    fn zero(bucket: &Bucket, stamp: u64) {
+        // Release fence: a reader that sees any of the zeroes below also sees the `BUSY`
+        // stamp (or a later one) when it reads the stamp again, and drops the bucket.
+        crate::sync::fence(Ordering::Release);
+        // Relaxed: ordered by the fence above and the release store below.
+        bucket.calls.store(0, Ordering::Relaxed);
+        bucket.failures.store(0, Ordering::Relaxed);
+        bucket.slow.store(0, Ordering::Relaxed);
+        // Release: writers that read this stamp add after the zeroes.
+        bucket.stamp.store(stamp, Ordering::Release);
+    }
+
     pub(crate) fn counts(&self, now_nanos: u64) -> Counts {
         let slice = now_nanos / self.width;
         let n = self.buckets.len() as u64;
         let mut counts = Counts::default();
         for bucket in self.buckets.iter() {
+            // Acquire: pairs with the claimer's publishing store, so the counters read below
+            // are this slice's (zeroed, then added to), not an older one's.
             let stamp = bucket.stamp.load(Ordering::Acquire);
-            if stamp != EMPTY && stamp <= slice && slice - stamp < n {
-                counts.calls += bucket.calls.load(Ordering::Relaxed);
-                counts.failures += bucket.failures.load(Ordering::Relaxed);
-                counts.slow += bucket.slow.load(Ordering::Relaxed);
+            if stamp & BUSY != 0 || stamp == EMPTY || stamp > slice || slice - stamp >= n {
+                continue;
             }
+            // Relaxed: validated by the stamp read again after the fence below.
+            let calls = bucket.calls.load(Ordering::Relaxed);
+            let failures = bucket.failures.load(Ordering::Relaxed);
+            let slow = bucket.slow.load(Ordering::Relaxed);
+            // Acquire fence: if a counter read above saw a claimer's zero, the stamp read
+            // below sees its `BUSY` (or later) stamp, and the bucket is dropped.
+            crate::sync::fence(Ordering::Acquire);
+            // Relaxed: ordered by the fence above.
+            if bucket.stamp.load(Ordering::Relaxed) != stamp {
+                continue; // moved to a newer slice while being read
+            }
+            counts.calls += calls;
+            counts.failures += failures;
+            counts.slow += slow;
         }
         counts.failures = counts.failures.min(counts.calls);
         counts.slow = counts.slow.min(counts.calls);
         counts
     }
 
+    /// Empties every bucket, through the same claim as a writer's so no racing writer's
+    /// additions land on a half-zeroed bucket.
     pub(crate) fn reset(&self) {
         for bucket in self.buckets.iter() {
-            bucket.stamp.store(EMPTY, Ordering::Release);
-            bucket.calls.store(0, Ordering::Relaxed);
-            bucket.failures.store(0, Ordering::Relaxed);
-            bucket.slow.store(0, Ordering::Relaxed);
+            let mut turn = 0;
+            loop {
+                let stamp = bucket.stamp.load(Ordering::Acquire);
+                if stamp & BUSY != 0 {
+                    crate::sync::spin(&mut turn);
+                    continue;
+                }
+                if bucket
+                    .stamp
+                    .compare_exchange(stamp, EMPTY | BUSY, Ordering::Acquire, Ordering::Acquire)
+                    .is_ok()
+                {
+                    Self::zero(bucket, EMPTY);
+                    break;
+                }
+            }
         }
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -426,5 +528,125 @@ mod tests {
                 prop_assert_eq!(c.failures, live.iter().filter(|(_, f)| *f).count() as u64);
             }
         }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    //! Every interleaving of the window's racing writers, readers and resets. Run with
+    //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p tower-breaker --release --lib loom`.
+
+    use loom::sync::Arc;
+    use loom::thread;
+
+    use super::*;
+
+    const OK: Sample = Sample {
+        failure: false,
+        slow: false,
+    };
+    const FAIL: Sample = Sample {
+        failure: true,
+        slow: true,
+    };
+
+    /// The failures a count window holds, from its bits.
+    fn failure_bits(w: &CountWindow) -> i64 {
+        w.bits
+            .iter()
+            .map(|b| i64::from((b.load(Ordering::Relaxed) & 0x5555_5555_5555_5555).count_ones()))
+            .sum()
+    }
+
+    #[test]
+    fn loom_count_window_reset_racing_a_record_keeps_the_count_exact() {
+        loom::model(|| {
+            let w = Arc::new(CountWindow::new(2));
+            w.record(OK, 1);
+            let writer = {
+                let w = w.clone();
+                thread::spawn(move || {
+                    w.record(FAIL, 1);
+                })
+            };
+            w.reset();
+            writer.join().unwrap();
+            // Whatever the interleaving, the count matches the bits, so the next calls that
+            // overwrite them bring it back to the truth.
+            assert_eq!(w.failures.load(Ordering::Relaxed), failure_bits(&w));
+            w.record(OK, 1);
+            w.record(OK, 1);
+            assert_eq!(w.counts().failures, 0, "no failure is left over for good");
+        });
+    }
+
+    #[test]
+    fn loom_count_window_racing_writers_on_one_slot_keep_the_count_exact() {
+        loom::model(|| {
+            let w = Arc::new(CountWindow::new(1));
+            w.record(OK, 1);
+            let writer = {
+                let w = w.clone();
+                thread::spawn(move || {
+                    w.record(FAIL, 1);
+                })
+            };
+            w.record(OK, 1);
+            writer.join().unwrap();
+            assert_eq!(w.failures.load(Ordering::Relaxed), failure_bits(&w));
+        });
+    }
+
+    #[test]
+    fn loom_time_window_never_counts_the_old_period_as_current() {
+        loom::model(|| {
+            // One bucket of 10 ns: slice 1 expires slice 0.
+            let w = Arc::new(TimeWindow::new(1, 10));
+            w.record(FAIL, 0);
+            let reader = {
+                let w = w.clone();
+                thread::spawn(move || w.counts(10))
+            };
+            w.record(OK, 10);
+            let seen = reader.join().unwrap();
+            assert_eq!(
+                seen.failures, 0,
+                "slice 0's failure counted at slice 1: {seen:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_time_window_loses_no_call_when_a_bucket_rolls_over() {
+        loom::model(|| {
+            let w = Arc::new(TimeWindow::new(1, 10));
+            w.record(FAIL, 0);
+            let writer = {
+                let w = w.clone();
+                thread::spawn(move || w.record(FAIL, 10))
+            };
+            w.record(OK, 10);
+            writer.join().unwrap();
+            let c = w.counts(10);
+            assert_eq!((c.calls, c.failures, c.slow), (2, 1, 1));
+        });
+    }
+
+    #[test]
+    fn loom_time_window_reset_racing_a_record_leaves_a_consistent_bucket() {
+        loom::model(|| {
+            let w = Arc::new(TimeWindow::new(1, 10));
+            w.record(FAIL, 0);
+            let writer = {
+                let w = w.clone();
+                thread::spawn(move || w.record(OK, 0))
+            };
+            w.reset();
+            writer.join().unwrap();
+            let c = w.counts(0);
+            // The racing call may land before or after the reset, but never on top of the
+            // failure the reset cleared.
+            assert!(c.failures == 0 && c.calls <= 1, "{c:?}");
+        });
     }
 }
