@@ -32,7 +32,7 @@ impl Shared {
     ) -> Self {
         let unknown = if count_unknown {
             metrics::counter!(
-                crate::metrics::UNKNOWN_PARTITION_TOTAL,
+                tower_red::names::BULKHEAD_UNKNOWN_PARTITION_TOTAL,
                 label::LAYER => names::layer::BULKHEAD,
                 label::NAME => name.to_string()
             )

@@ -12,11 +12,6 @@ use crate::error::Reason;
 use crate::partition::Mode;
 use crate::permits::Observer;
 
-/// Calls whose partition function named a partition the bulkhead does not have (they run in
-/// the default partition), labelled by `layer` and `name`.
-///
-/// Not yet among `tower_red::names`; kept here, private, until it moves there.
-pub(crate) const UNKNOWN_PARTITION_TOTAL: &str = "resilience_bulkhead_unknown_partition_total";
 
 /// The outcomes a bulkhead records with a duration: calls that ran (judged by its classifier,
 /// or refused by an inner layer) and calls dropped before they finished.

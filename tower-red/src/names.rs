@@ -25,6 +25,9 @@ pub const BULKHEAD_QUEUE_DEPTH: &str = "resilience_bulkhead_queue_depth";
 pub const BULKHEAD_LIMIT: &str = "resilience_bulkhead_limit";
 /// Histogram (seconds): time spent waiting in a bulkhead queue, by partition.
 pub const BULKHEAD_QUEUE_WAIT_SECONDS: &str = "resilience_bulkhead_queue_wait_seconds";
+/// Counter: calls whose partition function named a partition the bulkhead does not have (they
+/// ran in the default partition).
+pub const BULKHEAD_UNKNOWN_PARTITION_TOTAL: &str = "resilience_bulkhead_unknown_partition_total";
 /// Counter: bulkhead rejections, by partition and reason.
 pub const BULKHEAD_REJECTIONS_TOTAL: &str = "resilience_bulkhead_rejections_total";
 

@@ -405,6 +405,11 @@ pub fn describe_metrics() {
         "Bulkhead rejections by reason."
     );
     describe_counter!(
+        names::BULKHEAD_UNKNOWN_PARTITION_TOTAL,
+        Unit::Count,
+        "Calls that named an unknown bulkhead partition and ran in the default one."
+    );
+    describe_counter!(
         names::RETRY_ATTEMPTS_TOTAL,
         Unit::Count,
         "Retry attempts after the first."

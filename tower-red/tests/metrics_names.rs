@@ -77,6 +77,10 @@ fn metric_names_are_pinned() {
         "resilience_bulkhead_rejections_total"
     );
     assert_eq!(
+        names::BULKHEAD_UNKNOWN_PARTITION_TOTAL,
+        "resilience_bulkhead_unknown_partition_total"
+    );
+    assert_eq!(
         names::RETRY_ATTEMPTS_TOTAL,
         "resilience_retry_attempts_total"
     );
