@@ -5,9 +5,31 @@ use std::sync::Arc;
 
 use metrics::{Counter, Gauge, Label, SharedString};
 use tower_red::names::{self, label};
-use tower_red::red::RedMetrics;
+use tower_red::red::{Outcome, RedMetrics};
 
 use crate::event::State;
+
+/// The outcomes of calls the breaker let through: a classifier may say timeout, a deadline
+/// drop is `cancelled`, a refusal from inside is `inner_refusal`.
+const TIMED_OUTCOMES: [Outcome; 5] = [
+    Outcome::Ok,
+    Outcome::Error,
+    Outcome::Timeout,
+    Outcome::Cancelled,
+    Outcome::InnerRefusal,
+];
+
+/// Whether a breaker can move from `from` to `to`: a handle forces closed, forced open,
+/// disabled or metrics only from anywhere else; on its own a breaker only trips, probes, and
+/// closes or reopens after probing.
+fn possible(from: State, to: State) -> bool {
+    from != to
+        && match to {
+            State::Closed | State::ForcedOpen | State::Disabled | State::MetricsOnly => true,
+            State::Open => matches!(from, State::Closed | State::HalfOpen),
+            State::HalfOpen => from == State::Open,
+        }
+}
 
 pub(crate) struct Metrics {
     pub(crate) red: RedMetrics,
@@ -18,7 +40,12 @@ pub(crate) struct Metrics {
 impl Metrics {
     pub(crate) fn new(name: &Arc<str>) -> Self {
         let shared = SharedString::from(name.clone());
-        let red = RedMetrics::new(names::layer::BREAKER, shared.clone());
+        let red = RedMetrics::with_outcomes(
+            names::layer::BREAKER,
+            shared.clone(),
+            &TIMED_OUTCOMES,
+            &[Outcome::CircuitOpen],
+        );
         let state = metrics::gauge!(
             names::BREAKER_STATE,
             [Label::new(label::NAME, shared.clone())].iter()
@@ -26,7 +53,7 @@ impl Metrics {
         state.set(State::Closed.gauge_value());
         let transitions = State::ALL.map(|from| {
             State::ALL.map(|to| {
-                if from == to {
+                if !possible(from, to) {
                     return Counter::noop();
                 }
                 let labels = [

@@ -205,3 +205,71 @@ fn deadline_drops_count_as_cancelled_and_inner_refusals_as_inner_refusal() {
     assert_eq!(red("error"), Some(Val::Counter(0)));
     assert_eq!(red("timeout"), Some(Val::Counter(0)));
 }
+
+#[test]
+fn only_series_the_breaker_can_produce_are_registered() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _layer = metrics::with_local_recorder(&recorder, || {
+        BreakerLayer::new(BreakerConfig::builder().name("series").build().unwrap())
+    });
+    let snapshot = snapshotter.snapshot().into_vec();
+    let red = |outcome| {
+        value(
+            &snapshot,
+            names::REQUESTS_TOTAL,
+            &[("name", "series"), ("outcome", outcome)],
+        )
+    };
+    for outcome in [
+        "ok",
+        "error",
+        "timeout",
+        "circuit_open",
+        "cancelled",
+        "inner_refusal",
+    ] {
+        assert_eq!(red(outcome), Some(Val::Counter(0)), "{outcome}");
+    }
+    for outcome in ["shed", "budget_exhausted", "replayed", "rejected"] {
+        assert_eq!(red(outcome), None, "{outcome} cannot happen at a breaker");
+    }
+    assert_eq!(
+        value(
+            &snapshot,
+            names::REQUEST_DURATION_SECONDS,
+            &[("name", "series"), ("outcome", "circuit_open")]
+        ),
+        None,
+        "a refusal has no duration"
+    );
+    let transition = |from, to| {
+        value(
+            &snapshot,
+            names::BREAKER_TRANSITIONS_TOTAL,
+            &[("name", "series"), ("from", from), ("to", to)],
+        )
+    };
+    for (from, to) in [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "open"),
+        ("half_open", "closed"),
+        ("open", "closed"),
+        ("disabled", "closed"),
+        ("closed", "forced_open"),
+        ("metrics_only", "disabled"),
+    ] {
+        assert_eq!(transition(from, to), Some(Val::Counter(0)), "{from}→{to}");
+    }
+    for (from, to) in [
+        ("disabled", "half_open"),
+        ("disabled", "open"),
+        ("closed", "half_open"),
+        ("forced_open", "half_open"),
+        ("metrics_only", "open"),
+        ("open", "open"),
+    ] {
+        assert_eq!(transition(from, to), None, "{from}→{to} cannot happen");
+    }
+}
