@@ -1,0 +1,176 @@
+//! [`InboundDeadlineBuilder`] and its validation, and the configuration every service of one
+//! layer shares.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use tower_red::ConfigError;
+use tower_red::names::layer::DEADLINE_INBOUND;
+
+use super::{DEFAULT_MARGIN, InboundDeadlineLayer};
+use crate::config::{positive, validate_name};
+use crate::metrics::{Kind, Name, Shared};
+use crate::wire::{DEFAULT_HTTP_HEADER, GRPC_TIMEOUT};
+
+/// Builder of [`InboundDeadlineLayer`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct InboundDeadlineBuilder {
+    cap: Option<Duration>,
+    grpc: bool,
+    http_header: Option<String>,
+    strict: bool,
+    margin: Duration,
+    name: Cow<'static, str>,
+    metrics: bool,
+}
+
+impl Default for InboundDeadlineBuilder {
+    fn default() -> Self {
+        InboundDeadlineBuilder {
+            cap: None,
+            grpc: true,
+            http_header: Some(DEFAULT_HTTP_HEADER.to_owned()),
+            strict: false,
+            margin: DEFAULT_MARGIN,
+            name: Cow::Borrowed("inbound"),
+            metrics: true,
+        }
+    }
+}
+
+impl InboundDeadlineBuilder {
+    /// The server's cap: no request gets more, and requests without a header get exactly this.
+    /// Without a cap, requests without a header get no deadline.
+    pub fn cap(mut self, cap: Duration) -> Self {
+        self.cap = Some(cap);
+        self
+    }
+
+    /// Whether to read `grpc-timeout` (default on).
+    pub fn grpc_timeout(mut self, on: bool) -> Self {
+        self.grpc = on;
+        self
+    }
+
+    /// The millisecond HTTP header to read (default
+    /// [`x-request-timeout-ms`](crate::wire::DEFAULT_HTTP_HEADER)); behind Envoy, use
+    /// `x-envoy-expected-rq-timeout-ms`.
+    pub fn http_header(mut self, name: impl Into<String>) -> Self {
+        self.http_header = Some(name.into());
+        self
+    }
+
+    /// Reads no HTTP header, only `grpc-timeout`.
+    pub fn no_http_header(mut self) -> Self {
+        self.http_header = None;
+        self
+    }
+
+    /// Strict mode: a malformed header is answered with 400 / `INVALID_ARGUMENT` instead of
+    /// being ignored (default off).
+    pub fn strict(mut self, on: bool) -> Self {
+        self.strict = on;
+        self
+    }
+
+    /// Subtracted from the caller's budget (not from the cap), but never more than half of it,
+    /// so this server gives up, and its `DEADLINE_EXCEEDED` travels back, before the caller's
+    /// own timer fires (default [`DEFAULT_MARGIN`], 20 ms; Envoy offers the same offset).
+    ///
+    /// Two timers race this layer on gRPC: tonic's server enforces `grpc-timeout` outside every
+    /// user layer and answers `CANCELLED "Timeout expired"` when it fires first, and the
+    /// caller's `Channel` fails the call with `CANCELLED "Timeout expired"` when the response
+    /// comes too late. With no margin most calls lose one race or the other; the default covers
+    /// a loopback or same-zone round trip. Raise it to the round-trip time of slower links;
+    /// `Duration::ZERO` turns it off. A caller's budget of `b` keeps at least `b / 2`, so short
+    /// budgets are worked on rather than refused on arrival.
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
+    }
+
+    /// The instance name (default `inbound`).
+    pub fn name(mut self, name: impl Into<Cow<'static, str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Whether to record metrics (default on).
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = on;
+        self
+    }
+
+    /// Validates the configuration and registers the metric handles.
+    pub fn build(mut self) -> Result<InboundDeadlineLayer, ConfigError> {
+        let cap = self
+            .cap
+            .map(|cap| positive(DEADLINE_INBOUND, "cap", cap))
+            .transpose()?;
+        let http_header = self
+            .http_header
+            .take()
+            .map(|h| {
+                HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    ConfigError::new(
+                        DEADLINE_INBOUND,
+                        "http_header",
+                        &h,
+                        "is not a valid header name",
+                    )
+                })
+            })
+            .transpose()?;
+        if http_header.as_ref() == Some(&GRPC_TIMEOUT) {
+            return Err(ConfigError::new(
+                DEADLINE_INBOUND,
+                "http_header",
+                GRPC_TIMEOUT.as_str(),
+                "must not be grpc-timeout, which has its own format",
+            ));
+        }
+        validate_name(DEADLINE_INBOUND, &self.name)?;
+        Ok(self.assemble(cap, http_header))
+    }
+
+    /// Builds the layer from validated values and registers its metric handles.
+    pub(crate) fn assemble(
+        self,
+        cap: Option<Duration>,
+        http_header: Option<HeaderName>,
+    ) -> InboundDeadlineLayer {
+        let shared = Shared::new(
+            Kind::Inbound {
+                strict: self.strict,
+            },
+            Name::new(self.name),
+            self.metrics,
+            [
+                self.grpc.then_some(GRPC_TIMEOUT.as_str()),
+                http_header.as_ref().map(HeaderName::as_str),
+            ],
+        );
+        InboundDeadlineLayer {
+            config: Arc::new(Config {
+                cap,
+                grpc: self.grpc,
+                http_header,
+                strict: self.strict,
+                margin: self.margin,
+            }),
+            shared,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Config {
+    pub(crate) cap: Option<Duration>,
+    pub(crate) grpc: bool,
+    pub(crate) http_header: Option<HeaderName>,
+    pub(crate) strict: bool,
+    pub(crate) margin: Duration,
+}
