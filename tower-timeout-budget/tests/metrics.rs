@@ -324,3 +324,47 @@ async fn inbound_and_outbound_layers_record_under_their_own_labels() {
         0
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_transport_enforcing_the_sent_budget_is_counted_as_this_layers_timeout() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let outbound = OutboundDeadlineLayer::builder()
+        .name("upstream")
+        .margin(20 * MS)
+        .build()
+        .expect("valid");
+    // Gives up with its own error when the budget it was sent runs out, as tonic's Channel does.
+    let svc = outbound.layer(service_fn(|req: http::Request<()>| async move {
+        let sent: u64 = req.headers()["x-request-timeout-ms"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("millis");
+        tokio::time::sleep(Duration::from_millis(sent)).await;
+        Err::<(), tower_red::BoxError>("Timeout expired".into())
+    }));
+    tower_timeout_budget::Deadline::after(500 * MS)
+        .scope(svc.oneshot(http::Request::new(())))
+        .await
+        .expect_err("timed out");
+    let snap = snapshot(&snapshotter);
+    let labels = |outcome| {
+        [
+            ("layer", "deadline_outbound"),
+            ("name", "upstream"),
+            ("outcome", outcome),
+        ]
+    };
+    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("timeout")), 1);
+    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("error")), 0);
+    assert_eq!(
+        counter(
+            &snap,
+            names::DEADLINE_EXCEEDED_TOTAL,
+            &[("name", "upstream"), ("stage", "call")]
+        ),
+        1
+    );
+}
