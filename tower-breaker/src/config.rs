@@ -8,9 +8,9 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use tower_breaker::{BreakerConfig, OpenTime};
+//! use tower_breaker::{BreakerLayer, OpenTime};
 //!
-//! let config = BreakerConfig::builder()
+//! let breaker = BreakerLayer::builder()
 //!     .name("payments")
 //!     .failure_rate_threshold(0.25)
 //!     .time_window(Duration::from_secs(30), 10)
@@ -19,17 +19,28 @@
 //!     .slow_calls(Duration::from_secs(2), 0.5)
 //!     .open_time(OpenTime::exponential(Duration::from_secs(1), Duration::from_secs(60)))
 //!     .permitted_probes(3)
+//!     .http_status()
 //!     .build()
 //!     .expect("a valid configuration");
-//! assert_eq!(config.name(), "payments");
+//! assert_eq!(breaker.handle().name(), "payments");
 //! ```
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::ConfigError;
+use tower_red::ConfigError;
+use tower_red::classify::{AnyError, GrpcStatus, HttpStatus};
+use tower_red::names;
+
 use crate::event::{Rejected, Transition};
+use crate::keyed::KeyedBreakerLayer;
+use crate::layer::BreakerLayer;
+
+/// The error for the breaker's setting `field`.
+fn config_error(field: &'static str, value: impl fmt::Debug, reason: &'static str) -> ConfigError {
+    ConfigError::new(names::layer::BREAKER, field, value, reason)
+}
 
 /// The largest count window, in calls.
 pub const MAX_COUNT_WINDOW: u32 = 1 << 20;
@@ -37,6 +48,8 @@ pub const MAX_COUNT_WINDOW: u32 = 1 << 20;
 pub const MAX_TIME_BUCKETS: u32 = 1_000;
 /// The most probes a half-open circuit may admit at once.
 pub const MAX_PERMITTED_PROBES: u32 = 10_000;
+/// The minimum number of calls of a time window when none is set.
+const DEFAULT_MINIMUM_CALLS: u32 = 100;
 
 /// Over which calls the failure and slow-call rates are measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +127,7 @@ impl OpenTime {
     fn validate(&self) -> Result<(), ConfigError> {
         match *self {
             OpenTime::Fixed(d) if d.is_zero() => {
-                Err(ConfigError::new("open_time", d, "must be more than zero"))
+                Err(config_error("open_time", d, "must be more than zero"))
             }
             OpenTime::Fixed(_) => Ok(()),
             OpenTime::Exponential {
@@ -124,28 +137,28 @@ impl OpenTime {
                 jitter,
             } => {
                 if initial.is_zero() {
-                    return Err(ConfigError::new(
+                    return Err(config_error(
                         "open_time.initial",
                         initial,
                         "must be more than zero",
                     ));
                 }
                 if !(multiplier.is_finite() && multiplier >= 1.0) {
-                    return Err(ConfigError::new(
+                    return Err(config_error(
                         "open_time.multiplier",
                         multiplier,
                         "must be a finite number of at least 1",
                     ));
                 }
                 if max < initial {
-                    return Err(ConfigError::new(
+                    return Err(config_error(
                         "open_time.max",
                         max,
                         "must be at least open_time.initial",
                     ));
                 }
                 if !(0.0..=1.0).contains(&jitter) {
-                    return Err(ConfigError::new(
+                    return Err(config_error(
                         "open_time.jitter",
                         jitter,
                         "must be in [0, 1]",
@@ -191,7 +204,7 @@ impl GradedRecovery {
     /// `[0.1, 0.5, 1.0]` over 30 s: 10 % for 10 s, 50 % for 10 s, then all for 10 s and after.
     pub fn new(steps: &[f64], duration: Duration) -> Result<Self, ConfigError> {
         if steps.is_empty() || steps.len() > 100 {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "graded_recovery.steps",
                 steps,
                 "must have between 1 and 100 steps",
@@ -201,21 +214,21 @@ impl GradedRecovery {
             .iter()
             .any(|s| !(s.is_finite() && *s > 0.0 && *s <= 1.0))
         {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "graded_recovery.steps",
                 steps,
                 "every share must be in (0, 1]",
             ));
         }
         if steps.windows(2).any(|w| w[1] < w[0]) {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "graded_recovery.steps",
                 steps,
                 "shares must not decrease",
             ));
         }
         if duration.is_zero() {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "graded_recovery.duration",
                 duration,
                 "must be more than zero",
@@ -235,8 +248,9 @@ impl GradedRecovery {
 pub(crate) type TransitionHook = Arc<dyn Fn(&Transition) + Send + Sync>;
 pub(crate) type RejectionHook = Arc<dyn Fn(&Rejected) + Send + Sync>;
 
-/// A validated breaker configuration. Build one with [`BreakerConfig::builder`]; the default
-/// is valid.
+/// A validated breaker configuration, for a [`KeyedBreakerLayer`] or to build several
+/// layers alike ([`BreakerLayer::from_config`]). Build one with
+/// [`BreakerBuilder::build_config`]; the default is valid.
 #[derive(Clone)]
 pub struct BreakerConfig {
     pub(crate) name: Arc<str>,
@@ -291,7 +305,7 @@ impl Default for BreakerConfig {
             slow_call_duration: None,
             slow_call_rate_threshold: 1.0,
             window: Window::Count { size: 100 },
-            minimum_calls: 100,
+            minimum_calls: DEFAULT_MINIMUM_CALLS,
             consecutive_failures: None,
             open_time: OpenTime::Fixed(Duration::from_secs(60)),
             permitted_probes: 10,
@@ -309,14 +323,6 @@ impl Default for BreakerConfig {
 }
 
 impl BreakerConfig {
-    /// A builder starting from the defaults.
-    pub fn builder() -> BreakerConfigBuilder {
-        BreakerConfigBuilder {
-            config: BreakerConfig::default(),
-            recovery: None,
-        }
-    }
-
     /// The instance name, used in metric labels, rejections and events.
     pub fn name(&self) -> &str {
         &self.name
@@ -325,6 +331,11 @@ impl BreakerConfig {
     /// The window the rates are measured over.
     pub fn window(&self) -> Window {
         self.window
+    }
+
+    /// How many calls the window must hold before its rates are acted on.
+    pub fn minimum_calls(&self) -> u32 {
+        self.minimum_calls
     }
 
     /// Whether calls need a clock reading at their start and end: durations are only worth
@@ -337,15 +348,77 @@ impl BreakerConfig {
     }
 }
 
-/// Builds a [`BreakerConfig`]; [`build`](Self::build) validates every value.
+/// Builds a [`BreakerLayer`] (from [`BreakerLayer::builder`]); [`build`](Self::build)
+/// validates every value. `C` classifies outcomes: any `Err` is a failure by default, see
+/// [`http_status`](Self::http_status) and [`grpc_status`](Self::grpc_status).
 #[derive(Debug)]
 #[must_use]
-pub struct BreakerConfigBuilder {
+pub struct BreakerBuilder<C = AnyError> {
     config: BreakerConfig,
     recovery: Option<(Vec<f64>, Duration)>,
+    /// `None` until set: then the count window's size (or 100 for a time window).
+    minimum_calls: Option<u32>,
+    classifier: C,
 }
 
-impl BreakerConfigBuilder {
+impl Default for BreakerBuilder {
+    fn default() -> Self {
+        BreakerBuilder {
+            config: BreakerConfig::default(),
+            recovery: None,
+            minimum_calls: None,
+            classifier: AnyError,
+        }
+    }
+}
+
+impl<C> BreakerBuilder<C> {
+    /// Classify outcomes with `classifier` (any [`tower_red::Classify`]) instead.
+    pub fn classifier<C2>(self, classifier: C2) -> BreakerBuilder<C2> {
+        BreakerBuilder {
+            config: self.config,
+            recovery: self.recovery,
+            minimum_calls: self.minimum_calls,
+            classifier,
+        }
+    }
+
+    /// Classify `http::Response`s by status ([`HttpStatus`]: 5xx and 429 fail): the choice
+    /// for an axum router or a reqwest client. With the default classifier only an `Err`
+    /// fails, and an axum handler (`Infallible`) never opens the circuit.
+    pub fn http_status(self) -> BreakerBuilder<HttpStatus> {
+        self.classifier(HttpStatus::new())
+    }
+
+    /// Classify gRPC responses by `grpc-status` ([`GrpcStatus`]: UNAVAILABLE,
+    /// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL and UNKNOWN fail): the choice for a
+    /// tonic server or channel, whose errors travel as statuses in `Ok` responses.
+    pub fn grpc_status(self) -> BreakerBuilder<GrpcStatus> {
+        self.classifier(GrpcStatus::new())
+    }
+
+    /// Validates every value and builds the layer.
+    pub fn build(self) -> Result<BreakerLayer<C>, ConfigError> {
+        let (config, classifier) = self.validate()?;
+        Ok(BreakerLayer::from_config(config).with_classifier(classifier))
+    }
+
+    /// Validates every value and builds a [`KeyedBreakerLayer`]: one breaker with this
+    /// configuration per key that `key_fn` takes from a request.
+    pub fn build_keyed<K, F>(self, key_fn: F) -> Result<KeyedBreakerLayer<K, F, C>, ConfigError>
+    where
+        K: std::hash::Hash + Eq + Clone,
+    {
+        let (config, classifier) = self.validate()?;
+        Ok(KeyedBreakerLayer::new(config, key_fn).with_classifier(classifier))
+    }
+
+    /// Validates every value and returns the configuration alone (the classifier is
+    /// dropped), for [`BreakerLayer::from_config`] or [`KeyedBreakerLayer::new`].
+    pub fn build_config(self) -> Result<BreakerConfig, ConfigError> {
+        self.validate().map(|(config, _)| config)
+    }
+
     /// The instance name (default `"default"`): a metric label, so keep it bounded.
     pub fn name(mut self, name: impl AsRef<str>) -> Self {
         self.config.name = Arc::from(name.as_ref());
@@ -378,9 +451,10 @@ impl BreakerConfigBuilder {
         self
     }
 
-    /// Rates are not acted on until the window holds this many calls (default 100).
+    /// Rates are not acted on until the window holds this many calls (default: the count
+    /// window's size, or 100 calls for a time window).
     pub fn minimum_calls(mut self, calls: u32) -> Self {
-        self.config.minimum_calls = calls;
+        self.minimum_calls = Some(calls);
         self
     }
 
@@ -456,23 +530,26 @@ impl BreakerConfigBuilder {
         self
     }
 
-    /// Validates every value.
-    pub fn build(self) -> Result<BreakerConfig, ConfigError> {
+    fn validate(self) -> Result<(BreakerConfig, C), ConfigError> {
         let mut c = self.config;
+        c.minimum_calls = self.minimum_calls.unwrap_or(match c.window {
+            Window::Count { size } => size,
+            Window::Time { .. } => DEFAULT_MINIMUM_CALLS,
+        });
         if c.name.is_empty() {
-            return Err(ConfigError::new("name", &*c.name, "must not be empty"));
+            return Err(config_error("name", &*c.name, "must not be empty"));
         }
         let share = |field, v: f64| {
             if v.is_finite() && v > 0.0 && v <= 1.0 {
                 Ok(())
             } else {
-                Err(ConfigError::new(field, v, "must be in (0, 1]"))
+                Err(config_error(field, v, "must be in (0, 1]"))
             }
         };
         share("failure_rate_threshold", c.failure_rate_threshold)?;
         if let Some(d) = c.slow_call_duration {
             if d.is_zero() {
-                return Err(ConfigError::new(
+                return Err(config_error(
                     "slow_call_duration",
                     d,
                     "must be more than zero",
@@ -483,14 +560,14 @@ impl BreakerConfigBuilder {
         match c.window {
             Window::Count { size } => {
                 if !(1..=MAX_COUNT_WINDOW).contains(&size) {
-                    return Err(ConfigError::new(
+                    return Err(config_error(
                         "count_window",
                         size,
                         "must be between 1 and 1048576 calls",
                     ));
                 }
                 if c.minimum_calls > size {
-                    return Err(ConfigError::new(
+                    return Err(config_error(
                         "minimum_calls",
                         c.minimum_calls,
                         "must not exceed the count window, or the circuit could never trip on rates",
@@ -499,14 +576,14 @@ impl BreakerConfigBuilder {
             }
             Window::Time { length, buckets } => {
                 if !(1..=MAX_TIME_BUCKETS).contains(&buckets) {
-                    return Err(ConfigError::new(
+                    return Err(config_error(
                         "time_window.buckets",
                         buckets,
                         "must be between 1 and 1000",
                     ));
                 }
                 if length < Duration::from_millis(u64::from(buckets)) {
-                    return Err(ConfigError::new(
+                    return Err(config_error(
                         "time_window.length",
                         length,
                         "must give each bucket at least 1 ms",
@@ -515,14 +592,14 @@ impl BreakerConfigBuilder {
             }
         }
         if c.minimum_calls == 0 {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "minimum_calls",
                 c.minimum_calls,
                 "must be at least 1",
             ));
         }
         if c.consecutive_failures == Some(0) {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "consecutive_failures",
                 0,
                 "must be at least 1",
@@ -530,28 +607,24 @@ impl BreakerConfigBuilder {
         }
         c.open_time.validate()?;
         if !(1..=MAX_PERMITTED_PROBES).contains(&c.permitted_probes) {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "permitted_probes",
                 c.permitted_probes,
                 "must be between 1 and 10000",
             ));
         }
         if c.max_probe_wait.is_zero() {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "max_probe_wait",
                 c.max_probe_wait,
                 "must be more than zero",
             ));
         }
         if c.max_keys == 0 {
-            return Err(ConfigError::new(
-                "max_keys",
-                c.max_keys,
-                "must be at least 1",
-            ));
+            return Err(config_error("max_keys", c.max_keys, "must be at least 1"));
         }
         if c.idle_key_timeout.is_zero() {
-            return Err(ConfigError::new(
+            return Err(config_error(
                 "idle_key_timeout",
                 c.idle_key_timeout,
                 "must be more than zero",
@@ -560,6 +633,6 @@ impl BreakerConfigBuilder {
         if let Some((steps, duration)) = self.recovery {
             c.graded_recovery = Some(GradedRecovery::new(&steps, duration)?);
         }
-        Ok(c)
+        Ok((c, self.classifier))
     }
 }

@@ -2,15 +2,14 @@
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
-//! use tower_breaker::{BreakerConfig, BreakerLayer, State};
+//! use tower_breaker::{BreakerLayer, State};
 //!
 //! let seen = Arc::new(Mutex::new(Vec::new()));
 //! let log = seen.clone();
-//! let config = BreakerConfig::builder()
+//! let layer = BreakerLayer::builder()
 //!     .on_transition(move |t| log.lock().unwrap().push((t.from, t.to)))
 //!     .build()
 //!     .unwrap();
-//! let layer = BreakerLayer::new(config);
 //! layer.handle().force_open();
 //! assert_eq!(*seen.lock().unwrap(), [(State::Closed, State::ForcedOpen)]);
 //! ```

@@ -1,9 +1,9 @@
 //! A handle on a breaker's shared state: read it, force transitions.
 //!
 //! ```
-//! use tower_breaker::{BreakerConfig, BreakerLayer, State};
+//! use tower_breaker::{BreakerLayer, State};
 //!
-//! let layer = BreakerLayer::new(BreakerConfig::default());
+//! let layer = BreakerLayer::new("inventory");
 //! let handle = layer.handle();
 //! assert_eq!(handle.state(), State::Closed);
 //! handle.force_open();

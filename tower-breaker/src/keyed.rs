@@ -3,7 +3,7 @@
 //!
 //! Every key's breaker has the layer's configuration and shares its metric handles (the key
 //! is never a label: keys are unbounded). Live keys are bounded by
-//! [`BreakerConfigBuilder::keys`](crate::BreakerConfigBuilder::keys): a new key first evicts
+//! [`BreakerBuilder::keys`](crate::BreakerBuilder::keys): a new key first evicts
 //! keys idle for longer than the idle timeout, then, if still full, the least recently used
 //! closed key (or, when every key is tripped, the least recently used one).
 //!
@@ -12,14 +12,14 @@
 //!
 //! ```
 //! use tower::{service_fn, ServiceExt};
-//! use tower_breaker::{BreakerConfig, KeyedBreakerLayer, State};
+//! use tower_breaker::{BreakerLayer, State};
 //! use tower::Layer;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let config = BreakerConfig::builder().consecutive_failures(1).build().unwrap();
-//! let layer = KeyedBreakerLayer::new(config, |req: &http::Request<()>| {
-//!     req.uri().host().unwrap_or_default().to_owned()
-//! });
+//! let layer = BreakerLayer::builder()
+//!     .consecutive_failures(1)
+//!     .build_keyed(|req: &http::Request<()>| req.uri().host().unwrap_or_default().to_owned())
+//!     .unwrap();
 //! let svc = layer.layer(service_fn(|req: http::Request<()>| async move {
 //!     if req.uri().host() == Some("down.example") { Err("refused") } else { Ok(()) }
 //! }));
@@ -158,7 +158,9 @@ impl<K, F> KeyedBreakerLayer<K, F, AnyError>
 where
     K: Hash + Eq + Clone,
 {
-    /// One breaker per `key_fn(&request)`, each configured by `config`.
+    /// One breaker per `key_fn(&request)`, each configured by `config` (from
+    /// [`BreakerBuilder::build_config`](crate::BreakerBuilder::build_config); or build the
+    /// layer with [`BreakerBuilder::build_keyed`](crate::BreakerBuilder::build_keyed)).
     pub fn new(config: BreakerConfig, key_fn: F) -> Self {
         let metrics = config.metrics.then(|| Arc::new(Metrics::new(&config.name)));
         KeyedBreakerLayer {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tower_layer::Layer;
 use tower_red::classify::AnyError;
 
-use crate::config::BreakerConfig;
+use crate::config::{BreakerBuilder, BreakerConfig};
 use crate::handle::BreakerHandle;
 use crate::machine::Machine;
 use crate::service::Breaker;
@@ -13,7 +13,7 @@ use crate::service::Breaker;
 /// Builds [`Breaker`]s sharing one state: every service this layer builds, and every clone of
 /// them, trips and recovers together.
 ///
-/// The breaker (and its metric handles) is built once, in [`BreakerLayer::new`].
+/// The breaker (and its metric handles) is built once, with the layer.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct BreakerLayer<C = AnyError> {
@@ -22,9 +22,37 @@ pub struct BreakerLayer<C = AnyError> {
 }
 
 impl BreakerLayer<AnyError> {
-    /// A breaker counting any `Err` as a failure; see
-    /// [`with_classifier`](Self::with_classifier) for HTTP or gRPC statuses.
-    pub fn new(config: BreakerConfig) -> Self {
+    /// A breaker named `name` (a metric label: keep it bounded) with the default
+    /// configuration, counting any `Err` as a failure: the common case of
+    /// [`BreakerLayer::builder`]. An empty name is replaced by `default`.
+    ///
+    /// For an axum router or a tonic service, whose failures are statuses in `Ok` responses,
+    /// use the builder's [`http_status`](BreakerBuilder::http_status) or
+    /// [`grpc_status`](BreakerBuilder::grpc_status).
+    pub fn new(name: impl AsRef<str>) -> Self {
+        let name = name.as_ref();
+        let builder = BreakerLayer::builder();
+        let builder = if name.is_empty() {
+            builder
+        } else {
+            builder.name(name)
+        };
+        match builder.build() {
+            Ok(layer) => layer,
+            // The defaults are valid and the name is not empty.
+            Err(err) => unreachable!("the default configuration is valid: {err}"),
+        }
+    }
+
+    /// A builder for every setting; `build` checks them all and returns
+    /// `Result<BreakerLayer, ConfigError>`.
+    pub fn builder() -> BreakerBuilder {
+        BreakerBuilder::default()
+    }
+
+    /// A breaker with a configuration built beforehand
+    /// ([`BreakerBuilder::build_config`]), counting any `Err` as a failure.
+    pub fn from_config(config: BreakerConfig) -> Self {
         BreakerLayer {
             machine: Arc::new(Machine::new(config)),
             classifier: AnyError,

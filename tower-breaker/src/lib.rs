@@ -37,19 +37,41 @@
 //!
 //! In the closed state a call costs a few atomic operations: no lock, no allocation.
 //!
+//! # Building one
+//!
+//! [`BreakerLayer::new`]`("name")` is a breaker with the defaults (a count window of the last
+//! 100 calls, tripping at 50 % failures once 100 calls are in, open for 60 s, 10 probes).
+//! [`BreakerLayer::builder`] sets everything and checks it in `build`, which returns
+//! `Result<BreakerLayer, tower_red::ConfigError>`. Settings that switch something on take a
+//! `bool` (`.backpressure(true)`); the minimum number of calls defaults to the count window's
+//! size, so `.count_window(50)` alone builds.
+//!
+//! **Classifying HTTP and gRPC.** The default classifier ([`AnyError`](tower_red::classify::AnyError))
+//! counts only an `Err` as a failure. An axum handler is `Infallible` and a tonic service
+//! answers errors as statuses, so over either **the default classifier never opens the
+//! circuit**: choose [`BreakerBuilder::http_status`] (5xx and 429 fail) or
+//! [`BreakerBuilder::grpc_status`] (UNAVAILABLE, DEADLINE_EXCEEDED, … fail).
+//!
+//! ```
+//! use tower_breaker::BreakerLayer;
+//!
+//! let api = BreakerLayer::builder().name("api").http_status().build()?;
+//! let grpc = BreakerLayer::builder().name("grpc").grpc_status().count_window(50).build()?;
+//! # Ok::<(), tower_red::ConfigError>(())
+//! ```
+//!
 //! ```
 //! use std::time::Duration;
 //! use tower::{service_fn, ServiceBuilder, ServiceExt};
-//! use tower_breaker::{BreakerConfig, BreakerLayer, State};
+//! use tower_breaker::{BreakerLayer, State};
 //! use tower_red::{BoxError, Rejection, RejectionKind};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BoxError> {
-//! let config = BreakerConfig::builder()
+//! let breaker = BreakerLayer::builder()
 //!     .name("inventory")
 //!     .consecutive_failures(3)
 //!     .open_time(Duration::from_secs(10))
 //!     .build()?;
-//! let breaker = BreakerLayer::new(config);
 //! let handle = breaker.handle();
 //! let svc = ServiceBuilder::new()
 //!     .layer(breaker)
@@ -98,7 +120,7 @@ mod service;
 mod sync;
 mod window;
 
-pub use crate::config::{BreakerConfig, BreakerConfigBuilder, GradedRecovery, OpenTime, Window};
+pub use crate::config::{BreakerBuilder, BreakerConfig, GradedRecovery, OpenTime, Window};
 pub use crate::error::{ConfigError, is_circuit_open};
 pub use crate::event::{Reason, Rejected, State, Transition};
 pub use crate::handle::BreakerHandle;

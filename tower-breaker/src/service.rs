@@ -69,9 +69,9 @@ impl<S> Breaker<S, AnyError> {
         Breaker::from_parts(inner, Arc::new(Machine::new(config)), AnyError)
     }
 
-    /// A layer building breakers that share one state; see [`BreakerLayer::new`].
+    /// A layer building breakers that share one state; see [`BreakerLayer::from_config`].
     pub fn layer(config: BreakerConfig) -> BreakerLayer {
-        BreakerLayer::new(config)
+        BreakerLayer::from_config(config)
     }
 }
 

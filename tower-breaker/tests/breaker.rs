@@ -10,15 +10,13 @@ use tokio::sync::oneshot;
 use tokio::time::advance;
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
 use tower::{Layer, Service, ServiceExt};
-use tower_breaker::{
-    BreakerConfig, BreakerConfigBuilder, BreakerLayer, OpenTime, Reason, State, Transition,
-};
+use tower_breaker::{BreakerBuilder, BreakerLayer, OpenTime, Reason, State, Transition};
 use tower_red::{Rejection, RejectionKind};
 
 const SEC: Duration = Duration::from_secs(1);
 
-fn config() -> BreakerConfigBuilder {
-    BreakerConfig::builder()
+fn config() -> BreakerBuilder {
+    BreakerLayer::builder()
         .name("test")
         .metrics(false)
         .count_window(4)
@@ -28,12 +26,12 @@ fn config() -> BreakerConfigBuilder {
         .permitted_probes(1)
 }
 
-fn layer(builder: BreakerConfigBuilder) -> BreakerLayer {
-    BreakerLayer::new(builder.build().expect("valid config"))
+fn layer(builder: BreakerBuilder) -> BreakerLayer {
+    builder.build().expect("valid config")
 }
 
 /// Records every transition.
-fn recorded(builder: BreakerConfigBuilder) -> (BreakerConfigBuilder, Arc<Mutex<Vec<Transition>>>) {
+fn recorded(builder: BreakerBuilder) -> (BreakerBuilder, Arc<Mutex<Vec<Transition>>>) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = log.clone();
     (

@@ -2,24 +2,71 @@
 
 use std::time::Duration;
 
-use tower_breaker::{BreakerConfig, BreakerConfigBuilder, OpenTime};
+use tower_breaker::{BreakerBuilder, BreakerLayer, OpenTime};
 
-fn field_of(builder: BreakerConfigBuilder) -> &'static str {
-    builder.build().expect_err("an invalid value").field()
+fn field_of(builder: BreakerBuilder) -> String {
+    builder
+        .build()
+        .expect_err("an invalid value")
+        .field()
+        .to_owned()
 }
 
 #[test]
 fn defaults_are_valid_and_follow_resilience4j() {
-    let config = BreakerConfig::builder().build().unwrap();
+    let config = BreakerLayer::builder().build_config().unwrap();
     assert_eq!(config.name(), "default");
     assert_eq!(config.window(), tower_breaker::Window::Count { size: 100 });
+    assert_eq!(config.minimum_calls(), 100);
+}
+
+#[test]
+fn a_count_window_alone_builds_with_the_minimum_at_its_size() {
+    let config = BreakerLayer::builder()
+        .count_window(50)
+        .build_config()
+        .expect("the minimum follows the window");
+    assert_eq!(config.minimum_calls(), 50);
+    let config = BreakerLayer::builder()
+        .count_window(500)
+        .build_config()
+        .unwrap();
+    assert_eq!(config.minimum_calls(), 500);
+    let config = BreakerLayer::builder()
+        .count_window(50)
+        .minimum_calls(10)
+        .build_config()
+        .unwrap();
+    assert_eq!(config.minimum_calls(), 10, "an explicit minimum is kept");
+}
+
+#[test]
+fn the_builder_builds_the_layer_and_new_is_the_common_case() {
+    let layer: BreakerLayer = BreakerLayer::builder()
+        .name("inventory")
+        .count_window(20)
+        .build()
+        .expect("valid");
+    assert_eq!(layer.handle().name(), "inventory");
+    let layer = BreakerLayer::new("payments");
+    assert_eq!(layer.handle().name(), "payments");
+}
+
+#[test]
+fn the_error_is_the_workspaces_config_error() {
+    let err: tower_red::ConfigError = BreakerLayer::builder()
+        .failure_rate_threshold(1.5)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.layer(), "breaker");
+    let _same_type: tower_breaker::error::ConfigError = err;
 }
 
 #[test]
 fn every_bad_value_names_its_field() {
-    let b = BreakerConfig::builder;
+    let b = BreakerLayer::builder;
     let secs = Duration::from_secs;
-    let cases: Vec<(BreakerConfigBuilder, &str)> = vec![
+    let cases: Vec<(BreakerBuilder, &str)> = vec![
         (b().name(""), "name"),
         (b().failure_rate_threshold(0.0), "failure_rate_threshold"),
         (b().failure_rate_threshold(1.01), "failure_rate_threshold"),
@@ -96,7 +143,7 @@ fn every_bad_value_names_its_field() {
 
 #[test]
 fn the_error_says_which_value_and_why() {
-    let err = BreakerConfig::builder()
+    let err = BreakerLayer::builder()
         .count_window(10)
         .minimum_calls(11)
         .build()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{Call, backend, refused};
 use tower::{Layer, Service, ServiceExt};
-use tower_breaker::{BreakerConfig, KeyedBreakerLayer, State};
+use tower_breaker::{BreakerConfig, BreakerLayer, KeyedBreakerLayer, State};
 
 /// Routes `(key, call)` requests to the backend.
 fn keyed_backend() -> impl Service<(u32, Call), Response = u16, Error = common::Boom> + Clone {
@@ -14,12 +14,12 @@ fn keyed_backend() -> impl Service<(u32, Call), Response = u16, Error = common::
 }
 
 fn config() -> BreakerConfig {
-    BreakerConfig::builder()
+    BreakerLayer::builder()
         .metrics(false)
         .consecutive_failures(2)
         .open_time(Duration::from_secs(10))
         .keys(3, Duration::from_secs(60))
-        .build()
+        .build_config()
         .unwrap()
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::{Call, backend, send};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tower::Layer;
-use tower_breaker::{BreakerConfig, BreakerLayer};
+use tower_breaker::BreakerLayer;
 use tower_red::names;
 
 #[derive(Debug, PartialEq)]
@@ -48,14 +48,12 @@ fn red_metrics_state_gauge_and_transitions_are_recorded_with_bounded_labels() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let layer = metrics::with_local_recorder(&recorder, || {
-        BreakerLayer::new(
-            BreakerConfig::builder()
-                .name("payments")
-                .consecutive_failures(2)
-                .open_time(Duration::from_secs(5))
-                .build()
-                .unwrap(),
-        )
+        BreakerLayer::builder()
+            .name("payments")
+            .consecutive_failures(2)
+            .open_time(Duration::from_secs(5))
+            .build()
+            .unwrap()
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -146,7 +144,7 @@ fn metrics_can_be_turned_off() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     metrics::with_local_recorder(&recorder, || {
-        let _layer = BreakerLayer::new(BreakerConfig::builder().metrics(false).build().unwrap());
+        let _layer = BreakerLayer::builder().metrics(false).build().unwrap();
     });
     assert!(snapshotter.snapshot().into_vec().is_empty());
 }
@@ -156,13 +154,11 @@ fn deadline_drops_count_as_cancelled_and_inner_refusals_as_inner_refusal() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let layer = metrics::with_local_recorder(&recorder, || {
-        BreakerLayer::new(
-            BreakerConfig::builder()
-                .name("verdicts")
-                .consecutive_failures(5)
-                .build()
-                .unwrap(),
-        )
+        BreakerLayer::builder()
+            .name("verdicts")
+            .consecutive_failures(5)
+            .build()
+            .unwrap()
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -211,7 +207,7 @@ fn only_series_the_breaker_can_produce_are_registered() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _layer = metrics::with_local_recorder(&recorder, || {
-        BreakerLayer::new(BreakerConfig::builder().name("series").build().unwrap())
+        BreakerLayer::builder().name("series").build().unwrap()
     });
     let snapshot = snapshotter.snapshot().into_vec();
     let red = |outcome| {

@@ -10,7 +10,7 @@ use common::{Call, backend, by_status};
 use proptest::prelude::*;
 use tokio::sync::oneshot;
 use tower::{Layer, Service, ServiceExt};
-use tower_breaker::{BreakerConfig, BreakerLayer, State};
+use tower_breaker::{BreakerLayer, State};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Outcome {
@@ -268,7 +268,7 @@ fn run(p: Params, ops: Vec<Op>) -> Result<(), TestCaseError> {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let mut builder = BreakerConfig::builder()
+        let mut builder = BreakerLayer::builder()
             .metrics(false)
             .count_window(p.window as u32)
             .minimum_calls(p.minimum as u32)
@@ -282,7 +282,7 @@ fn run(p: Params, ops: Vec<Op>) -> Result<(), TestCaseError> {
         if let Some(ms) = p.slow_ms {
             builder = builder.slow_calls(Duration::from_millis(ms), p.slow_threshold);
         }
-        let layer = BreakerLayer::new(builder.build().unwrap()).with_classifier(by_status());
+        let layer = builder.classifier(by_status()).build().unwrap();
         let handle = layer.handle();
         let mut svc = layer.layer(backend());
         let mut model = Model::new(p);

@@ -11,11 +11,11 @@ use tokio::sync::oneshot;
 use tokio::time::advance;
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok};
 use tower::{Layer, Service, ServiceExt};
-use tower_breaker::{BreakerConfig, BreakerConfigBuilder, BreakerLayer, State};
+use tower_breaker::{BreakerBuilder, BreakerLayer, State};
 use tower_red::{Rejection, RejectionKind};
 
-fn config() -> BreakerConfigBuilder {
-    BreakerConfig::builder()
+fn config() -> BreakerBuilder {
+    BreakerLayer::builder()
         .name("refusals")
         .metrics(false)
         .consecutive_failures(1)
@@ -23,8 +23,8 @@ fn config() -> BreakerConfigBuilder {
         .permitted_probes(1)
 }
 
-fn layer(builder: BreakerConfigBuilder) -> BreakerLayer {
-    BreakerLayer::new(builder.build().expect("valid config"))
+fn layer(builder: BreakerBuilder) -> BreakerLayer {
+    builder.build().expect("valid config")
 }
 
 fn retry_after(result: &Result<u16, tower_red::BoxError>) -> Option<Duration> {

@@ -10,11 +10,11 @@ use tokio::sync::oneshot;
 use tokio::time::advance;
 use tokio_test::assert_pending;
 use tower::{Layer, Service, ServiceExt, service_fn};
-use tower_breaker::{BreakerConfig, BreakerConfigBuilder, BreakerLayer, Counts, State};
+use tower_breaker::{BreakerBuilder, BreakerLayer, Counts, State};
 use tower_red::{BoxError, Rejection, RejectionKind};
 
-fn config() -> BreakerConfigBuilder {
-    BreakerConfig::builder()
+fn config() -> BreakerBuilder {
+    BreakerLayer::builder()
         .name("verdict")
         .metrics(false)
         .count_window(4)
@@ -24,8 +24,8 @@ fn config() -> BreakerConfigBuilder {
         .permitted_probes(1)
 }
 
-fn layer(builder: BreakerConfigBuilder) -> BreakerLayer {
-    BreakerLayer::new(builder.build().expect("valid config"))
+fn layer(builder: BreakerBuilder) -> BreakerLayer {
+    builder.build().expect("valid config")
 }
 
 #[tokio::test(start_paused = true)]
@@ -139,4 +139,73 @@ where
     S: Service<Call, Response = u16, Error = BoxError>,
 {
     svc.ready().await?.call(Call::Ok).await
+}
+
+/// An axum-like handler: never an `Err`, failures are statuses.
+fn infallible(
+    status: u16,
+    grpc: Option<&'static str>,
+) -> impl Service<
+    (),
+    Response = http::Response<()>,
+    Error = std::convert::Infallible,
+    Future = std::future::Ready<Result<http::Response<()>, std::convert::Infallible>>,
+> + Clone {
+    service_fn(move |()| {
+        let mut res = http::Response::builder().status(status);
+        if let Some(code) = grpc {
+            res = res.header("grpc-status", code);
+        }
+        std::future::ready(Ok(res.body(()).unwrap()))
+    })
+}
+
+async fn call_twice<S>(svc: &mut S)
+where
+    S: Service<(), Response = http::Response<()>, Error = BoxError>,
+{
+    for _ in 0..2 {
+        let _ = svc.ready().await.unwrap().call(()).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http_status_breaker_opens_on_5xx_from_an_infallible_handler() {
+    let layer = BreakerLayer::builder()
+        .name("http")
+        .metrics(false)
+        .consecutive_failures(2)
+        .http_status()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    call_twice(&mut layer.layer(infallible(503, None))).await;
+    assert_eq!(handle.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_classifier_never_opens_on_an_infallible_handler() {
+    let layer = BreakerLayer::builder()
+        .name("any-error")
+        .metrics(false)
+        .consecutive_failures(2)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    call_twice(&mut layer.layer(infallible(503, None))).await;
+    assert_eq!(handle.state(), State::Closed, "why `http_status` exists");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_status_breaker_opens_on_unavailable() {
+    let layer = BreakerLayer::builder()
+        .name("grpc")
+        .metrics(false)
+        .consecutive_failures(2)
+        .grpc_status()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    call_twice(&mut layer.layer(infallible(200, Some("14")))).await;
+    assert_eq!(handle.state(), State::Open);
 }
