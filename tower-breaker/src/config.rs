@@ -503,7 +503,7 @@ impl<C> BreakerBuilder<C> {
         self
     }
 
-    /// For a [`KeyedBreakerLayer`](crate::KeyedBreakerLayer): hold at most `max_keys` live
+    /// For a [`KeyedBreakerLayer`]: hold at most `max_keys` live
     /// breakers (default 1024), and forget a key unused for `idle_timeout` (default 5 min).
     /// When a new key arrives and none is idle, the least recently used closed key goes.
     pub fn keys(mut self, max_keys: usize, idle_timeout: Duration) -> Self {
