@@ -17,7 +17,7 @@ use benches::{
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use tower::{Layer, Service, ServiceExt};
-use tower_breaker::{BreakerConfig, BreakerLayer};
+use tower_breaker::BreakerLayer;
 
 /// recloser's `AsyncRecloser` as a `Service`.
 #[derive(Clone)]
@@ -104,15 +104,13 @@ where
 }
 
 fn ours(metrics: bool) -> BreakerLayer {
-    BreakerLayer::new(
-        BreakerConfig::builder()
-            .name("bench")
-            .count_window(100)
-            .minimum_calls(100)
-            .metrics(metrics)
-            .build()
-            .expect("a valid config"),
-    )
+    BreakerLayer::builder()
+        .name("bench")
+        .count_window(100)
+        .minimum_calls(100)
+        .metrics(metrics)
+        .build()
+        .expect("a valid config")
 }
 
 fn resilience() -> tower_resilience::circuitbreaker::CircuitBreakerLayer<

@@ -8,7 +8,7 @@ use benches::{Passthrough, allocations_per_call, runtime, time_calls};
 use criterion::{Criterion, criterion_group, criterion_main};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_breaker::{BreakerConfig, BreakerLayer};
+use tower_breaker::BreakerLayer;
 use tower_bulkhead::BulkheadLayer;
 use tower_timeout_budget::TimeoutBudgetLayer;
 
@@ -36,15 +36,15 @@ fn ours(
                 .build()
                 .expect("a valid bulkhead"),
         )
-        .layer(BreakerLayer::new(
-            BreakerConfig::builder()
+        .layer(
+            BreakerLayer::builder()
                 .name("bench")
                 .count_window(100)
                 .minimum_calls(100)
                 .metrics(metrics)
                 .build()
                 .expect("a valid breaker"),
-        ))
+        )
         .service(Passthrough)
 }
 

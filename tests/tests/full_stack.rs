@@ -10,9 +10,8 @@ use axum::routing::get;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_breaker::{BreakerConfig, BreakerLayer};
+use tower_breaker::{BreakerBuilder, BreakerLayer};
 use tower_bulkhead::BulkheadLayer;
-use tower_red::classify::{GrpcStatus, HttpStatus};
 use tower_red::grpc::status::StatusLayer;
 use tower_red::problem::ProblemLayer;
 use tower_red::{BoxError, RedLayer, Rejection, RejectionKind};
@@ -22,13 +21,11 @@ use tower_timeout_budget::{Deadline, TimeoutBudgetLayer};
 
 fn assert_send_sync_static<T: Send + Sync + 'static>(_: &T) {}
 
-fn breaker(name: &str, consecutive_failures: u32) -> BreakerConfig {
-    BreakerConfig::builder()
+fn breaker(name: &str, consecutive_failures: u32) -> BreakerBuilder {
+    BreakerLayer::builder()
         .name(name)
         .consecutive_failures(consecutive_failures)
         .open_time(Duration::from_secs(30))
-        .build()
-        .expect("a valid breaker")
 }
 
 #[tokio::test]
@@ -56,7 +53,12 @@ async fn axum_router_with_every_layer_serves_and_refuses_over_the_wire() {
                         .build()
                         .unwrap(),
                 )
-                .layer(BreakerLayer::new(breaker("api", 2)).with_classifier(HttpStatus::new())),
+                .layer(
+                    breaker("api", 2)
+                        .http_status()
+                        .build()
+                        .expect("a valid breaker"),
+                ),
         );
     assert_send_sync_static(&app);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -98,7 +100,12 @@ async fn tonic_server_with_every_layer_answers_grpc_codes() {
                 .build()
                 .unwrap(),
         )
-        .layer(BreakerLayer::new(breaker("grpc", 2)).with_classifier(GrpcStatus::new()))
+        .layer(
+            breaker("grpc", 2)
+                .grpc_status()
+                .build()
+                .expect("a valid breaker"),
+        )
         .add_service(health)
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
     tokio::spawn(server);
@@ -116,7 +123,12 @@ async fn tonic_server_with_every_layer_answers_grpc_codes() {
                 .build()
                 .unwrap(),
         )
-        .layer(BreakerLayer::new(breaker("health-client", 5)).with_classifier(GrpcStatus::new()))
+        .layer(
+            breaker("health-client", 5)
+                .grpc_status()
+                .build()
+                .expect("a valid breaker"),
+        )
         .service(channel);
     assert_send_sync_static(&client_stack);
     let mut client = HealthClient::new(tower::util::BoxCloneSyncService::new(
@@ -156,7 +168,12 @@ async fn reqwest_client_wrapped_in_every_client_layer() {
                 .build()
                 .unwrap(),
         )
-        .layer(BreakerLayer::new(breaker("out", 3)).with_classifier(HttpStatus::new()))
+        .layer(
+            breaker("out", 3)
+                .http_status()
+                .build()
+                .expect("a valid breaker"),
+        )
         .service(reqwest::Client::new());
     assert_send_sync_static(&client);
     let url: reqwest::Url = format!("http://{addr}/").parse().unwrap();
@@ -187,7 +204,7 @@ fn generic_request_types_compose_too() {
                 .build()
                 .unwrap(),
         )
-        .layer(BreakerLayer::new(breaker("jobs", 3)))
+        .layer(breaker("jobs", 3).build().expect("a valid breaker"))
         .service(tower::service_fn(|n: u64| async move {
             Ok::<_, Infallible>(n * 2)
         }));

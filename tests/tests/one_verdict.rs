@@ -26,11 +26,11 @@ use tower_timeout_budget::TimeoutBudgetLayer;
 use tower_timeout_budget::inbound::InboundDeadlineLayer;
 
 fn breaker(name: &str, consecutive_failures: u32) -> BreakerConfig {
-    BreakerConfig::builder()
+    BreakerLayer::builder()
         .name(name)
         .consecutive_failures(consecutive_failures)
         .open_time(Duration::from_secs(30))
-        .build()
+        .build_config()
         .expect("a valid breaker")
 }
 
@@ -75,7 +75,8 @@ fn sum(snap: &Snap, outcome: &str) -> u64 {
 async fn a_hanging_backend_opens_the_breaker_behind_the_inbound_deadline() {
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = calls.clone();
-    let handle_layer = BreakerLayer::new(breaker("hangs", 3)).with_classifier(HttpStatus::new());
+    let handle_layer =
+        BreakerLayer::from_config(breaker("hangs", 3)).with_classifier(HttpStatus::new());
     let handle = handle_layer.handle();
     let app = Router::new()
         .route(
@@ -126,7 +127,7 @@ async fn a_hanging_backend_opens_the_breaker_behind_the_inbound_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn a_caller_that_gives_up_before_its_deadline_is_not_a_failure() {
-    let layer = BreakerLayer::new(breaker("impatient", 1));
+    let layer = BreakerLayer::from_config(breaker("impatient", 1));
     let handle = layer.handle();
     let svc = ServiceBuilder::new()
         .layer(TimeoutBudgetLayer::new(Duration::from_secs(10)).unwrap())
@@ -153,7 +154,7 @@ async fn a_refusal_is_counted_once_over_the_whole_stack() {
     let snapshotter = recorder.snapshotter();
     let _guard = metrics::set_default_local_recorder(&recorder);
 
-    let layer = BreakerLayer::new(breaker("counted-once", 1));
+    let layer = BreakerLayer::from_config(breaker("counted-once", 1));
     let handle = layer.handle();
     let svc = ServiceBuilder::new()
         .layer(TimeoutBudgetLayer::new(Duration::from_secs(1)).unwrap())
@@ -200,7 +201,7 @@ async fn a_timeout_is_counted_once_over_the_whole_stack() {
                 .build()
                 .unwrap(),
         )
-        .layer(BreakerLayer::new(breaker("timed-once", 100)))
+        .layer(BreakerLayer::from_config(breaker("timed-once", 100)))
         .service(tower::service_fn(|_: u64| {
             std::future::pending::<Result<u64, BoxError>>()
         }));
@@ -239,13 +240,14 @@ where
 #[tokio::test]
 async fn a_client_breakers_refusal_turned_into_a_503_is_not_the_servers_failure() {
     // The upstream client's breaker is open: every outbound call is refused locally.
-    let client_layer = BreakerLayer::new(breaker("upstream", 1));
+    let client_layer = BreakerLayer::from_config(breaker("upstream", 1));
     client_layer.handle().force_open();
     let upstream = ServiceBuilder::new()
         .layer(client_layer)
         .service(tower::service_fn(fresh));
 
-    let server_layer = BreakerLayer::new(breaker("server", 2)).with_classifier(HttpStatus::new());
+    let server_layer =
+        BreakerLayer::from_config(breaker("server", 2)).with_classifier(HttpStatus::new());
     let server = server_layer.handle();
     let orders = move || call_upstream(upstream.clone());
     let app = Router::new()
@@ -282,7 +284,7 @@ async fn a_budget_spent_before_sending_does_not_open_the_breaker_above_it() {
     use tower_timeout_budget::Deadline;
     use tower_timeout_budget::outbound::OutboundDeadlineLayer;
 
-    let layer = BreakerLayer::new(breaker("healthy-upstream", 1));
+    let layer = BreakerLayer::from_config(breaker("healthy-upstream", 1));
     let handle = layer.handle();
     let sent = Arc::new(AtomicUsize::new(0));
     let counter = sent.clone();
@@ -318,7 +320,7 @@ async fn a_full_bulkhead_below_a_breaker_is_shed_once_and_opens_nothing() {
     let _guard = metrics::set_default_local_recorder(&recorder);
 
     // The client order: breaker above bulkhead.
-    let layer = BreakerLayer::new(breaker("shed-once", 1));
+    let layer = BreakerLayer::from_config(breaker("shed-once", 1));
     let handle = layer.handle();
     let svc = ServiceBuilder::new()
         .layer(TimeoutBudgetLayer::new(Duration::from_secs(60)).unwrap())

@@ -16,8 +16,7 @@ use axum::routing::get;
 use http::StatusCode;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tower::{Layer, Service, ServiceExt};
-use tower_breaker::{BreakerConfig, BreakerLayer, OpenTime};
-use tower_red::classify::HttpStatus;
+use tower_breaker::{BreakerLayer, OpenTime};
 use tower_red::{BoxError, Rejection};
 
 /// How long the backend fails before it heals.
@@ -55,7 +54,7 @@ async fn main() -> Result<(), BoxError> {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let start = Instant::now();
-    let config = BreakerConfig::builder()
+    let breaker = BreakerLayer::builder()
         .name("stock")
         .count_window(20)
         .minimum_calls(10)
@@ -78,8 +77,8 @@ async fn main() -> Result<(), BoxError> {
                 t.reason
             );
         })
+        .http_status()
         .build()?;
-    let breaker = BreakerLayer::new(config).with_classifier(HttpStatus::new());
     let handle = breaker.handle();
     let client = breaker.layer(reqwest::Client::new());
 

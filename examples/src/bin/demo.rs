@@ -18,7 +18,7 @@ use futures::{StreamExt, stream};
 use http::StatusCode;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tower::ServiceBuilder;
-use tower_breaker::{BreakerConfig, BreakerLayer};
+use tower_breaker::BreakerLayer;
 use tower_bulkhead::{BulkheadLayer, Partition};
 use tower_red::classify::HttpStatus;
 use tower_red::problem::ProblemLayer;
@@ -137,16 +137,14 @@ fn app() -> Result<Router, BoxError> {
         .classifier(HttpStatus::new())
         .build()?;
     // Opens when half of the last 50 calls failed (5xx), once 20 are in.
-    let breaker = BreakerLayer::new(
-        BreakerConfig::builder()
-            .name("backend")
-            .count_window(50)
-            .minimum_calls(20)
-            .failure_rate_threshold(0.5)
-            .open_time(Duration::from_secs(5))
-            .build()?,
-    )
-    .with_classifier(HttpStatus::new());
+    let breaker = BreakerLayer::builder()
+        .name("backend")
+        .count_window(50)
+        .minimum_calls(20)
+        .failure_rate_threshold(0.5)
+        .open_time(Duration::from_secs(5))
+        .http_status()
+        .build()?;
     Ok(Router::new()
         .route("/hello", get(|| async { "hello\n" }))
         .route("/orders/{id}", get(order))

@@ -17,9 +17,8 @@ use axum::routing::get;
 use futures::{StreamExt, stream};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tower::ServiceBuilder;
-use tower_breaker::{BreakerConfig, BreakerLayer};
+use tower_breaker::BreakerLayer;
 use tower_bulkhead::BulkheadLayer;
-use tower_red::classify::HttpStatus;
 use tower_red::problem::ProblemLayer;
 use tower_red::{BoxError, RedLayer};
 use tower_timeout_budget::inbound::InboundDeadlineLayer;
@@ -55,10 +54,7 @@ fn stacked() -> Result<Router, BoxError> {
                     .max_concurrent(1_024)
                     .build()?,
             )
-            .layer(
-                BreakerLayer::new(BreakerConfig::builder().name("api").build()?)
-                    .with_classifier(HttpStatus::new()),
-            ),
+            .layer(BreakerLayer::builder().name("api").http_status().build()?),
     ))
 }
 
