@@ -209,3 +209,48 @@ async fn a_grpc_status_breaker_opens_on_unavailable() {
     call_twice(&mut layer.layer(infallible(200, Some("14")))).await;
     assert_eq!(handle.state(), State::Open);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_that_never_answers_opens_the_breaker_behind_a_timeout_budget() {
+    let breaker = BreakerLayer::builder()
+        .name("hangs")
+        .metrics(false)
+        .consecutive_failures(3)
+        .http_status()
+        .build()
+        .unwrap();
+    let handle = breaker.handle();
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(tower_timeout_budget::TimeoutBudgetLayer::new(Duration::from_secs(1)).unwrap())
+        .layer(breaker)
+        .service(service_fn(|_: http::Request<()>| {
+            std::future::pending::<Result<http::Response<()>, std::convert::Infallible>>()
+        }));
+    for n in 1..=3 {
+        let start = tokio::time::Instant::now();
+        let err = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(http::Request::new(()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(1),
+            "cut by the deadline"
+        );
+        let rejection = Rejection::find_in(&err).expect("the deadline's refusal");
+        assert_eq!(rejection.kind(), RejectionKind::DeadlineExceeded);
+        let expected = if n < 3 { State::Closed } else { State::Open };
+        assert_eq!(handle.state(), expected, "after {n} timeouts");
+    }
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap_err();
+    assert!(tower_breaker::is_circuit_open(&*err), "refused at once now");
+}
