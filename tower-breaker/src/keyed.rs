@@ -53,6 +53,8 @@ use crate::metrics::Metrics;
 
 struct Entry {
     machine: Arc<Machine>,
+    /// When the key was last used. Every access is `Relaxed`: it is an eviction hint that
+    /// publishes nothing else, and a stale reading only picks another idle key to evict.
     last_used: AtomicU64,
 }
 

@@ -215,10 +215,12 @@ impl Machine {
     }
 
     pub(crate) fn consecutive_failures(&self) -> u32 {
+        // Relaxed: a reading for the handle; it publishes nothing else.
         self.consecutive.load(Ordering::Relaxed)
     }
 
     pub(crate) fn rejected_total(&self) -> u64 {
+        // Relaxed: a statistic; it publishes nothing else.
         self.rejected.load(Ordering::Relaxed)
     }
 
@@ -277,6 +279,7 @@ impl Machine {
     fn admit_slow(&self, w: u64, report: bool) -> Result<Admission, Refusal> {
         let result = self.decide(w);
         if let (Err(refusal), true) = (&result, report) {
+            // Relaxed: a statistic; the RMW alone keeps it exact.
             self.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 target: "tower_breaker",
@@ -446,6 +449,8 @@ impl Machine {
         let step = (u128::from(elapsed) * u128::from(steps) / u128::from(total.max(1))) as usize;
         // `elapsed < total`, so `step < steps`.
         let share = u64::from(ramp.permille[step.min(ramp.permille.len() - 1)]);
+        // Relaxed: the RMW hands each call its own place in the ramp; nothing else is
+        // published through it.
         let k = self.ramp_seq.fetch_add(1, Ordering::Relaxed);
         // Spread admissions evenly: admit when the running quota (rounded up, so the first
         // call of a ramp goes) crosses a whole call.
@@ -499,6 +504,9 @@ impl Machine {
         let Some(limit) = self.config.consecutive_failures else {
             return false;
         };
+        // Relaxed: the streak is a counter read and written on its own; a success racing a
+        // failure may reset it either side, which is the same as the calls finishing in the
+        // other order. The trip itself is decided under the lock against the state word.
         if sample.failure {
             let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
             if n >= limit {
@@ -535,6 +543,7 @@ impl Machine {
                     return;
                 }
                 if let Some(sample) = sample {
+                    // Relaxed: as in `count_consecutive`; never trips here.
                     if sample.failure {
                         self.consecutive.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -691,10 +700,13 @@ impl Machine {
             }
             State::Closed | State::MetricsOnly | State::Disabled => {
                 self.window.reset();
+                // Relaxed: calls admitted before this transition are stale and not counted;
+                // the state word's release store below publishes the new epoch.
                 self.consecutive.store(0, Ordering::Relaxed);
                 if to == State::Closed && from == State::HalfOpen {
                     if self.config.graded_recovery.is_some() {
                         self.ramp_start.store(now, Ordering::Release);
+                        // Relaxed: published by the state word's release store below.
                         self.ramp_seq.store(0, Ordering::Relaxed);
                         new |= RAMP;
                     } else {
