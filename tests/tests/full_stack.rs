@@ -115,19 +115,21 @@ async fn tonic_server_with_every_layer_answers_grpc_codes() {
         .connect()
         .await
         .unwrap();
-    // The client side: the deadline travels out as grpc-timeout, the breaker guards the channel.
+    // The client side: rejections reach the caller as their gRPC status, the breaker guards
+    // the channel, and the deadline travels out as grpc-timeout, written innermost.
     let client_stack = ServiceBuilder::new()
-        .layer(
-            OutboundDeadlineLayer::builder()
-                .margin(Duration::from_millis(5))
-                .build()
-                .unwrap(),
-        )
+        .layer(tower_red::grpc::client::ClientStatusLayer::new())
         .layer(
             breaker("health-client", 5)
                 .grpc_status()
                 .build()
                 .expect("a valid breaker"),
+        )
+        .layer(
+            OutboundDeadlineLayer::builder()
+                .margin(Duration::from_millis(5))
+                .build()
+                .unwrap(),
         )
         .service(channel);
     assert_send_sync_static(&client_stack);
@@ -157,10 +159,17 @@ async fn reqwest_client_wrapped_in_every_client_layer() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
+    // The client order: the breaker above the bulkhead (an open circuit refuses before a
+    // queue), the outbound deadline innermost (it writes the budget left after every wait).
     let client = ServiceBuilder::new()
         .layer(RedLayer::client())
         .layer(TimeoutBudgetLayer::new(Duration::from_secs(5)).unwrap())
-        .layer(OutboundDeadlineLayer::new())
+        .layer(
+            breaker("out", 3)
+                .http_status()
+                .build()
+                .expect("a valid breaker"),
+        )
         .layer(
             BulkheadLayer::builder()
                 .name("out")
@@ -168,12 +177,7 @@ async fn reqwest_client_wrapped_in_every_client_layer() {
                 .build()
                 .unwrap(),
         )
-        .layer(
-            breaker("out", 3)
-                .http_status()
-                .build()
-                .expect("a valid breaker"),
-        )
+        .layer(OutboundDeadlineLayer::new())
         .service(reqwest::Client::new());
     assert_send_sync_static(&client);
     let url: reqwest::Url = format!("http://{addr}/").parse().unwrap();
