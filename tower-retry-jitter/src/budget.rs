@@ -1,0 +1,837 @@
+//! Retry budgets: how many retries a client may send, shared by every clone of a service.
+//!
+//! Retrying every failure multiplies the load on a backend that is already failing. A budget
+//! bounds the retries of all requests together. Three kinds, built by
+//! [`RetryBudget::builder`]:
+//!
+//! - **Ratio** (Finagle's `RetryBudget`, the idea behind tower's `TpsBudget`): every request
+//!   deposits `ratio` of a retry, every retry withdraws one, and a retry is allowed while the
+//!   deposits of the last `window`, plus a reserve of `min_per_second × window` retries, cover
+//!   it. Deposits and withdrawals expire with the window (a ring of time buckets). The ratio is
+//!   kept in thousandths and all accounting is in integers, so a ratio of 0.1 over 10 requests
+//!   allows exactly one retry (tower's `TpsBudget` truncated fractional percentages, tower
+//!   issue #857).
+//! - **gRPC throttling** ([A6](https://github.com/grpc/proposal/blob/master/A6-client-retries.md#throttling-retry-attempts-and-hedged-rpcs)):
+//!   `max_tokens` tokens to start with; each failed attempt costs one token, each success
+//!   gives `token_ratio` back (never above `max_tokens`); retries are allowed while more than
+//!   `max_tokens / 2` tokens are left. Kept in thousandths, as A6 asks.
+//! - **Quota** (the AWS SDKs' retry quota, 500 tokens): each retry withdraws its cost, each
+//!   success gives a credit back; a retry is allowed while the quota covers its cost.
+//!
+//! What a retry costs can depend on why the attempt failed: a [`RetryCost`] maps the
+//! [`FailureClass`] to a whole number of units. [`RetryCost::AWS_2026`] is the AWS SDKs' 2026
+//! retry behaviour (14 tokens after a transient error, 5 after throttling). For the ratio
+//! budget the cost is in retries, for the quota in tokens withdrawn per retry, and for gRPC
+//! throttling in tokens charged per failure.
+//!
+//! Time is passed in as a [`tokio::time::Instant`] so tests run on tokio's paused clock.
+//!
+//! # Cost on the per-call path
+//!
+//! A `RetryBudget` is an `Arc`; clones share it. A request that does not retry calls
+//! [`record_request`](RetryBudget::record_request) and
+//! [`record_success`](RetryBudget::record_success): one atomic add (ratio), or one atomic load
+//! while the bucket is full (gRPC throttling, quota). No lock, no allocation, ever.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_red::classify::FailureClass;
+//! use tower_retry_jitter::budget::RetryBudget;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let budget = RetryBudget::builder()
+//!     .ratio(0.1)
+//!     .min_per_second(0)
+//!     .window(Duration::from_secs(10))
+//!     .build()
+//!     .expect("a valid budget");
+//! let now = tokio::time::Instant::now();
+//! for _ in 0..10 {
+//!     budget.record_request(now);
+//! }
+//! assert!(budget.try_retry(FailureClass::Error, now)); // 10 × 0.1 = exactly one retry
+//! assert!(!budget.try_retry(FailureClass::Error, now));
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use tokio::time::Instant;
+use tower_red::GrpcCode;
+use tower_red::classify::FailureClass;
+
+/// One whole retry or token, in the thousandths the budgets count in.
+pub(crate) const MILLI: i64 = 1000;
+
+/// What a retry costs, by the class of the failure that prompted it, in whole units of its
+/// budget (retries for a ratio budget, tokens for the others).
+#[derive(Clone, Copy)]
+pub enum RetryCost {
+    /// The same cost for every failure.
+    Flat(u32),
+    /// A cost computed from the failure class. A plain function, so a cost is `Copy` and
+    /// computing it allocates nothing.
+    ByClass(fn(FailureClass) -> u32),
+}
+
+impl RetryCost {
+    /// The AWS SDKs' 2026 retry behaviour: 5 tokens after throttling, 14 after any other
+    /// (transient) failure. See [`aws_2026`].
+    pub const AWS_2026: RetryCost = RetryCost::ByClass(aws_2026);
+
+    /// The cost of a retry after a failure of this class.
+    #[inline]
+    pub fn of(&self, class: FailureClass) -> u32 {
+        match self {
+            RetryCost::Flat(cost) => *cost,
+            RetryCost::ByClass(f) => f(class),
+        }
+    }
+}
+
+impl Default for RetryCost {
+    /// One unit for every failure.
+    fn default() -> Self {
+        RetryCost::Flat(1)
+    }
+}
+
+impl fmt::Debug for RetryCost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RetryCost::Flat(cost) => f.debug_tuple("Flat").field(cost).finish(),
+            RetryCost::ByClass(_) => f.write_str("ByClass(..)"),
+        }
+    }
+}
+
+/// The AWS SDKs' 2026 retry costs (aws-smithy-runtime 1.14, `token_bucket.rs`): 5 tokens for a
+/// retry after throttling (HTTP 429, gRPC `RESOURCE_EXHAUSTED`, or a custom class named
+/// `"throttling"`), 14 after any other failure. Timeouts have no special cost any more.
+pub fn aws_2026(class: FailureClass) -> u32 {
+    if is_throttling(class) { 5 } else { 14 }
+}
+
+/// Whether a failure says the server is throttling this client.
+pub fn is_throttling(class: FailureClass) -> bool {
+    match class {
+        FailureClass::HttpStatus(status) => status == http::StatusCode::TOO_MANY_REQUESTS,
+        FailureClass::Grpc(code) => code == GrpcCode::ResourceExhausted,
+        FailureClass::Other(name) => name == "throttling",
+        _ => false,
+    }
+}
+
+/// Which kind of budget a [`RetryBudget`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BudgetKind {
+    /// A ratio of retries to requests over a sliding window, with a floor (Finagle).
+    Ratio,
+    /// gRPC A6 retry throttling.
+    GrpcThrottling,
+    /// A token quota withdrawn by retries and refilled by successes (AWS SDKs).
+    Quota,
+}
+
+/// A retry budget shared by every clone; see the [module docs](self).
+#[derive(Clone)]
+pub struct RetryBudget {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: Kind,
+    cost: RetryCost,
+    epoch: Instant,
+}
+
+enum Kind {
+    Ratio(RatioWindow),
+    Throttle(Tokens),
+    Quota(Tokens),
+}
+
+impl fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBudget")
+            .field("kind", &self.kind())
+            .field("cost", &self.inner.cost)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RetryBudget {
+    /// A builder; see [`BudgetBuilder`](crate::config::BudgetBuilder) for the defaults.
+    pub fn builder() -> crate::config::BudgetBuilder {
+        crate::config::BudgetBuilder::default()
+    }
+
+    pub(crate) fn ratio(
+        deposit: i64,
+        reserve: i64,
+        window_nanos: u64,
+        buckets: u32,
+        cost: RetryCost,
+        epoch: Instant,
+    ) -> Self {
+        Self::from_kind(
+            Kind::Ratio(RatioWindow::new(deposit, reserve, window_nanos, buckets)),
+            cost,
+            epoch,
+        )
+    }
+
+    pub(crate) fn throttle(max: i64, credit: i64, cost: RetryCost) -> Self {
+        Self::from_kind(
+            Kind::Throttle(Tokens::new(max, credit)),
+            cost,
+            Instant::now(),
+        )
+    }
+
+    pub(crate) fn quota(max: i64, credit: i64, cost: RetryCost) -> Self {
+        Self::from_kind(Kind::Quota(Tokens::new(max, credit)), cost, Instant::now())
+    }
+
+    fn from_kind(kind: Kind, cost: RetryCost, epoch: Instant) -> Self {
+        RetryBudget {
+            inner: Arc::new(Inner { kind, cost, epoch }),
+        }
+    }
+
+    /// Which kind of budget this is.
+    pub fn kind(&self) -> BudgetKind {
+        match self.inner.kind {
+            Kind::Ratio(_) => BudgetKind::Ratio,
+            Kind::Throttle(_) => BudgetKind::GrpcThrottling,
+            Kind::Quota(_) => BudgetKind::Quota,
+        }
+    }
+
+    /// What a retry costs.
+    pub fn cost(&self) -> RetryCost {
+        self.inner.cost
+    }
+
+    /// A new request (its first attempt, not a retry) started at `now`: a ratio budget
+    /// deposits its share of a retry. The others do nothing.
+    #[inline]
+    pub fn record_request(&self, now: Instant) {
+        if let Kind::Ratio(w) = &self.inner.kind {
+            w.deposit(self.nanos(now));
+        }
+    }
+
+    /// An attempt succeeded: a token budget gets its credit back (up to its maximum).
+    #[inline]
+    pub fn record_success(&self) {
+        match &self.inner.kind {
+            Kind::Ratio(_) => {}
+            Kind::Throttle(t) | Kind::Quota(t) => t.credit(),
+        }
+    }
+
+    /// An attempt failed with this class: gRPC throttling charges the class's cost (one token
+    /// by default). The others do nothing (they charge when a retry is taken).
+    #[inline]
+    pub fn record_failure(&self, class: FailureClass) {
+        if let Kind::Throttle(t) = &self.inner.kind {
+            t.charge(i64::from(self.inner.cost.of(class)) * MILLI);
+        }
+    }
+
+    /// Asks to retry an attempt that failed with `class`, at `now`; `true` when the budget
+    /// allows it, and then the retry has been paid for.
+    #[must_use = "a retry the budget refused must not be sent"]
+    #[inline]
+    pub fn try_retry(&self, class: FailureClass, now: Instant) -> bool {
+        match &self.inner.kind {
+            Kind::Ratio(w) => w.withdraw(
+                i64::from(self.inner.cost.of(class)) * MILLI,
+                self.nanos(now),
+            ),
+            Kind::Throttle(t) => t.above_half(),
+            Kind::Quota(t) => t.withdraw(i64::from(self.inner.cost.of(class)) * MILLI),
+        }
+    }
+
+    /// What is left at `now`: retries for a ratio budget (the reserve included), tokens for
+    /// the others. For the balance gauge
+    /// ([`RETRY_BUDGET_BALANCE`](tower_red::names::RETRY_BUDGET_BALANCE)).
+    pub fn balance(&self, now: Instant) -> f64 {
+        self.balance_milli(now) as f64 / MILLI as f64
+    }
+
+    pub(crate) fn balance_milli(&self, now: Instant) -> i64 {
+        match &self.inner.kind {
+            Kind::Ratio(w) => w.balance(w.slice(self.nanos(now))),
+            Kind::Throttle(t) | Kind::Quota(t) => t.tokens(),
+        }
+    }
+
+    #[inline]
+    fn nanos(&self, now: Instant) -> u64 {
+        crate::backoff::saturating_nanos(now.saturating_duration_since(self.inner.epoch))
+    }
+}
+
+/// A bucket's stamp while one writer resets it for a new time slice.
+const CLAIMING: u64 = u64::MAX;
+/// A bucket's stamp before it was ever used. Stamps are `slice + 1`, so 0 is older than all.
+const EMPTY: u64 = 0;
+
+/// The ratio budget: a ring of time buckets, each holding deposits minus withdrawals (in
+/// thousandths of a retry) for the time slice its stamp names.
+struct RatioWindow {
+    /// Deposited per request: the ratio, in thousandths.
+    deposit: i64,
+    /// The floor: `min_per_second × window`, in thousandths of a retry.
+    reserve: i64,
+    /// Nanoseconds per bucket.
+    width: u64,
+    buckets: Box<[Bucket]>,
+}
+
+struct Bucket {
+    /// `slice + 1` of the slice counted here, [`EMPTY`] or [`CLAIMING`].
+    stamp: AtomicU64,
+    net: AtomicI64,
+}
+
+impl RatioWindow {
+    fn new(deposit: i64, reserve: i64, window_nanos: u64, buckets: u32) -> Self {
+        let buckets = buckets.max(1);
+        RatioWindow {
+            deposit,
+            reserve,
+            width: (window_nanos / u64::from(buckets)).max(1),
+            buckets: (0..buckets)
+                .map(|_| Bucket {
+                    stamp: AtomicU64::new(EMPTY),
+                    net: AtomicI64::new(0),
+                })
+                .collect(),
+        }
+    }
+
+    #[inline]
+    fn slice(&self, nanos: u64) -> u64 {
+        // Below `u64::MAX - 1`, so `slice + 1` is never `CLAIMING`.
+        (nanos / self.width).min(u64::MAX - 2)
+    }
+
+    /// The bucket counting `slice` (or a later slice, if another thread has moved the ring on
+    /// past this caller's clock), reset first when it held an expired slice. `None` while
+    /// another thread is resetting it, an instant at a slice boundary.
+    #[inline]
+    fn bucket(&self, mut slice: u64) -> Option<&Bucket> {
+        let n = self.buckets.len() as u64;
+        loop {
+            // `slice % n < buckets.len()`.
+            let bucket = &self.buckets[(slice % n) as usize];
+            let stamp = bucket.stamp.load(Ordering::Acquire);
+            if stamp == slice + 1 {
+                return Some(bucket);
+            }
+            if stamp == CLAIMING {
+                return None;
+            }
+            if stamp > slice + 1 {
+                // Another caller's clock is ahead: count this one in its slice.
+                slice = stamp - 1;
+                continue;
+            }
+            if bucket
+                .stamp
+                .compare_exchange(stamp, CLAIMING, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                // Relaxed: nobody adds to `net` while the stamp is CLAIMING, and the Release
+                // store of the stamp below orders this reset before every add of the new
+                // slice (their Acquire load of the stamp sees it), on every architecture.
+                bucket.net.store(0, Ordering::Relaxed);
+                bucket.stamp.store(slice + 1, Ordering::Release);
+                return Some(bucket);
+            }
+        }
+    }
+
+    #[inline]
+    fn deposit(&self, nanos: u64) {
+        if let Some(bucket) = self.bucket(self.slice(nanos)) {
+            // Relaxed: a deposit only raises the balance. The add is atomic, so none is lost
+            // on any architecture; a withdrawal that does not see it yet refuses (never
+            // over-admits), and nothing else is published through it.
+            bucket.net.fetch_add(self.deposit, Ordering::Relaxed);
+        }
+        // A deposit at the instant a bucket is being reset is dropped: conservative.
+    }
+
+    fn withdraw(&self, cost: i64, nanos: u64) -> bool {
+        let slice = self.slice(nanos);
+        let Some(bucket) = self.bucket(slice) else {
+            return false;
+        };
+        // Take first, then check: of two withdrawals racing for the last retry, the later one
+        // in the SeqCst order sees both takes, so they cannot both pass.
+        bucket.net.fetch_sub(cost, Ordering::SeqCst);
+        if self.balance(slice) < 0 {
+            bucket.net.fetch_add(cost, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// The reserve plus the net of every bucket of the window ending in `slice`.
+    fn balance(&self, slice: u64) -> i64 {
+        let n = self.buckets.len() as u64;
+        let oldest = (slice + 1).saturating_sub(n - 1);
+        let mut sum = self.reserve;
+        for bucket in self.buckets.iter() {
+            let stamp = bucket.stamp.load(Ordering::Acquire);
+            if stamp != CLAIMING && stamp >= oldest.max(1) {
+                sum += bucket.net.load(Ordering::SeqCst);
+            }
+        }
+        sum
+    }
+}
+
+/// A token count in thousandths, between 0 and `max`.
+struct Tokens {
+    max: i64,
+    /// Given back per success.
+    credit: i64,
+    tokens: AtomicI64,
+}
+
+impl Tokens {
+    fn new(max: i64, credit: i64) -> Self {
+        Tokens {
+            max,
+            credit,
+            tokens: AtomicI64::new(max),
+        }
+    }
+
+    // Relaxed throughout: the count publishes no other memory, and every change is a single
+    // atomic read-modify-write, so no update is lost and the count stays in [0, max] on every
+    // architecture; a load that lags by a few concurrent updates only decides one retry on a
+    // count that was true an instant before, which A6 throttling tolerates by design.
+
+    fn tokens(&self) -> i64 {
+        self.tokens.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    fn credit(&self) {
+        // The steady state of a healthy backend is a full bucket: one load, no write.
+        if self.tokens.load(Ordering::Relaxed) >= self.max {
+            return;
+        }
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t < self.max).then(|| (t + self.credit).min(self.max))
+            });
+    }
+
+    fn charge(&self, cost: i64) {
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t > 0).then(|| (t - cost).max(0))
+            });
+    }
+
+    /// A6: retries are allowed while `tokens > max / 2`.
+    fn above_half(&self) -> bool {
+        2 * self.tokens.load(Ordering::Relaxed) > self.max
+    }
+
+    fn withdraw(&self, cost: i64) -> bool {
+        self.tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t >= cost).then(|| t - cost)
+            })
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    const WIDTH: u64 = 1_000_000_000;
+
+    fn ratio(deposit: i64, reserve: i64, buckets: u32) -> RetryBudget {
+        RetryBudget::ratio(
+            deposit,
+            reserve,
+            WIDTH * u64::from(buckets),
+            buckets,
+            RetryCost::default(),
+            Instant::now(),
+        )
+    }
+
+    fn at(budget: &RetryBudget, nanos: u64) -> Instant {
+        budget.inner.epoch + Duration::from_nanos(nanos)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenth_of_ten_requests_is_exactly_one_retry() {
+        let budget = ratio(100, 0, 10);
+        let now = Instant::now();
+        for _ in 0..9 {
+            budget.record_request(now);
+        }
+        // 9 × 0.1 = 0.9 of a retry: not enough.
+        assert!(!budget.try_retry(FailureClass::Error, now));
+        budget.record_request(now);
+        assert!(budget.try_retry(FailureClass::Error, now));
+        assert!(!budget.try_retry(FailureClass::Error, now));
+        assert_eq!(budget.balance(now), 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_floor_allows_retries_without_requests_and_deposits_expire() {
+        let budget = ratio(200, 2 * MILLI, 10);
+        let start = Instant::now();
+        assert!(budget.try_retry(FailureClass::Error, start));
+        assert!(budget.try_retry(FailureClass::Error, start));
+        assert!(!budget.try_retry(FailureClass::Error, start));
+        for _ in 0..5 {
+            budget.record_request(start);
+        }
+        assert!(budget.try_retry(FailureClass::Error, start));
+        assert!(!budget.try_retry(FailureClass::Error, start));
+        // Nine buckets later everything from the first slice is still in the window...
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(!budget.try_retry(FailureClass::Error, Instant::now()));
+        // ...and at ten it has expired, withdrawals with it: the reserve is back.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        assert_eq!(budget.balance(now), 2.0);
+        assert!(budget.try_retry(FailureClass::Error, now));
+        assert!(budget.try_retry(FailureClass::Error, now));
+        assert!(!budget.try_retry(FailureClass::Error, now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_costs_what_its_class_costs() {
+        let budget = RetryBudget::ratio(
+            MILLI,
+            0,
+            10 * WIDTH,
+            10,
+            RetryCost::ByClass(|c| if c == FailureClass::Timeout { 3 } else { 1 }),
+            Instant::now(),
+        );
+        let now = Instant::now();
+        for _ in 0..4 {
+            budget.record_request(now);
+        }
+        assert!(budget.try_retry(FailureClass::Timeout, now));
+        assert!(!budget.try_retry(FailureClass::Timeout, now));
+        assert!(budget.try_retry(FailureClass::Error, now));
+        assert!(!budget.try_retry(FailureClass::Error, now));
+    }
+
+    #[test]
+    fn aws_2026_charges_14_for_transient_errors_and_5_for_throttling() {
+        let cost = RetryCost::AWS_2026;
+        assert_eq!(cost.of(FailureClass::Error), 14);
+        assert_eq!(cost.of(FailureClass::Timeout), 14);
+        assert_eq!(
+            cost.of(FailureClass::HttpStatus(
+                http::StatusCode::SERVICE_UNAVAILABLE
+            )),
+            14
+        );
+        assert_eq!(
+            cost.of(FailureClass::HttpStatus(
+                http::StatusCode::TOO_MANY_REQUESTS
+            )),
+            5
+        );
+        assert_eq!(cost.of(FailureClass::Grpc(GrpcCode::ResourceExhausted)), 5);
+        assert_eq!(cost.of(FailureClass::Grpc(GrpcCode::Unavailable)), 14);
+        assert_eq!(cost.of(FailureClass::Other("throttling")), 5);
+        assert_eq!(RetryCost::default().of(FailureClass::Timeout), 1);
+        assert_eq!(format!("{:?}", RetryCost::Flat(2)), "Flat(2)");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_throttling_follows_the_a6_example() {
+        // A6: max_tokens 10, token_ratio 0.1.
+        let budget = RetryBudget::throttle(10 * MILLI, 100, RetryCost::default());
+        let now = Instant::now();
+        assert!(budget.try_retry(FailureClass::Error, now));
+        for _ in 0..4 {
+            budget.record_failure(FailureClass::Error);
+        }
+        // 6 > 10 / 2.
+        assert!(budget.try_retry(FailureClass::Error, now));
+        budget.record_failure(FailureClass::Error);
+        // 5 is not > 5.
+        assert!(!budget.try_retry(FailureClass::Error, now));
+        budget.record_success();
+        assert_eq!(budget.balance(now), 5.1);
+        assert!(budget.try_retry(FailureClass::Error, now));
+        for _ in 0..20 {
+            budget.record_failure(FailureClass::Error);
+        }
+        assert_eq!(budget.balance(now), 0.0);
+        for _ in 0..200 {
+            budget.record_success();
+        }
+        assert_eq!(budget.balance(now), 10.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quota_pays_for_each_retry_by_class() {
+        let budget = RetryBudget::quota(20 * MILLI, MILLI, RetryCost::AWS_2026);
+        let now = Instant::now();
+        let throttled = FailureClass::HttpStatus(http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(budget.try_retry(FailureClass::Error, now)); // 20 - 14 = 6
+        assert!(!budget.try_retry(FailureClass::Error, now));
+        assert!(budget.try_retry(throttled, now)); // 6 - 5 = 1
+        assert!(!budget.try_retry(throttled, now));
+        for _ in 0..4 {
+            budget.record_success();
+        }
+        assert!(budget.try_retry(throttled, now));
+        assert_eq!(budget.balance(now), 0.0);
+        budget.record_failure(FailureClass::Error); // a quota charges retries, not failures
+        assert_eq!(budget.balance(now), 0.0);
+    }
+
+    #[test]
+    fn concurrent_withdrawals_never_overdraw_the_window() {
+        let budget = ratio(100, 3 * MILLI, 10);
+        let now = Instant::now();
+        let threads = 4;
+        let per_thread = 2_000;
+        let admitted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    let budget = budget.clone();
+                    s.spawn(move || {
+                        let mut admitted = 0;
+                        for i in 0..per_thread {
+                            budget.record_request(now);
+                            if i % 2 == 0 && budget.try_retry(FailureClass::Error, now) {
+                                admitted += 1;
+                            }
+                        }
+                        admitted
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("no panic"))
+                .sum()
+        });
+        // 8000 requests × 0.1 + 3 = 803 retries at most, and all deposits came in.
+        assert!(admitted <= 803, "{admitted}");
+        assert_eq!(
+            budget.balance_milli(now),
+            (threads * per_thread) as i64 * 100 + 3 * MILLI - admitted as i64 * MILLI
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Advance(u64),
+        Request,
+        Retry(FailureClass),
+    }
+
+    /// Costs 1, 2 and 3 for the three classes the model draws.
+    fn test_cost(class: FailureClass) -> u32 {
+        match class {
+            FailureClass::Error => 1,
+            FailureClass::Timeout => 2,
+            _ => 3,
+        }
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        let class = prop_oneof![
+            Just(FailureClass::Error),
+            Just(FailureClass::Timeout),
+            Just(FailureClass::Other("x")),
+        ];
+        proptest::collection::vec(
+            prop_oneof![
+                2 => prop_oneof![0u64..WIDTH / 2, 0u64..3 * WIDTH].prop_map(Op::Advance),
+                6 => Just(Op::Request),
+                4 => class.prop_map(Op::Retry),
+            ],
+            0..200,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The ratio budget admits a retry exactly when an integer model of the window says the
+        /// deposits and the reserve cover it; right after a retry, the retries of its window
+        /// never exceed `ratio × requests + floor × window`; and at any time the retries of the
+        /// current window never exceed `ratio × requests + floor × window` counting the
+        /// requests of that window and the one before.
+        #[test]
+        fn ratio_budget_matches_the_model_and_never_exceeds_its_bound(
+            ratio_milli in 0i64..=2_000,
+            floor in 0i64..4,
+            buckets in 1u32..12,
+            ops in ops(),
+        ) {
+            let window_ms = i64::from(buckets) * (WIDTH / 1_000_000) as i64;
+            let reserve = floor * window_ms;
+            let budget = RetryBudget::ratio(
+                ratio_milli,
+                reserve,
+                WIDTH * u64::from(buckets),
+                buckets,
+                RetryCost::ByClass(test_cost),
+                Instant::now(),
+            );
+            let n = u64::from(buckets);
+            let mut now = 0u64;
+            // (slice, requests, retries in units) of every event.
+            let mut events: Vec<(u64, i64, i64)> = Vec::new();
+            let live = |events: &[(u64, i64, i64)], slice: u64| {
+                events
+                    .iter()
+                    .filter(|e| e.0 + n > slice)
+                    .fold((0, 0), |(r, u), e| (r + e.1, u + e.2))
+            };
+            for op in ops {
+                let slice = now / WIDTH;
+                let mut op_admitted = None;
+                match op {
+                    Op::Advance(d) => now += d,
+                    Op::Request => {
+                        budget.record_request(at(&budget, now));
+                        events.push((slice, 1, 0));
+                    }
+                    Op::Retry(class) => {
+                        let cost = i64::from(test_cost(class));
+                        let (requests, units) = live(&events, slice);
+                        let model = (units + cost) * MILLI <= ratio_milli * requests + reserve;
+                        let got = budget.try_retry(class, at(&budget, now));
+                        prop_assert_eq!(got, model, "requests {} units {} cost {}", requests, units, cost);
+                        op_admitted = Some(got);
+                        if got {
+                            events.push((slice, 0, cost));
+                        }
+                    }
+                }
+                let slice = now / WIDTH;
+                let (requests, units) = live(&events, slice);
+                if matches!(op_admitted, Some(true)) {
+                    // Right after a retry, its window pays for every retry in it.
+                    prop_assert!(units * MILLI <= ratio_milli * requests + reserve);
+                }
+                // Over any window, retries are paid for by that window's requests and those of
+                // the window before it (a retry can outlive the deposits that paid for it).
+                let paid_by = events
+                    .iter()
+                    .filter(|e| e.0 + 2 * n - 1 > slice)
+                    .map(|e| e.1)
+                    .sum::<i64>();
+                prop_assert!(units * MILLI <= ratio_milli * paid_by + reserve);
+                prop_assert_eq!(
+                    budget.balance_milli(at(&budget, now)),
+                    ratio_milli * requests + reserve - units * MILLI
+                );
+            }
+        }
+
+        /// Exact for every ratio with three decimals: `n` requests at ratio `r` allow exactly
+        /// `floor(n · r)` retries (tower's `TpsBudget` truncated fractional percentages).
+        #[test]
+        fn ratio_budget_allows_exactly_ratio_times_requests(
+            ratio_milli in 0i64..=3_000,
+            requests in 0i64..500,
+        ) {
+            let budget = ratio(ratio_milli, 0, 10);
+            let now = at(&budget, 0);
+            for _ in 0..requests {
+                budget.record_request(now);
+            }
+            let mut admitted = 0;
+            while budget.try_retry(FailureClass::Error, now) {
+                admitted += 1;
+                prop_assert!(admitted <= requests * 3);
+            }
+            prop_assert_eq!(admitted, ratio_milli * requests / MILLI);
+        }
+
+        /// gRPC throttling against a rational model: the count stays in `[0, max]`, and a retry
+        /// is allowed exactly while `tokens > max / 2`.
+        #[test]
+        fn grpc_throttling_matches_the_model(
+            max_milli in 1i64..=1_000_000,
+            ratio_milli in 1i64..=10_000,
+            outcomes in proptest::collection::vec(any::<bool>(), 0..300),
+        ) {
+            let budget = RetryBudget::throttle(max_milli, ratio_milli, RetryCost::default());
+            let now = Instant::now();
+            let mut model = max_milli;
+            for success in outcomes {
+                if success {
+                    budget.record_success();
+                    model = (model + ratio_milli).min(max_milli);
+                } else {
+                    budget.record_failure(FailureClass::Error);
+                    model = (model - MILLI).max(0);
+                }
+                prop_assert_eq!(budget.balance_milli(now), model);
+                prop_assert_eq!(budget.try_retry(FailureClass::Error, now), 2 * model > max_milli);
+            }
+        }
+
+        /// A quota never goes below zero and never above its maximum, and the retries it
+        /// admitted never cost more than it started with plus what successes gave back.
+        #[test]
+        fn quota_never_overdraws(
+            max in 1i64..1_000,
+            credit in 0i64..3_000,
+            ops in proptest::collection::vec(prop_oneof![Just(None), (0u32..3).prop_map(Some)], 0..300),
+        ) {
+            let budget = RetryBudget::quota(max * MILLI, credit, RetryCost::ByClass(test_cost));
+            let now = Instant::now();
+            let (mut spent, mut credited) = (0, 0);
+            for op in ops {
+                let before = budget.balance_milli(now);
+                match op {
+                    None => {
+                        budget.record_success();
+                        credited += budget.balance_milli(now) - before;
+                    }
+                    Some(c) => {
+                        let class = [FailureClass::Error, FailureClass::Timeout, FailureClass::Other("x")][c as usize];
+                        let cost = i64::from(test_cost(class)) * MILLI;
+                        let got = budget.try_retry(class, now);
+                        prop_assert_eq!(got, before >= cost);
+                        if got {
+                            spent += cost;
+                        }
+                    }
+                }
+                let b = budget.balance_milli(now);
+                prop_assert!((0..=max * MILLI).contains(&b));
+                prop_assert_eq!(spent, max * MILLI + credited - b);
+            }
+        }
+    }
+}
