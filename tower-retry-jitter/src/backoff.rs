@@ -250,6 +250,12 @@ impl BackoffState {
         }
     }
 
+    /// Counts a delay the backoff did not draw (a server's pushback) as the next one.
+    pub(crate) fn record(&mut self, delay: Duration) {
+        self.retry = self.retry.saturating_add(1);
+        self.previous = saturating_nanos(delay).max(1);
+    }
+
     /// How many delays were drawn: the index of the next retry.
     pub fn retries(&self) -> u32 {
         self.retry

@@ -7,7 +7,7 @@
 //! ```
 //! use std::time::Duration;
 //! use tower_retry_jitter::backoff::Jitter;
-//! use tower_retry_jitter::config::RetryPolicy;
+//! use tower_retry_jitter::RetryPolicy;
 //!
 //! let policy = RetryPolicy::builder().build().expect("the defaults are valid");
 //! assert_eq!(policy.max_attempts(), 3);
@@ -27,13 +27,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::rngs::SmallRng;
 use tokio::time::Instant;
 use tower_red::ConfigError;
 use tower_red::names::layer::RETRY;
 
 use crate::backoff::{Backoff, Jitter, MAX_STEPS_TO_CAP, Seeds, saturating_nanos};
 use crate::budget::{MILLI, RetryBudget, RetryCost};
+use crate::policy::RetryPolicy;
 
 fn error(
     field: &'static str,
@@ -358,45 +358,6 @@ fn milli(x: f64) -> i64 {
     (x * MILLI as f64).round() as i64
 }
 
-/// The whole retry policy: how many attempts, the backoff between them, the budget they
-/// draw on and the random numbers of the jitter. Built by [`RetryPolicy::builder`]; clones
-/// share the budget and the seeds.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    max_attempts: u32,
-    backoff: Backoff,
-    budget: Option<RetryBudget>,
-    seeds: Arc<Seeds>,
-}
-
-impl RetryPolicy {
-    /// A builder with the defaults: 3 attempts, the [`BackoffBuilder`] defaults (Full jitter),
-    /// a fresh budget with the [`BudgetBuilder`] defaults, randomness from the OS.
-    pub fn builder() -> RetryPolicyBuilder {
-        RetryPolicyBuilder::default()
-    }
-
-    /// The most attempts per request, the first included.
-    pub fn max_attempts(&self) -> u32 {
-        self.max_attempts
-    }
-
-    /// The backoff between attempts.
-    pub fn backoff(&self) -> &Backoff {
-        &self.backoff
-    }
-
-    /// The budget retries draw on, if any.
-    pub fn budget(&self) -> Option<&RetryBudget> {
-        self.budget.as_ref()
-    }
-
-    /// A fresh random number generator for one request's jitter; see [`Seeds`].
-    pub fn rng(&self) -> SmallRng {
-        self.seeds.rng()
-    }
-}
-
 #[derive(Debug, Clone)]
 enum BudgetSetting {
     Default,
@@ -490,12 +451,12 @@ impl RetryPolicyBuilder {
             BudgetSetting::Given(budget) => Some(budget),
         };
         let seeds = self.seed.map_or_else(Seeds::from_os, Seeds::from_seed);
-        Ok(RetryPolicy {
-            max_attempts: self.max_attempts,
+        Ok(RetryPolicy::from_parts(
+            self.max_attempts,
             backoff,
             budget,
-            seeds: Arc::new(seeds),
-        })
+            Arc::new(seeds),
+        ))
     }
 }
 

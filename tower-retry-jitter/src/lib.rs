@@ -15,7 +15,11 @@
 //!   [`FailureClass`](tower_red::classify::FailureClass) (the AWS SDKs' 2026 costs are built in).
 //! - [`pushback`]: `Retry-After` (seconds and HTTP-date) and `grpc-retry-pushback-ms`.
 //! - [`config`]: the builders, validated into a [`tower_red::ConfigError`] that names the bad
-//!   setting; [`RetryPolicy`] bundles attempts (3 by default), backoff and budget.
+//!   setting.
+//! - [`policy`]: [`RetryPolicy`] bundles attempts (3 by default), backoff and budget, and
+//!   decides after each failed attempt: retry after a delay, or stop and why (attempts spent,
+//!   the server said stop, its pushback is over the cap, the deadline cannot be met, the budget
+//!   is spent).
 //!
 //! A request that does not retry costs the policy no lock and no allocation: the backoff is
 //! `Copy`, the per-request [`BackoffState`] is two words, the budget is one atomic operation
@@ -65,9 +69,10 @@
 pub mod backoff;
 pub mod budget;
 pub mod config;
+pub mod policy;
 pub mod pushback;
 
 pub use crate::backoff::{Backoff, BackoffState, Jitter};
 pub use crate::budget::{RetryBudget, RetryCost};
-pub use crate::config::RetryPolicy;
+pub use crate::policy::RetryPolicy;
 pub use crate::pushback::Pushback;
