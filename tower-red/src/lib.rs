@@ -8,6 +8,7 @@
 //! - [`red`] and [`names`]: per-layer RED handles and the metric names; [`clock`] lets a
 //!   stack of layers share one clock pair per call.
 //! - [`http`]: [`RedLayer`], OpenTelemetry HTTP server and client metrics.
+//! - [`body`]: a bounded body collector, for layers that must replay or store a body.
 //! - [`config`]: [`ConfigError`], what every layer builder returns for a bad value;
 //!   [`cancel`]: how a deadline enforcer tells the layers inside it why their future was
 //!   dropped; [`define_inner_service_accessors!`] for services.

@@ -58,13 +58,33 @@ use crate::rejection::Rejection;
 /// The error a tonic client should see for `err`: the `Status` of a [`Rejection`] found in it,
 /// boxed, with `err` as the status's `source()` (so the caller can still
 /// [`Rejection::find`] it); else `err` untouched (tonic maps it with `Status::from_error`).
+///
+/// One of tonic's own errors is mapped too: `tonic::TimeoutExpired`, which tonic's channel
+/// raises when the `grpc-timeout` it was given runs out and which `Status::from_error` would make
+/// `CANCELLED`. The gRPC spec says a call whose deadline passed on the client ends with
+/// `DEADLINE_EXCEEDED`, whichever timer noticed first, so that is what the caller sees.
 pub fn client_error(err: BoxError) -> BoxError {
-    let Some(rejection) = Rejection::find_in(&err) else {
-        return err;
+    let mut status = match Rejection::find_in(&err) {
+        Some(rejection) => rejection.to_status(),
+        None if timed_out(&err) => {
+            tonic::Status::deadline_exceeded("deadline exceeded: the channel's timeout expired")
+        }
+        None => return err,
     };
-    let mut status = rejection.to_status();
     status.set_source(Arc::from(err));
     Box::new(status)
+}
+
+/// Whether tonic's own timeout is anywhere in `err`'s source chain.
+fn timed_out(err: &BoxError) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(&**err);
+    while let Some(e) = current {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// Layer for tonic clients: rejections of the layers below become their `tonic::Status`; see
@@ -162,5 +182,33 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Poll::Ready(ready!(self.project().inner.poll(cx)).map_err(|e| client_error(e.into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tonics_own_timeout_reaches_the_caller_as_deadline_exceeded() {
+        let err: BoxError = Box::new(tonic::TimeoutExpired(()));
+        assert_eq!(
+            tonic::Status::from_error(client_error(err)).code(),
+            tonic::Code::DeadlineExceeded
+        );
+        // Without the adapter, tonic says CANCELLED.
+        let err: BoxError = Box::new(tonic::TimeoutExpired(()));
+        assert_eq!(
+            tonic::Status::from_error(err).code(),
+            tonic::Code::Cancelled
+        );
+    }
+
+    #[test]
+    fn other_transport_errors_keep_tonics_mapping() {
+        let err: BoxError = "connection reset".into();
+        let mapped = client_error(err);
+        assert_eq!(mapped.to_string(), "connection reset");
+        assert!(mapped.downcast_ref::<tonic::Status>().is_none());
     }
 }
