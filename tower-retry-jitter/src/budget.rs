@@ -56,11 +56,12 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use tokio::time::Instant;
 use tower_red::GrpcCode;
 use tower_red::classify::FailureClass;
+
+use crate::sync::{AtomicI64, AtomicU64, Ordering, spin};
 
 /// One whole retry or token, in the thousandths the budgets count in.
 pub(crate) const MILLI: i64 = 1000;
@@ -324,20 +325,22 @@ impl RatioWindow {
     }
 
     /// The bucket counting `slice` (or a later slice, if another thread has moved the ring on
-    /// past this caller's clock), reset first when it held an expired slice. `None` while
-    /// another thread is resetting it, an instant at a slice boundary.
+    /// past this caller's clock), reset first when it held an expired slice.
     #[inline]
-    fn bucket(&self, mut slice: u64) -> Option<&Bucket> {
+    fn bucket(&self, mut slice: u64) -> &Bucket {
         let n = self.buckets.len() as u64;
+        let mut turn = 0;
         loop {
             // `slice % n < buckets.len()`.
             let bucket = &self.buckets[(slice % n) as usize];
             let stamp = bucket.stamp.load(Ordering::Acquire);
             if stamp == slice + 1 {
-                return Some(bucket);
+                return bucket;
             }
             if stamp == CLAIMING {
-                return None;
+                // Another thread is resetting it: two stores, then it is ours to add to.
+                spin(&mut turn);
+                continue;
             }
             if stamp > slice + 1 {
                 // Another caller's clock is ahead: count this one in its slice.
@@ -346,6 +349,7 @@ impl RatioWindow {
             }
             if bucket
                 .stamp
+                // Relaxed on failure: the loop loads the stamp again, with Acquire.
                 .compare_exchange(stamp, CLAIMING, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
@@ -354,27 +358,24 @@ impl RatioWindow {
                 // slice (their Acquire load of the stamp sees it), on every architecture.
                 bucket.net.store(0, Ordering::Relaxed);
                 bucket.stamp.store(slice + 1, Ordering::Release);
-                return Some(bucket);
+                return bucket;
             }
         }
     }
 
     #[inline]
     fn deposit(&self, nanos: u64) {
-        if let Some(bucket) = self.bucket(self.slice(nanos)) {
-            // Relaxed: a deposit only raises the balance. The add is atomic, so none is lost
-            // on any architecture; a withdrawal that does not see it yet refuses (never
-            // over-admits), and nothing else is published through it.
-            bucket.net.fetch_add(self.deposit, Ordering::Relaxed);
-        }
-        // A deposit at the instant a bucket is being reset is dropped: conservative.
+        // Relaxed: a deposit only raises the balance. The add is atomic, so none is lost on
+        // any architecture; a withdrawal that does not see it yet refuses (never over-admits),
+        // and nothing else is published through it.
+        self.bucket(self.slice(nanos))
+            .net
+            .fetch_add(self.deposit, Ordering::Relaxed);
     }
 
     fn withdraw(&self, cost: i64, nanos: u64) -> bool {
         let slice = self.slice(nanos);
-        let Some(bucket) = self.bucket(slice) else {
-            return false;
-        };
+        let bucket = self.bucket(slice);
         // Take first, then check: of two withdrawals racing for the last retry, the later one
         // in the SeqCst order sees both takes, so they cannot both pass.
         bucket.net.fetch_sub(cost, Ordering::SeqCst);
@@ -391,9 +392,24 @@ impl RatioWindow {
         let oldest = (slice + 1).saturating_sub(n - 1);
         let mut sum = self.reserve;
         for bucket in self.buckets.iter() {
-            let stamp = bucket.stamp.load(Ordering::Acquire);
-            if stamp != CLAIMING && stamp >= oldest.max(1) {
-                sum += bucket.net.load(Ordering::SeqCst);
+            let mut turn = 0;
+            loop {
+                let stamp = bucket.stamp.load(Ordering::Acquire);
+                if stamp == CLAIMING {
+                    // Being reset for a new slice: wait for it, it may be in the window.
+                    spin(&mut turn);
+                    continue;
+                }
+                if stamp < oldest.max(1) {
+                    break;
+                }
+                let net = bucket.net.load(Ordering::SeqCst);
+                // A reset between the two loads would pass the new slice's net off as the
+                // old one's: read it again.
+                if bucket.stamp.load(Ordering::Acquire) == stamp {
+                    sum += net;
+                    break;
+                }
             }
         }
         sum
@@ -417,21 +433,27 @@ impl Tokens {
         }
     }
 
-    // Relaxed throughout: the count publishes no other memory, and every change is a single
-    // atomic read-modify-write, so no update is lost and the count stays in [0, max] on every
-    // architecture; a load that lags by a few concurrent updates only decides one retry on a
-    // count that was true an instant before, which A6 throttling tolerates by design.
+    // Relaxed throughout (each use below says which of these reasons holds): the count
+    // publishes no other memory, so no acquire/release pairing is needed on any
+    // architecture; every change is a single atomic read-modify-write, so no update is lost
+    // and the count stays in [0, max]; a load that lags behind a concurrent update only
+    // decides one retry on a count that was true an instant before, which A6 throttling
+    // tolerates by design.
 
     fn tokens(&self) -> i64 {
+        // Relaxed: a snapshot for a gauge; it publishes nothing.
         self.tokens.load(Ordering::Relaxed)
     }
 
     #[inline]
     fn credit(&self) {
         // The steady state of a healthy backend is a full bucket: one load, no write.
+        // Relaxed: a stale "full" skips one credit the RMW below would have capped anyway
+        // or that a concurrent charge made room for an instant ago; nothing is published.
         if self.tokens.load(Ordering::Relaxed) >= self.max {
             return;
         }
+        // Relaxed: a single RMW, so no concurrent update is lost; nothing is published.
         let _ = self
             .tokens
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
@@ -440,6 +462,7 @@ impl Tokens {
     }
 
     fn charge(&self, cost: i64) {
+        // Relaxed: a single RMW, so no concurrent update is lost; nothing is published.
         let _ = self
             .tokens
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
@@ -449,10 +472,13 @@ impl Tokens {
 
     /// A6: retries are allowed while `tokens > max / 2`.
     fn above_half(&self) -> bool {
+        // Relaxed: A6 decides on the count as last seen; nothing is published through it.
         2 * self.tokens.load(Ordering::Relaxed) > self.max
     }
 
     fn withdraw(&self, cost: i64) -> bool {
+        // Relaxed: the check and the withdrawal are one RMW, so two withdrawals can never
+        // both take the last tokens, on any architecture; nothing is published.
         self.tokens
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
                 (t >= cost).then(|| t - cost)

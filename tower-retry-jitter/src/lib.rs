@@ -71,6 +71,7 @@ pub mod budget;
 pub mod config;
 pub mod policy;
 pub mod pushback;
+mod sync;
 
 pub use crate::backoff::{Backoff, BackoffState, Jitter};
 pub use crate::budget::{RetryBudget, RetryCost};
