@@ -2,3 +2,5 @@
 //!
 //! Work in progress: the layer lands with its own issue. It reads request deadlines from
 //! [`tower_timeout_budget`].
+
+pub mod store;
