@@ -33,6 +33,16 @@
 //! [`record_success`](RetryBudget::record_success): one atomic add (ratio), or one atomic load
 //! while the bucket is full (gRPC throttling, quota). No lock, no allocation, ever.
 //!
+//! # Under concurrency
+//!
+//! A ratio budget's withdrawal takes first and checks after, in one sequentially consistent
+//! order: of two retries racing for the last one, the later sees both takes, so they never
+//! both go (at worst both are refused, an instant before a deposit would have covered one). A
+//! bucket that rolls over to a new time slice is reset before the slice is published, and a
+//! caller at that instant waits for those two stores, so no deposit or withdrawal is lost.
+//! A caller whose clock lags another's by a slice counts in the newer slice. Token budgets
+//! check and take in one atomic read-modify-write.
+//!
 //! ```
 //! use std::time::Duration;
 //! use tower_red::classify::FailureClass;
@@ -487,7 +497,7 @@ impl Tokens {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use proptest::prelude::*;
@@ -859,5 +869,85 @@ mod tests {
                 prop_assert_eq!(spent, max * MILLI + credited - b);
             }
         }
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    //! Every interleaving of racing deposits, withdrawals and bucket roll-overs. Run with
+    //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p tower-retry-jitter --lib loom`
+    //! (in a target directory of its own: the flag rebuilds every dependency).
+
+    use loom::sync::Arc;
+    use loom::thread;
+
+    use super::*;
+
+    #[test]
+    fn loom_two_withdrawals_never_both_take_the_last_retry() {
+        loom::model(|| {
+            // Ten requests at 0.1: exactly one retry.
+            let w = Arc::new(RatioWindow::new(100, 0, 10, 1));
+            for _ in 0..10 {
+                w.deposit(0);
+            }
+            let other = {
+                let w = w.clone();
+                thread::spawn(move || w.withdraw(MILLI, 0))
+            };
+            let mine = w.withdraw(MILLI, 0);
+            let theirs = other.join().unwrap();
+            assert!(!(mine && theirs), "both took the last retry");
+            let taken = i64::from(mine) + i64::from(theirs);
+            assert_eq!(w.balance(0), MILLI - taken * MILLI);
+        });
+    }
+
+    #[test]
+    fn loom_no_deposit_is_lost_when_a_bucket_rolls_over() {
+        loom::model(|| {
+            // One bucket of 10 ns: slice 1 expires slice 0.
+            let w = Arc::new(RatioWindow::new(100, 0, 10, 1));
+            w.deposit(0);
+            let other = {
+                let w = w.clone();
+                thread::spawn(move || w.deposit(10))
+            };
+            w.deposit(10);
+            other.join().unwrap();
+            assert_eq!(w.balance(1), 200);
+        });
+    }
+
+    #[test]
+    fn loom_a_reader_never_counts_an_expired_slice_as_current() {
+        loom::model(|| {
+            // Slice 0 withdrew its reserve; at slice 1 the reserve is whole again.
+            let w = Arc::new(RatioWindow::new(100, MILLI, 10, 1));
+            assert!(w.withdraw(MILLI, 0));
+            let reader = {
+                let w = w.clone();
+                thread::spawn(move || w.balance(1))
+            };
+            w.deposit(10);
+            let seen = reader.join().unwrap();
+            assert!(seen == MILLI || seen == MILLI + 100, "saw {seen}");
+            assert_eq!(w.balance(1), MILLI + 100);
+        });
+    }
+
+    #[test]
+    fn loom_racing_token_withdrawals_never_overdraw() {
+        loom::model(|| {
+            let t = Arc::new(Tokens::new(5 * MILLI, MILLI));
+            let other = {
+                let t = t.clone();
+                thread::spawn(move || t.withdraw(3 * MILLI))
+            };
+            let mine = t.withdraw(3 * MILLI);
+            let theirs = other.join().unwrap();
+            assert!(mine ^ theirs, "exactly one fits");
+            assert_eq!(t.tokens(), 2 * MILLI);
+        });
     }
 }
