@@ -303,7 +303,14 @@ struct RatioWindow {
     reserve: i64,
     /// Nanoseconds per bucket.
     width: u64,
+    /// Buckets in the window.
+    window: u64,
+    /// A ring of `window` rounded up to a power of two, so a slice's bucket is found with a
+    /// mask; the extra buckets only ever hold expired slices.
     buckets: Box<[Bucket]>,
+    /// The last slice seen, so the common call finds its slice with a multiplication
+    /// instead of a division.
+    hint: AtomicU64,
 }
 
 struct Bucket {
@@ -319,30 +326,44 @@ impl RatioWindow {
             deposit,
             reserve,
             width: (window_nanos / u64::from(buckets)).max(1),
-            buckets: (0..buckets)
+            window: u64::from(buckets),
+            buckets: (0..buckets.next_power_of_two())
                 .map(|_| Bucket {
                     stamp: AtomicU64::new(EMPTY),
                     net: AtomicI64::new(0),
                 })
                 .collect(),
+            hint: AtomicU64::new(0),
         }
     }
 
     #[inline]
     fn slice(&self, nanos: u64) -> u64 {
+        // Relaxed: the hint is checked by arithmetic before it is used, so a stale or racing
+        // value only sends this call down the division; it publishes nothing.
+        let hint = self.hint.load(Ordering::Relaxed);
+        // `hint` is a slice some caller saw, so `hint · width <= nanos` of that caller: no
+        // overflow.
+        if nanos.wrapping_sub(hint.wrapping_mul(self.width)) < self.width {
+            return hint;
+        }
         // Below `u64::MAX - 1`, so `slice + 1` is never `CLAIMING`.
-        (nanos / self.width).min(u64::MAX - 2)
+        let slice = (nanos / self.width).min(u64::MAX - 2);
+        // Relaxed: see the load above.
+        self.hint.store(slice, Ordering::Relaxed);
+        slice
     }
 
     /// The bucket counting `slice` (or a later slice, if another thread has moved the ring on
     /// past this caller's clock), reset first when it held an expired slice.
     #[inline]
     fn bucket(&self, mut slice: u64) -> &Bucket {
-        let n = self.buckets.len() as u64;
+        // The ring's length is a power of two.
+        let mask = self.buckets.len() as u64 - 1;
         let mut turn = 0;
         loop {
-            // `slice % n < buckets.len()`.
-            let bucket = &self.buckets[(slice % n) as usize];
+            // `slice & mask < buckets.len()`.
+            let bucket = &self.buckets[(slice & mask) as usize];
             let stamp = bucket.stamp.load(Ordering::Acquire);
             if stamp == slice + 1 {
                 return bucket;
@@ -398,8 +419,7 @@ impl RatioWindow {
 
     /// The reserve plus the net of every bucket of the window ending in `slice`.
     fn balance(&self, slice: u64) -> i64 {
-        let n = self.buckets.len() as u64;
-        let oldest = (slice + 1).saturating_sub(n - 1);
+        let oldest = (slice + 1).saturating_sub(self.window - 1);
         let mut sum = self.reserve;
         for bucket in self.buckets.iter() {
             let mut turn = 0;
