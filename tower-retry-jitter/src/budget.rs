@@ -10,7 +10,11 @@
 //!   it. Deposits and withdrawals expire with the window (a ring of time buckets). The ratio is
 //!   kept in thousandths and all accounting is in integers, so a ratio of 0.1 over 10 requests
 //!   allows exactly one retry (tower's `TpsBudget` truncated fractional percentages, tower
-//!   issue #857).
+//!   issue #857). At the moment of every retry, the retries of the window ending then are at
+//!   most `ratio × requests + min_per_second × window` of that window; since a retry stays in
+//!   the window as long as a deposit does, it can outlive the deposits that paid for it, so
+//!   over an arbitrary window the requests that pay are those of that window and the one
+//!   before it (the property tests check both).
 //! - **gRPC throttling** ([A6](https://github.com/grpc/proposal/blob/master/A6-client-retries.md#throttling-retry-attempts-and-hedged-rpcs)):
 //!   `max_tokens` tokens to start with; each failed attempt costs one token, each success
 //!   gives `token_ratio` back (never above `max_tokens`); retries are allowed while more than

@@ -387,7 +387,8 @@ impl Default for RetryPolicyBuilder {
 }
 
 impl RetryPolicyBuilder {
-    /// The most attempts per request, the first included: at least 1 (1 never retries).
+    /// The most attempts per request, the first included: at least 1 (1 never retries). No
+    /// upper limit here (gRPC A6 caps its `maxAttempts` at 5; the Google SRE book advises 3).
     pub fn max_attempts(mut self, max_attempts: u32) -> Self {
         self.max_attempts = max_attempts;
         self
