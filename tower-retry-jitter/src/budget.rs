@@ -20,7 +20,9 @@
 //!   gives `token_ratio` back (never above `max_tokens`); retries are allowed while more than
 //!   `max_tokens / 2` tokens are left. Kept in thousandths, as A6 asks.
 //! - **Quota** (the AWS SDKs' retry quota, 500 tokens): each retry withdraws its cost, each
-//!   success gives a credit back; a retry is allowed while the quota covers its cost.
+//!   success gives a credit back; a retry is allowed while the quota covers its cost. (The
+//!   SDKs give a retry's whole cost back when that retry succeeds; here every success gives
+//!   the same credit.)
 //!
 //! What a retry costs can depend on why the attempt failed: a [`RetryCost`] maps the
 //! [`FailureClass`] to a whole number of units. [`RetryCost::AWS_2026`] is the AWS SDKs' 2026
@@ -250,7 +252,8 @@ impl RetryBudget {
     }
 
     /// An attempt failed with this class: gRPC throttling charges the class's cost (one token
-    /// by default). The others do nothing (they charge when a retry is taken).
+    /// by default). The others do nothing (they charge when a retry is taken). A6 charges the
+    /// failures whose status is retryable or that carry a pushback: report those.
     #[inline]
     pub fn record_failure(&self, class: FailureClass) {
         if let Kind::Throttle(t) = &self.inner.kind {
