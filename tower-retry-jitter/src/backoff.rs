@@ -431,6 +431,39 @@ mod tests {
         let _: u64 = os.random();
     }
 
+    /// A generator that always returns the same bits: draws at the ends of every range.
+    struct Constant(u64);
+
+    impl rand::RngCore for Constant {
+        fn next_u32(&mut self) -> u32 {
+            self.0 as u32
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.0
+        }
+        fn fill_bytes(&mut self, dst: &mut [u8]) {
+            dst.fill(self.0 as u8);
+        }
+    }
+
+    #[test]
+    fn each_mode_reaches_the_ends_of_its_range() {
+        // d(0) = 1001 ns, odd, so the halves and fifths round.
+        let ends = |jitter, previous| {
+            let b = backoff(1_001, 1_000_000, 2.0, jitter);
+            let low = b.delay(0, previous, &mut Constant(0)).as_nanos();
+            let high = b.delay(0, previous, &mut Constant(u64::MAX)).as_nanos();
+            (low, high)
+        };
+        assert_eq!(ends(Jitter::None, None), (1_001, 1_001));
+        assert_eq!(ends(Jitter::Full, None), (0, 1_001));
+        assert_eq!(ends(Jitter::Equal, None), (501, 1_001));
+        assert_eq!(ends(Jitter::Grpc, None), (801, 1_201));
+        assert_eq!(ends(Jitter::Decorrelated, None), (1_001, 3_003));
+        let previous = Some(Duration::from_nanos(400_000));
+        assert_eq!(ends(Jitter::Decorrelated, previous), (1_001, 1_000_000));
+    }
+
     fn any_jitter() -> impl Strategy<Value = Jitter> {
         prop_oneof![
             Just(Jitter::None),
