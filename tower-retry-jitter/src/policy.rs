@@ -400,6 +400,28 @@ mod tests {
         assert_eq!(Stop::Budget.as_str(), "budget");
     }
 
+    #[test]
+    fn stop_reasons_have_stable_labels() {
+        let labels = [
+            Stop::Attempts,
+            Stop::Pushback,
+            Stop::PushbackOverCap,
+            Stop::Deadline,
+            Stop::Budget,
+        ]
+        .map(Stop::as_str);
+        assert_eq!(
+            labels,
+            [
+                "attempts",
+                "pushback",
+                "pushback_over_cap",
+                "deadline",
+                "budget"
+            ]
+        );
+    }
+
     fn any_pushback() -> impl Strategy<Value = Pushback> {
         prop_oneof![
             4 => Just(Pushback::Absent),
