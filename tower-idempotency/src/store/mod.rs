@@ -57,7 +57,8 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 mod memory;
-// The Redis store (`redis.rs`, feature `redis`) declares itself here when it lands.
+#[cfg(feature = "redis")]
+pub mod redis;
 
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 
