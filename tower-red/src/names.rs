@@ -45,6 +45,14 @@ pub const DEADLINE_HEADER_INVALID_TOTAL: &str = "resilience_deadline_header_inva
 pub const IDEMPOTENCY_REPLAYS_TOTAL: &str = "resilience_idempotency_replays_total";
 /// Counter: idempotency store errors, labelled `operation`.
 pub const IDEMPOTENCY_STORE_ERRORS_TOTAL: &str = "resilience_idempotency_store_errors_total";
+/// Counter: requests carrying an idempotency key, by what the layer did, labelled `reason`
+/// (`executed`, `replayed`, `conflict`, `mismatch`, `invalid_key`, `missing_key`, `too_large`,
+/// `store_error`).
+pub const IDEMPOTENCY_DECISIONS_TOTAL: &str = "resilience_idempotency_decisions_total";
+/// Histogram (seconds): duration of idempotency store operations, labelled `operation`
+/// (`claim`, `renew`, `complete`, `release`).
+pub const IDEMPOTENCY_STORE_DURATION_SECONDS: &str =
+    "resilience_idempotency_store_duration_seconds";
 
 /// Histogram (seconds): OpenTelemetry `http.server.request.duration`.
 pub const HTTP_SERVER_REQUEST_DURATION_SECONDS: &str = "http_server_request_duration_seconds";

@@ -438,6 +438,16 @@ pub fn describe_metrics() {
         Unit::Count,
         "Idempotency store errors."
     );
+    describe_counter!(
+        names::IDEMPOTENCY_DECISIONS_TOTAL,
+        Unit::Count,
+        "Requests with an idempotency key, by what the layer did with them."
+    );
+    describe_histogram!(
+        names::IDEMPOTENCY_STORE_DURATION_SECONDS,
+        Unit::Seconds,
+        "Duration of idempotency store operations."
+    );
     describe_histogram!(
         names::HTTP_SERVER_REQUEST_DURATION_SECONDS,
         Unit::Seconds,

@@ -105,6 +105,14 @@ fn metric_names_are_pinned() {
         "resilience_idempotency_store_errors_total"
     );
     assert_eq!(
+        names::IDEMPOTENCY_DECISIONS_TOTAL,
+        "resilience_idempotency_decisions_total"
+    );
+    assert_eq!(
+        names::IDEMPOTENCY_STORE_DURATION_SECONDS,
+        "resilience_idempotency_store_duration_seconds"
+    );
+    assert_eq!(
         names::HTTP_SERVER_REQUEST_DURATION_SECONDS,
         "http_server_request_duration_seconds"
     );
