@@ -66,6 +66,7 @@
 //! # }
 //! ```
 
+pub mod attempt;
 pub mod backoff;
 pub mod budget;
 pub mod config;
