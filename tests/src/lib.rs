@@ -38,3 +38,230 @@ pub async fn redis_connection(test: &str) -> Option<redis::aio::MultiplexedConne
         }
     }
 }
+
+/// The variable listing the nodes of the test Redis Cluster, comma-separated (set by `.ci/run`);
+/// default `redis://127.0.0.1:7000/,redis://127.0.0.1:7001/,redis://127.0.0.1:7002/`.
+pub const REDIS_CLUSTER_URLS: &str = "TOWER_REDIS_CLUSTER_URLS";
+
+/// How long a helper waits for a Redis to accept connections or answer.
+const REDIS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether Redis tests must fail, rather than skip, when Redis is missing.
+pub fn redis_required() -> bool {
+    std::env::var(REDIS_REQUIRED).is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// The URL of the test Redis: [`REDIS_URL`], or `redis://127.0.0.1:6379/`.
+pub fn redis_url() -> String {
+    std::env::var(REDIS_URL).unwrap_or_else(|_| "redis://127.0.0.1:6379/".to_string())
+}
+
+/// Says on the terminal that `test` skipped because `what` is missing, or panics when Redis is
+/// required.
+fn redis_missing(test: &str, what: &str) {
+    if redis_required() {
+        panic!("{REDIS_REQUIRED} is set but {what}");
+    }
+    // Written straight to the terminal: the test harness captures `eprintln!`.
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {what}; set {REDIS_REQUIRED}=1 to make this a failure"
+    );
+}
+
+/// The node URLs of the test Redis Cluster once every one of them reports `cluster_state:ok`,
+/// or `None` (after saying so) when the cluster is not there and not required. Panics when it is
+/// required but not there.
+pub async fn redis_cluster_urls(test: &str) -> Option<Vec<String>> {
+    let urls: Vec<String> = std::env::var(REDIS_CLUSTER_URLS)
+        .unwrap_or_else(|_| {
+            "redis://127.0.0.1:7000/,redis://127.0.0.1:7001/,redis://127.0.0.1:7002/".to_string()
+        })
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    for url in &urls {
+        let state = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async::<String>(&mut conn)
+                .await
+        };
+        let ok = match tokio::time::timeout(REDIS_WAIT, state).await {
+            Ok(Ok(info)) if info.lines().any(|l| l.trim() == "cluster_state:ok") => continue,
+            Ok(Ok(_)) => "its cluster_state is not ok".to_string(),
+            Ok(Err(err)) => format!("it is unreachable or not a cluster node ({err})"),
+            Err(_) => "it did not answer in time".to_string(),
+        };
+        redis_missing(
+            test,
+            &format!("Redis Cluster node {url} is not usable: {ok}"),
+        );
+        return None;
+    }
+    Some(urls)
+}
+
+/// A `redis-server` of the test's own on a free loopback port, so a test may stop, freeze and
+/// restart it without disturbing any other test. Killed (and its directory removed) on drop.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// Starts one, or returns `None` (after saying so) when `redis-server` is not installed and
+    /// Redis is not required. Panics when it is required but cannot start.
+    pub async fn start(test: &str) -> Option<Self> {
+        let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+            Ok(addr) => addr.port(),
+            Err(err) => panic!("no free loopback port: {err}"),
+        };
+        let dir =
+            std::env::temp_dir().join(format!("tower-tests-redis-{}-{port}", std::process::id()));
+        let mut redis = Self {
+            port,
+            dir,
+            child: None,
+        };
+        if let Err(err) = redis.spawn() {
+            redis_missing(test, &format!("redis-server could not start ({err})"));
+            return None;
+        }
+        redis.wait_until_up().await;
+        Some(redis)
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let child = std::process::Command::new("redis-server")
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits (at most five seconds) until the server answers `PING`; panics otherwise.
+    async fn wait_until_up(&self) {
+        let url = self.url();
+        let ping = async {
+            loop {
+                let attempt = async {
+                    let client = redis::Client::open(url.as_str())?;
+                    let mut conn = client.get_multiplexed_async_connection().await?;
+                    redis::cmd("PING").query_async::<String>(&mut conn).await
+                };
+                if let Ok(Ok(_)) =
+                    tokio::time::timeout(std::time::Duration::from_millis(500), attempt).await
+                {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(REDIS_WAIT, ping).await.is_err() {
+            panic!(
+                "the private redis-server on port {} did not come up",
+                self.port
+            );
+        }
+    }
+
+    /// Its URL, `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A fresh connection for the test's own commands (`INFO`, `CONFIG RESETSTAT`).
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).expect("a valid URL");
+        tokio::time::timeout(REDIS_WAIT, client.get_multiplexed_async_connection())
+            .await
+            .expect("the private redis-server did not accept a connection in time")
+            .expect("the private redis-server refused a connection")
+    }
+
+    /// Kills the server (`SIGKILL`: what it holds is lost, as in a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port, and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().expect("redis-server restarts");
+        self.wait_until_up().await;
+    }
+
+    /// Freezes the server (`SIGSTOP`): it keeps its connections but answers nothing.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server run again (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self
+            .child
+            .as_ref()
+            .expect("the private redis-server is running");
+        let status = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        // SIGKILL works on a frozen process too.
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Calls, per command, since the last `CONFIG RESETSTAT`, from `INFO commandstats` (names as
+/// Redis spells them: `evalsha`, `config|resetstat`). Scripts' own `redis.call`s count too.
+pub async fn redis_command_calls(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> std::collections::BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter_map(|line| {
+            let (name, stats) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
