@@ -3,6 +3,7 @@
 //! Work in progress.
 
 mod body;
+pub mod client;
 mod config;
 pub mod future;
 mod key;
