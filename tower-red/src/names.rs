@@ -35,6 +35,13 @@ pub const BULKHEAD_REJECTIONS_TOTAL: &str = "resilience_bulkhead_rejections_tota
 pub const RETRY_ATTEMPTS_TOTAL: &str = "resilience_retry_attempts_total";
 /// Gauge: tokens left in a retry budget.
 pub const RETRY_BUDGET_BALANCE: &str = "resilience_retry_budget_balance";
+/// Counter: failed attempts that were not retried, labelled `reason` (`attempts`, `pushback`,
+/// `pushback_over_cap`, `deadline`, `budget`, `unsafe`, `not_replayable`).
+pub const RETRY_STOPS_TOTAL: &str = "resilience_retry_stops_total";
+/// Histogram: attempts per request through a retry layer (1 when it was not retried).
+pub const RETRY_REQUEST_ATTEMPTS: &str = "resilience_retry_request_attempts";
+/// Counter: requests whose body was over the retry layer's replay cap, so were sent once.
+pub const RETRY_BODY_OVERFLOW_TOTAL: &str = "resilience_retry_body_overflow_total";
 
 /// Counter: deadlines exceeded, labelled `stage`.
 pub const DEADLINE_EXCEEDED_TOTAL: &str = "resilience_deadline_exceeded_total";

@@ -419,6 +419,21 @@ pub fn describe_metrics() {
         "Tokens left in a retry budget."
     );
     describe_counter!(
+        names::RETRY_STOPS_TOTAL,
+        Unit::Count,
+        "Failed attempts that were not retried, by reason."
+    );
+    describe_histogram!(
+        names::RETRY_REQUEST_ATTEMPTS,
+        Unit::Count,
+        "Attempts per request through a retry layer."
+    );
+    describe_counter!(
+        names::RETRY_BODY_OVERFLOW_TOTAL,
+        Unit::Count,
+        "Requests whose body was over the retry replay cap and were sent once."
+    );
+    describe_counter!(
         names::DEADLINE_EXCEEDED_TOTAL,
         Unit::Count,
         "Deadlines exceeded, by stage."

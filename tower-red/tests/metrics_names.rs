@@ -88,6 +88,15 @@ fn metric_names_are_pinned() {
         names::RETRY_BUDGET_BALANCE,
         "resilience_retry_budget_balance"
     );
+    assert_eq!(names::RETRY_STOPS_TOTAL, "resilience_retry_stops_total");
+    assert_eq!(
+        names::RETRY_REQUEST_ATTEMPTS,
+        "resilience_retry_request_attempts"
+    );
+    assert_eq!(
+        names::RETRY_BODY_OVERFLOW_TOTAL,
+        "resilience_retry_body_overflow_total"
+    );
     assert_eq!(
         names::DEADLINE_EXCEEDED_TOTAL,
         "resilience_deadline_exceeded_total"

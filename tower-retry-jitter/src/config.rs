@@ -33,7 +33,12 @@ use tower_red::names::layer::RETRY;
 
 use crate::backoff::{Backoff, Jitter, MAX_STEPS_TO_CAP, Seeds, saturating_nanos};
 use crate::budget::{MILLI, RetryBudget, RetryCost};
+use crate::layer::RetryLayer;
 use crate::policy::RetryPolicy;
+use crate::replay::{BufferBody, CloneRequest};
+use crate::retry_on::RetryOn;
+use crate::safety::{AlwaysSafe, Idempotent, SafeFn, safe_if};
+use tower_red::classify::AnyError;
 
 fn error(
     field: &'static str,
@@ -459,6 +464,236 @@ impl RetryPolicyBuilder {
             Arc::new(seeds),
         ))
     }
+}
+
+/// Builds a [`RetryLayer`]; see [`RetryLayer::builder`].
+///
+/// The type parameters are the classifier `C` (what is a failure worth retrying), the safety
+/// policy `P` (which requests may be sent twice) and the replay `R` (how a request is copied);
+/// the methods that set them change the builder's type.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RetryLayerBuilder<C = AnyError, P = Idempotent, R = CloneRequest> {
+    name: String,
+    policy: RetryPolicyBuilder,
+    given: Option<RetryPolicy>,
+    classifier: C,
+    safety: P,
+    replay: R,
+    retry_refusals: bool,
+    attempt_timeout: Option<Duration>,
+}
+
+impl Default for RetryLayerBuilder {
+    fn default() -> Self {
+        RetryLayerBuilder {
+            name: "default".to_owned(),
+            policy: RetryPolicyBuilder::default(),
+            given: None,
+            classifier: AnyError,
+            safety: Idempotent,
+            replay: CloneRequest,
+            retry_refusals: false,
+            attempt_timeout: None,
+        }
+    }
+}
+
+impl<C, P, R> RetryLayerBuilder<C, P, R> {
+    /// The instance name (default `"default"`): a metric label, so keep it bounded.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Attempts per request, the first included (default 3).
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.policy = self.policy.max_attempts(max_attempts);
+        self
+    }
+
+    /// The first retry's delay before jitter (default 100 ms).
+    pub fn base(mut self, base: Duration) -> Self {
+        self.policy = self.policy.base(base);
+        self
+    }
+
+    /// How much each retry's delay grows (default 2).
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.policy = self.policy.multiplier(multiplier);
+        self
+    }
+
+    /// The largest delay, and the largest server pushback honoured (default 10 s).
+    pub fn cap(mut self, cap: Duration) -> Self {
+        self.policy = self.policy.cap(cap);
+        self
+    }
+
+    /// The jitter (default [`Jitter::Full`]).
+    pub fn jitter(mut self, jitter: Jitter) -> Self {
+        self.policy = self.policy.jitter(jitter);
+        self
+    }
+
+    /// The retry budget, shared by every service the layer builds and their clones (default:
+    /// Finagle's 20% of requests plus 10 per second over 10 s). Pass a clone of one budget to
+    /// several layers to share it between them.
+    pub fn budget(mut self, budget: RetryBudget) -> Self {
+        self.policy = self.policy.budget(budget);
+        self
+    }
+
+    /// No retry budget: only the attempts, the deadline and pushback bound retries.
+    pub fn no_budget(mut self) -> Self {
+        self.policy = self.policy.no_budget();
+        self
+    }
+
+    /// Seeds the jitter, for reproducible tests.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.policy = self.policy.seed(seed);
+        self
+    }
+
+    /// A whole policy built beforehand; it replaces the attempts, backoff, budget and seed
+    /// set on this builder.
+    pub fn policy(mut self, policy: RetryPolicy) -> Self {
+        self.given = Some(policy);
+        self
+    }
+
+    /// Also retry a call that a layer below refused with a
+    /// [`Rejection`](tower_red::Rejection) (open circuit, full bulkhead, …). Default `false`:
+    /// a refusal means back off, and the layer that refused counted it.
+    pub fn retry_refusals(mut self, retry: bool) -> Self {
+        self.retry_refusals = retry;
+        self
+    }
+
+    /// Bounds each attempt to `timeout` (and always to the request's deadline). An attempt
+    /// that runs out of time fails with a
+    /// [`Rejection`](tower_red::Rejection) of kind `DeadlineExceeded` (reason `call`, a
+    /// [`FailureClass::Timeout`](tower_red::FailureClass::Timeout)) and may be retried. Arming
+    /// it costs a timer per attempt that is still pending after its first poll.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// Uses `classifier` to decide which outcomes are failures worth retrying: a
+    /// [`Verdict::Failure`](tower_red::Verdict::Failure) is retried. Default
+    /// [`AnyError`]: every `Err`.
+    pub fn classifier<C2>(self, classifier: C2) -> RetryLayerBuilder<C2, P, R> {
+        RetryLayerBuilder {
+            name: self.name,
+            policy: self.policy,
+            given: self.given,
+            classifier,
+            safety: self.safety,
+            replay: self.replay,
+            retry_refusals: self.retry_refusals,
+            attempt_timeout: self.attempt_timeout,
+        }
+    }
+
+    /// Retries what `retry_on` says (HTTP 502, 503, 504, gRPC `UNAVAILABLE` and errors by
+    /// default): the classifier for HTTP and gRPC services.
+    pub fn retry_on(self, retry_on: RetryOn) -> RetryLayerBuilder<RetryOn, P, R> {
+        self.classifier(retry_on)
+    }
+
+    /// Uses `safety` to decide which requests may be retried (default [`Idempotent`]).
+    pub fn safety<P2>(self, safety: P2) -> RetryLayerBuilder<C, P2, R> {
+        RetryLayerBuilder {
+            name: self.name,
+            policy: self.policy,
+            given: self.given,
+            classifier: self.classifier,
+            safety,
+            replay: self.replay,
+            retry_refusals: self.retry_refusals,
+            attempt_timeout: self.attempt_timeout,
+        }
+    }
+
+    /// Every request may be retried ([`AlwaysSafe`]).
+    pub fn always_safe(self) -> RetryLayerBuilder<C, AlwaysSafe, R> {
+        self.safety(AlwaysSafe)
+    }
+
+    /// Requests for which `f` returns `true` may be retried ([`SafeFn`]).
+    pub fn safe_if<F>(self, f: F) -> RetryLayerBuilder<C, SafeFn<F>, R> {
+        self.safety(safe_if(f))
+    }
+
+    /// Uses `replay` to copy requests for their retries (default [`CloneRequest`]).
+    pub fn replay<R2>(self, replay: R2) -> RetryLayerBuilder<C, P, R2> {
+        RetryLayerBuilder {
+            name: self.name,
+            policy: self.policy,
+            given: self.given,
+            classifier: self.classifier,
+            safety: self.safety,
+            replay,
+            retry_refusals: self.retry_refusals,
+            attempt_timeout: self.attempt_timeout,
+        }
+    }
+
+    /// Replays `http::Request<B>` of any body type by buffering bodies of at most `limit`
+    /// bytes ([`BufferBody`]; use [`DEFAULT_BODY_LIMIT`](crate::replay::DEFAULT_BODY_LIMIT)
+    /// for 64 KiB; 0 buffers nothing, so every request is sent once). The inner service then sees `http::Request<RetryBody<B>>`.
+    pub fn buffer_body(self, limit: usize) -> RetryLayerBuilder<C, P, BufferBody> {
+        self.replay(BufferBody::new(limit))
+    }
+
+    /// Replays `reqwest::Request`s with `try_clone` (feature `reqwest`).
+    #[cfg(feature = "reqwest")]
+    pub fn reqwest(self) -> RetryLayerBuilder<C, P, crate::replay::TryCloneRequest> {
+        self.replay(crate::replay::TryCloneRequest)
+    }
+
+    /// Checks every setting and builds the layer, registering its metric handles with the
+    /// recorder installed now.
+    pub fn build(self) -> Result<RetryLayer<C, P, R>, ConfigError> {
+        if self.name.is_empty() {
+            return Err(error("name", &self.name, "must not be empty"));
+        }
+        if let Some(timeout) = self.attempt_timeout
+            && timeout.is_zero()
+        {
+            return Err(error(
+                "attempt_timeout",
+                timeout,
+                "must be positive: no attempt could finish",
+            ));
+        }
+        let policy = match self.given {
+            Some(policy) => policy,
+            None => self.policy.build()?,
+        };
+        Ok(RetryLayer::from_parts(
+            LayerConfig {
+                name: self.name,
+                policy,
+                retry_refusals: self.retry_refusals,
+                attempt_timeout: self.attempt_timeout,
+            },
+            self.classifier,
+            self.safety,
+            self.replay,
+        ))
+    }
+}
+
+/// What a [`RetryLayerBuilder`] hands the layer.
+#[derive(Debug)]
+pub(crate) struct LayerConfig {
+    pub(crate) name: String,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) retry_refusals: bool,
+    pub(crate) attempt_timeout: Option<Duration>,
 }
 
 #[cfg(test)]

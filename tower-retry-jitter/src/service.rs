@@ -1,0 +1,252 @@
+//! The retry service: `poll_ready` and `call`, nothing that belongs to the policy.
+
+use std::fmt;
+use std::mem;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower_red::BoxError;
+use tower_red::classify::{AnyError, Classify};
+use tower_red::clock::{self, Scope};
+use tower_service::Service;
+use tower_timeout_budget::DeadlineCarrier;
+
+use crate::future::{Backup, BufferedFuture, ResponseFuture, Retrying, Start};
+use crate::metrics::{Metrics, StopReason};
+use crate::policy::{RetryPolicy, Stop};
+use crate::replay::{BufferBody, CloneRequest, ReplayRequest, RetryBody};
+use crate::retry_on::ReadPushback;
+use crate::safety::{Idempotent, RetrySafety};
+
+/// What every service of one layer shares.
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) metrics: Metrics,
+    pub(crate) retry_refusals: bool,
+    pub(crate) attempt_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .field("policy", &self.policy)
+            .field("retry_refusals", &self.retry_refusals)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Retries failed calls to `S`: see the [crate docs](crate).
+///
+/// `C` classifies outcomes (a [`Verdict::Failure`](tower_red::Verdict::Failure) is retried),
+/// `P` decides which requests are safe to send twice, `R` copies them. Clones share the
+/// policy, the budget and the metrics.
+///
+/// # Cost of a call that is not retried
+///
+/// For a request that cannot be retried (not safe, not copyable, or one attempt allowed) the
+/// future polls the inner future and nothing else: no clone, no clock read, no allocation, no
+/// timer. A request that may be retried is copied once before its first attempt (the original
+/// is gone once sent), the inner service is cloned into the future, its deadline is read, and
+/// the clock is read once (shared with the other layers of the stack through
+/// [`tower_red::clock`]) to deposit into a ratio budget and time the attempt. A random number
+/// generator and a timer are made only when a retry is decided. With a metrics recorder
+/// installed, every call reads the clock for its duration (shared the same way).
+pub struct Retry<S, C = AnyError, P = Idempotent, R = CloneRequest> {
+    inner: S,
+    shared: Arc<Shared>,
+    classifier: C,
+    safety: P,
+    replay: R,
+}
+
+impl<S: Clone, C: Clone, P: Clone, R: Clone> Clone for Retry<S, C, P, R> {
+    fn clone(&self) -> Self {
+        Retry {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            classifier: self.classifier.clone(),
+            safety: self.safety.clone(),
+            replay: self.replay.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, C: fmt::Debug, P: fmt::Debug, R: fmt::Debug> fmt::Debug for Retry<S, C, P, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("shared", &self.shared)
+            .field("classifier", &self.classifier)
+            .field("safety", &self.safety)
+            .field("replay", &self.replay)
+            .finish()
+    }
+}
+
+impl<S> Retry<S> {
+    /// Wraps `inner` with the default configuration ([`RetryLayer::new`](crate::RetryLayer::new)).
+    pub fn new(inner: S) -> Self {
+        tower_layer::Layer::layer(&crate::RetryLayer::new(), inner)
+    }
+}
+
+impl<S, C, P, R> Retry<S, C, P, R> {
+    pub(crate) fn from_parts(
+        inner: S,
+        shared: Arc<Shared>,
+        classifier: C,
+        safety: P,
+        replay: R,
+    ) -> Self {
+        Retry {
+            inner,
+            shared,
+            classifier,
+            safety,
+            replay,
+        }
+    }
+
+    /// The policy: attempts, backoff and budget.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.shared.policy
+    }
+
+    tower_red::define_inner_service_accessors!();
+
+    /// Why a request cannot be retried, or `None` when it may be.
+    #[inline]
+    fn refuse<Req>(&self, req: &Req) -> Option<StopReason>
+    where
+        P: RetrySafety<Req>,
+    {
+        if self.shared.policy.max_attempts() <= 1 {
+            Some(StopReason::Policy(Stop::Attempts))
+        } else if !self.safety.is_safe(req) {
+            Some(StopReason::Unsafe)
+        } else {
+            None
+        }
+    }
+
+    /// The start of a request: the clock read (once) when anything needs it.
+    #[inline]
+    fn start(&self, retrying: bool, deadline: Option<tower_timeout_budget::Deadline>) -> Start {
+        let recording = self.shared.metrics.red.is_recording();
+        let now = (recording || retrying).then(clock::now);
+        if retrying && let (Some(now), Some(budget)) = (now, self.shared.policy.budget()) {
+            budget.record_request(now);
+        }
+        Start {
+            red: if recording { now } else { None },
+            attempt: now,
+            deadline,
+        }
+    }
+}
+
+impl<S, C, P, R, Req> Service<Req> for Retry<S, C, P, R>
+where
+    S: Service<Req> + Clone,
+    S::Error: Into<BoxError> + 'static,
+    C: Classify<S::Response, S::Error> + ReadPushback<S::Response> + Clone,
+    P: RetrySafety<Req>,
+    R: ReplayRequest<Req> + Clone,
+    Req: DeadlineCarrier,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S, Req, C, Backup<Req, R>>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        let _scope = Scope::enter();
+        let mut refused = self.refuse(&req);
+        let copy = match refused {
+            None => {
+                let copy = self.replay.replay(&req);
+                if copy.is_none() {
+                    refused = Some(StopReason::NotReplayable);
+                }
+                copy
+            }
+            Some(_) => None,
+        };
+        let deadline = if copy.is_some() || self.shared.attempt_timeout.is_some() {
+            req.deadline()
+        } else {
+            None
+        };
+        let start = self.start(copy.is_some(), deadline);
+        let fut = self.inner.call(req);
+        let retry = copy
+            .map(|copy| Retrying::new(self.inner.clone(), Backup::new(copy, self.replay.clone())));
+        let shared =
+            (retry.is_some() || start.red.is_some() || self.shared.attempt_timeout.is_some())
+                .then(|| self.shared.clone());
+        ResponseFuture::new(fut, retry, shared, self.classifier.clone(), start, refused)
+    }
+}
+
+impl<S, C, P, B> Service<http::Request<B>> for Retry<S, C, P, BufferBody>
+where
+    S: Service<http::Request<RetryBody<B>>> + Clone,
+    S::Error: Into<BoxError> + 'static,
+    C: Classify<S::Response, S::Error> + ReadPushback<S::Response> + Clone,
+    P: RetrySafety<http::Request<B>>,
+    B: http_body::Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BufferedFuture<S, B, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let _scope = Scope::enter();
+        let refused = self.refuse(&req);
+        let deadline = if refused.is_none() || self.shared.attempt_timeout.is_some() {
+            req.deadline()
+        } else {
+            None
+        };
+        let start = self.start(refused.is_none(), deadline);
+        let shared = self.shared.clone();
+        if refused.is_some() {
+            let fut = self.inner.call(req.map(RetryBody::once));
+            return BufferedFuture::running(ResponseFuture::new(
+                fut,
+                None,
+                Some(shared),
+                self.classifier.clone(),
+                start,
+                refused,
+            ));
+        }
+        // The body is read before the first attempt, so the service made ready for this call
+        // goes into the future and this one keeps a clone (which must be made ready again).
+        let clone = self.inner.clone();
+        let svc = mem::replace(&mut self.inner, clone);
+        BufferedFuture::collecting(
+            svc,
+            req,
+            self.replay.limit(),
+            shared,
+            self.classifier.clone(),
+            start,
+        )
+    }
+}
