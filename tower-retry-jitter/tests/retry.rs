@@ -1,0 +1,440 @@
+//! Behaviour of the retry layer, on tokio's paused clock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt, service_fn};
+use tower_red::{BoxError, Rejection, RejectionKind};
+use tower_retry_jitter::{Jitter, RetryBody, RetryBudget, RetryLayer, RetryOn};
+use tower_timeout_budget::Deadline;
+
+type HttpResult = Result<http::Response<()>, BoxError>;
+
+fn status(code: u16) -> http::Response<()> {
+    http::Response::builder()
+        .status(code)
+        .body(())
+        .expect("valid")
+}
+
+/// A layer with a constant 10 ms delay, no budget, 3 attempts, for `u64` requests.
+fn constant(max_attempts: u32) -> tower_retry_jitter::RetryLayerBuilder {
+    RetryLayer::builder()
+        .max_attempts(max_attempts)
+        .base(Duration::from_millis(10))
+        .multiplier(1.0)
+        .jitter(Jitter::None)
+        .no_budget()
+        .seed(7)
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_are_retried_until_one_succeeds() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = constant(3)
+        .always_safe()
+        .build()
+        .expect("valid")
+        .layer(service_fn(move |n: u64| {
+            let c = c.clone();
+            async move {
+                match c.fetch_add(1, SeqCst) {
+                    0 | 1 => Err::<u64, BoxError>("reset".into()),
+                    _ => Ok(n * 2),
+                }
+            }
+        }));
+    let start = Instant::now();
+    assert_eq!(svc.oneshot(21).await.expect("the third attempt"), 42);
+    assert_eq!(calls.load(SeqCst), 3);
+    assert_eq!(start.elapsed(), Duration::from_millis(20));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_error_comes_back_after_the_last_attempt() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = constant(3)
+        .always_safe()
+        .build()
+        .expect("valid")
+        .layer(service_fn(move |_: u64| {
+            let n = c.fetch_add(1, SeqCst);
+            async move { Err::<u64, BoxError>(format!("failure {n}").into()) }
+        }));
+    let err = svc.oneshot(1).await.expect_err("every attempt failed");
+    assert_eq!(err.to_string(), "failure 2");
+    assert_eq!(calls.load(SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_safety_hook_a_plain_request_is_not_retried() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = constant(3)
+        .safe_if(|n: &u64| *n != 13)
+        .build()
+        .expect("valid")
+        .layer(service_fn(move |_: u64| {
+            c.fetch_add(1, SeqCst);
+            async { Err::<u64, BoxError>("no".into()) }
+        }));
+    svc.clone().oneshot(13).await.expect_err("failed");
+    assert_eq!(calls.load(SeqCst), 1);
+    svc.oneshot(12).await.expect_err("failed");
+    assert_eq!(calls.load(SeqCst), 4);
+}
+
+/// An HTTP backend answering each attempt with the next status of `script` (the last one
+/// forever), counting attempts.
+fn backend(
+    script: Vec<http::Response<()>>,
+) -> (
+    impl Service<http::Request<()>, Response = http::Response<()>, Error = BoxError, Future: Send>
+    + Clone,
+    Arc<AtomicUsize>,
+) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let script = Arc::new(script);
+    let svc = service_fn(move |_: http::Request<()>| {
+        let i = c.fetch_add(1, SeqCst);
+        let res = script[i.min(script.len() - 1)].clone();
+        async move { HttpResult::Ok(res) }
+    });
+    (svc, calls)
+}
+
+fn http_layer() -> tower_retry_jitter::RetryLayerBuilder<RetryOn> {
+    constant(3).retry_on(RetryOn::new())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_without_a_key_is_not_retried_and_with_one_it_is() {
+    let layer = http_layer().build().expect("valid");
+    let (svc, calls) = backend(vec![status(503), status(200)]);
+    let post = http::Request::post("/orders").body(()).expect("valid");
+    let res = layer.layer(svc).oneshot(post).await.expect("a response");
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls.load(SeqCst), 1);
+
+    let (svc, calls) = backend(vec![status(503), status(200)]);
+    let keyed = http::Request::post("/orders")
+        .header("idempotency-key", "\"8e03978e\"")
+        .body(())
+        .expect("valid");
+    let res = layer.layer(svc).oneshot(keyed).await.expect("a response");
+    assert_eq!(res.status(), 200);
+    assert_eq!(calls.load(SeqCst), 2);
+
+    let (svc, calls) = backend(vec![status(503), status(503), status(200)]);
+    let get = http::Request::get("/orders/1").body(()).expect("valid");
+    let res = layer.layer(svc).oneshot(get).await.expect("a response");
+    assert_eq!(res.status(), 200);
+    assert_eq!(calls.load(SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_500_is_not_retried_by_default() {
+    let (svc, calls) = backend(vec![status(500), status(200)]);
+    let get = http::Request::get("/").body(()).expect("valid");
+    let res = http_layer()
+        .build()
+        .expect("valid")
+        .layer(svc)
+        .oneshot(get)
+        .await;
+    assert_eq!(res.expect("a response").status(), 500);
+    assert_eq!(calls.load(SeqCst), 1);
+}
+
+fn with_header(code: u16, name: &str, value: &str) -> http::Response<()> {
+    http::Response::builder()
+        .status(code)
+        .header(name, value)
+        .body(())
+        .expect("valid")
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_seconds_replaces_the_backoff() {
+    let (svc, calls) = backend(vec![with_header(503, "retry-after", "3"), status(200)]);
+    let layer = constant(3)
+        .cap(Duration::from_secs(5))
+        .retry_on(RetryOn::new())
+        .build()
+        .expect("valid");
+    let start = Instant::now();
+    let get = http::Request::get("/").body(()).expect("valid");
+    assert_eq!(
+        layer.layer(svc).oneshot(get).await.expect("ok").status(),
+        200
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_pushback_replaces_the_backoff_and_a_negative_one_stops() {
+    let unavailable = |pushback: &str| {
+        http::Response::builder()
+            .status(200)
+            .header("grpc-status", "14")
+            .header("grpc-retry-pushback-ms", pushback)
+            .body(())
+            .expect("valid")
+    };
+    let ok = || with_header(200, "grpc-status", "0");
+    let layer = http_layer().build().expect("valid");
+
+    let (svc, calls) = backend(vec![unavailable("250"), ok()]);
+    let start = Instant::now();
+    let req = http::Request::post("/svc/Method").body(()).expect("valid");
+    let layer_safe = http_layer().always_safe().build().expect("valid");
+    let res = layer_safe.layer(svc).oneshot(req).await.expect("ok");
+    assert_eq!(res.headers()["grpc-status"], "0");
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
+    assert_eq!(calls.load(SeqCst), 2);
+
+    for stop in ["-1", "soon"] {
+        let (svc, calls) = backend(vec![unavailable(stop), ok()]);
+        let req = http::Request::get("/svc/Method").body(()).expect("valid");
+        let res = layer.layer(svc).oneshot(req).await.expect("a response");
+        assert_eq!(res.headers()["grpc-retry-pushback-ms"], stop);
+        assert_eq!(calls.load(SeqCst), 1, "{stop}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pushback_over_the_cap_returns_the_response_as_it_was() {
+    let (svc, calls) = backend(vec![with_header(503, "retry-after", "60"), status(200)]);
+    let layer = constant(3)
+        .cap(Duration::from_secs(5))
+        .retry_on(RetryOn::new())
+        .build()
+        .expect("valid");
+    let start = Instant::now();
+    let get = http::Request::get("/").body(()).expect("valid");
+    let res = layer.layer(svc).oneshot(get).await.expect("a response");
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["retry-after"], "60");
+    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_retry_that_cannot_finish_before_the_deadline() {
+    // Each attempt takes 40 ms and fails; the backoff is 10 ms; the deadline is 100 ms away:
+    // attempt 1 ends at 40, attempt 2 runs 50..90, and a third (90 + 10 + 40 = 140) cannot fit.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = constant(5)
+        .always_safe()
+        .build()
+        .expect("valid")
+        .layer(service_fn(move |_: u64| {
+            c.fetch_add(1, SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                Err::<u64, BoxError>("slow failure".into())
+            }
+        }));
+    let start = Instant::now();
+    let deadline = Deadline::after(Duration::from_millis(100));
+    let err = deadline.scope(svc.oneshot(1)).await.expect_err("failed");
+    assert_eq!(err.to_string(), "slow failure");
+    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!(start.elapsed(), Duration::from_millis(90));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_timeout_cuts_a_slow_attempt_and_retries() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = constant(3)
+        .always_safe()
+        .attempt_timeout(Duration::from_millis(50))
+        .build()
+        .expect("valid")
+        .layer(service_fn(move |n: u64| {
+            let first = c.fetch_add(1, SeqCst) == 0;
+            async move {
+                if first {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+                Ok::<u64, BoxError>(n)
+            }
+        }));
+    let start = Instant::now();
+    assert_eq!(svc.oneshot(5).await.expect("the retry"), 5);
+    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!(start.elapsed(), Duration::from_millis(60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_timeout_is_capped_by_the_deadline() {
+    let svc = constant(3)
+        .always_safe()
+        .attempt_timeout(Duration::from_secs(5))
+        .build()
+        .expect("valid")
+        .layer(service_fn(|n: u64| async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<u64, BoxError>(n)
+        }));
+    let start = Instant::now();
+    let deadline = Deadline::after(Duration::from_millis(300));
+    let err = deadline.scope(svc.oneshot(5)).await.expect_err("timed out");
+    let rejection = Rejection::find_in(&err).expect("a rejection");
+    assert!(rejection.is(RejectionKind::DeadlineExceeded));
+    assert_eq!(start.elapsed(), Duration::from_millis(300));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_below_is_not_retried_unless_asked() {
+    for (retry_refusals, expected) in [(false, 1), (true, 3)] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let svc = constant(3)
+            .always_safe()
+            .retry_refusals(retry_refusals)
+            .build()
+            .expect("valid")
+            .layer(service_fn(move |_: u64| {
+                c.fetch_add(1, SeqCst);
+                async { Err::<u64, BoxError>(Rejection::new(RejectionKind::CircuitOpen).into()) }
+            }));
+        let err = svc.oneshot(1).await.expect_err("refused");
+        assert!(
+            Rejection::find_in(&err)
+                .expect("as it was")
+                .is(RejectionKind::CircuitOpen)
+        );
+        assert_eq!(
+            calls.load(SeqCst),
+            expected,
+            "retry_refusals {retry_refusals}"
+        );
+    }
+}
+
+fn tight_budget() -> RetryBudget {
+    // One retry in all: no ratio, a floor of one per second over one second.
+    RetryBudget::builder()
+        .ratio(0.0)
+        .min_per_second(1)
+        .window(Duration::from_secs(1))
+        .buckets(1)
+        .build()
+        .expect("valid")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_budget_returns_the_last_response_and_clones_share_it() {
+    let (svc, calls) = backend(vec![status(503)]);
+    let layer = http_layer().budget(tight_budget()).build().expect("valid");
+    let a = layer.layer(svc);
+    let b = a.clone();
+    let get = || http::Request::get("/").body(()).expect("valid");
+    // The first request takes the only retry: 2 attempts.
+    assert_eq!(a.oneshot(get()).await.expect("a response").status(), 503);
+    assert_eq!(calls.load(SeqCst), 2);
+    // Its clone finds the budget spent: 1 attempt, the 503 as it was.
+    assert_eq!(b.oneshot(get()).await.expect("a response").status(), 503);
+    assert_eq!(calls.load(SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_buffered_body_is_replayed_byte_for_byte_and_one_over_the_cap_is_sent_once() {
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::<Bytes>::new()));
+    let seen = bodies.clone();
+    let inner = service_fn(move |req: http::Request<RetryBody<Full<Bytes>>>| {
+        let seen = seen.clone();
+        async move {
+            let body = req.into_body().collect().await?.to_bytes();
+            let mut seen = seen.lock().expect("not poisoned");
+            seen.push(body);
+            let code = if seen.len() < 3 { 503 } else { 200 };
+            HttpResult::Ok(status(code))
+        }
+    });
+    let layer = http_layer().buffer_body(16).build().expect("valid");
+    let put = |body: &'static str| {
+        http::Request::put("/doc")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .expect("valid")
+    };
+    let res = layer
+        .layer(inner.clone())
+        .oneshot(put("sixteen bytes!!!"))
+        .await;
+    assert_eq!(res.expect("a response").status(), 200);
+    assert_eq!(
+        *bodies.lock().expect("not poisoned"),
+        vec![Bytes::from_static(b"sixteen bytes!!!"); 3]
+    );
+
+    bodies.lock().expect("not poisoned").clear();
+    let res = layer.layer(inner).oneshot(put("seventeen bytes!!")).await;
+    assert_eq!(res.expect("a response").status(), 503);
+    assert_eq!(
+        *bodies.lock().expect("not poisoned"),
+        vec![Bytes::from_static(b"seventeen bytes!!")]
+    );
+}
+
+/// A request that counts its live copies.
+#[derive(Debug)]
+struct Tracked(Arc<AtomicUsize>);
+
+impl Clone for Tracked {
+    fn clone(&self) -> Self {
+        self.0.fetch_add(1, SeqCst);
+        Tracked(self.0.clone())
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
+}
+
+impl tower_timeout_budget::DeadlineCarrier for Tracked {}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_future_mid_backoff_leaves_nothing_behind() {
+    let live = Arc::new(AtomicUsize::new(1));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let mut svc = constant(3)
+        .base(Duration::from_secs(1))
+        .always_safe()
+        .build()
+        .expect("valid")
+        .layer(service_fn(move |_: Tracked| {
+            c.fetch_add(1, SeqCst);
+            async { Err::<(), BoxError>("failed".into()) }
+        }));
+    svc.ready().await.expect("ready");
+    let mut fut = tokio_test::task::spawn(svc.call(Tracked(live.clone())));
+    tokio_test::assert_pending!(fut.poll());
+    assert_eq!(calls.load(SeqCst), 1);
+    // In the backoff: the copy made before the first attempt, and the second attempt's.
+    assert_eq!(live.load(SeqCst), 2);
+    drop(fut);
+    assert_eq!(live.load(SeqCst), 0);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    assert_eq!(calls.load(SeqCst), 1);
+    drop(svc);
+    assert_eq!(
+        Arc::strong_count(&calls),
+        1,
+        "the inner service and its clones are gone"
+    );
+}
