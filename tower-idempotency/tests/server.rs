@@ -626,3 +626,25 @@ async fn a_store_error_runs_the_request_when_failing_open() {
     assert_eq!(body, "a");
     assert_eq!(handler.runs(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_error_releases_the_key() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let svc = builder().build().unwrap().layer(tower::service_fn({
+        let runs = runs.clone();
+        move |_req: Req| {
+            let first = runs.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    Err("connection reset")
+                } else {
+                    Ok(Response::new(Full::new(Bytes::from("ok"))))
+                }
+            }
+        }
+    }));
+    assert!(svc.clone().oneshot(post(Some("k1"), "a")).await.is_err());
+    let res = svc.clone().oneshot(post(Some("k1"), "a")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}

@@ -1,0 +1,128 @@
+//! The layer's metrics: tower-red names, bounded labels, one count per decision.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tower::ServiceExt;
+use tower_idempotency::store::MemoryStore;
+use tower_idempotency::{IdempotencyLayer, RequestBody};
+use tower_layer::Layer;
+use tower_red::names;
+
+type Snapshot = [(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)];
+
+fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
+    snapshot
+        .iter()
+        .find_map(|(key, _, _, value)| {
+            let key = key.key();
+            let matches = key.name() == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v));
+            match value {
+                DebugValue::Counter(n) if matches => Some(*n),
+                _ => None,
+            }
+        })
+        .unwrap_or_else(|| panic!("no counter {name} {labels:?}"))
+}
+
+fn post(key: &str, body: &'static str) -> Request<Full<Bytes>> {
+    Request::post("/orders")
+        .header("idempotency-key", key)
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_decision_is_counted_once_under_bounded_labels() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        IdempotencyLayer::builder(MemoryStore::new())
+            .name("orders")
+            .build()
+            .unwrap()
+    });
+    let svc = layer.layer(tower::service_fn(
+        |_req: Request<RequestBody<Full<Bytes>>>| async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+        },
+    ));
+    svc.clone().oneshot(post("k1", "a")).await.unwrap(); // executed
+    svc.clone().oneshot(post("k1", "a")).await.unwrap(); // replayed
+    svc.clone().oneshot(post("k1", "b")).await.unwrap(); // mismatch
+    svc.clone().oneshot(post("a b", "a")).await.unwrap(); // invalid
+    svc.clone()
+        .oneshot(Request::post("/").body(Full::default()).unwrap())
+        .await
+        .unwrap(); // no key
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let decision = |reason| {
+        counter(
+            &snapshot,
+            names::IDEMPOTENCY_DECISIONS_TOTAL,
+            &[("name", "orders"), ("reason", reason)],
+        )
+    };
+    assert_eq!(decision("executed"), 1);
+    assert_eq!(decision("replayed"), 1);
+    assert_eq!(decision("mismatch"), 1);
+    assert_eq!(decision("invalid_key"), 1);
+    assert_eq!(decision("conflict"), 0);
+    assert_eq!(
+        counter(
+            &snapshot,
+            names::IDEMPOTENCY_REPLAYS_TOTAL,
+            &[("name", "orders")]
+        ),
+        1
+    );
+    let outcome = |outcome| {
+        counter(
+            &snapshot,
+            names::REQUESTS_TOTAL,
+            &[
+                ("layer", "idempotency"),
+                ("name", "orders"),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(
+        outcome("ok"),
+        2,
+        "the executed request and the one without a key"
+    );
+    assert_eq!(outcome("replayed"), 1);
+    assert_eq!(outcome("rejected"), 2);
+    assert_eq!(
+        counter(
+            &snapshot,
+            names::IDEMPOTENCY_STORE_ERRORS_TOTAL,
+            &[("operation", "claim")]
+        ),
+        0
+    );
+    // No label value carries a key, a path or a body.
+    for (key, ..) in &snapshot {
+        for label in key.key().labels() {
+            assert!(
+                !["k1", "a b", "/orders", "/"].contains(&label.value()),
+                "{label:?}"
+            );
+        }
+    }
+}
