@@ -746,3 +746,85 @@ async fn wait_until_the_store_answers(store: &RedisStore, test: &str) -> Duratio
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_or_corrupt_redis_entry_is_an_error_never_a_panic() {
+    let test = "a_foreign_or_corrupt_redis_entry_is_an_error_never_a_panic";
+    let Some(mut conn) = tests::redis_connection(test).await else {
+        return;
+    };
+    let store = redis_standalone(test).await.expect("Redis is up");
+    let store_entry = |i: u64| store.entry_key(&key(test, i));
+    let plant = |i: u64, cmd: redis::Cmd| {
+        let mut conn = conn.clone();
+        async move {
+            let () = cmd.query_async(&mut conn).await.expect("plant an entry");
+            let _: i64 = redis::cmd("PEXPIRE")
+                .arg(store_entry(i))
+                .arg(60_000)
+                .query_async(&mut conn)
+                .await
+                .expect("PEXPIRE");
+        }
+    };
+
+    // 0: not a hash at all; 1: a completed entry whose record is garbage; 2: an in-flight entry
+    // whose fingerprint is not 32 bytes; 3: an entry in a state we never write.
+    let mut set = redis::cmd("SET");
+    set.arg(store_entry(0)).arg("someone else's value");
+    plant(0, set).await;
+    let mut hset = redis::cmd("HSET");
+    hset.arg(store_entry(1))
+        .arg("st")
+        .arg("c")
+        .arg("fp")
+        .arg(&[7u8; 32][..])
+        .arg("rec")
+        .arg("not a record");
+    plant(1, hset).await;
+    let mut hset = redis::cmd("HSET");
+    hset.arg(store_entry(2))
+        .arg("st")
+        .arg("i")
+        .arg("fp")
+        .arg("short")
+        .arg("fe")
+        .arg("1");
+    plant(2, hset).await;
+
+    for i in 0..3 {
+        let err = bounded("claim", store.claim(&key(test, i), &fp("a"), LEASE))
+            .await
+            .expect_err("a foreign entry cannot be claimed");
+        assert_eq!(err.kind(), StoreErrorKind::Corrupt, "entry {i}: {err}");
+    }
+    let fence = Fence::new(1);
+    let k = key(test, 0);
+    for err in [
+        bounded("renew", store.renew(&k, fence, LEASE)).await.err(),
+        bounded("complete", store.complete(&k, fence, &record("x"), TTL))
+            .await
+            .err(),
+        bounded("release", store.release(&k, fence)).await.err(),
+    ] {
+        let err = err.expect("a write over a foreign entry must fail");
+        assert_eq!(err.kind(), StoreErrorKind::Corrupt, "{err}");
+    }
+    // A garbage fence counter does not stop a claim, and the fence still comes from the clock.
+    let free = key(test, 3);
+    let () = redis::cmd("SET")
+        .arg(format!("{}:fence", store.entry_key(&free)))
+        .arg("not a number")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .expect("plant a counter");
+    let fence = acquire(&*store, &free, &fp("a"), LEASE).await;
+    assert!(fence.get() > 1_600_000_000_000_000, "{fence:?}");
+    assert!(
+        bounded("release", store.release(&free, fence))
+            .await
+            .unwrap()
+    );
+}

@@ -195,10 +195,9 @@ impl fmt::Debug for RedisConnection {
 }
 
 impl RedisConnection {
-    /// Connects to a standalone Redis (or a Sentinel-managed primary's address) at `url`, such
-    /// as `redis://127.0.0.1:6379/`, through a [`ConnectionManager`] that reconnects after a
-    /// dropped connection. Each connection attempt and each reply is bounded by
-    /// [`DEFAULT_TIMEOUT`]; fails when Redis cannot be reached now.
+    /// Connects to a standalone Redis at `url`, such as `redis://127.0.0.1:6379/`, through a
+    /// [`ConnectionManager`] that reconnects after a dropped connection. Each connection attempt
+    /// and each reply is bounded by [`DEFAULT_TIMEOUT`]; fails when Redis cannot be reached now.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url).map_err(config_error)?;
         let config = ConnectionManagerConfig::new()
@@ -482,6 +481,14 @@ async fn bounded<T>(
 fn redis_error(err: RedisError) -> StoreError {
     let kind = if err.is_timeout() {
         StoreErrorKind::Timeout
+    } else if err.code() == Some("WRONGTYPE")
+        || matches!(
+            err.kind(),
+            redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType
+        )
+    {
+        // Something else wrote our key: a foreign entry, not an outage.
+        StoreErrorKind::Corrupt
     } else {
         StoreErrorKind::Unavailable
     };
