@@ -441,15 +441,21 @@ where
     let result = {
         let mut call = pin!(inner.call(req));
         loop {
-            match tokio::time::timeout(renew_every, call.as_mut()).await {
-                Ok(result) => break result,
-                Err(_) => {
-                    let renewed = timed(
-                        &config,
-                        Op::Renew,
-                        config.store.renew(&store_key, fence, lease),
-                    )
-                    .await;
+            tokio::select! {
+                biased;
+                result = call.as_mut() => break result,
+                () = tokio::time::sleep(renew_every) => {}
+            }
+            // The handler keeps running while the store answers.
+            let mut renew = pin!(timed(
+                &config,
+                Op::Renew,
+                config.store.renew(&store_key, fence, lease),
+            ));
+            tokio::select! {
+                biased;
+                result = call.as_mut() => break result,
+                renewed = renew.as_mut() => {
                     if let Ok(false) = renewed {
                         tracing::warn!(
                             fence = fence.get(),

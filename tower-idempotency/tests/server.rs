@@ -648,3 +648,54 @@ async fn an_inner_error_releases_the_key() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
+
+/// The memory store, with renewals that take 5 seconds.
+#[derive(Clone)]
+struct SlowRenew(MemoryStore);
+
+impl Store for SlowRenew {
+    async fn claim(
+        &self,
+        key: &StoreKey,
+        fp: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.0.claim(key, fp, lease).await
+    }
+    async fn renew(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        sleep(Duration::from_secs(5)).await;
+        self.0.renew(key, fence, lease).await
+    }
+    async fn complete(
+        &self,
+        key: &StoreKey,
+        fence: Fence,
+        record: &Record,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.0.complete(key, fence, record, ttl).await
+    }
+    async fn release(&self, key: &StoreKey, fence: Fence) -> Result<bool, StoreError> {
+        self.0.release(key, fence).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_handler_keeps_running_while_a_renewal_waits_on_the_store() {
+    let handler = Handler::slow(Duration::from_secs(12));
+    let svc = IdempotencyLayer::builder(SlowRenew(MemoryStore::new()))
+        .lease(Duration::from_secs(30))
+        .build()
+        .unwrap()
+        .layer(handler.service());
+    let start = tokio::time::Instant::now();
+    let (status, ..) = send(&svc, post(Some("k1"), "a")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    // A renewal starts at 10 s and takes 5 s; the handler ends at 12 s regardless.
+    assert_eq!(start.elapsed(), Duration::from_secs(12));
+}
