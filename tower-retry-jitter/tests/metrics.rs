@@ -1,0 +1,155 @@
+//! The retry layer's metrics, through a local debugging recorder.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use metrics_util::CompositeKey;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tower::{Layer, ServiceExt, service_fn};
+use tower_red::BoxError;
+use tower_red::names;
+use tower_retry_jitter::{Jitter, RetryBudget, RetryLayer};
+
+/// One snapshot (taking one drains the series), every series of every name.
+type Snapshot = Vec<(CompositeKey, DebugValue)>;
+
+fn snapshot(recorder: &DebuggingRecorder) -> Snapshot {
+    recorder
+        .snapshotter()
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| (key, value))
+        .collect()
+}
+
+/// The value of the series `name` of the layer named `orders`, with `label` if given.
+fn value(s: &Snapshot, name: &str, label: Option<(&str, &str)>) -> Option<DebugValue> {
+    s.iter().find_map(|(key, value)| {
+        let key = key.key();
+        let labelled =
+            label.is_none_or(|(k, v)| key.labels().any(|l| l.key() == k && l.value() == v));
+        let named = key
+            .labels()
+            .any(|l| l.key() == "name" && l.value() == "orders");
+        (key.name() == name && labelled && named).then(|| match value {
+            DebugValue::Counter(n) => DebugValue::Counter(*n),
+            DebugValue::Gauge(g) => DebugValue::Gauge(*g),
+            DebugValue::Histogram(h) => DebugValue::Histogram(h.clone()),
+        })
+    })
+}
+
+fn counter(s: &Snapshot, name: &str, label: (&str, &str)) -> u64 {
+    match value(s, name, Some(label)) {
+        Some(DebugValue::Counter(n)) => n,
+        other => panic!("{name} {label:?}: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stops_attempts_and_the_budget_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let budget = RetryBudget::builder()
+        .ratio(0.0)
+        .min_per_second(2)
+        .window(Duration::from_secs(1))
+        .buckets(1)
+        .build()
+        .expect("valid");
+    let layer = metrics::with_local_recorder(&recorder, || {
+        RetryLayer::builder()
+            .name("orders")
+            .base(Duration::from_millis(10))
+            .jitter(Jitter::None)
+            .budget(budget)
+            .always_safe()
+            .build()
+            .expect("valid")
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = layer.layer(service_fn(move |n: u64| {
+        let i = c.fetch_add(1, SeqCst);
+        async move {
+            if i < 2 || n == 0 {
+                Err::<u64, BoxError>("reset".into())
+            } else {
+                Ok(n)
+            }
+        }
+    }));
+    // Two failures, then a success: the two retries the budget had.
+    assert_eq!(svc.clone().oneshot(1).await.expect("third attempt"), 1);
+    // A failure the budget cannot pay for: returned as it was.
+    svc.oneshot(0).await.expect_err("budget spent");
+    assert_eq!(calls.load(SeqCst), 4);
+
+    let s = &snapshot(&recorder);
+    assert_eq!(
+        counter(s, names::RETRY_ATTEMPTS_TOTAL, ("reason", "error")),
+        2
+    );
+    assert_eq!(
+        counter(s, names::RETRY_STOPS_TOTAL, ("reason", "budget")),
+        1
+    );
+    assert_eq!(
+        counter(s, names::RETRY_STOPS_TOTAL, ("reason", "attempts")),
+        0
+    );
+    assert_eq!(counter(s, names::REQUESTS_TOTAL, ("outcome", "ok")), 1);
+    assert_eq!(
+        counter(s, names::REQUESTS_TOTAL, ("outcome", "budget_exhausted")),
+        1
+    );
+    assert_eq!(counter(s, names::REQUESTS_TOTAL, ("outcome", "error")), 0);
+    match value(s, names::RETRY_REQUEST_ATTEMPTS, None) {
+        Some(DebugValue::Histogram(h)) => {
+            let mut h: Vec<f64> = h.into_iter().map(|v| v.into_inner()).collect();
+            h.sort_by(f64::total_cmp);
+            assert_eq!(h, [1.0, 3.0]);
+        }
+        other => panic!("attempts: {other:?}"),
+    }
+    match value(s, names::RETRY_BUDGET_BALANCE, None) {
+        Some(DebugValue::Gauge(g)) => assert_eq!(g.into_inner(), 0.0),
+        other => panic!("balance: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unsafe_failure_and_a_cancelled_call_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        RetryLayer::builder()
+            .name("orders")
+            .base(Duration::from_secs(1))
+            .no_budget()
+            .safe_if(|n: &u64| *n != 0)
+            .build()
+            .expect("valid")
+    });
+    let svc = layer.layer(service_fn(|_: u64| async {
+        Err::<u64, BoxError>("no".into())
+    }));
+    svc.clone().oneshot(0).await.expect_err("not retried");
+    let fut = svc.oneshot(1);
+    // Dropped in its first backoff.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), fut)
+            .await
+            .is_err()
+    );
+    let s = &snapshot(&recorder);
+    assert_eq!(
+        counter(s, names::RETRY_STOPS_TOTAL, ("reason", "unsafe")),
+        1
+    );
+    assert_eq!(counter(s, names::REQUESTS_TOTAL, ("outcome", "error")), 1);
+    assert_eq!(
+        counter(s, names::REQUESTS_TOTAL, ("outcome", "cancelled")),
+        1
+    );
+}
