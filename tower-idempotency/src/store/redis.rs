@@ -15,6 +15,11 @@
 //! growing even after Redis forgot a key (its counter expired or was evicted), as long as the
 //! server clock does not step back.
 //!
+//! Needs Redis 5.0 or later (scripts read `TIME` and then write, which needs effects
+//! replication, the default since 5.0), standalone or cluster, or a compatible server (Valkey).
+//! Each operation is bounded by [`tokio::time::timeout`]: under a paused Tokio clock a call that
+//! waits on the network times out at once, so test a layer on this store with real time.
+//!
 //! Durability: Redis replicates asynchronously, so a claim or completion acknowledged by a
 //! primary can be lost if that primary fails over before its replica received it; the next
 //! request with that key then runs again. `WAIT` narrows that window but does not close it. Run
