@@ -16,7 +16,7 @@
 //! server clock does not step back.
 //!
 //! Needs Redis 5.0 or later (scripts read `TIME` and then write, which needs effects
-//! replication, the default since 5.0), standalone or cluster, or a compatible server (Valkey).
+//! replication, the default since 5.0), standalone or cluster; tested with Redis 7.0.
 //! Each operation is bounded by [`tokio::time::timeout`]: under a paused Tokio clock a call that
 //! waits on the network times out at once, so test a layer on this store with real time.
 //!
