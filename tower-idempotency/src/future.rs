@@ -76,8 +76,8 @@ where
                 if let Some((red, start)) = red.take() {
                     let _scope = clock::Scope::enter();
                     let outcome = match &result {
-                        Ok(res) if !res.status().is_server_error() => Outcome::Ok,
-                        _ => Outcome::Error,
+                        Ok(res) => crate::metrics::outcome_of(res),
+                        Err(_) => Outcome::Error,
                     };
                     red.record(outcome, clock::now().saturating_duration_since(start));
                 }

@@ -63,7 +63,7 @@
 //! ```
 //!
 //! Metrics (names in [`tower_red::names`]): the RED pair with `layer="idempotency"` and outcomes
-//! `ok`, `error`, `replayed`, `rejected`, `cancelled`; `resilience_idempotency_decisions_total`
+//! `ok`, `error`, `inner_refusal`, `replayed`, `rejected`, `cancelled`; `resilience_idempotency_decisions_total`
 //! by `reason`; `resilience_idempotency_replays_total`; store latency and errors by `operation`.
 //!
 //! [IETF httpapi draft]: https://datatracker.ietf.org/doc/draft-ietf-httpapi-idempotency-key-header/

@@ -67,15 +67,30 @@ impl Op {
     }
 }
 
-/// The outcomes a request through the layer can end with: ran (ok or error), replayed, refused
-/// by this layer (conflict, mismatch, bad key, store down), dropped before the end.
-const TIMED: [Outcome; 5] = [
+/// The outcomes a request through the layer can end with: ran (ok or error), refused by a layer
+/// inside this one, replayed, refused by this layer (conflict, mismatch, bad key, store down),
+/// dropped before the end.
+const TIMED: [Outcome; 6] = [
     Outcome::Ok,
     Outcome::Error,
+    Outcome::InnerRefusal,
     Outcome::Replayed,
     Outcome::Rejected,
     Outcome::Cancelled,
 ];
+
+/// The outcome of a response from the inner service: a refusal of an inner layer (its response
+/// carries the [`RejectionKind`](tower_red::RejectionKind)) is that layer's, counted here as
+/// `inner_refusal`; otherwise 5xx is an error.
+pub(crate) fn outcome_of<B>(res: &http::Response<B>) -> Outcome {
+    if res.extensions().get::<tower_red::RejectionKind>().is_some() {
+        Outcome::InnerRefusal
+    } else if res.status().is_server_error() {
+        Outcome::Error
+    } else {
+        Outcome::Ok
+    }
+}
 
 #[derive(Clone)]
 pub(crate) struct Metrics {

@@ -305,11 +305,11 @@ where
             Oversized::PassThrough => {
                 let req = Request::from_parts(parts, map.map(RequestBody::overflow(rest)));
                 let result = inner.call(req).await;
-                red.finish(if result.is_ok() {
-                    Outcome::Ok
-                } else {
-                    Outcome::Error
-                });
+                red.finish(
+                    result
+                        .as_ref()
+                        .map_or(Outcome::Error, crate::metrics::outcome_of),
+                );
                 return result.map(|res| res.map(ResponseBody::new));
             }
         },
@@ -418,11 +418,11 @@ where
                     let req =
                         Request::from_parts(parts, map.map(RequestBody::replay(collected.body())));
                     let result = inner.call(req).await;
-                    red.finish(if result.is_ok() {
-                        Outcome::Ok
-                    } else {
-                        Outcome::Error
-                    });
+                    red.finish(
+                        result
+                            .as_ref()
+                            .map_or(Outcome::Error, crate::metrics::outcome_of),
+                    );
                     return result.map(|res| res.map(ResponseBody::new));
                 }
             },
@@ -473,11 +473,7 @@ where
             return Err(err);
         }
     };
-    let outcome = if res.status().is_server_error() {
-        Outcome::Error
-    } else {
-        Outcome::Ok
-    };
+    let outcome = crate::metrics::outcome_of(&res);
     let (res_parts, res_body) = res.into_parts();
     if !config.policy.stores(res_parts.status) {
         drop(claimed);

@@ -126,3 +126,37 @@ async fn every_decision_is_counted_once_under_bounded_labels() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_from_an_inner_layer_is_counted_as_inner_refusal_not_error() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        IdempotencyLayer::builder(MemoryStore::new())
+            .name("inner-refusal")
+            .build()
+            .unwrap()
+    });
+    let svc = layer.layer(tower::service_fn(
+        |_req: Request<RequestBody<Full<Bytes>>>| async {
+            let full = tower_red::Rejection::new(tower_red::RejectionKind::BulkheadFull);
+            Ok::<_, Infallible>(tower_red::problem::rejection_response(&full))
+        },
+    ));
+    let res = svc.clone().oneshot(post("k1", "a")).await.unwrap();
+    assert_eq!(res.status(), 503);
+    svc.clone()
+        .oneshot(Request::post("/").body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    let snapshot = snapshotter.snapshot().into_vec();
+    let outcome = |outcome| {
+        counter(
+            &snapshot,
+            names::REQUESTS_TOTAL,
+            &[("name", "inner-refusal"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(outcome("inner_refusal"), 2);
+    assert_eq!(outcome("error"), 0);
+}
