@@ -12,7 +12,6 @@ use crate::error::Reason;
 use crate::partition::Mode;
 use crate::permits::Observer;
 
-
 /// The outcomes a bulkhead records with a duration: calls that ran (judged by its classifier,
 /// or refused by an inner layer) and calls dropped before they finished.
 const TIMED_OUTCOMES: [Outcome; 5] = [
