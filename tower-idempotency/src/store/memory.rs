@@ -704,3 +704,156 @@ mod tests {
         assert!(MemoryStore::builder().max_bytes(10).build().is_err());
     }
 }
+
+/// The store against a plain model of the contract in the module docs, on random operations.
+#[cfg(test)]
+mod model {
+    use super::*;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Claim { key: u8, fp: u8, lease: u8 },
+        Renew { key: u8, lease: u8 },
+        Complete { key: u8, ttl: u8 },
+        Release { key: u8 },
+        Advance { secs: u8 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..4u8, 0..2u8, 1..20u8).prop_map(|(key, fp, lease)| Op::Claim { key, fp, lease }),
+            (0..4u8, 1..20u8).prop_map(|(key, lease)| Op::Renew { key, lease }),
+            (0..4u8, 1..40u8).prop_map(|(key, ttl)| Op::Complete { key, ttl }),
+            (0..4u8).prop_map(|key| Op::Release { key }),
+            (0..15u8).prop_map(|secs| Op::Advance { secs }),
+        ]
+    }
+
+    /// What the model remembers of a key: fence, fingerprint, expiry (seconds), completed.
+    type Model = HashMap<u8, (Fence, u8, u64, bool)>;
+
+    proptest! {
+        #[test]
+        fn the_memory_store_follows_the_contract(ops in proptest::collection::vec(op(), 1..60)) {
+            check(ops)?;
+        }
+    }
+
+    fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let store = MemoryStore::new();
+            let start = Instant::now();
+            let mut model = Model::new();
+            // The last fence each key got: a stale holder retries with it.
+            let mut fences: HashMap<u8, Fence> = HashMap::new();
+            let key = |k: u8| StoreKey::derive("m", b"", "POST", "/", &[k]);
+            let fp = |f: u8| Fingerprint::from_bytes([f; 32]);
+            let record = Record {
+                status: 200,
+                headers: vec![],
+                body: Bytes::from_static(b"r"),
+            };
+            for op in ops {
+                let now = (Instant::now() - start).as_secs();
+                let live = |m: &Model, k: u8| m.get(&k).copied().filter(|e| e.2 > now);
+                match op {
+                    Op::Claim {
+                        key: k,
+                        fp: f,
+                        lease,
+                    } => {
+                        let got = store
+                            .claim(&key(k), &fp(f), Duration::from_secs(lease.into()))
+                            .await
+                            .unwrap();
+                        match (live(&model, k), got) {
+                            (None, Claim::Acquired(fence)) => {
+                                if let Some(old) = fences.get(&k) {
+                                    prop_assert!(fence > *old, "fences grow");
+                                }
+                                fences.insert(k, fence);
+                                model.insert(k, (fence, f, now + u64::from(lease), false));
+                            }
+                            (
+                                Some((_, mf, exp, false)),
+                                Claim::InFlight {
+                                    fingerprint,
+                                    lease_left,
+                                },
+                            ) => {
+                                prop_assert_eq!(fingerprint, fp(mf));
+                                prop_assert_eq!(lease_left, Duration::from_secs(exp - now));
+                            }
+                            (
+                                Some((_, mf, _, true)),
+                                Claim::Completed {
+                                    fingerprint,
+                                    record: r,
+                                },
+                            ) => {
+                                prop_assert_eq!(fingerprint, fp(mf));
+                                prop_assert_eq!(&r, &record);
+                            }
+                            (expected, got) => {
+                                prop_assert!(false, "model {expected:?}, store {got:?}")
+                            }
+                        }
+                    }
+                    Op::Renew { key: k, lease } => {
+                        let Some(&fence) = fences.get(&k) else {
+                            continue;
+                        };
+                        let ok = store
+                            .renew(&key(k), fence, Duration::from_secs(lease.into()))
+                            .await
+                            .unwrap();
+                        let holds = matches!(live(&model, k), Some((f, _, _, false)) if f == fence);
+                        prop_assert_eq!(ok, holds);
+                        if holds {
+                            model.get_mut(&k).unwrap().2 = now + u64::from(lease);
+                        }
+                    }
+                    Op::Complete { key: k, ttl } => {
+                        let Some(&fence) = fences.get(&k) else {
+                            continue;
+                        };
+                        let ok = store
+                            .complete(&key(k), fence, &record, Duration::from_secs(ttl.into()))
+                            .await
+                            .unwrap();
+                        let holds = matches!(live(&model, k), Some((f, _, _, false)) if f == fence);
+                        prop_assert_eq!(ok, holds);
+                        if holds {
+                            let e = model.get_mut(&k).unwrap();
+                            e.2 = now + u64::from(ttl);
+                            e.3 = true;
+                        }
+                    }
+                    Op::Release { key: k } => {
+                        let Some(&fence) = fences.get(&k) else {
+                            continue;
+                        };
+                        let ok = store.release(&key(k), fence).await.unwrap();
+                        let holds = matches!(live(&model, k), Some((f, _, _, false)) if f == fence);
+                        prop_assert_eq!(ok, holds);
+                        if holds {
+                            model.remove(&k);
+                        }
+                    }
+                    Op::Advance { secs } => {
+                        tokio::time::advance(Duration::from_secs(secs.into())).await
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
