@@ -119,23 +119,31 @@ impl PrivateRedis {
     /// Starts one, or returns `None` (after saying so) when `redis-server` is not installed and
     /// Redis is not required. Panics when it is required but cannot start.
     pub async fn start(test: &str) -> Option<Self> {
-        let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
-            Ok(addr) => addr.port(),
-            Err(err) => panic!("no free loopback port: {err}"),
-        };
-        let dir =
-            std::env::temp_dir().join(format!("tower-tests-redis-{}-{port}", std::process::id()));
-        let mut redis = Self {
-            port,
-            dir,
-            child: None,
-        };
-        if let Err(err) = redis.spawn() {
-            redis_missing(test, &format!("redis-server could not start ({err})"));
-            return None;
+        let mut last_failure = String::new();
+        // A port found free may be taken before the server binds it: then try another.
+        for _ in 0..5 {
+            let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr())
+            {
+                Ok(addr) => addr.port(),
+                Err(err) => panic!("no free loopback port: {err}"),
+            };
+            let dir = std::env::temp_dir()
+                .join(format!("tower-tests-redis-{}-{port}", std::process::id()));
+            let mut redis = Self {
+                port,
+                dir,
+                child: None,
+            };
+            if let Err(err) = redis.spawn() {
+                redis_missing(test, &format!("redis-server could not start ({err})"));
+                return None;
+            }
+            match redis.wait_until_up().await {
+                Ok(()) => return Some(redis),
+                Err(failure) => last_failure = failure,
+            }
         }
-        redis.wait_until_up().await;
-        Some(redis)
+        panic!("no private redis-server came up: {last_failure}");
     }
 
     fn spawn(&mut self) -> std::io::Result<()> {
@@ -156,29 +164,45 @@ impl PrivateRedis {
         Ok(())
     }
 
-    /// Waits (at most five seconds) until the server answers `PING`; panics otherwise.
-    async fn wait_until_up(&self) {
+    /// Waits (at most five seconds) until this process's own server answers on its port (not
+    /// another one that got the port first).
+    async fn wait_until_up(&mut self) -> Result<(), String> {
         let url = self.url();
-        let ping = async {
-            loop {
-                let attempt = async {
-                    let client = redis::Client::open(url.as_str())?;
-                    let mut conn = client.get_multiplexed_async_connection().await?;
-                    redis::cmd("PING").query_async::<String>(&mut conn).await
-                };
-                if let Ok(Ok(_)) =
-                    tokio::time::timeout(std::time::Duration::from_millis(500), attempt).await
-                {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let started = std::time::Instant::now();
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                return Err("not started".into());
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "redis-server on port {} exited: {status}",
+                    self.port
+                ));
             }
-        };
-        if tokio::time::timeout(REDIS_WAIT, ping).await.is_err() {
-            panic!(
-                "the private redis-server on port {} did not come up",
-                self.port
-            );
+            let pid = child.id();
+            let attempt = async {
+                let client = redis::Client::open(url.as_str())?;
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                redis::cmd("INFO")
+                    .arg("server")
+                    .query_async::<String>(&mut conn)
+                    .await
+            };
+            let answered =
+                tokio::time::timeout(std::time::Duration::from_millis(500), attempt).await;
+            let ours = format!("process_id:{pid}");
+            if let Ok(Ok(info)) = answered
+                && info.lines().any(|l| l.trim() == ours)
+            {
+                return Ok(());
+            }
+            if started.elapsed() > REDIS_WAIT {
+                return Err(format!(
+                    "redis-server on port {} did not answer within {REDIS_WAIT:?}",
+                    self.port
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
@@ -208,7 +232,9 @@ impl PrivateRedis {
     pub async fn restart(&mut self) {
         self.stop();
         self.spawn().expect("redis-server restarts");
-        self.wait_until_up().await;
+        if let Err(failure) = self.wait_until_up().await {
+            panic!("the private redis-server did not restart: {failure}");
+        }
     }
 
     /// Freezes the server (`SIGSTOP`): it keeps its connections but answers nothing.
