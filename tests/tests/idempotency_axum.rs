@@ -37,6 +37,11 @@ async fn serve() -> (String, Charges) {
     let layer = IdempotencyLayer::builder(MemoryStore::new())
         .principal(|parts| Some(parts.headers.get("x-user")?.to_str().ok()?.to_owned()))
         .lease(Duration::from_secs(30))
+        // Scope by the route template, as axum matched it.
+        .route(|parts| {
+            let matched = parts.extensions.get::<axum::extract::MatchedPath>()?;
+            Some(matched.as_str().to_owned())
+        })
         .map_request_body(|body: RequestBody<Body>| Body::new(body))
         .build()
         .unwrap();
