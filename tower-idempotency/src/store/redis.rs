@@ -204,7 +204,7 @@ impl RedisConnection {
     /// [`ConnectionManager`] that reconnects after a dropped connection. Each connection attempt
     /// and each reply is bounded by [`DEFAULT_TIMEOUT`]; fails when Redis cannot be reached now.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(config_error)?;
+        let client = redis::Client::open(url).map_err(connect_error)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(DEFAULT_TIMEOUT))
             .set_response_timeout(Some(DEFAULT_TIMEOUT))
@@ -229,7 +229,7 @@ impl RedisConnection {
             .response_timeout(DEFAULT_TIMEOUT)
             .retries(2)
             .build()
-            .map_err(config_error)?;
+            .map_err(connect_error)?;
         let connection = bounded(DEFAULT_TIMEOUT * 4, client.get_async_connection()).await?;
         Ok(Self(Inner::Cluster(connection)))
     }
@@ -500,7 +500,7 @@ fn redis_error(err: RedisError) -> StoreError {
     StoreError::with_source(kind, err)
 }
 
-fn config_error(err: RedisError) -> StoreError {
+fn connect_error(err: RedisError) -> StoreError {
     StoreError::with_source(StoreErrorKind::Unavailable, err)
 }
 
