@@ -1,8 +1,67 @@
-//! Retries for tower services: exponential backoff with jitter, retry budgets, server pushback.
+//! Retries for tower services: exponential backoff with jitter, retry budgets shared across
+//! clones, server pushback, and request replay.
 //!
-//! **The Tower layer is not here yet.** This release is the policy core the layer will be
-//! wired to, plain Rust with no Tower in it, each part in its own module and property-tested
-//! alone:
+//! [`RetryLayer`] wraps a service in a [`Retry`], whose [`ResponseFuture`](future::ResponseFuture)
+//! runs the retry loop of one request: send, judge the outcome, and, for a failure worth
+//! retrying on a request that is safe to send twice, ask the [`RetryPolicy`] whether and when
+//! to try again (attempts, the server's pushback, the request's deadline, the budget).
+//!
+//! - **What is retried**: what the classifier calls a failure. The default
+//!   ([`AnyError`](tower_red::classify::AnyError)) fails every `Err`; [`RetryOn`] adds HTTP 502,
+//!   503, 504 (408 and 429 opt-in) and gRPC `UNAVAILABLE` (other codes configurable). A
+//!   [`Rejection`](tower_red::Rejection) from one of our layers below (open circuit, full
+//!   bulkhead, spent deadline) is not retried unless asked: it means back off.
+//! - **What may be retried** ([`safety`]): idempotent HTTP methods or requests carrying an
+//!   `Idempotency-Key` by default; [`AlwaysSafe`] or a closure for other request types.
+//! - **Pushback**: `Retry-After` and `grpc-retry-pushback-ms` on the failed response replace
+//!   the computed delay; a pushback over the cap (or past the deadline) ends the retries and
+//!   the response comes back as it was; a negative or malformed gRPC pushback means stop.
+//! - **Deadline**: the request's [`Deadline`](tower_timeout_budget::Deadline) (its own or the
+//!   task-local one) bounds the whole loop: no backoff and no attempt starts that cannot end
+//!   before it, judging by the last attempt's latency. An optional per-attempt timeout is
+//!   itself capped by the deadline.
+//! - **Budget** ([`budget`]): shared by every clone; when it is spent, the last response or
+//!   error comes back as it was, and the call is counted as `budget_exhausted`.
+//! - **Replay** ([`replay`]): `Clone` requests are cloned, `reqwest::Request`s
+//!   `try_clone`d (feature `reqwest`), and `http::Request<B>` with any body is replayed from a
+//!   buffer of at most 64 KiB ([`BufferBody`]); over the cap it is sent once.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//! use tower_red::BoxError;
+//! use tower_retry_jitter::{RetryLayer, RetryOn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+//! let seen = calls.clone();
+//! let backend = service_fn(move |_req: http::Request<()>| {
+//!     // 503 for the first attempt, 200 afterwards.
+//!     let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+//!     let status = if n == 0 { 503 } else { 200 };
+//!     async move { Ok::<_, BoxError>(http::Response::builder().status(status).body(()).unwrap()) }
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(
+//!         RetryLayer::builder()
+//!             .name("orders")
+//!             .max_attempts(3)
+//!             .base(Duration::from_millis(50))
+//!             .cap(Duration::from_secs(2))
+//!             .retry_on(RetryOn::new()) // errors, 502, 503, 504, gRPC UNAVAILABLE
+//!             .build()
+//!             .expect("a valid configuration"),
+//!     )
+//!     .service(backend);
+//!
+//! let res = client.oneshot(http::Request::get("/orders/7").body(()).unwrap()).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+//! # }
+//! ```
+//!
+//! The policy core is plain Rust with no Tower in it, each part in its own module and
+//! property-tested alone:
 //!
 //! - [`backoff`]: exponential backoff (base, multiplier, cap) with no, full, equal or
 //!   decorrelated jitter as defined in Marc Brooker's ["Exponential Backoff And
@@ -17,14 +76,17 @@
 //! - [`config`]: the builders, validated into a [`tower_red::ConfigError`] that names the bad
 //!   setting.
 //! - [`policy`]: [`RetryPolicy`] bundles attempts (3 by default), backoff and budget, and
-//!   decides after each failed attempt: retry after a delay, or stop and why (attempts spent,
-//!   the server said stop, its pushback is over the cap, the deadline cannot be met, the budget
-//!   is spent).
+//!   decides after each failed attempt: retry after a delay, or stop and why.
 //!
-//! A request that does not retry costs the policy no lock and no allocation: the backoff is
-//! `Copy`, the per-request [`BackoffState`] is two words, the budget is one atomic operation
-//! per request, and a random number generator ([`backoff::Seeds`]) is only made for a request
-//! that retries. The layer will read the request's deadline from [`tower_timeout_budget`].
+//! A request that cannot be retried costs the layer nothing beyond polling its inner future
+//! (see [`Retry`] for the cost of one that may be). The layer's metrics: the RED pair
+//! per request (`layer="retry"`), `resilience_retry_attempts_total{reason}`,
+//! `resilience_retry_stops_total{reason}`, `resilience_retry_request_attempts`,
+//! `resilience_retry_budget_balance` and `resilience_retry_body_overflow_total`
+//! ([`tower_red::names`]); a `tracing` debug event per retry (attempt, delay, reason) and per
+//! failure not retried.
+//!
+//! The policy alone:
 //!
 //! ```
 //! use std::time::Duration;

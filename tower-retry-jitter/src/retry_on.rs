@@ -1,7 +1,7 @@
 //! [`RetryOn`]: which HTTP and gRPC responses are worth another attempt.
 //!
 //! The retry layer retries what its classifier calls a [`Verdict::Failure`]. The default
-//! classifier, [`AnyError`](tower_red::classify::AnyError), fails only errors, which is right
+//! classifier, [`AnyError`], fails only errors, which is right
 //! for any response type. For HTTP and gRPC responses use [`RetryOn`]: errors (connection
 //! errors, timeouts), HTTP 502, 503 and 504, and gRPC `UNAVAILABLE`; 408 and 429 when asked,
 //! and any other status or gRPC code you add. Every other response is a success *for the
@@ -23,7 +23,8 @@
 //! assert!(on.classify(&res(503)).is_failure());
 //! assert!(on.classify(&res(429)).is_failure());
 //! assert_eq!(on.classify(&res(500)), Verdict::Success);
-//! assert_eq!(on.classify(&Err(())), Verdict::Failure(FailureClass::Error));
+//! let reset: Result<http::Response<()>, ()> = Err(());
+//! assert_eq!(on.classify(&reset), Verdict::Failure(FailureClass::Error));
 //! ```
 
 use std::time::SystemTime;
@@ -35,7 +36,7 @@ use tower_red::classify::{
 };
 use tower_red::parts::ResponseParts;
 
-use crate::pushback::{self, Pushback};
+use crate::pushback::Pushback;
 
 /// Classifies the HTTP and gRPC responses that are retried; see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +150,8 @@ impl<R: ResponseParts, E> Classify<R, E> for RetryOn {
 /// `grpc-retry-pushback-ms`): the second half of a retry layer's classifier.
 ///
 /// Implemented by the classifiers that see HTTP responses ([`RetryOn`], [`HttpStatus`],
-/// [`GrpcStatus`]: they read the response headers with [`pushback::from_headers`]) and by
+/// [`GrpcStatus`]: they read the response headers with [`from_headers`](crate::pushback::from_headers), and an
+/// `x-retry-pushback: stop` from a shedding server stops) and by
 /// those that do not ([`AnyError`], [`ClassifyFn`]: [`Pushback::Absent`]). Implement it next
 /// to [`Classify`] for a classifier of your own.
 pub trait ReadPushback<Res> {
@@ -157,8 +159,10 @@ pub trait ReadPushback<Res> {
     fn pushback(&self, res: &Res) -> Pushback;
 }
 
+/// The pushback of a response's headers ([`crate::attempt::pushback`]): the don't-retry
+/// signal stops, else `grpc-retry-pushback-ms`, then `Retry-After`.
 fn headers_pushback<R: ResponseParts>(res: &R) -> Pushback {
-    pushback::from_headers(res.headers(), SystemTime::now())
+    crate::attempt::pushback(res.headers(), SystemTime::now())
 }
 
 impl<R: ResponseParts> ReadPushback<R> for RetryOn {

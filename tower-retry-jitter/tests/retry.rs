@@ -211,6 +211,23 @@ async fn grpc_pushback_replaces_the_backoff_and_a_negative_one_stops() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_dont_retry_signal_stops_the_retries() {
+    let (svc, calls) = backend(vec![
+        with_header(503, "x-retry-pushback", "stop"),
+        status(200),
+    ]);
+    let get = http::Request::get("/").body(()).expect("valid");
+    let res = http_layer()
+        .build()
+        .expect("valid")
+        .layer(svc)
+        .oneshot(get)
+        .await;
+    assert_eq!(res.expect("a response").status(), 503);
+    assert_eq!(calls.load(SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_pushback_over_the_cap_returns_the_response_as_it_was() {
     let (svc, calls) = backend(vec![with_header(503, "retry-after", "60"), status(200)]);
     let layer = constant(3)
