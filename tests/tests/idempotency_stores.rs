@@ -564,53 +564,58 @@ async fn every_redis_store_operation_is_one_round_trip() {
     let keys: Vec<StoreKey> = (0..N).map(|i| key(test, i)).collect();
     let mut fences = Vec::new();
     let mut report = Vec::new();
-    let mut measure = |op: &'static str, (trips, evalsha): (u64, u64)| {
-        assert_eq!(trips, N, "{op}: {trips} round trips for {N} operations");
-        assert_eq!(evalsha, N, "{op}: {evalsha} EVALSHA for {N} operations");
-        report.push(format!("{op}: {trips} round trips / {N} calls"));
+    let half = N as usize / 2;
+    let mut measure = |op: &'static str, calls: u64, (trips, evalsha): (u64, u64)| {
+        assert_eq!(trips, calls, "{op}: {trips} round trips for {calls} calls");
+        assert_eq!(evalsha, calls, "{op}: {evalsha} EVALSHA for {calls} calls");
+        report.push(format!("{op}: {trips} round trips / {calls} calls"));
     };
 
     reset_stats(&mut admin).await;
     for k in &keys {
         fences.push(acquire(&store, k, &fp("a"), LEASE).await);
     }
-    measure("claim (acquired)", round_trips(&mut admin).await);
+    measure("claim (acquired)", N, round_trips(&mut admin).await);
 
     reset_stats(&mut admin).await;
     for k in &keys {
         let out = store.claim(k, &fp("a"), LEASE).await.unwrap();
         assert!(matches!(out, Claim::InFlight { .. }));
     }
-    measure("claim (in flight)", round_trips(&mut admin).await);
+    measure("claim (in flight)", N, round_trips(&mut admin).await);
 
     reset_stats(&mut admin).await;
     for (k, f) in keys.iter().zip(&fences) {
         assert!(store.renew(k, *f, LEASE).await.unwrap());
     }
-    measure("renew", round_trips(&mut admin).await);
+    measure("renew", N, round_trips(&mut admin).await);
 
     reset_stats(&mut admin).await;
-    for (k, f) in keys.iter().zip(&fences).take(N as usize / 2) {
+    for (k, f) in keys.iter().zip(&fences).take(half) {
         assert!(store.complete(k, *f, &record("r"), TTL).await.unwrap());
     }
-    for (k, f) in keys.iter().zip(&fences).skip(N as usize / 2) {
-        assert!(store.release(k, *f).await.unwrap());
-    }
-    measure(
-        "complete (half) + release (half)",
-        round_trips(&mut admin).await,
-    );
+    measure("complete", N / 2, round_trips(&mut admin).await);
 
     reset_stats(&mut admin).await;
-    for k in keys.iter().take(N as usize / 2) {
+    for (k, f) in keys.iter().zip(&fences).skip(half) {
+        assert!(store.release(k, *f).await.unwrap());
+    }
+    measure("release", N / 2, round_trips(&mut admin).await);
+
+    reset_stats(&mut admin).await;
+    for k in keys.iter().take(half) {
         let out = store.claim(k, &fp("a"), LEASE).await.unwrap();
         assert!(matches!(out, Claim::Completed { .. }));
     }
-    for (k, f) in keys.iter().zip(&fences).skip(N as usize / 2) {
+    measure("claim (replay)", N / 2, round_trips(&mut admin).await);
+
+    reset_stats(&mut admin).await;
+    for (k, f) in keys.iter().zip(&fences).skip(half) {
         assert!(!store.complete(k, *f, &record("late"), TTL).await.unwrap());
     }
     measure(
-        "claim (replay, half) + fenced-out complete (half)",
+        "complete (fenced out)",
+        N / 2,
         round_trips(&mut admin).await,
     );
 
