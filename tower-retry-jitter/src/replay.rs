@@ -10,7 +10,10 @@
 //!   tonic request): the body is read into memory up to a cap (64 KiB by default) with
 //!   [`tower_red::body::collect`] and every attempt gets the same bytes as a [`RetryBody`].
 //!   A body over the cap is sent once, as it was (the bytes read so far, then the rest of the
-//!   stream), and not retried. The inner service sees `http::Request<RetryBody<B>>`.
+//!   stream), and not retried. The inner service sees `http::Request<RetryBody<B>>`; a tonic
+//!   `Channel` takes `http::Request<tonic::body::Body>`, so put
+//!   `map_request(|r: http::Request<RetryBody<_>>| r.map(tonic::body::Body::new))` between
+//!   them.
 //!
 //! Implement [`ReplayRequest`] for any other way of copying a request.
 

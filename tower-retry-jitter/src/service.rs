@@ -12,6 +12,7 @@ use tower_red::clock::{self, Scope};
 use tower_service::Service;
 use tower_timeout_budget::DeadlineCarrier;
 
+use crate::budget::BudgetKind;
 use crate::future::{Backup, BufferedFuture, ResponseFuture, Retrying, Start};
 use crate::metrics::{Metrics, StopReason};
 use crate::policy::{RetryPolicy, Stop};
@@ -50,11 +51,17 @@ impl fmt::Debug for Shared {
 /// For a request that cannot be retried (not safe, not copyable, or one attempt allowed) the
 /// future polls the inner future and nothing else: no clone, no clock read, no allocation, no
 /// timer. A request that may be retried is copied once before its first attempt (the original
-/// is gone once sent), the inner service is cloned into the future, its deadline is read, and
-/// the clock is read once (shared with the other layers of the stack through
-/// [`tower_red::clock`]) to deposit into a ratio budget and time the attempt. A random number
-/// generator and a timer are made only when a retry is decided. With a metrics recorder
-/// installed, every call reads the clock for its duration (shared the same way).
+/// is gone once sent), the inner service and the layer's shared state (an `Arc`) are cloned
+/// into the future, and its deadline is read. The clock is read once, and only when a ratio
+/// budget needs the request's deposit or a deadline needs the attempt's latency; the read is
+/// shared with the other layers of the stack through [`tower_red::clock`], so inside a stack
+/// that already reads it (a RED or timeout layer) it costs a thread-local access. A random
+/// number generator and a timer are made only when a retry is decided; nothing is allocated
+/// until then. With a metrics recorder installed, every call reads the clock for its duration
+/// (shared the same way).
+///
+/// A token budget (gRPC throttling, quota) hears of the successes and failures of requests
+/// that may be retried; requests that never could do not touch it.
 pub struct Retry<S, C = AnyError, P = Idempotent, R = CloneRequest> {
     inner: S,
     shared: Arc<Shared>,
@@ -133,17 +140,28 @@ impl<S, C, P, R> Retry<S, C, P, R> {
         }
     }
 
-    /// The start of a request: the clock read (once) when anything needs it.
+    /// The start of a request: the clock read (once) when anything needs it: a RED duration,
+    /// a deposit into a ratio budget, or the latency of an attempt judged against a deadline.
     #[inline]
     fn start(&self, retrying: bool, deadline: Option<tower_timeout_budget::Deadline>) -> Start {
         let recording = self.shared.metrics.red.is_recording();
-        let now = (recording || retrying).then(clock::now);
-        if retrying && let (Some(now), Some(budget)) = (now, self.shared.policy.budget()) {
+        let ratio = self
+            .shared
+            .policy
+            .budget()
+            .filter(|b| b.kind() == BudgetKind::Ratio);
+        let timed = retrying && (ratio.is_some() || deadline.is_some());
+        let now = (recording || timed).then(clock::now);
+        if retrying && let (Some(now), Some(budget)) = (now, ratio) {
             budget.record_request(now);
         }
         Start {
             red: if recording { now } else { None },
-            attempt: now,
+            attempt: if retrying && deadline.is_some() {
+                now
+            } else {
+                None
+            },
             deadline,
         }
     }

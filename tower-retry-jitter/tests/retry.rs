@@ -455,3 +455,65 @@ async fn dropping_the_future_mid_backoff_leaves_nothing_behind() {
         "the inner service and its clones are gone"
     );
 }
+
+fn assert_send_static<T: Send + Sync + 'static>(_: &T) {}
+fn assert_future_send<F: std::future::Future + Send + 'static>(_: &F) {}
+
+#[tokio::test]
+async fn services_and_futures_are_send_and_static() {
+    let (svc, _) = backend(vec![status(200)]);
+    let mut retry = http_layer().build().expect("valid").layer(svc);
+    assert_send_static(&retry);
+    retry.ready().await.expect("ready");
+    let fut = retry.call(http::Request::get("/").body(()).expect("valid"));
+    assert_future_send(&fut);
+    assert_eq!(fut.await.expect("ok").status(), 200);
+
+    let buffered = http_layer()
+        .buffer_body(1024)
+        .build()
+        .expect("valid")
+        .layer(service_fn(
+            |_: http::Request<RetryBody<Full<Bytes>>>| async { HttpResult::Ok(status(200)) },
+        ));
+    assert_send_static(&buffered);
+    let fut = buffered.oneshot(
+        http::Request::get("/")
+            .body(Full::new(Bytes::new()))
+            .expect("valid"),
+    );
+    assert_future_send(&fut);
+    assert_eq!(fut.await.expect("ok").status(), 200);
+}
+
+#[cfg(feature = "reqwest")]
+#[tokio::test(start_paused = true)]
+async fn a_reqwest_request_is_retried_through_try_clone() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = constant(3)
+        .retry_on(RetryOn::new())
+        .reqwest()
+        .build()
+        .expect("valid")
+        .layer(service_fn(move |req: reqwest::Request| {
+            let n = c.fetch_add(1, SeqCst);
+            async move {
+                assert_eq!(req.body().and_then(|b| b.as_bytes()), Some(&b"{}"[..]));
+                let code = if n == 0 { 503 } else { 200 };
+                let res = http::Response::builder()
+                    .status(code)
+                    .body("")
+                    .expect("valid");
+                Ok::<_, BoxError>(reqwest::Response::from(res))
+            }
+        }));
+    let mut req = reqwest::Request::new(
+        http::Method::PUT,
+        "http://127.0.0.1:1/doc".parse().expect("a url"),
+    );
+    *req.body_mut() = Some(reqwest::Body::from("{}"));
+    let res = svc.oneshot(req).await.expect("the retry");
+    assert_eq!(res.status(), 200);
+    assert_eq!(calls.load(SeqCst), 2);
+}
