@@ -112,6 +112,8 @@ pub async fn redis_cluster_urls(test: &str) -> Option<Vec<String>> {
 pub struct PrivateRedis {
     port: u16,
     dir: std::path::PathBuf,
+    /// Extra `redis-server` arguments (cluster mode).
+    args: Vec<String>,
     child: Option<std::process::Child>,
 }
 
@@ -119,19 +121,39 @@ impl PrivateRedis {
     /// Starts one, or returns `None` (after saying so) when `redis-server` is not installed and
     /// Redis is not required. Panics when it is required but cannot start.
     pub async fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, false).await
+    }
+
+    /// Starts one as above, in cluster mode (its own `nodes.conf`, cluster bus on a second free
+    /// port) when `cluster` is true.
+    async fn start_with(test: &str, cluster: bool) -> Option<Self> {
         let mut last_failure = String::new();
         // A port found free may be taken before the server binds it: then try another.
         for _ in 0..5 {
-            let port = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr())
-            {
-                Ok(addr) => addr.port(),
-                Err(err) => panic!("no free loopback port: {err}"),
-            };
+            let port = free_port();
             let dir = std::env::temp_dir()
                 .join(format!("tower-tests-redis-{}-{port}", std::process::id()));
+            let mut args = Vec::new();
+            if cluster {
+                let bus = free_port();
+                args.extend(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "1000",
+                        "--cluster-port",
+                    ]
+                    .map(str::to_owned),
+                );
+                args.push(bus.to_string());
+            }
             let mut redis = Self {
                 port,
                 dir,
+                args,
                 child: None,
             };
             if let Err(err) = redis.spawn() {
@@ -156,6 +178,7 @@ impl PrivateRedis {
             .arg("--dir")
             .arg(&self.dir)
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(&self.args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -266,6 +289,102 @@ impl Drop for PrivateRedis {
         // SIGKILL works on a frozen process too.
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> u16 {
+    match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(addr) => addr.port(),
+        Err(err) => panic!("no free loopback port: {err}"),
+    }
+}
+
+/// A three-master Redis Cluster of the test's own ([`PrivateRedis`] nodes in cluster mode), so a
+/// test may kill and restart a master. A restarted node keeps its `nodes.conf` and rejoins with
+/// its slots (empty: nothing is persisted).
+#[derive(Debug)]
+pub struct PrivateRedisCluster {
+    nodes: Vec<PrivateRedis>,
+}
+
+impl PrivateRedisCluster {
+    /// Starts three nodes, joins them with `redis-cli --cluster create` and waits for
+    /// `cluster_state:ok`; `None` (after saying so) when `redis-server` or `redis-cli` is not
+    /// installed and Redis is not required.
+    pub async fn start(test: &str) -> Option<Self> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(PrivateRedis::start_with(test, true).await?);
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let create = tokio::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(std::process::Stdio::null())
+            .output();
+        let output = match tokio::time::timeout(std::time::Duration::from_secs(20), create).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(err)) => {
+                redis_missing(test, &format!("redis-cli could not run ({err})"));
+                return None;
+            }
+            Err(_) => panic!("redis-cli --cluster create did not finish in 20 s"),
+        };
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_until_ok().await;
+        Some(cluster)
+    }
+
+    /// The nodes' URLs, in start order.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(PrivateRedis::url).collect()
+    }
+
+    /// Node `i` (0 to 2), to stop, freeze or restart.
+    pub fn node(&mut self, i: usize) -> &mut PrivateRedis {
+        &mut self.nodes[i]
+    }
+
+    /// Waits (at most fifteen seconds) until every node reports `cluster_state:ok`; panics
+    /// otherwise.
+    pub async fn wait_until_ok(&self) {
+        let started = std::time::Instant::now();
+        loop {
+            let mut ok = true;
+            for node in &self.nodes {
+                let state = async {
+                    let client = redis::Client::open(node.url())?;
+                    let mut conn = client.get_multiplexed_async_connection().await?;
+                    redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async::<String>(&mut conn)
+                        .await
+                };
+                ok &= matches!(
+                    tokio::time::timeout(std::time::Duration::from_millis(500), state).await,
+                    Ok(Ok(info)) if info.lines().any(|l| l.trim() == "cluster_state:ok")
+                );
+            }
+            if ok {
+                return;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(15),
+                "the private cluster is not ok after 15 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 

@@ -833,3 +833,126 @@ async fn a_foreign_or_corrupt_redis_entry_is_an_error_never_a_panic() {
             .unwrap()
     );
 }
+
+/// Which of `nodes` holds `entry` (asked directly; a node that does not own the slot answers
+/// `MOVED`, read as "not here").
+async fn owner(urls: &[String], entry: &str) -> Option<usize> {
+    for (i, url) in urls.iter().enumerate() {
+        let client = redis::Client::open(url.as_str()).expect("a valid URL");
+        let Ok(Ok(mut conn)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        else {
+            continue;
+        };
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(entry)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(0);
+        if exists == 1 {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_killed_mid_run_fails_calls_in_bounded_time_and_the_store_recovers() {
+    let test = "a_cluster_master_killed_mid_run_fails_calls_in_bounded_time_and_the_store_recovers";
+    let Some(mut cluster) = tests::PrivateRedisCluster::start(test).await else {
+        return;
+    };
+    let urls = cluster.urls();
+    let op_timeout = Duration::from_millis(500);
+    let connection = RedisConnection::connect_cluster(&urls)
+        .await
+        .expect("connect");
+    let store = RedisStore::builder()
+        .timeout(op_timeout)
+        .build(connection)
+        .expect("a valid store config");
+
+    // Claim keys until some live on node 0 (the victim) and some elsewhere.
+    let (mut victims, mut survivors) = (Vec::new(), Vec::new());
+    for i in 0..200 {
+        let k = key(test, i);
+        let fence = acquire(&store, &k, &fp("a"), LEASE).await;
+        match owner(&urls, &store.entry_key(&k)).await {
+            Some(0) => victims.push((k, fence)),
+            Some(_) => survivors.push((k, fence)),
+            None => panic!("key {i} is on no node"),
+        }
+        if victims.len() >= 3 && survivors.len() >= 3 {
+            break;
+        }
+    }
+    assert!(
+        victims.len() >= 3 && survivors.len() >= 3,
+        "keys did not spread"
+    );
+
+    cluster.node(0).stop();
+    let per_call = op_timeout + Duration::from_millis(250);
+    for (k, fence) in &victims {
+        let started = Instant::now();
+        let out = bounded("claim on a dead master", store.claim(k, &fp("a"), LEASE)).await;
+        let err = out.expect_err("a key on a dead master cannot be claimed");
+        assert!(
+            matches!(
+                err.kind(),
+                StoreErrorKind::Unavailable | StoreErrorKind::Timeout
+            ),
+            "{err}"
+        );
+        let renewed = bounded("renew on a dead master", store.renew(k, *fence, LEASE)).await;
+        assert!(renewed.is_err(), "renew on a dead master: {renewed:?}");
+        assert!(
+            started.elapsed() < 2 * per_call,
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    // Keys on the live masters answer or fail (once the cluster marks itself down), but in time.
+    for (k, _) in &survivors {
+        let started = Instant::now();
+        let _ = bounded("claim on a live master", store.claim(k, &fp("a"), LEASE)).await;
+        assert!(started.elapsed() < per_call, "took {:?}", started.elapsed());
+    }
+
+    cluster.node(0).restart().await;
+    cluster.wait_until_ok().await;
+    // The victim lost its data (nothing persisted): its keys are free again, with greater fences.
+    let started = Instant::now();
+    let (k, old) = victims[0];
+    let fresh = loop {
+        match bounded("claim", store.claim(&k, &fp("a"), LEASE)).await {
+            Ok(Claim::Acquired(fence)) => break fence,
+            Ok(other) => panic!("the restarted master kept an entry: {other:?}"),
+            Err(err) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "the store did not recover within 15 s: {err}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    note(&format!(
+        "cluster store answered again {:?} after the restart",
+        started.elapsed()
+    ));
+    assert!(
+        fresh > old,
+        "fence {fresh:?} after the crash must exceed {old:?}"
+    );
+    // The live masters kept theirs.
+    for (k, _) in &survivors {
+        assert!(matches!(
+            bounded("claim", store.claim(k, &fp("a"), LEASE)).await,
+            Ok(Claim::InFlight { .. })
+        ));
+    }
+}
