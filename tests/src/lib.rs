@@ -302,7 +302,7 @@ fn free_port() -> u16 {
 
 /// A three-master Redis Cluster of the test's own ([`PrivateRedis`] nodes in cluster mode), so a
 /// test may kill and restart a master. A restarted node keeps its `nodes.conf` and rejoins with
-/// its slots (empty: nothing is persisted).
+/// its slots (empty: nothing is persisted). Needs `redis-server` 7.0 or later (`--cluster-port`).
 #[derive(Debug)]
 pub struct PrivateRedisCluster {
     nodes: Vec<PrivateRedis>,

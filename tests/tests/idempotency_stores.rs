@@ -1,6 +1,7 @@
 //! One behaviour suite for every idempotency store, run against the memory store, a standalone
 //! `redis-server` and a three-master Redis Cluster; then what only Redis can show: keys spread
-//! over the cluster, one round trip per operation, and an outage in the middle of a run.
+//! over the cluster, one round trip per operation, foreign entries, and outages in the middle of
+//! a run (a private server killed, restarted, frozen; a private cluster's master killed).
 //!
 //! The Redis backends skip, saying so, when Redis is not there; with `TOWER_REDIS_REQUIRED=1`
 //! (set by `.ci/run`) they fail instead. Leases and TTLs run on the store's own clock (Redis's
