@@ -28,36 +28,48 @@ use crate::service::Shared;
 
 /// How the retry loop gets each retry's request.
 pub trait Copies<Req> {
-    /// The request of the next attempt; `last` when no attempt can follow it (the original
-    /// may then be moved instead of copied). `None` when no copy can be made.
-    fn next(&mut self, last: bool) -> Option<Req>;
+    /// The request of attempt `attempt` (2 or more); `last` when no attempt can follow it
+    /// (the original may then be moved instead of copied). `None` when no copy can be made.
+    fn next(&mut self, attempt: u32, last: bool) -> Option<Req>;
 }
 
-/// The copy of a request made before its first attempt, and the [`ReplayRequest`] that
-/// copies it again for each retry but the last.
-#[derive(Debug)]
+/// The copy of a request made before its first attempt, the [`ReplayRequest`] that copies it
+/// again for each retry but the last, and how each attempt is marked
+/// ([`RetrySafety::mark_attempt`](crate::RetrySafety::mark_attempt)).
 pub struct Backup<Req, R> {
     req: Option<Req>,
     replay: R,
+    mark: fn(&mut Req, u32),
+}
+
+impl<Req, R: fmt::Debug> fmt::Debug for Backup<Req, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backup")
+            .field("replay", &self.replay)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<Req, R> Backup<Req, R> {
-    pub(crate) fn new(req: Req, replay: R) -> Self {
+    pub(crate) fn new(req: Req, replay: R, mark: fn(&mut Req, u32)) -> Self {
         Backup {
             req: Some(req),
             replay,
+            mark,
         }
     }
 }
 
 impl<Req, R: ReplayRequest<Req>> Copies<Req> for Backup<Req, R> {
     #[inline]
-    fn next(&mut self, last: bool) -> Option<Req> {
-        if last {
+    fn next(&mut self, attempt: u32, last: bool) -> Option<Req> {
+        let mut req = if last {
             self.req.take()
         } else {
             self.replay.replay(self.req.as_ref()?)
-        }
+        }?;
+        (self.mark)(&mut req, attempt);
+        Some(req)
     }
 }
 
@@ -69,15 +81,22 @@ pub struct Buffered {
 }
 
 impl Buffered {
-    fn request<B>(&self) -> http::Request<RetryBody<B>> {
-        http::Request::from_parts(self.parts.clone(), RetryBody::replay(self.body.body()))
+    /// Attempt `attempt` of the request, marked with its attempt headers
+    /// ([`write_attempt`](crate::attempt::write_attempt)).
+    fn request<B>(&self, attempt: u32) -> http::Request<RetryBody<B>> {
+        let mut parts = self.parts.clone();
+        if attempt > 1 {
+            // The first attempt's headers were cleaned when the request arrived.
+            crate::attempt::write_attempt(&mut parts.headers, attempt);
+        }
+        http::Request::from_parts(parts, RetryBody::replay(self.body.body()))
     }
 }
 
 impl<B> Copies<http::Request<RetryBody<B>>> for Buffered {
     #[inline]
-    fn next(&mut self, _last: bool) -> Option<http::Request<RetryBody<B>>> {
-        Some(self.request())
+    fn next(&mut self, attempt: u32, _last: bool) -> Option<http::Request<RetryBody<B>>> {
+        Some(self.request(attempt))
     }
 }
 
@@ -331,8 +350,9 @@ where
                 let budget = shared.policy.budget();
                 let stop = match decision {
                     Decision::Retry(delay) => {
-                        let last = retry.state.attempts() >= shared.policy.max_attempts();
-                        match retry.copies.next(last) {
+                        let attempt = retry.state.attempts();
+                        let last = attempt >= shared.policy.max_attempts();
+                        match retry.copies.next(attempt, last) {
                             Some(req) => {
                                 retry.next = Some(req);
                                 shared.metrics.retried(reason);
@@ -358,6 +378,10 @@ where
                         }
                     }
                     Decision::Stop(stop) => {
+                        if stop == Stop::Pushback {
+                            // Told not to retry: a server serving this task hears of it.
+                            crate::attempt::note_dont_retry();
+                        }
                         if stop == Stop::Budget {
                             outcome = Outcome::BudgetExhausted;
                             if let Some(budget) = budget {
@@ -588,7 +612,7 @@ where
                         }
                         Ok(Collected::Complete(body)) => {
                             let buffered = Buffered { parts, body };
-                            let fut = svc.call(buffered.request());
+                            let fut = svc.call(buffered.request(1));
                             let retry = Retrying::new(svc, buffered);
                             ResponseFuture::new(
                                 fut,

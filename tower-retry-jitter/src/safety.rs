@@ -29,10 +29,23 @@ use http::{HeaderMap, Method};
 /// The `Idempotency-Key` request header (IETF httpapi draft).
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-/// Decides whether a request may be sent more than once.
+/// Decides whether a request may be sent more than once, and marks each attempt.
 pub trait RetrySafety<Req> {
     /// Whether `req` may be retried. Called once per request, before its first attempt.
     fn is_safe(&self, req: &Req) -> bool;
+
+    /// Marks `req` as attempt `attempt` (1-based) of its request, before it is sent. The
+    /// default does nothing; [`Idempotent`] writes the attempt headers of HTTP and reqwest
+    /// requests ([`attempt::write_attempt`](crate::attempt::write_attempt)): none on the first
+    /// attempt (and any inherited from an upstream hop removed), `x-retry-attempt` and, for
+    /// gRPC, `grpc-previous-rpc-attempts` on retries.
+    #[inline]
+    fn mark_attempt(req: &mut Req, attempt: u32)
+    where
+        Self: Sized,
+    {
+        let _ = (req, attempt);
+    }
 }
 
 /// Idempotent HTTP methods, or a request carrying an `Idempotency-Key`; the default. See the
@@ -63,6 +76,11 @@ impl<B> RetrySafety<http::Request<B>> for Idempotent {
     fn is_safe(&self, req: &http::Request<B>) -> bool {
         Idempotent::allows(req.method(), req.headers())
     }
+
+    #[inline]
+    fn mark_attempt(req: &mut http::Request<B>, attempt: u32) {
+        crate::attempt::write_attempt(req.headers_mut(), attempt);
+    }
 }
 
 #[cfg(feature = "reqwest")]
@@ -70,6 +88,11 @@ impl RetrySafety<reqwest::Request> for Idempotent {
     #[inline]
     fn is_safe(&self, req: &reqwest::Request) -> bool {
         Idempotent::allows(req.method(), req.headers())
+    }
+
+    #[inline]
+    fn mark_attempt(req: &mut reqwest::Request, attempt: u32) {
+        crate::attempt::write_attempt(req.headers_mut(), attempt);
     }
 }
 

@@ -186,8 +186,9 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, mut req: Req) -> Self::Future {
         let _scope = Scope::enter();
+        <P as RetrySafety<Req>>::mark_attempt(&mut req, 1);
         let mut refused = self.refuse(&req);
         let copy = match refused {
             None => {
@@ -206,8 +207,13 @@ where
         };
         let start = self.start(copy.is_some(), deadline);
         let fut = self.inner.call(req);
-        let retry = copy
-            .map(|copy| Retrying::new(self.inner.clone(), Backup::new(copy, self.replay.clone())));
+        let retry = copy.map(|copy| {
+            let mark: fn(&mut Req, u32) = <P as RetrySafety<Req>>::mark_attempt;
+            Retrying::new(
+                self.inner.clone(),
+                Backup::new(copy, self.replay.clone(), mark),
+            )
+        });
         let shared =
             (retry.is_some() || start.red.is_some() || self.shared.attempt_timeout.is_some())
                 .then(|| self.shared.clone());
@@ -233,8 +239,9 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let _scope = Scope::enter();
+        crate::attempt::write_attempt(req.headers_mut(), 1);
         let refused = self.refuse(&req);
         let deadline = if refused.is_none() || self.shared.attempt_timeout.is_some() {
             req.deadline()

@@ -140,6 +140,31 @@ async fn a_post_without_a_key_is_not_retried_and_with_one_it_is() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn each_retry_carries_its_attempt_number() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let inner = service_fn(move |req: http::Request<()>| {
+        let mut seen = s.lock().expect("not poisoned");
+        seen.push(tower_retry_jitter::attempt::read_attempt(req.headers()));
+        let code = if seen.len() < 3 { 503 } else { 200 };
+        async move { HttpResult::Ok(status(code)) }
+    });
+    // An attempt header inherited from an upstream hop is not passed on.
+    let get = http::Request::get("/")
+        .header("x-retry-attempt", "7")
+        .body(())
+        .expect("valid");
+    let res = http_layer()
+        .build()
+        .expect("valid")
+        .layer(inner)
+        .oneshot(get)
+        .await;
+    assert_eq!(res.expect("a response").status(), 200);
+    assert_eq!(*seen.lock().expect("not poisoned"), [1, 2, 3]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_500_is_not_retried_by_default() {
     let (svc, calls) = backend(vec![status(500), status(200)]);
     let get = http::Request::get("/").body(()).expect("valid");
@@ -373,7 +398,13 @@ async fn a_buffered_body_is_replayed_byte_for_byte_and_one_over_the_cap_is_sent_
     let inner = service_fn(move |req: http::Request<RetryBody<Full<Bytes>>>| {
         let seen = seen.clone();
         async move {
+            let attempt = tower_retry_jitter::attempt::read_attempt(req.headers());
             let body = req.into_body().collect().await?.to_bytes();
+            // Each replay is marked with its attempt number.
+            assert_eq!(
+                attempt,
+                seen.lock().expect("not poisoned").len() as u32 % 3 + 1
+            );
             let mut seen = seen.lock().expect("not poisoned");
             seen.push(body);
             let code = if seen.len() < 3 { 503 } else { 200 };
