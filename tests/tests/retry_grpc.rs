@@ -10,6 +10,7 @@ use std::time::Duration;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tower::{Layer, Service, ServiceBuilder};
+use tower_retry_jitter::attempt::DontRetryLayer;
 use tower_retry_jitter::{RetryBody, RetryLayer, RetryOn};
 
 /// Every test ends within this, whatever the server does.
@@ -76,21 +77,24 @@ impl<S> Layer<S> for FailFirstLayer {
     }
 }
 
-async fn health_server(fail: usize) -> (SocketAddr, Seen) {
+/// A real health server whose first `fail` calls are answered `UNAVAILABLE`; with `signal`,
+/// behind `DontRetryLayer`.
+async fn health_server(fail: usize, signal: bool) -> (SocketAddr, Seen) {
     let (_reporter, health) = tonic_health::server::health_reporter();
     let seen = Seen::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(FailFirstLayer {
-                fail,
-                seen: seen.clone(),
-            })
-            .add_service(health)
-            .serve_with_incoming(incoming),
-    );
+    let fail_first = FailFirstLayer {
+        fail,
+        seen: seen.clone(),
+    };
+    let server = tonic::transport::Server::builder()
+        .layer(tower::util::option_layer(signal.then(DontRetryLayer::new)))
+        .layer(fail_first)
+        .add_service(health)
+        .serve_with_incoming(incoming);
+    tokio::spawn(server);
     (addr, seen)
 }
 
@@ -143,19 +147,23 @@ fn check() -> tonic::Request<HealthCheckRequest> {
 
 #[tokio::test]
 async fn a_channel_in_the_retry_layer_retries_unavailable_and_gets_the_answer() {
-    let (addr, seen) = health_server(1).await;
+    let (addr, seen) = health_server(1, false).await;
     let mut client = health_client(addr, 3).await;
     let res = tokio::time::timeout(BOUND, client.check(check()))
         .await
         .expect("bounded")
         .expect("the retry answered");
     assert_eq!(res.into_inner().status, 1, "SERVING");
-    assert_eq!(seen.lock().unwrap().len(), 2, "one UNAVAILABLE, one retry");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [None, Some("1".to_owned())],
+        "one UNAVAILABLE, then a retry that says one attempt came before (A6)"
+    );
 }
 
 #[tokio::test]
 async fn unavailable_to_the_last_attempt_reaches_the_caller_as_it_was() {
-    let (addr, seen) = health_server(usize::MAX).await;
+    let (addr, seen) = health_server(usize::MAX, false).await;
     let mut client = health_client(addr, 3).await;
     let status = tokio::time::timeout(BOUND, client.check(check()))
         .await
@@ -164,11 +172,36 @@ async fn unavailable_to_the_last_attempt_reaches_the_caller_as_it_was() {
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(status.message(), "warming up");
     assert_eq!(seen.lock().unwrap().len(), 3, "max_attempts, no more");
+    assert_eq!(seen.lock().unwrap()[2].as_deref(), Some("2"));
 
     // With one attempt allowed, the layer sends it once.
-    let (addr, seen) = health_server(usize::MAX).await;
+    let (addr, seen) = health_server(usize::MAX, false).await;
     let mut client = health_client(addr, 1).await;
     let status = client.check(check()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_shedding_server_tells_a_retry_to_stop_and_the_channel_stops() {
+    let (addr, seen) = health_server(usize::MAX, true).await;
+    let mut client = health_client(addr, 5).await;
+    let status = tokio::time::timeout(BOUND, client.check(check()))
+        .await
+        .expect("bounded")
+        .expect_err("shedding");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        status
+            .metadata()
+            .get("grpc-retry-pushback-ms")
+            .map(|v| v.to_str().unwrap()),
+        Some("-1"),
+        "A6's don't-retry reaches the caller too"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [None, Some("1".to_owned())],
+        "the first attempt and one retry, of five allowed"
+    );
 }

@@ -200,3 +200,11 @@ async fn a_post_is_retried_only_with_an_idempotency_key() {
     assert_eq!(calls.len(), 2, "with a key it is retried");
     assert!(calls.iter().all(|(_, got)| got == &body));
 }
+
+#[tokio::test]
+async fn retries_carry_their_attempt_number() {
+    let (addr, seen) = server(2).await;
+    send(addr, CAP, Method::GET, None, &Bytes::new()).await;
+    let attempts: Vec<Option<String>> = seen.calls().into_iter().map(|(a, _)| a).collect();
+    assert_eq!(attempts, [None, Some("2".to_owned()), Some("3".to_owned())]);
+}
