@@ -151,7 +151,9 @@ pin_project_lite::pin_project! {
     ///
     /// Dropping it at any point (mid-attempt, mid-backoff) drops the attempt in flight, the
     /// timer and the copies; nothing outlives it. A dropped future is counted as
-    /// `cancelled` in the RED series.
+    /// `cancelled` in the RED series (`timeout` when a deadline enforcer outside dropped it,
+    /// see [`tower_red::cancel`]). An attempt cut by the attempt timeout is dropped with the
+    /// deadline mark, so the layers inside count a timeout.
     pub struct ResponseFuture<S, Req, C, K>
     where
         S: Service<Req>,
@@ -178,10 +180,16 @@ pin_project_lite::pin_project! {
                 && let (Some(shared), Some(start)) = (this.shared.as_ref(), this.start.red)
             {
                 let _scope = Scope::enter();
+                // Dropped by a deadline enforcer outside: out of time; else the caller left.
+                let outcome = if tower_red::cancel::expired() {
+                    Outcome::Timeout
+                } else {
+                    Outcome::Cancelled
+                };
                 shared
                     .metrics
                     .red
-                    .record(Outcome::Cancelled, clock::now().saturating_duration_since(start));
+                    .record(outcome, clock::now().saturating_duration_since(start));
             }
         }
     }
@@ -224,6 +232,17 @@ where
             timer: None,
             armed: false,
             done: false,
+        }
+    }
+}
+
+/// Runs its closure when dropped.
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
         }
     }
 }
@@ -283,7 +302,14 @@ where
                         Attempted::TimedOut
                     }
                 };
-                this.attempt.set(None);
+                if matches!(attempted, Attempted::TimedOut) {
+                    // Dropped at its deadline: the layers inside count a timeout, not a caller
+                    // that went away (see `tower_red::cancel`).
+                    let attempt = &mut this.attempt;
+                    tower_red::cancel::drop_expired(OnDrop(Some(|| attempt.set(None))));
+                } else {
+                    this.attempt.set(None);
+                }
                 *this.armed = false;
                 let Some(shared) = this.shared.as_ref() else {
                     // Nothing to judge, count or retry: the passthrough path.

@@ -318,6 +318,41 @@ async fn an_attempt_timeout_cuts_a_slow_attempt_and_retries() {
     assert_eq!(start.elapsed(), Duration::from_millis(60));
 }
 
+/// Records whether it was dropped at a deadline.
+struct Probe(Arc<std::sync::Mutex<Option<bool>>>);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        *self.0.lock().expect("not poisoned") = Some(tower_red::cancel::expired());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_cut_by_its_timeout_is_dropped_as_expired() {
+    let dropped = Arc::new(std::sync::Mutex::new(None));
+    let d = dropped.clone();
+    let svc = constant(1)
+        .always_safe()
+        .attempt_timeout(Duration::from_millis(50))
+        .build()
+        .expect("valid")
+        .layer(service_fn(move |n: u64| {
+            let probe = Probe(d.clone());
+            async move {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                drop(probe);
+                Ok::<u64, BoxError>(n)
+            }
+        }));
+    let err = svc.oneshot(5).await.expect_err("timed out");
+    assert!(
+        Rejection::find_in(&err)
+            .expect("a rejection")
+            .is(RejectionKind::DeadlineExceeded)
+    );
+    assert_eq!(*dropped.lock().expect("not poisoned"), Some(true));
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_attempt_timeout_is_capped_by_the_deadline() {
     let svc = constant(3)
