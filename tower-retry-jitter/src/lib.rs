@@ -25,6 +25,9 @@
 //! - **Replay** ([`replay`]): `Clone` requests are cloned, `reqwest::Request`s
 //!   `try_clone`d (feature `reqwest`), and `http::Request<B>` with any body is replayed from a
 //!   buffer of at most 64 KiB ([`BufferBody`]); over the cap it is sent once.
+//! - **No storms across hops** ([`attempt`]): retries carry their attempt number
+//!   (`x-retry-attempt`, `grpc-previous-rpc-attempts`), and a server's `x-retry-pushback:
+//!   stop` ends the retries and travels up through a serving [`DontRetryLayer`](attempt::DontRetryLayer).
 //!
 //! ```
 //! use std::time::Duration;

@@ -99,6 +99,11 @@ impl<S> Retry<S> {
     pub fn new(inner: S) -> Self {
         tower_layer::Layer::layer(&crate::RetryLayer::new(), inner)
     }
+
+    /// A layer with the default configuration ([`RetryLayer::new`](crate::RetryLayer::new)).
+    pub fn layer() -> crate::RetryLayer {
+        crate::RetryLayer::new()
+    }
 }
 
 impl<S, C, P, R> Retry<S, C, P, R> {
