@@ -400,6 +400,57 @@ async fn a_refusal_below_is_not_retried_unless_asked() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_retried_refusal_waits_its_retry_after() {
+    let svc = constant(3)
+        .always_safe()
+        .retry_refusals(true)
+        .build()
+        .expect("valid")
+        .layer(service_fn(|_: u64| async {
+            let open =
+                Rejection::new(RejectionKind::CircuitOpen).with_retry_after(Duration::from_secs(2));
+            Err::<u64, BoxError>(open.into())
+        }));
+    let start = Instant::now();
+    svc.oneshot(1).await.expect_err("refused three times");
+    assert_eq!(start.elapsed(), Duration::from_secs(4));
+}
+
+#[test]
+fn bad_layer_settings_name_their_field() {
+    let field =
+        |r: Result<RetryLayer, tower_red::ConfigError>| r.expect_err("invalid").field().to_owned();
+    assert_eq!(field(RetryLayer::builder().name("").build()), "name");
+    assert_eq!(
+        field(
+            RetryLayer::builder()
+                .attempt_timeout(Duration::ZERO)
+                .build()
+        ),
+        "attempt_timeout"
+    );
+    assert_eq!(
+        field(RetryLayer::builder().max_attempts(0).build()),
+        "max_attempts"
+    );
+    assert_eq!(
+        field(
+            RetryLayer::builder()
+                .base(Duration::from_secs(2))
+                .cap(Duration::from_secs(1))
+                .build()
+        ),
+        "base"
+    );
+    let layer = RetryLayer::builder()
+        .max_attempts(5)
+        .build()
+        .expect("valid");
+    assert_eq!(layer.policy().max_attempts(), 5);
+    assert_eq!(RetryLayer::new().policy().max_attempts(), 3);
+}
+
 fn tight_budget() -> RetryBudget {
     // One retry in all: no ratio, a floor of one per second over one second.
     RetryBudget::builder()
