@@ -8,6 +8,11 @@
 //! retry layer* (a 500 is a bug, not a transient failure, and sending it again is more load
 //! for nothing); layers below judge it with their own classifier.
 //!
+//! gRPC statuses are read from the response headers, where a trailers-only response (how a
+//! server answers `UNAVAILABLE` before any message, and how tonic's transport reports a
+//! connection failure) carries them; a status that arrives in trailers after a message is
+//! seen by the caller, not by the layer, and is not retried.
+//!
 //! A response one of our layers' refusals became (see
 //! [`rejection_response`](tower_red::problem::rejection_response)) is
 //! [`Verdict::Refused`]: not retried unless the layer is told to retry refusals.

@@ -126,6 +126,7 @@ async fn an_unsafe_failure_and_a_cancelled_call_are_counted() {
         RetryLayer::builder()
             .name("orders")
             .base(Duration::from_secs(1))
+            .jitter(Jitter::None) // the backoff is exactly 1 s
             .no_budget()
             .safe_if(|n: &u64| *n != 0)
             .build()
