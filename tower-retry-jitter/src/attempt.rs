@@ -17,7 +17,7 @@
 //!   ([`write_dont_retry`]): `x-retry-pushback: stop` ([`RETRY_PUSHBACK`]), the HTTP analogue
 //!   of a negative `grpc-retry-pushback-ms`, and on gRPC responses that negative pushback
 //!   itself (`grpc-retry-pushback-ms: -1`). Our clients stop on either ([`read_dont_retry`],
-//!   [`pushback`]). The first attempt is not stopped: one retry, at the layer just above
+//!   [`pushback()`](pushback())). The first attempt is not stopped: one retry, at the layer just above
 //!   the one that sheds, is what the SRE book allows.
 //! - **The signal travels up.** A server whose own outbound call was told "don't retry" has
 //!   an overloaded dependency: retrying it from above only multiplies the load below. The
