@@ -66,7 +66,8 @@ struct Guard<C> {
 }
 
 impl<C> Guard<C> {
-    /// Reports the call's end; the guard is spent after this, and is dropped in place.
+    /// Reports the call's end; the guard is spent after this (its drop does nothing but
+    /// release the machine).
     #[inline(always)]
     fn finish<T, E: 'static>(&mut self, result: &Result<T, E>)
     where
@@ -74,7 +75,7 @@ impl<C> Guard<C> {
     {
         // An inner layer's refusal is judged as one whatever the classifier says.
         let verdict = judge(&self.classifier, result);
-        let adm = self.permit.admission();
+        let adm = self.permit.adm;
         self.permit.adm |= SPENT;
         let machine = &*self.permit.machine;
         let Some(start) = self.start else {
@@ -142,7 +143,7 @@ impl<C> Guard<C> {
         }
         let end = Instant::now();
         if expired {
-            let adm = self.permit.admission();
+            let adm = self.permit.adm;
             self.permit.adm |= SPENT;
             let timeout = Sample {
                 failure: true,
@@ -174,7 +175,9 @@ pin_project! {
         Called {
             #[pin]
             fut: F,
-            guard: Option<Guard<C>>,
+            // Spent once the call's end is reported, and dropped with the future: neither
+            // moved out nor dropped twice.
+            guard: Guard<C>,
         },
         Rejected {
             err: Option<BoxError>,
@@ -188,11 +191,11 @@ impl<F, C> ResponseFuture<F, C> {
         ResponseFuture {
             kind: Kind::Called {
                 fut,
-                guard: Some(Guard {
+                guard: Guard {
                     permit,
                     classifier,
                     start,
-                }),
+                },
             },
         }
     }
@@ -217,15 +220,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Called { fut, guard } => {
-                let timed = guard.as_ref().is_some_and(|g| g.start.is_some());
-                let _scope = timed.then(tower_red::clock::Scope::enter);
+                assert!(guard.permit.armed(), "polled after completion");
+                let _scope = guard.start.is_some().then(tower_red::clock::Scope::enter);
                 let result = ready!(fut.poll(cx));
-                // Finished in place, then dropped: moving the guard out would copy it.
-                guard
-                    .as_mut()
-                    .expect("polled after completion")
-                    .finish(&result);
-                *guard = None;
+                // Finished in place; the spent guard goes with the future.
+                guard.finish(&result);
                 Poll::Ready(result.map_err(Into::into))
             }
             KindProj::Rejected { err } => {

@@ -58,6 +58,7 @@ pub(crate) struct Admission {
 // An admission packed in one word, as a permit carries it: the state word's bits 4..8 are
 // always clear, so the kind goes in bits 4..6 and bit 7 is left to the permit.
 const KIND_SHIFT: u32 = 4;
+const KIND_BITS: u64 = 3 << KIND_SHIFT;
 const PACKED_BITS: u64 = 0xf0;
 
 impl Admission {
@@ -249,20 +250,18 @@ impl Machine {
         (self.word.load(Ordering::Acquire) ^ adm.word) & !RAMP == 0
     }
 
-    /// Whether a call made now would be refused without asking the lock: open with open time
-    /// left, or forced open. Closed, one atomic load.
+    /// Whether the circuit is closed (ramping up or not): one atomic load and one test, the
+    /// closed path of `poll_ready`. A closed circuit refuses nothing without asking the lock
+    /// (see [`refuses_now`](Self::refuses_now)).
     #[inline]
-    pub(crate) fn refuses_now(&self) -> bool {
-        let w = self.word.load(Ordering::Acquire);
-        match w & STATE_MASK {
-            CLOSED | DISABLED | METRICS_ONLY | HALF_OPEN => false,
-            _ => self.refuses_now_slow(w),
-        }
+    pub(crate) fn is_closed(&self) -> bool {
+        self.word.load(Ordering::Acquire) & STATE_MASK == CLOSED
     }
 
-    #[cold]
-    #[inline(never)]
-    fn refuses_now_slow(&self, w: u64) -> bool {
+    /// Whether a call made now would be refused without asking the lock: open with open time
+    /// left, or forced open.
+    pub(crate) fn refuses_now(&self) -> bool {
+        let w = self.word.load(Ordering::Acquire);
         match w & STATE_MASK {
             FORCED_OPEN => true,
             OPEN => self.now() < self.open_until.load(Ordering::Acquire),
@@ -468,12 +467,19 @@ impl Machine {
         }
     }
 
-    /// Records how an admitted call ended: `None` when its classifier ignored it.
+    /// Records how an admitted call ended: `None` when its classifier ignored it. The
+    /// admission comes packed, as a permit carries it ([`Admission::pack`]): a closed one is
+    /// recognised by one test of its bits, before anything is unpacked.
     #[inline]
-    pub(crate) fn complete(&self, adm: Admission, sample: Option<Sample>, now: u64) {
-        match adm.kind {
-            Kind::Closed => self.complete_closed(adm, sample, now),
-            _ => self.complete_other(adm, sample, now),
+    pub(crate) fn complete(&self, packed: u64, sample: Option<Sample>, now: u64) {
+        if packed & KIND_BITS == (Kind::Closed as u64) << KIND_SHIFT {
+            let adm = Admission {
+                word: packed & !PACKED_BITS,
+                kind: Kind::Closed,
+            };
+            self.complete_closed(adm, sample, now);
+        } else {
+            self.complete_other(Admission::unpack(packed), sample, now);
         }
     }
 

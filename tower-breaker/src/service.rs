@@ -31,9 +31,9 @@ pub struct Breaker<S, C = AnyError> {
     classifier: C,
     /// Backpressure mode: the admission `poll_ready` reserved for the next `call`.
     reserved: Option<Permit>,
-    /// `poll_ready` answered for an open circuit without readying `inner`: the next `call`
-    /// must not reach it.
-    unready: bool,
+    /// `BACKPRESSURE` and `UNREADY`, in one byte so that the closed path of `poll_ready`
+    /// tests both at once.
+    flags: u8,
     notified: Option<Pin<Box<OwnedNotified>>>,
     sleep: Option<Pin<Box<Sleep>>>,
 }
@@ -46,7 +46,7 @@ impl<S: Clone, C: Clone> Clone for Breaker<S, C> {
             machine: self.machine.clone(),
             classifier: self.classifier.clone(),
             reserved: None,
-            unready: false,
+            flags: self.flags & BACKPRESSURE,
             notified: None,
             sleep: None,
         }
@@ -77,12 +77,17 @@ impl<S> Breaker<S, AnyError> {
 
 impl<S, C> Breaker<S, C> {
     pub(crate) fn from_parts(inner: S, machine: Arc<Machine>, classifier: C) -> Self {
+        let flags = if machine.config.backpressure {
+            BACKPRESSURE
+        } else {
+            0
+        };
         Breaker {
             inner,
             machine,
             classifier,
             reserved: None,
-            unready: false,
+            flags,
             notified: None,
             sleep: None,
         }
@@ -125,6 +130,41 @@ impl<S, C> Breaker<S, C> {
             }
         };
         self.reject(refusal)
+    }
+
+    /// Every `poll_ready` but the closed path's: backpressure, a circuit not closed, or a
+    /// refusal pending from an earlier `poll_ready` to clear.
+    #[inline(never)]
+    fn poll_ready_slow<Req>(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>
+    where
+        S: Service<Req>,
+        S::Error: Into<BoxError>,
+    {
+        if self.flags & BACKPRESSURE != 0 {
+            if self.poll_admission(cx).is_pending() {
+                return Poll::Pending;
+            }
+        } else if self.machine.refuses_now() {
+            // Refuse at once in `call` rather than wait on an inner service the call will
+            // never reach (a saturated pool or bulkhead below).
+            self.flags |= UNREADY;
+            return Poll::Ready(Ok(()));
+        }
+        self.flags &= !UNREADY;
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    /// Backpressure mode: the admission `poll_ready` reserved, if no transition (a trip, say)
+    /// happened since; else the call is decided again.
+    #[inline]
+    fn redeem(&self, permit: Permit) -> Result<Permit, Refusal> {
+        if self.machine.is_current(permit.admission()) {
+            return Ok(permit);
+        }
+        drop(permit);
+        self.machine
+            .admit()
+            .map(|adm| Permit::new(self.machine.clone(), adm))
     }
 
     /// Backpressure mode: reserve an admission, or register to be woken when one may exist.
@@ -188,31 +228,29 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        if self.machine.config.backpressure {
-            if self.poll_admission(cx).is_pending() {
-                return Poll::Pending;
-            }
-        } else if self.machine.refuses_now() {
-            // Refuse at once in `call` rather than wait on an inner service the call will
-            // never reach (a saturated pool or bulkhead below).
-            self.unready = true;
-            return Poll::Ready(Ok(()));
+        // The closed path: no backpressure, no refusal pending from an earlier `poll_ready`,
+        // and one load of the state word, which says closed (so nothing would be refused).
+        if self.flags == 0 && self.machine.is_closed() {
+            return self.inner.poll_ready(cx).map_err(Into::into);
         }
-        self.unready = false;
-        self.inner.poll_ready(cx).map_err(Into::into)
+        self.poll_ready_slow(cx)
     }
 
     #[inline(always)]
     fn call(&mut self, req: Req) -> Self::Future {
-        if self.unready {
-            self.unready = false;
+        if self.flags & UNREADY != 0 {
+            self.flags &= !UNREADY;
             return ResponseFuture::rejected(self.reject_unready());
         }
+        // Each arm consumes what it took (a stale reservation is dropped in `redeem`), so
+        // nothing is left to drop after the match.
         let permit = match self.reserved.take() {
-            // A reservation made before a transition (a trip, say) is decided again.
-            Some(permit) if self.machine.is_current(permit.admission()) => permit,
-            _ => match self.machine.admit() {
+            None => match self.machine.admit() {
                 Ok(adm) => Permit::new(self.machine.clone(), adm),
+                Err(refusal) => return ResponseFuture::rejected(self.reject(refusal)),
+            },
+            Some(permit) => match self.redeem(permit) {
+                Ok(permit) => permit,
                 Err(refusal) => return ResponseFuture::rejected(self.reject(refusal)),
             },
         };
@@ -244,5 +282,82 @@ pub(crate) fn rejection(machine: &Machine, refusal: Refusal) -> BoxError {
     Box::new(rejection)
 }
 
+/// `Breaker::flags`: backpressure mode (the machine's configuration, fixed for life).
+const BACKPRESSURE: u8 = 1;
+/// `Breaker::flags`: `poll_ready` answered for an open circuit without readying `inner`, so
+/// the next `call` must not reach it.
+const UNREADY: u8 = 2;
+
 /// The shortest `Retry-After` a refusal gives.
 const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::task::Poll;
+
+    use tokio_test::{assert_pending, assert_ready};
+    use tower::{Layer, Service, ServiceExt};
+
+    use crate::BreakerLayer;
+
+    fn layer() -> BreakerLayer {
+        BreakerLayer::builder()
+            .name("service-unit")
+            .metrics(false)
+            .consecutive_failures(1)
+            .build()
+            .expect("valid config")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_after_one_that_skipped_the_inner_service_polls_it_again() {
+        let (mock, mut inner) = tower_test::mock::pair::<u16, u16>();
+        let layer = layer();
+        let handle = layer.handle();
+        let mut svc = layer.layer(mock);
+        inner.allow(0);
+        // Closed: readiness is the inner service's.
+        assert_pending!(tokio_test::task::spawn(svc.ready()).poll());
+        handle.force_open();
+        assert!(matches!(
+            tokio_test::task::spawn(svc.ready()).poll(),
+            Poll::Ready(Ok(_))
+        ));
+        handle.reset();
+        // Closed again, before any call: the next readiness waits on the inner service again,
+        // and once it is ready the call goes through.
+        assert_pending!(tokio_test::task::spawn(svc.ready()).poll());
+        inner.allow(1);
+        assert!(matches!(
+            tokio_test::task::spawn(svc.ready()).poll(),
+            Poll::Ready(Ok(_))
+        ));
+        let call = svc.call(7);
+        let (req, send_response) =
+            assert_ready!(tokio_test::task::spawn(inner.next_request()).poll())
+                .expect("the call reached the inner service");
+        assert_eq!(req, 7);
+        send_response.send_response(200);
+        assert_eq!(call.await.unwrap(), 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_future_polled_after_completion_panics_and_counts_once() {
+        let (mock, mut inner) = tower_test::mock::pair::<u16, u16>();
+        let layer = layer();
+        let handle = layer.handle();
+        let mut svc = layer.layer(mock);
+        inner.allow(1);
+        svc.ready().await.unwrap();
+        let mut call = tokio_test::task::spawn(svc.call(1));
+        let (_, send_response) = inner.next_request().await.expect("a request");
+        send_response.send_response(200);
+        assert_eq!(assert_ready!(call.poll()).unwrap(), 200);
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.poll()));
+        let panic = again.expect_err("a completed future panics when polled again");
+        let message = panic.downcast_ref::<&str>().copied().unwrap_or_default();
+        assert_eq!(message, "polled after completion");
+        drop(call);
+        assert_eq!(handle.counts().calls, 1, "the call was counted once");
+    }
+}
