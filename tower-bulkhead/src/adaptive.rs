@@ -166,6 +166,58 @@ mod tests {
     }
 
     #[test]
+    fn the_rules_hold_exactly_at_their_edges() {
+        let aimd = Aimd::new(2, 10).timeout(Duration::from_secs(5));
+        let fast = Duration::from_millis(1);
+        assert_eq!(
+            aimd.next(6, 3, Duration::from_secs(5), false),
+            7,
+            "a call of exactly the timeout is not slow"
+        );
+        assert_eq!(
+            aimd.next(6, 3, Duration::from_nanos(5_000_000_001), false),
+            5,
+            "a nanosecond over is"
+        );
+        assert_eq!(aimd.next(6, 3, fast, false), 7, "exactly half busy grows");
+        assert_eq!(aimd.next(6, 4, fast, false), 7);
+        assert_eq!(aimd.next(3, 1, fast, false), 3, "under half busy holds");
+        assert_eq!(aimd.next(9, 4, fast, false), 9);
+        assert_eq!(aimd.next(9, 1, fast, false), 9);
+        assert_eq!(
+            aimd.next(9, 1, fast, true),
+            8,
+            "a failure cuts by the ratio"
+        );
+        assert_eq!(aimd.next(9, 9, fast, false), 10, "grows up to max");
+        assert_eq!(aimd.next(10, 10, fast, false), 10, "and not past it");
+        assert_eq!(aimd.next(3, 3, fast, true), 2, "cuts down to min");
+        assert_eq!(
+            Aimd::new(2, 10).backoff_ratio(0.5).next(3, 3, fast, true),
+            2,
+            "and not past it"
+        );
+    }
+
+    #[test]
+    fn settings_at_their_bounds_are_valid() {
+        let ok = |a: Aimd, initial| a.validate("", initial).is_ok();
+        assert!(ok(Aimd::new(1, 1), 1), "min = max = initial");
+        assert!(ok(Aimd::new(2, 5), 2), "initial at min");
+        assert!(ok(Aimd::new(2, 5), 5), "initial at max");
+        assert!(!ok(Aimd::new(2, 5), 1));
+        assert!(!ok(Aimd::new(2, 5), 6));
+        assert!(ok(Aimd::new(1, MAX_LIMIT), 1));
+        assert!(!ok(Aimd::new(1, MAX_LIMIT + 1), 1));
+        assert!(ok(Aimd::new(1, 5).backoff_ratio(f64::MIN_POSITIVE), 3));
+        assert!(!ok(Aimd::new(1, 5).backoff_ratio(0.0), 3));
+        assert!(ok(Aimd::new(1, 5).backoff_ratio(1.0 - f64::EPSILON), 3));
+        assert!(ok(Aimd::new(1, 5).timeout(Duration::from_nanos(1)), 3));
+        assert_eq!((Aimd::new(3, 7).min(), Aimd::new(3, 7).max()), (3, 7));
+        assert_eq!(Aimd::default(), Aimd::new(20, 200));
+    }
+
+    #[test]
     fn invalid_settings_name_their_field() {
         let err = |a: Aimd, initial| a.validate("", initial).unwrap_err().field().to_owned();
         assert_eq!(err(Aimd::new(0, 5), 3), "adaptive.min");
