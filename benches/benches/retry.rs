@@ -45,7 +45,16 @@ impl tower::retry::Policy<u64, u64, Infallible> for Attempts {
 /// Ours, as a client would set it up for `u64` requests (every one safe to retry): 3 attempts,
 /// the default ratio budget (one clock read per request, to deposit), or none.
 fn ours(budget: bool) -> RetryLayer<tower_red::classify::AnyError, tower_retry_jitter::AlwaysSafe> {
-    let builder = RetryLayer::builder().name("bench").max_attempts(3);
+    ours_with(budget, 3)
+}
+
+/// Ours with `attempts` attempts; one attempt is the floor: a request that cannot be retried
+/// is neither copied nor timed.
+fn ours_with(
+    budget: bool,
+    attempts: u32,
+) -> RetryLayer<tower_red::classify::AnyError, tower_retry_jitter::AlwaysSafe> {
+    let builder = RetryLayer::builder().name("bench").max_attempts(attempts);
     let builder = if budget { builder } else { builder.no_budget() };
     builder.always_safe().build().expect("a valid config")
 }
@@ -187,6 +196,10 @@ fn bench(c: &mut Criterion) {
         let mut svc = ours(false).layer(Passthrough);
         b.iter_custom(|n| time_calls(&rt, &mut svc, n, || 1))
     });
+    group.bench_function("tower_retry_jitter_cannot_retry", |b| {
+        let mut svc = ours_with(false, 1).layer(Passthrough);
+        b.iter_custom(|n| time_calls(&rt, &mut svc, n, || 1))
+    });
     group.bench_function("tower_retry", |b| {
         let mut svc = tower::retry::RetryLayer::new(Attempts(2)).layer(Passthrough);
         b.iter_custom(|n| time_calls(&rt, &mut svc, n, || 1))
@@ -227,6 +240,10 @@ fn bench(c: &mut Criterion) {
     report(
         "tower_retry_jitter_no_budget",
         allocations_per_u64_call(&rt, &ours(false).layer(Passthrough)),
+    );
+    report(
+        "tower_retry_jitter_cannot_retry",
+        allocations_per_u64_call(&rt, &ours_with(false, 1).layer(Passthrough)),
     );
     report(
         "tower_retry",
