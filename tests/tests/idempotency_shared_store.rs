@@ -183,3 +183,17 @@ async fn a_redis_outage_mid_run_fails_closed_and_never_runs_a_duplicate() {
     assert_eq!(send("k-down-0".to_owned()).await.0, 201, "a replay");
     assert_eq!(charges.0.load(Ordering::SeqCst), 7);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_over_two_instances_sharing_a_redis_cluster_run_once() {
+    let Some(urls) =
+        tests::redis_cluster_urls("duplicates_over_two_instances_sharing_a_redis_cluster_run_once")
+            .await
+    else {
+        return;
+    };
+    let store = RedisStore::connect_cluster(&urls).await.unwrap();
+    // A key of its own per run: the CI cluster outlives a test process.
+    let key = format!("k-two-cluster-{}", std::process::id());
+    thousand_duplicates_over_two_instances(store, &key).await;
+}
