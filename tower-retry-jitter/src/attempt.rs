@@ -630,6 +630,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_downstream_stop_travels_up_on_a_failed_grpc_status() {
+        for (code, stop) in [("13", true), ("2", true), ("0", false)] {
+            let svc = DontRetry::new(service_fn(move |_req: Request<()>| async move {
+                tokio::task::yield_now().await;
+                note_dont_retry();
+                let res = Response::builder()
+                    .header(CONTENT_TYPE, "application/grpc")
+                    .header("grpc-status", code)
+                    .body(())
+                    .unwrap();
+                Ok::<_, Infallible>(res)
+            }));
+            let res = svc.oneshot(Request::new(())).await.unwrap();
+            assert_eq!(read_dont_retry(res.headers()), stop, "grpc-status {code}");
+        }
+    }
+
+    /// A service that makes its outbound call, and hears "don't retry", inside `call`.
+    #[derive(Clone)]
+    struct NotesInCall;
+
+    impl Service<Request<()>> for NotesInCall {
+        type Response = Response<()>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<()>, Infallible>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _req: Request<()>) -> Self::Future {
+            assert!(note_dont_retry(), "call runs inside the scope too");
+            std::future::ready(Ok(Response::builder().status(503).body(()).unwrap()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stop_heard_inside_call_travels_up() {
+        assert!(stopped(DontRetry::new(NotesInCall), Request::new(())).await);
+        assert!(!note_dont_retry(), "and the scope ended with the call");
+    }
+
+    #[test]
+    fn a_plain_http_retry_drops_an_inherited_grpc_count() {
+        let mut h = HeaderMap::new();
+        h.insert(GRPC_PREVIOUS_RPC_ATTEMPTS, HeaderValue::from_static("4"));
+        write_attempt(&mut h, 2);
+        assert!(h.get(GRPC_PREVIOUS_RPC_ATTEMPTS).is_none());
+        assert_eq!(read_attempt(&h), 2);
+    }
+
+    #[tokio::test]
     async fn the_scope_covers_the_inbound_request_only() {
         assert!(!note_dont_retry(), "no scope outside a server");
         let svc = DontRetry::new(forwarding(502));
