@@ -220,3 +220,77 @@ fn generic_request_types_compose_too() {
     let doubled = rt.block_on(svc.oneshot(21)).unwrap();
     assert_eq!(doubled, 42);
 }
+
+/// The README's client stack, exactly: a POST that fails twice with 503 is retried (it carries
+/// an idempotency key) and every attempt carries the same key.
+#[tokio::test]
+async fn the_readme_client_stack_retries_a_post_with_one_key() {
+    use std::sync::{Arc, Mutex};
+    use tower_idempotency::client::IdempotencyKeyLayer;
+    use tower_retry_jitter::{RetryLayer, RetryOn};
+
+    let keys = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = keys.clone();
+    let app = Router::new().route(
+        "/pay",
+        axum::routing::post(move |headers: http::HeaderMap| {
+            let seen = seen.clone();
+            async move {
+                let key = headers
+                    .get("idempotency-key")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                let mut seen = seen.lock().unwrap();
+                seen.push(key);
+                if seen.len() < 3 {
+                    http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    http::StatusCode::CREATED
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let client = ServiceBuilder::new()
+        .layer(RedLayer::client())
+        .layer(IdempotencyKeyLayer::new())
+        .layer(TimeoutBudgetLayer::new(Duration::from_secs(2)).unwrap())
+        .layer(
+            RetryLayer::builder()
+                .name("payments")
+                .reqwest()
+                .retry_on(RetryOn::new())
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            tower_breaker::BreakerLayer::builder()
+                .name("payments")
+                .http_status()
+                .build()
+                .unwrap(),
+        )
+        .layer(
+            BulkheadLayer::builder()
+                .name("payments")
+                .max_concurrent(32)
+                .build()
+                .unwrap(),
+        )
+        .layer(OutboundDeadlineLayer::new())
+        .service(reqwest::Client::new());
+    assert_send_sync_static(&client);
+    let url: reqwest::Url = format!("http://{addr}/pay").parse().unwrap();
+    let res = client
+        .oneshot(reqwest::Request::new(http::Method::POST, url))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let keys = keys.lock().unwrap().clone();
+    assert_eq!(keys.len(), 3, "two 503s retried");
+    assert!(!keys[0].is_empty());
+    assert!(keys.iter().all(|k| *k == keys[0]), "one key: {keys:?}");
+}
