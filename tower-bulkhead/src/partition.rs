@@ -353,6 +353,13 @@ mod tests {
     }
 
     #[test]
+    fn a_permit_names_its_partition() {
+        let p = part(1, None);
+        let permit = p.try_acquire().expect("free");
+        assert_eq!(permit.partition_name(), "p");
+    }
+
+    #[test]
     fn only_backend_signals_move_the_adaptive_limit() {
         let p = part(10, Some(Aimd::new(2, 20)));
         let _busy: Vec<_> = (0..8).map(|_| p.try_acquire().expect("free")).collect();
