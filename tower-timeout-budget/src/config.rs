@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::layer::TimeoutBudgetLayer;
 use crate::metrics::{Kind, Name, Shared};
 use tower_red::ConfigError;
+use tower_red::classify::{AnyError, GrpcStatus, HttpStatus};
 use tower_red::names::layer::TIMEOUT;
 
 /// The per-request cap of a [`TimeoutBudgetLayer`]: a function of the request that returns its
@@ -40,7 +41,10 @@ where
     }
 }
 
-/// Builder of [`TimeoutBudgetLayer`]; [`build`](Self::build) validates every field.
+/// Builder of [`TimeoutBudgetLayer`]; [`build`](Self::build) validates every field. `C` is the
+/// per-request cap ([`CapFn`]); `K` classifies finished calls for the RED `outcome` (any `Err`
+/// is an `error` by default, see [`http_status`](Self::http_status) and
+/// [`grpc_status`](Self::grpc_status)).
 ///
 /// ```
 /// use std::time::Duration;
@@ -53,21 +57,24 @@ where
 ///         (req.uri().path() == "/upload").then_some(Duration::from_secs(30))
 ///     })
 ///     .ready_timeout(Duration::from_millis(500))
+///     // a 5xx is `outcome="error"`, as the breaker and bulkhead of the stack judge it
+///     .http_status()
 ///     .name("checkout")
 ///     .build()
 ///     .expect("valid configuration");
 /// # let _ = layer;
 /// ```
 #[must_use]
-pub struct TimeoutBudgetBuilder<C = DefaultCap> {
+pub struct TimeoutBudgetBuilder<C = DefaultCap, K = AnyError> {
     cap: Option<Duration>,
     cap_fn: C,
     ready_timeout: Option<Duration>,
     name: Cow<'static, str>,
     metrics: bool,
+    classifier: K,
 }
 
-impl<C> fmt::Debug for TimeoutBudgetBuilder<C> {
+impl<C, K> fmt::Debug for TimeoutBudgetBuilder<C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TimeoutBudgetBuilder")
             .field("cap", &self.cap)
@@ -86,11 +93,12 @@ impl Default for TimeoutBudgetBuilder {
             ready_timeout: None,
             name: Cow::Borrowed("timeout"),
             metrics: true,
+            classifier: AnyError,
         }
     }
 }
 
-impl<C> TimeoutBudgetBuilder<C> {
+impl<C, K> TimeoutBudgetBuilder<C, K> {
     /// The default cap (required): a request gets min(its deadline, start + cap), where the
     /// start is the beginning of the readiness wait, or the call when the service was ready.
     pub fn cap(mut self, cap: Duration) -> Self {
@@ -99,14 +107,46 @@ impl<C> TimeoutBudgetBuilder<C> {
     }
 
     /// A per-request cap: `f(&req)` returns the request's cap, or `None` for the default.
-    pub fn cap_fn<G>(self, f: G) -> TimeoutBudgetBuilder<G> {
+    pub fn cap_fn<G>(self, f: G) -> TimeoutBudgetBuilder<G, K> {
         TimeoutBudgetBuilder {
             cap: self.cap,
             cap_fn: f,
             ready_timeout: self.ready_timeout,
             name: self.name,
             metrics: self.metrics,
+            classifier: self.classifier,
         }
+    }
+
+    /// Judges finished calls with `classifier` (any [`tower_red::Classify`] of the inner
+    /// service's response and a [`tower_red::BoxError`]) instead of
+    /// [`AnyError`], as the breaker and bulkhead of the stack do. It decides only the RED
+    /// `outcome` of a call that reached the inner service and finished, through
+    /// [`tower_red::judge`] (an inner layer's refusal stays `inner_refusal`); this layer's own
+    /// refusals are `timeout` whatever it says. It is called only when metrics are recorded.
+    pub fn classifier<K2>(self, classifier: K2) -> TimeoutBudgetBuilder<C, K2> {
+        TimeoutBudgetBuilder {
+            cap: self.cap,
+            cap_fn: self.cap_fn,
+            ready_timeout: self.ready_timeout,
+            name: self.name,
+            metrics: self.metrics,
+            classifier,
+        }
+    }
+
+    /// Judges `http::Response`s by status ([`HttpStatus`]: 5xx and 429 are `error`): the
+    /// choice for an axum router or a reqwest client. With the default classifier an `Ok`
+    /// response is `ok` whatever its status.
+    pub fn http_status(self) -> TimeoutBudgetBuilder<C, HttpStatus> {
+        self.classifier(HttpStatus::new())
+    }
+
+    /// Judges gRPC responses by `grpc-status` ([`GrpcStatus`]: UNAVAILABLE,
+    /// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL and UNKNOWN are `error`): the choice for
+    /// a tonic server or channel, whose errors travel as statuses in `Ok` responses.
+    pub fn grpc_status(self) -> TimeoutBudgetBuilder<C, GrpcStatus> {
+        self.classifier(GrpcStatus::new())
     }
 
     /// The longest wait for the inner service's readiness, before any request is known.
@@ -132,7 +172,7 @@ impl<C> TimeoutBudgetBuilder<C> {
 
     /// Validates the configuration and registers the metric handles with the recorder
     /// installed now.
-    pub fn build(self) -> Result<TimeoutBudgetLayer<C>, ConfigError> {
+    pub fn build(self) -> Result<TimeoutBudgetLayer<C, K>, ConfigError> {
         let cap = match self.cap {
             None => {
                 return Err(ConfigError::new(
@@ -149,7 +189,13 @@ impl<C> TimeoutBudgetBuilder<C> {
             Some(limit) => positive(TIMEOUT, "ready_timeout", limit)?,
         };
         validate_name(TIMEOUT, &self.name)?;
-        let shared = Shared::new(Kind::Timeout, Name::new(self.name), self.metrics, [None; 2]);
+        let shared = Shared::new(
+            Kind::Timeout,
+            Name::new(self.name),
+            self.metrics,
+            [None; 2],
+            self.classifier,
+        );
         Ok(TimeoutBudgetLayer::from_parts(
             cap,
             self.cap_fn,

@@ -9,8 +9,8 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_red::BoxError;
 use tower_red::cancel;
+use tower_red::classify::{AnyError, Classify};
 use tower_red::clock::{self, Scope};
-use tower_red::red::Outcome;
 
 use crate::Deadline;
 use crate::error::Stage;
@@ -29,15 +29,18 @@ pin_project! {
     /// [`tower_red::cancel::drop_expired`]: the drop guards of inner layers see
     /// [`cancel::expired`](tower_red::cancel::expired) and count a timeout, while a call its
     /// caller drops before the deadline is seen as abandoned.
-    pub struct ResponseFuture<F> {
+    ///
+    /// `K` is the layer's classifier, which judges the RED outcome of a finished call when
+    /// metrics are recorded.
+    pub struct ResponseFuture<F, K = AnyError> {
         #[pin]
-        state: State<F>,
+        state: State<F, K>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<F> {
+    enum State<F, K> {
         Running {
             #[pin]
             fut: F,
@@ -49,7 +52,7 @@ pin_project! {
             // When the budget written on an outbound request runs out: an inner error from then
             // on is the transport (or the server) enforcing it.
             wire: Option<Instant>,
-            shared: Shared,
+            shared: Shared<K>,
         },
         Failed { err: Option<BoxError> },
     }
@@ -79,12 +82,12 @@ impl Timer {
     }
 }
 
-impl<F> ResponseFuture<F> {
+impl<F, K> ResponseFuture<F, K> {
     pub(crate) fn running(
         fut: F,
         deadline: Option<Deadline>,
         start: Instant,
-        shared: Shared,
+        shared: Shared<K>,
     ) -> Self {
         Self::sent(fut, deadline, start, None, shared)
     }
@@ -95,7 +98,7 @@ impl<F> ResponseFuture<F> {
         deadline: Option<Deadline>,
         start: Instant,
         wire: Option<Instant>,
-        shared: Shared,
+        shared: Shared<K>,
     ) -> Self {
         ResponseFuture {
             state: State::Running {
@@ -116,10 +119,11 @@ impl<F> ResponseFuture<F> {
     }
 }
 
-impl<F, T, E> Future for ResponseFuture<F>
+impl<F, T, E, K> Future for ResponseFuture<F, K>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
+    K: Classify<T, BoxError>,
 {
     type Output = Result<T, BoxError>;
 
@@ -150,7 +154,7 @@ where
     }
 }
 
-impl<F> ResponseFuture<F> {
+impl<F, K> ResponseFuture<F, K> {
     /// The deadline fired: drops the inner future now, inside [`cancel::drop_expired`], so the
     /// drop guards of inner layers (a breaker's) count a timeout rather than a caller who
     /// walked away; then fails with `err`.
@@ -158,8 +162,8 @@ impl<F> ResponseFuture<F> {
     #[inline(never)]
     fn expire<T>(self: Pin<&mut Self>, err: BoxError) -> Poll<Result<T, BoxError>> {
         /// Replaces the running state when dropped, that is inside `drop_expired`.
-        struct Finish<'a, F>(Pin<&'a mut State<F>>);
-        impl<F> Drop for Finish<'_, F> {
+        struct Finish<'a, F, K>(Pin<&'a mut State<F, K>>);
+        impl<F, K> Drop for Finish<'_, F, K> {
             fn drop(&mut self) {
                 self.0.set(State::Failed { err: None });
             }
@@ -172,7 +176,12 @@ impl<F> ResponseFuture<F> {
 /// An error from the inner service: passed on, unless the request carried a budget on the wire
 /// (`wire`) that has run out; see [`spent_on_the_wire`].
 #[inline]
-fn inner_error(err: BoxError, wire: Option<Instant>, start: Instant, shared: &Shared) -> BoxError {
+fn inner_error<K>(
+    err: BoxError,
+    wire: Option<Instant>,
+    start: Instant,
+    shared: &Shared<K>,
+) -> BoxError {
     match wire {
         None => err,
         Some(wire) => wire_error(err, wire, start, shared).unwrap_or_else(|err| err),
@@ -183,11 +192,11 @@ fn inner_error(err: BoxError, wire: Option<Instant>, start: Instant, shared: &Sh
 /// out, else `Err(err)` untouched.
 #[cold]
 #[inline(never)]
-fn wire_error(
+fn wire_error<K>(
     err: BoxError,
     wire: Instant,
     start: Instant,
-    shared: &Shared,
+    shared: &Shared<K>,
 ) -> Result<BoxError, BoxError> {
     let now = clock::now();
     if !spent_on_the_wire(&err, wire, now) {
@@ -213,11 +222,11 @@ fn spent_on_the_wire(err: &BoxError, wire: Instant, now: Instant) -> bool {
 /// The inner future is not ready: arms the deadline's timer (once) and polls it; ready with
 /// the rejection once it fires.
 #[inline(never)]
-fn poll_timer(
+fn poll_timer<K>(
     sleep: &mut Timer,
     deadline: Deadline,
     start: Instant,
-    shared: &Shared,
+    shared: &Shared<K>,
     cx: &mut Context<'_>,
 ) -> Poll<BoxError> {
     let timer = sleep.0.get_or_insert_with(|| Box::pin(deadline.sleep()));
@@ -228,10 +237,11 @@ fn poll_timer(
     ))
 }
 
-impl<F, T, E> ResponseFuture<F>
+impl<F, T, E, K> ResponseFuture<F, K>
 where
     F: Future<Output = Result<T, E>>,
     E: Into<BoxError>,
+    K: Classify<T, BoxError>,
 {
     /// Every other case: metrics on (the call's duration is recorded), no deadline, or a
     /// refusal.
@@ -265,13 +275,8 @@ where
                         }
                         (res, _) => res.map_err(Into::into),
                     };
-                    shared.finished(
-                        || match &res {
-                            Ok(_) => Outcome::Ok,
-                            Err(e) => Outcome::from_error(&**e),
-                        },
-                        || clock::now().saturating_duration_since(*start),
-                    );
+                    // Judged by the layer's classifier only here, when metrics are on.
+                    shared.finished(&res, || clock::now().saturating_duration_since(*start));
                     return Poll::Ready(res);
                 }
                 let Some(d) = *deadline else {
@@ -287,7 +292,7 @@ where
     }
 }
 
-impl<F> std::fmt::Debug for ResponseFuture<F> {
+impl<F, K> std::fmt::Debug for ResponseFuture<F, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }

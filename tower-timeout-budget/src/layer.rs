@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use tower_layer::Layer;
+use tower_red::classify::AnyError;
 
 use crate::config::{DefaultCap, TimeoutBudgetBuilder};
 use crate::error::ConfigError;
@@ -15,17 +16,28 @@ use crate::service::TimeoutBudget;
 /// the call with a [`DeadlineExceeded`](tower_red::RejectionKind::DeadlineExceeded) rejection
 /// when it passes, time spent waiting for the inner service's readiness included.
 ///
-/// See the [crate docs](crate) for an example and [`TimeoutBudgetBuilder`] for the options.
+/// See the [crate docs](crate) for an example and [`TimeoutBudgetBuilder`] for the options
+/// (`C` the per-request cap, `K` the classifier of the RED outcome).
 #[must_use]
-#[derive(Clone)]
-pub struct TimeoutBudgetLayer<C = DefaultCap> {
+pub struct TimeoutBudgetLayer<C = DefaultCap, K = AnyError> {
     pub(crate) cap: Duration,
     pub(crate) cap_fn: C,
     pub(crate) ready_timeout: Duration,
-    pub(crate) shared: Shared,
+    pub(crate) shared: Shared<K>,
 }
 
-impl<C> fmt::Debug for TimeoutBudgetLayer<C> {
+impl<C: Clone, K> Clone for TimeoutBudgetLayer<C, K> {
+    fn clone(&self) -> Self {
+        TimeoutBudgetLayer {
+            cap: self.cap,
+            cap_fn: self.cap_fn.clone(),
+            ready_timeout: self.ready_timeout,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C, K> fmt::Debug for TimeoutBudgetLayer<C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TimeoutBudgetLayer")
             .field("cap", &self.cap)
@@ -57,18 +69,19 @@ impl TimeoutBudgetLayer {
         Self::builder().cap(cap).build()
     }
 
-    /// A builder, to set a per-request cap, the readiness limit, the name or metrics.
+    /// A builder, to set a per-request cap, the readiness limit, the classifier, the name or
+    /// metrics.
     pub fn builder() -> TimeoutBudgetBuilder {
         TimeoutBudgetBuilder::default()
     }
 }
 
-impl<C> TimeoutBudgetLayer<C> {
+impl<C, K> TimeoutBudgetLayer<C, K> {
     pub(crate) fn from_parts(
         cap: Duration,
         cap_fn: C,
         ready_timeout: Duration,
-        shared: Shared,
+        shared: Shared<K>,
     ) -> Self {
         TimeoutBudgetLayer {
             cap,
@@ -84,8 +97,8 @@ impl<C> TimeoutBudgetLayer<C> {
     }
 }
 
-impl<S, C: Clone> Layer<S> for TimeoutBudgetLayer<C> {
-    type Service = TimeoutBudget<S, C>;
+impl<S, C: Clone, K> Layer<S> for TimeoutBudgetLayer<C, K> {
+    type Service = TimeoutBudget<S, C, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
         TimeoutBudget {

@@ -71,7 +71,15 @@
 //! [`deadline_inbound`](tower_red::names::layer::DEADLINE_INBOUND) or
 //! [`deadline_outbound`](tower_red::names::layer::DEADLINE_OUTBOUND). Outcomes are `ok`,
 //! `error`, `timeout` (this layer's deadline passed), `inner_refusal` (a layer inside refused,
-//! and counted it) and, for a strict inbound layer, `rejected` (a malformed header). Plus
+//! and counted it) and, for a strict inbound layer, `rejected` (a malformed header).
+//!
+//! Whether a finished call is `ok` or `error` is the verdict of the layer's
+//! [`tower_red::classify`] classifier, through [`tower_red::judge`], as at the breaker and the
+//! bulkhead of the same stack: [`AnyError`](tower_red::classify::AnyError) by default (an `Ok`
+//! response is `ok` whatever its status), `.http_status()` or `.grpc_status()` on every builder
+//! of this crate for a 5xx or a failing `grpc-status` to be an `error`, `.classifier(c)` for any
+//! other. The classifier judges only the RED outcome (this layer's own refusals are `timeout` or
+//! `rejected` whatever it says) and is called only when metrics are recorded. Plus
 //! [`DEADLINE_EXCEEDED_TOTAL`](tower_red::names::DEADLINE_EXCEEDED_TOTAL) by `stage` and, for the
 //! inbound layer, [`DEADLINE_HEADER_INVALID_TOTAL`](tower_red::names::DEADLINE_HEADER_INVALID_TOTAL)
 //! by `header`. Only the series a layer can produce are registered, when it is built; a call

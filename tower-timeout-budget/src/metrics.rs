@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{Counter, Label};
+use tower_red::classify::{AnyError, Classify};
 use tower_red::names::{self, label};
 use tower_red::red::{Outcome, RedMetrics};
 use tower_red::{BoxError, Rejection, RejectionKind};
@@ -43,20 +44,41 @@ impl Name {
 }
 
 /// What every service and future of one layer instance shares: its name and, when metrics are
-/// on, its handles. Cloned into each call's future: free with a static name and metrics off.
-#[derive(Debug, Clone)]
-pub(crate) struct Shared {
+/// on, its handles and the classifier `K` that judges the RED outcome of a finished call.
+/// Cloned into each call's future: free with a static name and metrics off.
+pub(crate) struct Shared<K = AnyError> {
     name: Name,
-    metrics: Option<Arc<Handles>>,
+    metrics: Option<Arc<Handles<K>>>,
 }
 
-struct Handles {
+impl<K> Clone for Shared<K> {
+    #[inline]
+    fn clone(&self) -> Self {
+        Shared {
+            name: self.name.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<K> std::fmt::Debug for Shared<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("name", &self.name)
+            .field("metrics", &self.metrics)
+            .finish()
+    }
+}
+
+struct Handles<K> {
     red: RedMetrics,
     exceeded: [Counter; Stage::ALL.len()],
     invalid: [Counter; 2],
+    /// Only the RED outcome needs it, so only a layer that records keeps it.
+    classifier: K,
 }
 
-impl std::fmt::Debug for Handles {
+impl<K> std::fmt::Debug for Handles<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handles")
             .field("red", &self.red)
@@ -112,11 +134,18 @@ impl Kind {
     }
 }
 
-impl Shared {
+impl<K> Shared<K> {
     /// Registers the handles (when `metrics` is on) with the recorder installed now: only the
     /// series a layer of `kind` can produce. `headers` are the inbound headers whose malformed
-    /// values are counted, by index (`None`: not read, nothing registered).
-    pub(crate) fn new(kind: Kind, name: Name, metrics: bool, headers: [Option<&str>; 2]) -> Shared {
+    /// values are counted, by index (`None`: not read, nothing registered). `classifier` judges
+    /// finished calls for the RED outcome; without metrics it is dropped, never called.
+    pub(crate) fn new(
+        kind: Kind,
+        name: Name,
+        metrics: bool,
+        headers: [Option<&str>; 2],
+        classifier: K,
+    ) -> Shared<K> {
         // Handles registered with no recorder installed are no-ops for life: skip them, and
         // the clock reads their durations would cost.
         let metrics = (metrics && tower_red::red::recorder_installed()).then(|| {
@@ -152,6 +181,7 @@ impl Shared {
                     ),
                     None => Counter::noop(),
                 }),
+                classifier,
             })
         });
         Shared { name, metrics }
@@ -163,15 +193,20 @@ impl Shared {
         self.metrics.is_some()
     }
 
-    /// Counts a finished call.
+    /// Counts a finished call: its outcome is the classifier's verdict through
+    /// [`tower_red::judge`] (an inner layer's refusal is `inner_refusal`, whatever the
+    /// classifier). Neither the classifier nor `elapsed` is called when metrics are off.
     #[inline]
-    pub(crate) fn finished(
+    pub(crate) fn finished<T>(
         &self,
-        outcome: impl FnOnce() -> Outcome,
+        result: &Result<T, BoxError>,
         elapsed: impl FnOnce() -> Duration,
-    ) {
+    ) where
+        K: Classify<T, BoxError>,
+    {
         if let Some(m) = &self.metrics {
-            m.red.record(outcome(), elapsed());
+            let verdict = tower_red::judge(&m.classifier, result);
+            m.red.record(Outcome::judged(verdict, result), elapsed());
         }
     }
 

@@ -5,6 +5,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tower_red::BoxError;
+use tower_red::classify::{AnyError, Classify};
 use tower_red::clock::{self, Scope};
 use tower_service::Service;
 
@@ -16,9 +17,9 @@ use crate::ready::ReadyWait;
 use crate::{Deadline, DeadlineCarrier};
 
 /// Service that sets and enforces a per-request deadline; see [`TimeoutBudgetLayer`].
-pub struct TimeoutBudget<S, C = DefaultCap> {
+pub struct TimeoutBudget<S, C = DefaultCap, K = AnyError> {
     pub(crate) inner: S,
-    pub(crate) config: TimeoutBudgetLayer<C>,
+    pub(crate) config: TimeoutBudgetLayer<C, K>,
     pub(crate) ready: ReadyWait,
 }
 
@@ -36,11 +37,11 @@ impl<S> TimeoutBudget<S> {
     }
 }
 
-impl<S, C> TimeoutBudget<S, C> {
+impl<S, C, K> TimeoutBudget<S, C, K> {
     tower_red::define_inner_service_accessors!();
 }
 
-impl<S: Clone, C: Clone> Clone for TimeoutBudget<S, C> {
+impl<S: Clone, C: Clone, K> Clone for TimeoutBudget<S, C, K> {
     fn clone(&self) -> Self {
         // A clone does not inherit a readiness wait in progress.
         TimeoutBudget {
@@ -51,7 +52,7 @@ impl<S: Clone, C: Clone> Clone for TimeoutBudget<S, C> {
     }
 }
 
-impl<S: fmt::Debug, C> fmt::Debug for TimeoutBudget<S, C> {
+impl<S: fmt::Debug, C, K> fmt::Debug for TimeoutBudget<S, C, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TimeoutBudget")
             .field("inner", &self.inner)
@@ -60,16 +61,17 @@ impl<S: fmt::Debug, C> fmt::Debug for TimeoutBudget<S, C> {
     }
 }
 
-impl<S, C, Req> Service<Req> for TimeoutBudget<S, C>
+impl<S, C, K, Req> Service<Req> for TimeoutBudget<S, C, K>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     C: CapFn<Req>,
+    K: Classify<S::Response, BoxError>,
     Req: DeadlineCarrier,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, K>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {

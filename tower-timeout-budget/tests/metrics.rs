@@ -368,3 +368,265 @@ async fn a_transport_enforcing_the_sent_budget_is_counted_as_this_layers_timeout
         1
     );
 }
+
+/// An axum-like handler that answers `status`.
+fn answers(
+    status: u16,
+) -> impl tower::Service<http::Request<()>, Response = http::Response<()>, Error = Infallible> + Clone
+{
+    service_fn(move |_req: http::Request<()>| async move {
+        Ok::<_, Infallible>(
+            http::Response::builder()
+                .status(status)
+                .body(())
+                .expect("a response"),
+        )
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inbound_layer_judging_http_status_counts_a_500_as_an_error() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let judged = InboundDeadlineLayer::builder()
+        .cap(Duration::from_secs(1))
+        .http_status()
+        .name("edge")
+        .build()
+        .expect("valid");
+    let default = InboundDeadlineLayer::builder()
+        .name("default")
+        .build()
+        .expect("valid");
+    for status in [500, 200, 503, 404] {
+        let res = judged
+            .layer(answers(status))
+            .oneshot(http::Request::new(()))
+            .await
+            .expect("a response");
+        assert_eq!(res.status(), status);
+        default
+            .layer(answers(status))
+            .oneshot(http::Request::new(()))
+            .await
+            .expect("a response");
+    }
+    let snap = snapshot(&snapshotter);
+    let labels = |name, outcome| {
+        [
+            ("layer", "deadline_inbound"),
+            ("name", name),
+            ("outcome", outcome),
+        ]
+    };
+    // 5xx fail, 2xx and 4xx succeed: as the breaker and bulkhead of the stack judge them.
+    assert_eq!(
+        counter(&snap, names::REQUESTS_TOTAL, &labels("edge", "error")),
+        2
+    );
+    assert_eq!(
+        counter(&snap, names::REQUESTS_TOTAL, &labels("edge", "ok")),
+        2
+    );
+    assert_eq!(
+        histogram_len(
+            &snap,
+            names::REQUEST_DURATION_SECONDS,
+            &labels("edge", "error")
+        ),
+        2
+    );
+    // The default stays `AnyError`: an `Ok` response is `ok` whatever its status.
+    assert_eq!(
+        counter(&snap, names::REQUESTS_TOTAL, &labels("default", "ok")),
+        4
+    );
+    assert_eq!(
+        counter(&snap, names::REQUESTS_TOTAL, &labels("default", "error")),
+        0
+    );
+}
+
+/// A classifier that calls everything a failure and counts its calls.
+fn counting_failures(
+    calls: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> impl tower_red::Classify<(), tower_red::BoxError> + use<> {
+    let calls = calls.clone();
+    tower_red::classify::classify_fn(move |_: &Result<(), tower_red::BoxError>| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tower_red::Verdict::Failure(tower_red::FailureClass::Other("always"))
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_classifier_judges_only_finished_calls_never_this_layers_or_inner_refusals() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let calls = std::sync::Arc::default();
+    let layer = TimeoutBudgetLayer::builder()
+        .cap(100 * MS)
+        .classifier(counting_failures(&calls))
+        .name("judged")
+        .build()
+        .expect("valid");
+    // 0: answers at once; 1: too slow; 2: an inner layer's refusal.
+    let svc = layer.layer(service_fn(|case: u8| async move {
+        match case {
+            0 => Ok(()),
+            1 => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok(())
+            }
+            _ => Err(tower_red::Rejection::new(
+                tower_red::RejectionKind::CircuitOpen,
+            )),
+        }
+    }));
+    svc.clone().oneshot(0).await.expect("answered");
+    svc.clone().oneshot(1).await.expect_err("timed out");
+    svc.clone().oneshot(2).await.expect_err("refused below");
+    let snap = snapshot(&snapshotter);
+    let labels = |outcome| {
+        [
+            ("layer", "timeout"),
+            ("name", "judged"),
+            ("outcome", outcome),
+        ]
+    };
+    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("error")), 1);
+    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("timeout")), 1);
+    assert_eq!(
+        counter(&snap, names::REQUESTS_TOTAL, &labels("inner_refusal")),
+        1
+    );
+    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("ok")), 0);
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "only the call that finished by itself is classified"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_classifier_is_not_called_without_metrics_or_without_a_recorder() {
+    let calls = std::sync::Arc::default();
+    let call = |layer: TimeoutBudgetLayer<_, _>| async move {
+        layer
+            .layer(service_fn(|()| async { Ok::<_, Infallible>(()) }))
+            .oneshot(())
+            .await
+            .expect("answered");
+    };
+    // No recorder installed when the layer is built.
+    call(
+        TimeoutBudgetLayer::builder()
+            .cap(100 * MS)
+            .classifier(counting_failures(&calls))
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    call(
+        TimeoutBudgetLayer::builder()
+            .cap(100 * MS)
+            .classifier(counting_failures(&calls))
+            .metrics(false)
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // The same layer with metrics on does call it (so the zero above means something).
+    call(
+        TimeoutBudgetLayer::builder()
+            .cap(100 * MS)
+            .classifier(counting_failures(&calls))
+            .build()
+            .expect("valid"),
+    )
+    .await;
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outbound_layer_judging_grpc_status_counts_unavailable_as_an_error() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let outbound = OutboundDeadlineLayer::builder()
+        .grpc_status()
+        .name("upstream")
+        .build()
+        .expect("valid");
+    let svc = outbound.layer(service_fn(|req: http::Request<()>| async move {
+        let code = req.uri().path().trim_start_matches('/').to_owned();
+        Ok::<_, Infallible>(
+            http::Response::builder()
+                .header("grpc-status", code)
+                .body(())
+                .expect("a response"),
+        )
+    }));
+    for code in ["14", "0", "5"] {
+        let req = http::Request::builder()
+            .uri(format!("/{code}"))
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("a request");
+        tower_timeout_budget::Deadline::after(Duration::from_secs(1))
+            .scope(svc.clone().oneshot(req))
+            .await
+            .expect("a response");
+    }
+    let snap = snapshot(&snapshotter);
+    let labels = |outcome| {
+        [
+            ("layer", "deadline_outbound"),
+            ("name", "upstream"),
+            ("outcome", outcome),
+        ]
+    };
+    // UNAVAILABLE fails; OK and NOT_FOUND (the caller's problem) do not.
+    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("error")), 1);
+    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("ok")), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_built_from_an_inner_refusal_is_an_inner_refusal_not_an_error() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let inbound = InboundDeadlineLayer::builder()
+        .http_status()
+        .name("edge")
+        .build()
+        .expect("valid");
+    // A handler that turned a client breaker's refusal into a 503.
+    let svc = inbound.layer(service_fn(|_req: http::Request<()>| async {
+        Ok::<_, Infallible>(tower_red::problem::rejection_response(
+            &tower_red::Rejection::new(tower_red::RejectionKind::CircuitOpen),
+        ))
+    }));
+    let res = svc
+        .oneshot(http::Request::new(()))
+        .await
+        .expect("a response");
+    assert_eq!(res.status(), 503);
+    let snap = snapshot(&snapshotter);
+    let labels = |outcome| {
+        [
+            ("layer", "deadline_inbound"),
+            ("name", "edge"),
+            ("outcome", outcome),
+        ]
+    };
+    assert_eq!(
+        counter(&snap, names::REQUESTS_TOTAL, &labels("inner_refusal")),
+        1
+    );
+    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("error")), 0);
+}

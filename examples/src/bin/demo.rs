@@ -124,6 +124,7 @@ fn app() -> Result<Router, BoxError> {
     let deadline = InboundDeadlineLayer::builder()
         .name("api")
         .cap(Duration::from_secs(1))
+        .http_status()
         .build()?;
     // At most 12 calls at once, of which at most 3 may be `/orders` calls.
     let bulkhead = BulkheadLayer::builder()

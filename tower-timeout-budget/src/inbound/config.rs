@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 use tower_red::ConfigError;
+use tower_red::classify::{AnyError, GrpcStatus, HttpStatus};
 use tower_red::names::layer::DEADLINE_INBOUND;
 
 use super::{DEFAULT_MARGIN, InboundDeadlineLayer};
@@ -14,10 +15,12 @@ use crate::config::{positive, validate_name};
 use crate::metrics::{Kind, Name, Shared};
 use crate::wire::{DEFAULT_HTTP_HEADER, GRPC_TIMEOUT};
 
-/// Builder of [`InboundDeadlineLayer`].
+/// Builder of [`InboundDeadlineLayer`]. `K` classifies finished calls for the RED `outcome`
+/// (any `Err` is an `error` by default, see [`http_status`](Self::http_status) and
+/// [`grpc_status`](Self::grpc_status)).
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct InboundDeadlineBuilder {
+pub struct InboundDeadlineBuilder<K = AnyError> {
     cap: Option<Duration>,
     grpc: bool,
     http_header: Option<String>,
@@ -25,6 +28,7 @@ pub struct InboundDeadlineBuilder {
     margin: Duration,
     name: Cow<'static, str>,
     metrics: bool,
+    classifier: K,
 }
 
 impl Default for InboundDeadlineBuilder {
@@ -37,11 +41,12 @@ impl Default for InboundDeadlineBuilder {
             margin: DEFAULT_MARGIN,
             name: Cow::Borrowed("inbound"),
             metrics: true,
+            classifier: AnyError,
         }
     }
 }
 
-impl InboundDeadlineBuilder {
+impl<K> InboundDeadlineBuilder<K> {
     /// The server's cap: no request gets more, and requests without a header get exactly this.
     /// Without a cap, requests without a header get no deadline.
     pub fn cap(mut self, cap: Duration) -> Self {
@@ -104,8 +109,41 @@ impl InboundDeadlineBuilder {
         self
     }
 
+    /// Judges finished calls with `classifier` (any [`tower_red::Classify`] of the inner
+    /// service's response and a [`tower_red::BoxError`]) instead of [`AnyError`], as the
+    /// breaker and bulkhead of the stack do. It decides only the RED `outcome` of a call that
+    /// reached the inner service and finished, through [`tower_red::judge`] (an inner layer's
+    /// refusal stays `inner_refusal`); this layer's own refusals are `timeout` or `rejected`
+    /// whatever it says. It is called only when metrics are recorded.
+    pub fn classifier<K2>(self, classifier: K2) -> InboundDeadlineBuilder<K2> {
+        InboundDeadlineBuilder {
+            cap: self.cap,
+            grpc: self.grpc,
+            http_header: self.http_header,
+            strict: self.strict,
+            margin: self.margin,
+            name: self.name,
+            metrics: self.metrics,
+            classifier,
+        }
+    }
+
+    /// Judges `http::Response`s by status ([`HttpStatus`]: 5xx and 429 are `error`): the
+    /// choice for an axum router, whose handlers never fail with an `Err`. With the default
+    /// classifier an `Ok` response is `ok` whatever its status.
+    pub fn http_status(self) -> InboundDeadlineBuilder<HttpStatus> {
+        self.classifier(HttpStatus::new())
+    }
+
+    /// Judges gRPC responses by `grpc-status` ([`GrpcStatus`]: UNAVAILABLE,
+    /// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL and UNKNOWN are `error`): the choice for
+    /// a tonic server, whose errors travel as statuses in `Ok` responses.
+    pub fn grpc_status(self) -> InboundDeadlineBuilder<GrpcStatus> {
+        self.classifier(GrpcStatus::new())
+    }
+
     /// Validates the configuration and registers the metric handles.
-    pub fn build(mut self) -> Result<InboundDeadlineLayer, ConfigError> {
+    pub fn build(mut self) -> Result<InboundDeadlineLayer<K>, ConfigError> {
         let cap = self
             .cap
             .map(|cap| positive(DEADLINE_INBOUND, "cap", cap))
@@ -141,7 +179,7 @@ impl InboundDeadlineBuilder {
         self,
         cap: Option<Duration>,
         http_header: Option<HeaderName>,
-    ) -> InboundDeadlineLayer {
+    ) -> InboundDeadlineLayer<K> {
         let shared = Shared::new(
             Kind::Inbound {
                 strict: self.strict,
@@ -152,6 +190,7 @@ impl InboundDeadlineBuilder {
                 self.grpc.then_some(GRPC_TIMEOUT.as_str()),
                 http_header.as_ref().map(HeaderName::as_str),
             ],
+            self.classifier,
         );
         InboundDeadlineLayer {
             config: Arc::new(Config {

@@ -1,9 +1,11 @@
 //! [`InboundDeadlineLayer`]: builds [`InboundDeadline`] services that share one configuration.
 
+use std::fmt;
 use std::sync::Arc;
 
 use http::HeaderName;
 use tower_layer::Layer;
+use tower_red::classify::AnyError;
 
 use super::config::Config;
 use super::{InboundDeadline, InboundDeadlineBuilder};
@@ -11,12 +13,30 @@ use crate::metrics::Shared;
 use crate::wire::DEFAULT_HTTP_HEADER;
 
 /// Layer that turns the caller's `grpc-timeout` or HTTP deadline header into the request's
-/// deadline; see the [module docs](crate::inbound).
-#[derive(Debug, Clone)]
+/// deadline; see the [module docs](crate::inbound). `K` classifies finished calls for the RED
+/// `outcome` ([`InboundDeadlineBuilder::classifier`]).
 #[must_use]
-pub struct InboundDeadlineLayer {
+pub struct InboundDeadlineLayer<K = AnyError> {
     pub(crate) config: Arc<Config>,
-    pub(crate) shared: Shared,
+    pub(crate) shared: Shared<K>,
+}
+
+impl<K> Clone for InboundDeadlineLayer<K> {
+    fn clone(&self) -> Self {
+        InboundDeadlineLayer {
+            config: self.config.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for InboundDeadlineLayer<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboundDeadlineLayer")
+            .field("config", &self.config)
+            .field("shared", &self.shared)
+            .finish()
+    }
 }
 
 impl InboundDeadlineLayer {
@@ -39,8 +59,8 @@ impl Default for InboundDeadlineLayer {
     }
 }
 
-impl<S> Layer<S> for InboundDeadlineLayer {
-    type Service = InboundDeadline<S>;
+impl<S, K> Layer<S> for InboundDeadlineLayer<K> {
+    type Service = InboundDeadline<S, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
         InboundDeadline {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 use tower_red::BoxError;
+use tower_red::classify::{AnyError, Classify};
 use tower_red::clock::{self, Scope};
 use tower_service::Service;
 
@@ -19,14 +20,23 @@ use crate::wire::{self, GRPC_TIMEOUT, GrpcTimeout};
 use crate::{Deadline, DeadlineCarrier};
 
 /// Service built by [`InboundDeadlineLayer`].
-#[derive(Clone)]
-pub struct InboundDeadline<S> {
+pub struct InboundDeadline<S, K = AnyError> {
     pub(crate) inner: S,
     pub(crate) config: Arc<Config>,
-    pub(crate) shared: Shared,
+    pub(crate) shared: Shared<K>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for InboundDeadline<S> {
+impl<S: Clone, K> Clone for InboundDeadline<S, K> {
+    fn clone(&self) -> Self {
+        InboundDeadline {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K> fmt::Debug for InboundDeadline<S, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InboundDeadline")
             .field("inner", &self.inner)
@@ -39,15 +49,17 @@ impl<S> InboundDeadline<S> {
     pub fn new(inner: S) -> Self {
         InboundDeadlineLayer::new().layer(inner)
     }
+}
 
+impl<S, K> InboundDeadline<S, K> {
     tower_red::define_inner_service_accessors!();
 }
 
 /// The budget the headers of `req` ask for: `Ok(None)` when none is sent, `Err` with the
 /// strict-mode detail when a header is malformed (after counting it).
-fn header_budget(
+fn header_budget<K>(
     config: &Config,
-    shared: &Shared,
+    shared: &Shared<K>,
     headers: &http::HeaderMap,
 ) -> Result<Option<Duration>, &'static str> {
     let mut budget: Option<Duration> = None;
@@ -80,14 +92,15 @@ fn header_budget(
     }
 }
 
-impl<S, B> Service<http::Request<B>> for InboundDeadline<S>
+impl<S, K, B> Service<http::Request<B>> for InboundDeadline<S, K>
 where
     S: Service<http::Request<B>>,
     S::Error: Into<BoxError>,
+    K: Classify<S::Response, BoxError>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, K>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 use tower_red::ConfigError;
+use tower_red::classify::{AnyError, GrpcStatus, HttpStatus};
 use tower_red::names::layer::DEADLINE_OUTBOUND;
 
 use super::OutboundDeadlineLayer;
@@ -32,16 +33,19 @@ pub enum Propagation {
     None,
 }
 
-/// Builder of [`OutboundDeadlineLayer`].
+/// Builder of [`OutboundDeadlineLayer`]. `K` classifies finished calls for the RED `outcome`
+/// (any `Err` is an `error` by default, see [`http_status`](Self::http_status) and
+/// [`grpc_status`](Self::grpc_status)).
 #[derive(Debug, Clone)]
 #[must_use]
-pub struct OutboundDeadlineBuilder {
+pub struct OutboundDeadlineBuilder<K = AnyError> {
     margin: Duration,
     propagation: Propagation,
     http_header: String,
     cap: Option<Duration>,
     name: Cow<'static, str>,
     metrics: bool,
+    classifier: K,
 }
 
 impl Default for OutboundDeadlineBuilder {
@@ -53,11 +57,12 @@ impl Default for OutboundDeadlineBuilder {
             cap: None,
             name: Cow::Borrowed("outbound"),
             metrics: true,
+            classifier: AnyError,
         }
     }
 }
 
-impl OutboundDeadlineBuilder {
+impl<K> OutboundDeadlineBuilder<K> {
     /// Subtracted from the remaining budget before it is sent, so the server gives up before
     /// this client does (default zero). A request with no more than this left is not sent.
     pub fn margin(mut self, margin: Duration) -> Self {
@@ -97,8 +102,41 @@ impl OutboundDeadlineBuilder {
         self
     }
 
+    /// Judges finished calls with `classifier` (any [`tower_red::Classify`] of the inner
+    /// service's response and a [`tower_red::BoxError`]) instead of [`AnyError`], as the
+    /// breaker and bulkhead of the stack do. It decides only the RED `outcome` of a call that
+    /// reached the inner service and finished, through [`tower_red::judge`] (an inner layer's
+    /// refusal stays `inner_refusal`); this layer's own refusals, an error once the budget sent
+    /// has run out included, are `timeout` whatever it says. It is called only when metrics are
+    /// recorded.
+    pub fn classifier<K2>(self, classifier: K2) -> OutboundDeadlineBuilder<K2> {
+        OutboundDeadlineBuilder {
+            margin: self.margin,
+            propagation: self.propagation,
+            http_header: self.http_header,
+            cap: self.cap,
+            name: self.name,
+            metrics: self.metrics,
+            classifier,
+        }
+    }
+
+    /// Judges `http::Response`s by status ([`HttpStatus`]: 5xx and 429 are `error`): the
+    /// choice for a reqwest or hyper client. With the default classifier an `Ok` response is
+    /// `ok` whatever its status.
+    pub fn http_status(self) -> OutboundDeadlineBuilder<HttpStatus> {
+        self.classifier(HttpStatus::new())
+    }
+
+    /// Judges gRPC responses by `grpc-status` ([`GrpcStatus`]: UNAVAILABLE,
+    /// DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL and UNKNOWN are `error`): the choice for
+    /// a tonic `Channel`, whose errors travel as statuses in `Ok` responses.
+    pub fn grpc_status(self) -> OutboundDeadlineBuilder<GrpcStatus> {
+        self.classifier(GrpcStatus::new())
+    }
+
     /// Validates the configuration and registers the metric handles.
-    pub fn build(self) -> Result<OutboundDeadlineLayer, ConfigError> {
+    pub fn build(self) -> Result<OutboundDeadlineLayer<K>, ConfigError> {
         let cap = self
             .cap
             .map(|cap| positive(DEADLINE_OUTBOUND, "cap", cap))
@@ -138,7 +176,7 @@ impl OutboundDeadlineBuilder {
         self,
         http_header: HeaderName,
         cap: Option<Duration>,
-    ) -> OutboundDeadlineLayer {
+    ) -> OutboundDeadlineLayer<K> {
         OutboundDeadlineLayer {
             config: Arc::new(Config {
                 margin: self.margin,
@@ -151,6 +189,7 @@ impl OutboundDeadlineBuilder {
                 Name::new(self.name),
                 self.metrics,
                 [None; 2],
+                self.classifier,
             ),
         }
     }

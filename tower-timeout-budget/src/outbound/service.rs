@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use tower_layer::Layer;
 use tower_red::BoxError;
+use tower_red::classify::{AnyError, Classify};
 use tower_red::clock::{self, Scope};
 use tower_red::parts::RequestParts;
 use tower_service::Service;
@@ -22,14 +23,14 @@ use crate::wire::{self, GRPC_TIMEOUT, GrpcTimeout};
 use crate::{Deadline, DeadlineCarrier};
 
 /// Service built by [`OutboundDeadlineLayer`].
-pub struct OutboundDeadline<S> {
+pub struct OutboundDeadline<S, K = AnyError> {
     pub(crate) inner: S,
     pub(crate) config: Arc<Config>,
-    pub(crate) shared: Shared,
+    pub(crate) shared: Shared<K>,
     pub(crate) ready: ReadyWait,
 }
 
-impl<S: Clone> Clone for OutboundDeadline<S> {
+impl<S: Clone, K> Clone for OutboundDeadline<S, K> {
     fn clone(&self) -> Self {
         OutboundDeadline {
             inner: self.inner.clone(),
@@ -40,7 +41,7 @@ impl<S: Clone> Clone for OutboundDeadline<S> {
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for OutboundDeadline<S> {
+impl<S: fmt::Debug, K> fmt::Debug for OutboundDeadline<S, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OutboundDeadline")
             .field("inner", &self.inner)
@@ -53,7 +54,9 @@ impl<S> OutboundDeadline<S> {
     pub fn new(inner: S) -> Self {
         OutboundDeadlineLayer::new().layer(inner)
     }
+}
 
+impl<S, K> OutboundDeadline<S, K> {
     tower_red::define_inner_service_accessors!();
 }
 
@@ -82,15 +85,16 @@ fn write_budget(
     }
 }
 
-impl<S, R> Service<R> for OutboundDeadline<S>
+impl<S, K, R> Service<R> for OutboundDeadline<S, K>
 where
     S: Service<R>,
     S::Error: Into<BoxError>,
+    K: Classify<S::Response, BoxError>,
     R: RequestParts + DeadlineCarrier,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = ResponseFuture<S::Future>;
+    type Future = ResponseFuture<S::Future, K>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
