@@ -11,13 +11,19 @@
 //!
 //! Layers: `passthrough`, `breaker`, `bulkhead`, `timeout`, `stack` (timeout over bulkhead over
 //! breaker, as in the `stack` bench), each with metrics on and no recorder (the default).
+//! Retries, a call that is not retried, as in the `retry` bench: `retry` (3 attempts, every
+//! request safe, the default ratio budget), `retry_no_budget`, `retry_floor` (`max_attempts(1)`)
+//! and `tower_retry` (tower 0.5's `Retry` with the `Attempts` policy of its docs).
 
+use std::convert::Infallible;
+use std::future::Ready;
 use std::time::Duration;
 
 use benches::{Passthrough, runtime};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_breaker::BreakerLayer;
 use tower_bulkhead::BulkheadLayer;
+use tower_retry_jitter::RetryLayer;
 use tower_timeout_budget::TimeoutBudgetLayer;
 
 fn breaker() -> BreakerLayer {
@@ -43,6 +49,41 @@ fn timeout() -> TimeoutBudgetLayer {
         .name("instructions")
         .build()
         .expect("a valid cap")
+}
+
+/// The `retry` bench's setup: `u64` requests, every one safe to retry.
+fn retry(
+    budget: bool,
+    attempts: u32,
+) -> RetryLayer<tower_red::classify::AnyError, tower_retry_jitter::AlwaysSafe> {
+    let builder = RetryLayer::builder()
+        .name("instructions")
+        .max_attempts(attempts);
+    let builder = if budget { builder } else { builder.no_budget() };
+    builder.always_safe().build().expect("a valid config")
+}
+
+/// tower's `Retry` with the policy its docs show: a number of attempts left.
+#[derive(Clone, Copy)]
+struct Attempts(usize);
+
+impl tower::retry::Policy<u64, u64, Infallible> for Attempts {
+    type Future = Ready<()>;
+
+    fn retry(
+        &mut self,
+        _req: &mut u64,
+        result: &mut Result<u64, Infallible>,
+    ) -> Option<Self::Future> {
+        match result {
+            Ok(_) => None,
+            Err(never) => match *never {},
+        }
+    }
+
+    fn clone_request(&mut self, req: &u64) -> Option<u64> {
+        (self.0 > 0).then_some(*req)
+    }
 }
 
 fn drive<S>(svc: S, calls: u64)
@@ -86,8 +127,35 @@ fn main() {
                 .service(Passthrough),
             calls,
         ),
+        "retry" => drive(
+            ServiceBuilder::new()
+                .layer(retry(true, 3))
+                .service(Passthrough),
+            calls,
+        ),
+        "retry_no_budget" => drive(
+            ServiceBuilder::new()
+                .layer(retry(false, 3))
+                .service(Passthrough),
+            calls,
+        ),
+        "retry_floor" => drive(
+            ServiceBuilder::new()
+                .layer(retry(false, 1))
+                .service(Passthrough),
+            calls,
+        ),
+        "tower_retry" => drive(
+            ServiceBuilder::new()
+                .layer(tower::retry::RetryLayer::new(Attempts(2)))
+                .service(Passthrough),
+            calls,
+        ),
         other => {
-            eprintln!("unknown layer {other}: passthrough, breaker, bulkhead, timeout, stack");
+            eprintln!(
+                "unknown layer {other}: passthrough, breaker, bulkhead, timeout, stack, retry, \
+                 retry_no_budget, retry_floor, tower_retry"
+            );
             std::process::exit(2);
         }
     }

@@ -37,7 +37,12 @@
 //! A `RetryBudget` is an `Arc`; clones share it. A request that does not retry calls
 //! [`record_request`](RetryBudget::record_request) and
 //! [`record_success`](RetryBudget::record_success): one atomic add (ratio), or one atomic load
-//! while the bucket is full (gRPC throttling, quota). No lock, no allocation, ever.
+//! while the bucket is full (gRPC throttling, quota). No lock, no allocation, ever. The ratio
+//! budget finds the time slice of `now` in a per-thread cache of the current slice's bounds
+//! (two comparisons of instants); the `Instant` arithmetic that maps an instant to its slice
+//! runs once per slice (`window / buckets`) per thread, and on a miss (a budget whose cache
+//! slot another budget took, an instant outside the cached slice). The cache holds nothing
+//! but a function of the budget's epoch and slice width, so every answer is exact.
 //!
 //! # Under concurrency
 //!
@@ -72,6 +77,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tower_red::GrpcCode;
@@ -163,6 +169,36 @@ struct Inner {
     kind: Kind,
     cost: RetryCost,
     epoch: Instant,
+    /// Names this budget in the per-thread slice cache ([`SLICES`]); unique per process.
+    id: u64,
+}
+
+/// Where the ids of budgets come from. A plain std atomic even under loom: an id is handed out
+/// once per budget and only its uniqueness matters.
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// One ratio budget's current time slice as last computed on a thread: every instant in
+/// `[from, until)` is in slice `slice` of budget `id`.
+#[derive(Clone, Copy)]
+struct CachedSlice {
+    id: u64,
+    from: Instant,
+    until: Instant,
+    slice: u64,
+}
+
+/// Slots of the per-thread slice cache, by budget id. A few, so that several budgets used on
+/// one thread rarely evict each other; a miss only costs the exact computation.
+const SLOTS: usize = 4;
+
+thread_local! {
+    /// Instant arithmetic (a `Timespec` subtraction, then a conversion to nanoseconds) costs
+    /// more than the rest of a deposit: each thread remembers the bounds of a budget's current
+    /// slice and compares instants against them, redoing the arithmetic once per slice
+    /// (`window / buckets`). The cache is a pure function of the budget's epoch and slice
+    /// width, so it is exact whatever the instants asked about.
+    static SLICES: [std::cell::Cell<Option<CachedSlice>>; SLOTS] =
+        const { [const { std::cell::Cell::new(None) }; SLOTS] };
 }
 
 enum Kind {
@@ -214,8 +250,16 @@ impl RetryBudget {
     }
 
     fn from_kind(kind: Kind, cost: RetryCost, epoch: Instant) -> Self {
+        // Relaxed: only the uniqueness of each id matters, which the RMW gives on every
+        // architecture; nothing is published through the counter.
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         RetryBudget {
-            inner: Arc::new(Inner { kind, cost, epoch }),
+            inner: Arc::new(Inner {
+                kind,
+                cost,
+                epoch,
+                id,
+            }),
         }
     }
 
@@ -238,7 +282,7 @@ impl RetryBudget {
     #[inline]
     pub fn record_request(&self, now: Instant) {
         if let Kind::Ratio(w) = &self.inner.kind {
-            w.deposit(self.nanos(now));
+            w.deposit_in(self.slice(w, now));
         }
     }
 
@@ -267,9 +311,9 @@ impl RetryBudget {
     #[inline]
     pub fn try_retry(&self, class: FailureClass, now: Instant) -> bool {
         match &self.inner.kind {
-            Kind::Ratio(w) => w.withdraw(
+            Kind::Ratio(w) => w.withdraw_in(
                 i64::from(self.inner.cost.of(class)) * MILLI,
-                self.nanos(now),
+                self.slice(w, now),
             ),
             Kind::Throttle(t) => t.above_half(),
             Kind::Quota(t) => t.withdraw(i64::from(self.inner.cost.of(class)) * MILLI),
@@ -285,7 +329,7 @@ impl RetryBudget {
 
     pub(crate) fn balance_milli(&self, now: Instant) -> i64 {
         match &self.inner.kind {
-            Kind::Ratio(w) => w.balance(w.slice(self.nanos(now))),
+            Kind::Ratio(w) => w.balance(self.slice(w, now)),
             Kind::Throttle(t) | Kind::Quota(t) => t.tokens(),
         }
     }
@@ -293,6 +337,54 @@ impl RetryBudget {
     #[inline]
     fn nanos(&self, now: Instant) -> u64 {
         crate::backoff::saturating_nanos(now.saturating_duration_since(self.inner.epoch))
+    }
+
+    /// The slice of `w` that `now` falls in: from this thread's cache when `now` is within the
+    /// slice last computed here (two comparisons of instants), else computed and cached.
+    #[inline]
+    fn slice(&self, w: &RatioWindow, now: Instant) -> u64 {
+        let id = self.inner.id;
+        let hit = SLICES.with(|slots| {
+            let cached = slots[id as usize % SLOTS].get()?;
+            (cached.id == id && cached.from <= now && now < cached.until).then_some(cached.slice)
+        });
+        match hit {
+            Some(slice) => {
+                debug_assert_eq!(slice, w.exact_slice(self.nanos(now)));
+                slice
+            }
+            None => self.slice_slow(w, now),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn slice_slow(&self, w: &RatioWindow, now: Instant) -> u64 {
+        let slice = w.slice(self.nanos(now));
+        // The bounds of the slice, when they are instants and the slice is not the clamped
+        // last one; else nothing is cached and every call computes.
+        let bounds = (slice < u64::MAX - 2)
+            .then(|| {
+                let from = slice.checked_mul(w.width)?;
+                let until = from.checked_add(w.width)?;
+                Some((
+                    self.inner.epoch.checked_add(Duration::from_nanos(from))?,
+                    self.inner.epoch.checked_add(Duration::from_nanos(until))?,
+                ))
+            })
+            .flatten();
+        if let Some((from, until)) = bounds {
+            let id = self.inner.id;
+            SLICES.with(|slots| {
+                slots[id as usize % SLOTS].set(Some(CachedSlice {
+                    id,
+                    from,
+                    until,
+                    slice,
+                }));
+            });
+        }
+        slice
     }
 }
 
@@ -401,18 +493,33 @@ impl RatioWindow {
         }
     }
 
-    #[inline]
+    /// The slice `nanos` after the epoch falls in, computed without the hint (to check the
+    /// caches against, in debug builds).
+    fn exact_slice(&self, nanos: u64) -> u64 {
+        (nanos / self.width).min(u64::MAX - 2)
+    }
+
+    #[cfg(loom)]
     fn deposit(&self, nanos: u64) {
+        self.deposit_in(self.slice(nanos));
+    }
+
+    #[inline]
+    fn deposit_in(&self, slice: u64) {
         // Relaxed: a deposit only raises the balance. The add is atomic, so none is lost on
         // any architecture; a withdrawal that does not see it yet refuses (never over-admits),
         // and nothing else is published through it.
-        self.bucket(self.slice(nanos))
+        self.bucket(slice)
             .net
             .fetch_add(self.deposit, Ordering::Relaxed);
     }
 
+    #[cfg(loom)]
     fn withdraw(&self, cost: i64, nanos: u64) -> bool {
-        let slice = self.slice(nanos);
+        self.withdraw_in(cost, self.slice(nanos))
+    }
+
+    fn withdraw_in(&self, cost: i64, slice: u64) -> bool {
         let bucket = self.bucket(slice);
         // Take first, then check: of two withdrawals racing for the last retry, the later one
         // in the SeqCst order sees both takes, so they cannot both pass.

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -121,9 +122,16 @@ enum Phase {
 pub(crate) struct Retrying<S, Req, K> {
     svc: S,
     copies: K,
+    /// The loop's own state, made when the first attempt fails: a call whose first attempt
+    /// succeeds writes one tag for it.
+    looping: Option<Looping<Req>>,
+}
+
+/// The state of a request's retries, from its first failure on.
+struct Looping<Req> {
     next: Option<Req>,
     state: RetryState,
-    rng: Option<SmallRng>,
+    rng: SmallRng,
     phase: Phase,
 }
 
@@ -132,11 +140,13 @@ impl<S, Req, K> Retrying<S, Req, K> {
         Retrying {
             svc,
             copies,
-            next: None,
-            state: RetryState::new(),
-            rng: None,
-            phase: Phase::Attempt,
+            looping: None,
         }
+    }
+
+    /// Attempts made or decided on, the first included.
+    fn attempts(&self) -> u32 {
+        self.looping.as_ref().map_or(1, |l| l.state.attempts())
     }
 }
 
@@ -154,44 +164,140 @@ pin_project_lite::pin_project! {
     /// `cancelled` in the RED series (`timeout` when a deadline enforcer outside dropped it,
     /// see [`tower_red::cancel`]). An attempt cut by the attempt timeout is dropped with the
     /// deadline mark, so the layers inside count a timeout.
+    ///
+    /// A call with nothing to judge, count or retry (it cannot be retried, no metrics
+    /// recorder, no attempt timeout) is the attempt's future alone: polling it polls the
+    /// attempt. A call that may be retried whose first attempt succeeds is judged inline; a
+    /// failure, a timer or a retry go out of line.
     pub struct ResponseFuture<S, Req, C, K>
     where
         S: Service<Req>,
     {
         #[pin]
-        attempt: Option<S::Future>,
-        retry: Option<Retrying<S, Req, K>>,
-        shared: Option<Arc<Shared>>,
-        classifier: C,
-        start: Start,
-        refused: Option<StopReason>,
-        timer: Option<Pin<Box<Sleep>>>,
-        armed: bool,
-        done: bool,
+        state: State<S, Req, C, K>,
     }
+}
 
-    impl<S, Req, C, K> PinnedDrop for ResponseFuture<S, Req, C, K>
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<S, Req, C, K>
     where
         S: Service<Req>,
     {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if !*this.done
-                && let (Some(shared), Some(start)) = (this.shared.as_ref(), this.start.red)
-            {
-                let _scope = Scope::enter();
-                // Dropped by a deadline enforcer outside: out of time; else the caller left.
-                let outcome = if tower_red::cancel::expired() {
-                    Outcome::Timeout
-                } else {
-                    Outcome::Cancelled
-                };
-                shared
-                    .metrics
-                    .red
-                    .record(outcome, clock::now().saturating_duration_since(start));
-            }
+        // Nothing to judge, count or retry: the attempt alone.
+        Passthrough {
+            #[pin]
+            attempt: Option<S::Future>,
+        },
+        Running {
+            // Declared first, so a call dropped before it ended is counted before its
+            // attempt in flight is dropped.
+            run: Run<S, Req, C, K>,
+            #[pin]
+            attempt: Option<S::Future>,
+        },
+    }
+}
+
+/// Everything a call that is judged, counted or may be retried carries besides its attempt.
+pub(crate) struct Run<S, Req, C, K> {
+    shared: Arc<Shared>,
+    retry: Option<Retrying<S, Req, K>>,
+    classifier: C,
+    start: Start,
+    refused: Option<StopReason>,
+    timer: Timer,
+    armed: bool,
+    done: bool,
+}
+
+impl<S, Req, C, K> Run<S, Req, C, K> {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        retry: Option<Retrying<S, Req, K>>,
+        classifier: C,
+        start: Start,
+        refused: Option<StopReason>,
+    ) -> Self {
+        Run {
+            shared,
+            retry,
+            classifier,
+            start,
+            refused,
+            timer: Timer(ManuallyDrop::new(None)),
+            armed: false,
+            done: false,
         }
+    }
+}
+
+impl<S, Req, C, K> Drop for Run<S, Req, C, K> {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.done
+            && let Some(start) = self.start.red
+        {
+            cancelled(&self.shared, start);
+        }
+    }
+}
+
+/// Counts a call dropped before it ended.
+#[cold]
+#[inline(never)]
+fn cancelled(shared: &Shared, start: Instant) {
+    let _scope = Scope::enter();
+    // Dropped by a deadline enforcer outside: out of time; else the caller left.
+    let outcome = if tower_red::cancel::expired() {
+        Outcome::Timeout
+    } else {
+        Outcome::Cancelled
+    };
+    shared
+        .metrics
+        .red
+        .record(outcome, clock::now().saturating_duration_since(start));
+}
+
+/// The attempt timeout's or the backoff's timer, once armed. Dropping an unarmed one is a
+/// single inlined check (the drop of a `Sleep` is large and never inlined).
+struct Timer(ManuallyDrop<Option<Pin<Box<Sleep>>>>);
+
+impl Drop for Timer {
+    #[inline]
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            self.disarm();
+        }
+    }
+}
+
+impl Timer {
+    #[cold]
+    #[inline(never)]
+    fn disarm(&mut self) {
+        drop(ManuallyDrop::into_inner(std::mem::replace(
+            &mut self.0,
+            ManuallyDrop::new(None),
+        )));
+    }
+
+    /// Sets the timer to fire at `at`, reusing its allocation.
+    fn arm(&mut self, at: Instant) -> Pin<&mut Sleep> {
+        match &mut *self.0 {
+            Some(sleep) => {
+                sleep.as_mut().reset(at);
+                sleep.as_mut()
+            }
+            timer @ None => timer
+                .insert(Box::pin(tokio::time::sleep_until(at)))
+                .as_mut(),
+        }
+    }
+
+    fn get(&mut self) -> Option<Pin<&mut Sleep>> {
+        self.0.as_mut().map(Pin::as_mut)
     }
 }
 
@@ -200,12 +306,15 @@ where
     S: Service<Req>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (attempts, done) = match &self.state {
+            State::Running { run, .. } => {
+                (run.retry.as_ref().map_or(1, Retrying::attempts), run.done)
+            }
+            State::Passthrough { attempt } => (1, attempt.is_none()),
+        };
         f.debug_struct("ResponseFuture")
-            .field(
-                "attempts",
-                &self.retry.as_ref().map_or(1, |r| r.state.attempts()),
-            )
-            .field("done", &self.done)
+            .field("attempts", &attempts)
+            .field("done", &done)
             .finish_non_exhaustive()
     }
 }
@@ -214,25 +323,16 @@ impl<S, Req, C, K> ResponseFuture<S, Req, C, K>
 where
     S: Service<Req>,
 {
-    pub(crate) fn new(
-        attempt: S::Future,
-        retry: Option<Retrying<S, Req, K>>,
-        shared: Option<Arc<Shared>>,
-        classifier: C,
-        start: Start,
-        refused: Option<StopReason>,
-    ) -> Self {
-        ResponseFuture {
-            attempt: Some(attempt),
-            retry,
-            shared,
-            classifier,
-            start,
-            refused,
-            timer: None,
-            armed: false,
-            done: false,
-        }
+    /// The future of a call whose first attempt is `attempt`; `run` is `None` when there is
+    /// nothing to judge, count or retry.
+    #[inline]
+    pub(crate) fn new(attempt: S::Future, run: Option<Run<S, Req, C, K>>) -> Self {
+        let attempt = Some(attempt);
+        let state = match run {
+            Some(run) => State::Running { run, attempt },
+            None => State::Passthrough { attempt },
+        };
+        ResponseFuture { state }
     }
 }
 
@@ -244,19 +344,6 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
         if let Some(f) = self.0.take() {
             f();
         }
-    }
-}
-
-/// Sets `timer` to fire at `at`, reusing its allocation.
-fn arm(timer: &mut Option<Pin<Box<Sleep>>>, at: Instant) -> Pin<&mut Sleep> {
-    match timer {
-        Some(sleep) => {
-            sleep.as_mut().reset(at);
-            sleep.as_mut()
-        }
-        None => timer
-            .insert(Box::pin(tokio::time::sleep_until(at)))
-            .as_mut(),
     }
 }
 
@@ -274,229 +361,326 @@ where
 {
     type Output = Result<S::Response, BoxError>;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let _scope = Scope::enter();
-        let mut this = self.project();
+        match self.project().state.project() {
+            StateProj::Passthrough { mut attempt } => {
+                let fut = attempt
+                    .as_mut()
+                    .as_pin_mut()
+                    .expect("polled after completion");
+                let result = ready!(fut.poll(cx));
+                attempt.set(None);
+                Poll::Ready(result.map_err(Into::into))
+            }
+            StateProj::Running { run, attempt } => run.poll(attempt, cx),
+        }
+    }
+}
+
+impl<S, Req, C, K> Run<S, Req, C, K>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError> + 'static,
+    C: Classify<S::Response, S::Error> + ReadPushback<S::Response>,
+    K: Copies<Req>,
+{
+    /// The loop: the attempt in flight, its verdict, and the next attempt. Inline up to a
+    /// success; the rest (timers, failures, retries) is out of line.
+    #[inline(always)]
+    fn poll(
+        &mut self,
+        mut attempt: Pin<&mut Option<S::Future>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, BoxError>> {
+        // The clock is read in this poll (and shared with the layers inside) only for a RED
+        // duration or an attempt timeout; a failure's decision enters its own scope.
+        let _scope =
+            (self.start.red.is_some() || self.shared.attempt_timeout.is_some()).then(Scope::enter);
         loop {
-            if let Some(fut) = this.attempt.as_mut().as_pin_mut() {
+            if let Some(fut) = attempt.as_mut().as_pin_mut() {
                 let attempted = match fut.poll(cx) {
-                    Poll::Ready(result) => Attempted::Done(result),
+                    Poll::Ready(result) => {
+                        attempt.set(None);
+                        Attempted::Done(result)
+                    }
                     Poll::Pending => {
-                        let Some(limit) = this.shared.as_ref().and_then(|s| s.attempt_timeout)
-                        else {
+                        if self.shared.attempt_timeout.is_none() {
                             return Poll::Pending;
-                        };
-                        // Armed only once the attempt is pending: an answer ready at once
-                        // costs no timer.
-                        let timer = if *this.armed {
-                            this.timer.as_mut().expect("armed").as_mut()
-                        } else {
-                            *this.armed = true;
-                            let mut at = later(clock::now(), limit);
-                            if let Some(deadline) = this.start.deadline {
-                                at = at.min(deadline.instant());
-                            }
-                            arm(this.timer, at)
-                        };
-                        ready!(timer.poll(cx));
+                        }
+                        ready!(self.poll_attempt_timeout(attempt.as_mut(), cx));
                         Attempted::TimedOut
                     }
                 };
-                if matches!(attempted, Attempted::TimedOut) {
-                    // Dropped at its deadline: the layers inside count a timeout, not a caller
-                    // that went away (see `tower_red::cancel`).
-                    let attempt = &mut this.attempt;
-                    tower_red::cancel::drop_expired(OnDrop(Some(|| attempt.set(None))));
-                } else {
-                    this.attempt.set(None);
-                }
-                *this.armed = false;
-                let Some(shared) = this.shared.as_ref() else {
-                    // Nothing to judge, count or retry: the passthrough path.
-                    *this.done = true;
-                    return Poll::Ready(output(attempted, shared_name(None)));
-                };
+                self.armed = false;
                 let verdict = match &attempted {
-                    Attempted::Done(result) => judge(&*this.classifier, result),
+                    Attempted::Done(result) => judge(&self.classifier, result),
                     Attempted::TimedOut => Verdict::Failure(FailureClass::Timeout),
                 };
-                if this.retry.is_some()
-                    && let Some(budget) = shared.policy.budget()
-                {
-                    match verdict {
-                        Verdict::Success => budget.record_success(),
-                        Verdict::Failure(class) => budget.record_failure(class),
-                        Verdict::Ignored | Verdict::Refused(_) => {}
+                if matches!(verdict, Verdict::Success) && self.start.red.is_none() {
+                    // The common end, nothing to count: a token budget hears of it.
+                    if self.retry.is_some()
+                        && let Some(budget) = self.shared.policy.budget()
+                    {
+                        budget.record_success();
                     }
+                    self.done = true;
+                    return Poll::Ready(output(attempted, None));
                 }
-                let retryable = match verdict {
-                    Verdict::Failure(class) => Some((class, Reason::of(class))),
-                    Verdict::Refused(_) if shared.retry_refusals => {
-                        Some((FailureClass::Error, Reason::Refused))
-                    }
-                    _ => None,
-                };
-                let mut outcome = match &attempted {
-                    Attempted::Done(result) => Outcome::judged(verdict, result),
-                    Attempted::TimedOut => Outcome::Timeout,
-                };
-                let Some((class, reason)) = retryable else {
-                    return Poll::Ready(finish(
-                        shared, this.start, this.retry, this.done, attempted, outcome,
-                    ));
-                };
-                let Some(retry) = this.retry.as_mut() else {
-                    if let Some(why) = *this.refused {
-                        shared.metrics.stopped(why);
-                    }
-                    return Poll::Ready(finish(
-                        shared, this.start, this.retry, this.done, attempted, outcome,
-                    ));
-                };
-                let now = clock::now();
-                let latency = this
-                    .start
-                    .attempt
-                    .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
-                let pushback = match &attempted {
-                    Attempted::Done(Ok(res)) => this.classifier.pushback(res),
-                    Attempted::Done(Err(err)) => refusal_of(err)
-                        .and_then(Rejection::retry_after)
-                        .map_or(Pushback::Absent, Pushback::Delay),
-                    Attempted::TimedOut => Pushback::Absent,
-                };
-                let failure = Failure::new(class)
-                    .with_pushback(pushback)
-                    .with_latency(latency);
-                let rng = retry.rng.get_or_insert_with(|| shared.policy.rng());
-                let decision =
-                    shared
-                        .policy
-                        .decide(&mut retry.state, failure, now, this.start.deadline, rng);
-                let budget = shared.policy.budget();
-                let stop = match decision {
-                    Decision::Retry(delay) => {
-                        let attempt = retry.state.attempts();
-                        let last = attempt >= shared.policy.max_attempts();
-                        match retry.copies.next(attempt, last) {
-                            Some(req) => {
-                                retry.next = Some(req);
-                                shared.metrics.retried(reason);
-                                if let Some(budget) = budget {
-                                    shared.metrics.balance(budget.balance(now));
-                                }
-                                tracing::debug!(
-                                    name = &*shared.name,
-                                    attempt = retry.state.attempts(),
-                                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                                    reason = reason.as_str(),
-                                    "retrying"
-                                );
-                                if delay.is_zero() {
-                                    retry.phase = Phase::Ready;
-                                } else {
-                                    arm(this.timer, later(now, delay));
-                                    retry.phase = Phase::Backoff;
-                                }
-                                None
-                            }
-                            None => Some(StopReason::NotReplayable),
-                        }
-                    }
-                    Decision::Stop(stop) => {
-                        if stop == Stop::Pushback {
-                            // Told not to retry: a server serving this task hears of it.
-                            crate::attempt::note_dont_retry();
-                        }
-                        if stop == Stop::Budget {
-                            outcome = Outcome::BudgetExhausted;
-                            if let Some(budget) = budget {
-                                shared.metrics.balance(budget.balance(now));
-                            }
-                        }
-                        Some(StopReason::Policy(stop))
-                    }
-                };
-                if let Some(why) = stop {
-                    shared.metrics.stopped(why);
-                    tracing::debug!(
-                        name = &*shared.name,
-                        attempt = retry.state.attempts(),
-                        reason = why.as_str(),
-                        "not retried"
-                    );
-                    return Poll::Ready(finish(
-                        shared, this.start, this.retry, this.done, attempted, outcome,
-                    ));
+                if let Some(out) = self.judged(attempted, verdict) {
+                    return Poll::Ready(out);
                 }
             }
-            let retry = this
-                .retry
-                .as_mut()
-                .expect("between attempts only while retrying");
-            match retry.phase {
+            if let Some(out) = ready!(self.poll_between(attempt.as_mut(), cx)) {
+                return Poll::Ready(out);
+            }
+        }
+    }
+
+    /// The attempt in flight is pending: waits for the attempt timeout (armed now if it is
+    /// not yet), then drops the attempt with the deadline mark.
+    #[inline(never)]
+    fn poll_attempt_timeout(
+        &mut self,
+        mut attempt: Pin<&mut Option<S::Future>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let timer = if self.armed {
+            self.timer.get().expect("armed")
+        } else {
+            // Armed only once the attempt is pending: an answer ready at once costs no timer.
+            self.armed = true;
+            let limit = self.shared.attempt_timeout.unwrap_or(clock::NEVER);
+            let mut at = later(clock::now(), limit);
+            if let Some(deadline) = self.start.deadline {
+                at = at.min(deadline.instant());
+            }
+            self.timer.arm(at)
+        };
+        ready!(timer.poll(cx));
+        // Dropped at its deadline: the layers inside count a timeout, not a caller that went
+        // away (see `tower_red::cancel`).
+        let attempt = &mut attempt;
+        tower_red::cancel::drop_expired(OnDrop(Some(|| attempt.set(None))));
+        Poll::Ready(())
+    }
+
+    /// Judges a finished attempt that is not a success nobody counts: ends the call (`Some`,
+    /// its result) or decides a retry (`None`, and the next attempt is due).
+    #[inline(never)]
+    fn judged(
+        &mut self,
+        attempted: Attempted<S::Response, S::Error>,
+        verdict: Verdict,
+    ) -> Option<Result<S::Response, BoxError>> {
+        let _scope = Scope::enter();
+        let Run {
+            shared,
+            retry,
+            classifier,
+            start,
+            refused,
+            timer,
+            done,
+            ..
+        } = self;
+        let shared = &**shared;
+        if retry.is_some()
+            && let Some(budget) = shared.policy.budget()
+        {
+            match verdict {
+                Verdict::Success => budget.record_success(),
+                Verdict::Failure(class) => budget.record_failure(class),
+                Verdict::Ignored | Verdict::Refused(_) => {}
+            }
+        }
+        let retryable = match verdict {
+            Verdict::Failure(class) => Some((class, Reason::of(class))),
+            Verdict::Refused(_) if shared.retry_refusals => {
+                Some((FailureClass::Error, Reason::Refused))
+            }
+            _ => None,
+        };
+        let mut outcome = match &attempted {
+            Attempted::Done(result) => Outcome::judged(verdict, result),
+            Attempted::TimedOut => Outcome::Timeout,
+        };
+        let attempts = retry.as_ref().map_or(1, Retrying::attempts);
+        let Some((class, reason)) = retryable else {
+            return Some(finish(shared, start, attempts, done, attempted, outcome));
+        };
+        let Some(retry) = retry.as_mut() else {
+            if let Some(why) = *refused {
+                shared.metrics.stopped(why);
+            }
+            return Some(finish(shared, start, attempts, done, attempted, outcome));
+        };
+        let now = clock::now();
+        let latency = start
+            .attempt
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+        let pushback = match &attempted {
+            Attempted::Done(Ok(res)) => classifier.pushback(res),
+            Attempted::Done(Err(err)) => refusal_of(err)
+                .and_then(Rejection::retry_after)
+                .map_or(Pushback::Absent, Pushback::Delay),
+            Attempted::TimedOut => Pushback::Absent,
+        };
+        let failure = Failure::new(class)
+            .with_pushback(pushback)
+            .with_latency(latency);
+        let looping = retry.looping.get_or_insert_with(|| Looping {
+            next: None,
+            state: RetryState::new(),
+            rng: shared.policy.rng(),
+            phase: Phase::Attempt,
+        });
+        let decision = shared.policy.decide(
+            &mut looping.state,
+            failure,
+            now,
+            start.deadline,
+            &mut looping.rng,
+        );
+        let budget = shared.policy.budget();
+        let stop = match decision {
+            Decision::Retry(delay) => {
+                let attempt = looping.state.attempts();
+                let last = attempt >= shared.policy.max_attempts();
+                match retry.copies.next(attempt, last) {
+                    Some(req) => {
+                        looping.next = Some(req);
+                        shared.metrics.retried(reason);
+                        if let Some(budget) = budget {
+                            shared.metrics.balance(budget.balance(now));
+                        }
+                        tracing::debug!(
+                            name = &*shared.name,
+                            attempt = looping.state.attempts(),
+                            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                            reason = reason.as_str(),
+                            "retrying"
+                        );
+                        if delay.is_zero() {
+                            looping.phase = Phase::Ready;
+                        } else {
+                            timer.arm(later(now, delay));
+                            looping.phase = Phase::Backoff;
+                        }
+                        None
+                    }
+                    None => Some(StopReason::NotReplayable),
+                }
+            }
+            Decision::Stop(stop) => {
+                if stop == Stop::Pushback {
+                    // Told not to retry: a server serving this task hears of it.
+                    crate::attempt::note_dont_retry();
+                }
+                if stop == Stop::Budget {
+                    outcome = Outcome::BudgetExhausted;
+                    if let Some(budget) = budget {
+                        shared.metrics.balance(budget.balance(now));
+                    }
+                }
+                Some(StopReason::Policy(stop))
+            }
+        };
+        let why = stop?;
+        shared.metrics.stopped(why);
+        tracing::debug!(
+            name = &*shared.name,
+            attempt = looping.state.attempts(),
+            reason = why.as_str(),
+            "not retried"
+        );
+        let attempts = looping.state.attempts();
+        Some(finish(shared, start, attempts, done, attempted, outcome))
+    }
+
+    /// Between attempts: sleeps the backoff, readies the service and sends the next copy.
+    /// `Ready(None)` once it is sent; `Ready(Some(_))` ends the call (the service failed).
+    #[inline(never)]
+    fn poll_between(
+        &mut self,
+        mut attempt: Pin<&mut Option<S::Future>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<S::Response, BoxError>>> {
+        let _scope = Scope::enter();
+        let retry = self
+            .retry
+            .as_mut()
+            .expect("between attempts only while retrying");
+        let looping = retry
+            .looping
+            .as_mut()
+            .expect("between attempts only after a failure");
+        loop {
+            match looping.phase {
                 Phase::Backoff => {
-                    let timer = this.timer.as_mut().expect("a backoff timer");
-                    ready!(timer.as_mut().poll(cx));
-                    retry.phase = Phase::Ready;
+                    let timer = self.timer.get().expect("a backoff timer");
+                    ready!(timer.poll(cx));
+                    looping.phase = Phase::Ready;
                 }
                 Phase::Ready | Phase::Attempt => {
                     if let Err(err) = ready!(retry.svc.poll_ready(cx)) {
-                        let shared = this.shared.as_ref().expect("shared while retrying");
                         let err: BoxError = err.into();
                         let outcome = Outcome::from_error(&*err);
-                        return Poll::Ready(finish(
-                            shared,
-                            this.start,
-                            this.retry,
-                            this.done,
+                        let attempts = looping.state.attempts();
+                        return Poll::Ready(Some(finish(
+                            &self.shared,
+                            &self.start,
+                            attempts,
+                            &mut self.done,
                             Attempted::<S::Response, BoxError>::Done(Err(err)),
                             outcome,
-                        ));
+                        )));
                     }
-                    let req = retry
+                    let req = looping
                         .next
                         .take()
                         .expect("a copy is made when a retry is decided");
-                    this.attempt.set(Some(retry.svc.call(req)));
-                    if this.start.attempt.is_some() {
-                        this.start.attempt = Some(clock::now());
+                    attempt.set(Some(retry.svc.call(req)));
+                    if self.start.attempt.is_some() {
+                        self.start.attempt = Some(clock::now());
                     }
-                    retry.phase = Phase::Attempt;
+                    looping.phase = Phase::Attempt;
+                    return Poll::Ready(None);
                 }
             }
         }
     }
 }
 
-fn shared_name(shared: Option<&Shared>) -> Option<Arc<str>> {
-    shared.map(|s| s.name.clone())
-}
-
-/// The caller's result of an attempt: its own, or the timeout of an attempt.
+/// The caller's result of an attempt: its own, or the timeout of an attempt (naming the layer
+/// when it has a name).
+#[inline]
 fn output<T, E: Into<BoxError>>(
     attempted: Attempted<T, E>,
-    name: Option<Arc<str>>,
+    name: Option<&Arc<str>>,
 ) -> Result<T, BoxError> {
     match attempted {
         Attempted::Done(result) => result.map_err(Into::into),
-        Attempted::TimedOut => {
-            let mut rejection = Rejection::new(RejectionKind::DeadlineExceeded)
-                .with_reason("call")
-                .with_detail("a retry attempt ran out of time");
-            if let Some(name) = name {
-                rejection = rejection.with_name(name);
-            }
-            Err(rejection.into())
-        }
+        Attempted::TimedOut => Err(timed_out(name)),
     }
 }
 
+#[cold]
+fn timed_out(name: Option<&Arc<str>>) -> BoxError {
+    let mut rejection = Rejection::new(RejectionKind::DeadlineExceeded)
+        .with_reason("call")
+        .with_detail("a retry attempt ran out of time");
+    if let Some(name) = name {
+        rejection = rejection.with_name(name.clone());
+    }
+    rejection.into()
+}
+
 /// Ends the loop: records the call and hands back the last attempt's result as it was.
-fn finish<T, E: Into<BoxError>, S, Req, K>(
+fn finish<T, E: Into<BoxError>>(
     shared: &Shared,
     start: &Start,
-    retry: &Option<Retrying<S, Req, K>>,
+    attempts: u32,
     done: &mut bool,
     attempted: Attempted<T, E>,
     outcome: Outcome,
@@ -507,9 +691,9 @@ fn finish<T, E: Into<BoxError>, S, Req, K>(
         metrics
             .red
             .record(outcome, clock::now().saturating_duration_since(at));
-        metrics.attempts(retry.as_ref().map_or(1, |r| r.state.attempts()));
+        metrics.attempts(attempts);
     }
-    output(attempted, Some(shared.name.clone()))
+    output(attempted, Some(&shared.name))
 }
 
 pin_project_lite::pin_project! {
@@ -642,11 +826,7 @@ where
                             let retry = Retrying::new(svc, buffered);
                             ResponseFuture::new(
                                 fut,
-                                Some(retry),
-                                Some(shared),
-                                classifier,
-                                start,
-                                None,
+                                Some(Run::new(shared, Some(retry), classifier, start, None)),
                             )
                         }
                         Ok(Collected::Overflow(rest)) => {
@@ -655,11 +835,13 @@ where
                                 .call(http::Request::from_parts(parts, RetryBody::overflow(rest)));
                             ResponseFuture::new(
                                 fut,
-                                None,
-                                Some(shared),
-                                classifier,
-                                start,
-                                Some(StopReason::NotReplayable),
+                                Some(Run::new(
+                                    shared,
+                                    None,
+                                    classifier,
+                                    start,
+                                    Some(StopReason::NotReplayable),
+                                )),
                             )
                         }
                     }

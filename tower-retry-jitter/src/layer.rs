@@ -57,13 +57,13 @@ impl<C, P, R> RetryLayer<C, P, R> {
     pub(crate) fn from_parts(config: LayerConfig, classifier: C, safety: P, replay: R) -> Self {
         let metrics = Metrics::new(&config.name);
         RetryLayer {
-            shared: Arc::new(Shared {
-                name: Arc::from(config.name),
-                policy: config.policy,
+            shared: Arc::new(Shared::new(
+                Arc::from(config.name),
+                config.policy,
                 metrics,
-                retry_refusals: config.retry_refusals,
-                attempt_timeout: config.attempt_timeout,
-            }),
+                config.retry_refusals,
+                config.attempt_timeout,
+            )),
             classifier,
             safety,
             replay,

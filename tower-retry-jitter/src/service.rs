@@ -13,7 +13,7 @@ use tower_service::Service;
 use tower_timeout_budget::DeadlineCarrier;
 
 use crate::budget::BudgetKind;
-use crate::future::{Backup, BufferedFuture, ResponseFuture, Retrying, Start};
+use crate::future::{Backup, BufferedFuture, ResponseFuture, Retrying, Run, Start};
 use crate::metrics::{Metrics, StopReason};
 use crate::policy::{RetryPolicy, Stop};
 use crate::replay::{BufferBody, CloneRequest, ReplayRequest, RetryBody};
@@ -27,6 +27,35 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) retry_refusals: bool,
     pub(crate) attempt_timeout: Option<Duration>,
+    /// No metrics recorder and no attempt timeout: a call that cannot be retried has nothing
+    /// to judge, count or time, and its future is the attempt's.
+    pub(crate) quiet: bool,
+    /// The budget is a ratio budget: a request that may be retried deposits into it.
+    pub(crate) ratio: bool,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        name: Arc<str>,
+        policy: RetryPolicy,
+        metrics: Metrics,
+        retry_refusals: bool,
+        attempt_timeout: Option<Duration>,
+    ) -> Shared {
+        let quiet = !metrics.red.is_recording() && attempt_timeout.is_none();
+        let ratio = policy
+            .budget()
+            .is_some_and(|b| b.kind() == BudgetKind::Ratio);
+        Shared {
+            name,
+            policy,
+            metrics,
+            retry_refusals,
+            attempt_timeout,
+            quiet,
+            ratio,
+        }
+    }
 }
 
 impl fmt::Debug for Shared {
@@ -48,17 +77,20 @@ impl fmt::Debug for Shared {
 ///
 /// # Cost of a call that is not retried
 ///
-/// For a request that cannot be retried (not safe, not copyable, or one attempt allowed) the
-/// future polls the inner future and nothing else: no clone, no clock read, no allocation, no
-/// timer. A request that may be retried is copied once before its first attempt (the original
-/// is gone once sent), the inner service and the layer's shared state (an `Arc`) are cloned
-/// into the future, and its deadline is read. The clock is read once, and only when a ratio
-/// budget needs the request's deposit or a deadline needs the attempt's latency; the read is
-/// shared with the other layers of the stack through [`tower_red::clock`], so inside a stack
-/// that already reads it (a RED or timeout layer) it costs a thread-local access. A random
-/// number generator and a timer are made only when a retry is decided; nothing is allocated
-/// until then. With a metrics recorder installed, every call reads the clock for its duration
-/// (shared the same way).
+/// For a request that cannot be retried (not safe, not copyable, or one attempt allowed),
+/// with no metrics recorder and no attempt timeout, the future is the inner future alone:
+/// no clone, no clock read, no allocation, no timer, nothing to drop. A request that may be
+/// retried is copied once before its first attempt (the original is gone once sent, and the
+/// first attempt cannot be known to succeed before it is sent), the inner service and the
+/// layer's shared state (an `Arc`: one atomic increment and one decrement) are cloned into
+/// the future, and its deadline is read; a first attempt that succeeds at once is judged
+/// inline, and the loop's own state (backoff, random number generator, next copy, timer) is
+/// made only when it fails. The clock is read once, and only when a ratio budget needs the
+/// request's deposit or a deadline needs the attempt's latency; the read is shared with the
+/// other layers of the stack through [`tower_red::clock`], so inside a stack that already
+/// reads it (a RED or timeout layer) it costs a thread-local access. Nothing is allocated
+/// until a retry is decided. With a metrics recorder installed, every call reads the clock
+/// for its duration (shared the same way).
 ///
 /// A token budget (gRPC throttling, quota) hears of the successes and failures of requests
 /// that may be retried; requests that never could do not touch it.
@@ -147,28 +179,36 @@ impl<S, C, P, R> Retry<S, C, P, R> {
 
     /// The start of a request: the clock read (once) when anything needs it: a RED duration,
     /// a deposit into a ratio budget, or the latency of an attempt judged against a deadline.
-    #[inline]
-    fn start(&self, retrying: bool, deadline: Option<tower_timeout_budget::Deadline>) -> Start {
+    /// The read is made inside a [`Scope`], handed back to be held over the inner `call`, so
+    /// the layers inside share it; without a read, no scope.
+    #[inline(always)]
+    fn start(
+        &self,
+        retrying: bool,
+        deadline: Option<tower_timeout_budget::Deadline>,
+    ) -> (Start, Option<Scope>) {
         let recording = self.shared.metrics.red.is_recording();
-        let ratio = self
-            .shared
-            .policy
-            .budget()
-            .filter(|b| b.kind() == BudgetKind::Ratio);
-        let timed = retrying && (ratio.is_some() || deadline.is_some());
-        let now = (recording || timed).then(clock::now);
-        if retrying && let (Some(now), Some(budget)) = (now, ratio) {
+        let ratio = retrying && self.shared.ratio;
+        let timed = ratio || (retrying && deadline.is_some());
+        if !(recording || timed) {
+            let start = Start {
+                red: None,
+                attempt: None,
+                deadline,
+            };
+            return (start, None);
+        }
+        let scope = Scope::enter();
+        let now = clock::now();
+        if ratio && let Some(budget) = self.shared.policy.budget() {
             budget.record_request(now);
         }
-        Start {
-            red: if recording { now } else { None },
-            attempt: if retrying && deadline.is_some() {
-                now
-            } else {
-                None
-            },
+        let start = Start {
+            red: recording.then_some(now),
+            attempt: (retrying && deadline.is_some()).then_some(now),
             deadline,
-        }
+        };
+        (start, Some(scope))
     }
 }
 
@@ -190,11 +230,14 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let _scope = Scope::enter();
         <P as RetrySafety<Req>>::mark_attempt(&mut req, 1);
         let mut refused = self.refuse(&req);
+        if refused.is_some() && self.shared.quiet {
+            // Nothing to judge, count, time or retry: the attempt's future is the call's.
+            return ResponseFuture::new(self.inner.call(req), None);
+        }
         let copy = match refused {
             None => {
                 let copy = self.replay.replay(&req);
@@ -210,7 +253,7 @@ where
         } else {
             None
         };
-        let start = self.start(copy.is_some(), deadline);
+        let (start, _scope) = self.start(copy.is_some(), deadline);
         let fut = self.inner.call(req);
         let retry = copy.map(|copy| {
             let mark: fn(&mut Req, u32) = <P as RetrySafety<Req>>::mark_attempt;
@@ -219,10 +262,17 @@ where
                 Backup::new(copy, self.replay.clone(), mark),
             )
         });
-        let shared =
-            (retry.is_some() || start.red.is_some() || self.shared.attempt_timeout.is_some())
-                .then(|| self.shared.clone());
-        ResponseFuture::new(fut, retry, shared, self.classifier.clone(), start, refused)
+        let run = (retry.is_some() || start.red.is_some() || self.shared.attempt_timeout.is_some())
+            .then(|| {
+                Run::new(
+                    self.shared.clone(),
+                    retry,
+                    self.classifier.clone(),
+                    start,
+                    refused,
+                )
+            });
+        ResponseFuture::new(fut, run)
     }
 }
 
@@ -245,7 +295,6 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let _scope = Scope::enter();
         crate::attempt::write_attempt(req.headers_mut(), 1);
         let refused = self.refuse(&req);
         let deadline = if refused.is_none() || self.shared.attempt_timeout.is_some() {
@@ -253,18 +302,12 @@ where
         } else {
             None
         };
-        let start = self.start(refused.is_none(), deadline);
+        let (start, _scope) = self.start(refused.is_none(), deadline);
         let shared = self.shared.clone();
         if refused.is_some() {
             let fut = self.inner.call(req.map(RetryBody::once));
-            return BufferedFuture::running(ResponseFuture::new(
-                fut,
-                None,
-                Some(shared),
-                self.classifier.clone(),
-                start,
-                refused,
-            ));
+            let run = Run::new(shared, None, self.classifier.clone(), start, refused);
+            return BufferedFuture::running(ResponseFuture::new(fut, Some(run)));
         }
         // The body is read before the first attempt, so the service made ready for this call
         // goes into the future and this one keeps a clone (which must be made ready again).
