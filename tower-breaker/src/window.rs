@@ -434,6 +434,40 @@ mod tests {
     }
 
     #[test]
+    fn count_window_reset_forgets_failures_and_slow_calls_in_every_slot() {
+        let both = Sample {
+            failure: true,
+            slow: true,
+        };
+        // 64 slots: two words, so every bit of a word (the last slot's slow bit is bit 63).
+        let w = CountWindow::new(64);
+        for _ in 0..64 {
+            w.record(both, 1);
+        }
+        assert_eq!(
+            w.counts(),
+            Counts {
+                calls: 64,
+                failures: 64,
+                slow: 64
+            }
+        );
+        w.reset();
+        for _ in 0..4 {
+            w.record(OK, 1);
+        }
+        assert_eq!(
+            w.counts(),
+            Counts {
+                calls: 4,
+                failures: 0,
+                slow: 0
+            },
+            "nothing from before the reset is left"
+        );
+    }
+
+    #[test]
     fn count_window_asks_for_a_check_when_reaching_the_minimum() {
         let w = CountWindow::new(10);
         assert!(!w.record(OK, 3));
