@@ -12,6 +12,8 @@
 //! - [`config`]: [`ConfigError`], what every layer builder returns for a bad value;
 //!   [`cancel`]: how a deadline enforcer tells the layers inside it why their future was
 //!   dropped; [`define_inner_service_accessors!`] for services.
+//! - [`timer`]: [`Timer`](timer::Timer), a lazily armed, boxed timer whose unarmed drop is one
+//!   inlined check.
 //!
 //! ```
 //! use std::time::Duration;
@@ -47,6 +49,7 @@ pub mod parts;
 pub mod problem;
 pub mod red;
 pub mod rejection;
+pub mod timer;
 
 pub use crate::classify::{Classify, FailureClass, Verdict, judge};
 pub use crate::config::ConfigError;

@@ -4,18 +4,18 @@
 
 use std::fmt;
 use std::future::Future;
-use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower_red::body::{Buffered as Collected, Collect, Collected as Body};
 use tower_red::classify::{Classify, FailureClass, Verdict, judge, refusal_of};
 use tower_red::clock::{self, Scope};
 use tower_red::red::Outcome;
+use tower_red::timer::Timer;
 use tower_red::{BoxError, Rejection, RejectionKind};
 use tower_service::Service;
 use tower_timeout_budget::Deadline;
@@ -225,7 +225,7 @@ impl<S, Req, C, K> Run<S, Req, C, K> {
             classifier,
             start,
             refused,
-            timer: Timer(ManuallyDrop::new(None)),
+            timer: Timer::new(),
             armed: false,
             done: false,
         }
@@ -258,47 +258,6 @@ fn cancelled(shared: &Shared, start: Instant) {
         .metrics
         .red
         .record(outcome, clock::now().saturating_duration_since(start));
-}
-
-/// The attempt timeout's or the backoff's timer, once armed. Dropping an unarmed one is a
-/// single inlined check (the drop of a `Sleep` is large and never inlined).
-struct Timer(ManuallyDrop<Option<Pin<Box<Sleep>>>>);
-
-impl Drop for Timer {
-    #[inline]
-    fn drop(&mut self) {
-        if self.0.is_some() {
-            self.disarm();
-        }
-    }
-}
-
-impl Timer {
-    #[cold]
-    #[inline(never)]
-    fn disarm(&mut self) {
-        drop(ManuallyDrop::into_inner(std::mem::replace(
-            &mut self.0,
-            ManuallyDrop::new(None),
-        )));
-    }
-
-    /// Sets the timer to fire at `at`, reusing its allocation.
-    fn arm(&mut self, at: Instant) -> Pin<&mut Sleep> {
-        match &mut *self.0 {
-            Some(sleep) => {
-                sleep.as_mut().reset(at);
-                sleep.as_mut()
-            }
-            timer @ None => timer
-                .insert(Box::pin(tokio::time::sleep_until(at)))
-                .as_mut(),
-        }
-    }
-
-    fn get(&mut self) -> Option<Pin<&mut Sleep>> {
-        self.0.as_mut().map(Pin::as_mut)
-    }
 }
 
 impl<S, Req, C, K> fmt::Debug for ResponseFuture<S, Req, C, K>

@@ -1,16 +1,16 @@
 //! [`ResponseFuture`]: the future of every service in this crate.
 
 use std::future::Future;
-use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower_red::BoxError;
 use tower_red::cancel;
 use tower_red::classify::{AnyError, Classify};
 use tower_red::clock::{self, Scope};
+use tower_red::timer::Timer;
 
 use crate::Deadline;
 use crate::error::Stage;
@@ -58,30 +58,6 @@ pin_project! {
     }
 }
 
-/// The timer of a call whose inner future was not ready at once, if armed. Dropping an unarmed
-/// one is a single inlined check (the drop of a `Sleep` is large and never inlined).
-pub(crate) struct Timer(ManuallyDrop<Option<Pin<Box<Sleep>>>>);
-
-impl Drop for Timer {
-    #[inline]
-    fn drop(&mut self) {
-        if self.0.is_some() {
-            self.disarm();
-        }
-    }
-}
-
-impl Timer {
-    #[cold]
-    #[inline(never)]
-    fn disarm(&mut self) {
-        drop(ManuallyDrop::into_inner(std::mem::replace(
-            &mut self.0,
-            ManuallyDrop::new(None),
-        )));
-    }
-}
-
 impl<F, K> ResponseFuture<F, K> {
     pub(crate) fn running(
         fut: F,
@@ -103,7 +79,7 @@ impl<F, K> ResponseFuture<F, K> {
         ResponseFuture {
             state: State::Running {
                 fut,
-                sleep: Timer(ManuallyDrop::new(None)),
+                sleep: Timer::new(),
                 deadline,
                 start,
                 wire,
@@ -229,8 +205,7 @@ fn poll_timer<K>(
     shared: &Shared<K>,
     cx: &mut Context<'_>,
 ) -> Poll<BoxError> {
-    let timer = sleep.0.get_or_insert_with(|| Box::pin(deadline.sleep()));
-    ready!(timer.as_mut().poll(cx));
+    ready!(sleep.get_or_arm_with(|| deadline.sleep()).poll(cx));
     Poll::Ready(shared.exceeded(
         Stage::Call,
         Some(clock::now().saturating_duration_since(start)),
