@@ -632,6 +632,26 @@ mod loom_models {
     }
 
     #[test]
+    fn loom_count_window_two_writers_clearing_one_slot_count_the_clear_once() {
+        loom::model(|| {
+            let w = Arc::new(CountWindow::new(1));
+            w.record(FAIL, 1);
+            let writer = {
+                let w = w.clone();
+                thread::spawn(move || {
+                    w.record(OK, 1);
+                })
+            };
+            w.record(OK, 1);
+            writer.join().unwrap();
+            // Both may see the failure and clear it; only the one whose RMW cleared it counts.
+            assert_eq!(w.failures.load(Ordering::Relaxed), failure_bits(&w));
+            assert_eq!(w.slow.load(Ordering::Relaxed), 0);
+            assert_eq!(w.counts().failures, 0);
+        });
+    }
+
+    #[test]
     fn loom_time_window_never_counts_the_old_period_as_current() {
         loom::model(|| {
             // One bucket of 10 ns: slice 1 expires slice 0.
