@@ -410,3 +410,61 @@ pub async fn redis_command_calls(
         })
         .collect()
 }
+
+/// Serves `app` on a free loopback port, in a spawned task, and returns its address.
+///
+/// ```no_run
+/// # async fn demo() {
+/// let app = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
+/// let addr = tests::serve_axum(app).await;
+/// let body = reqwest::get(format!("http://{addr}/")).await.unwrap().text().await.unwrap();
+/// assert_eq!(body, "hi");
+/// # }
+/// ```
+pub async fn serve_axum(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Serves the `tonic-health` service behind `layer` (the server's layers, outermost first as
+/// in a `tower::ServiceBuilder`; `tower::layer::util::Identity` for none) on a free loopback
+/// port, in a spawned task. Returns its reporter (the service `""` is `SERVING`) and address.
+///
+/// ```no_run
+/// # async fn demo() {
+/// let (_reporter, addr) = tests::serve_health(tower::layer::util::Identity::new()).await;
+/// let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+///     .unwrap()
+///     .connect_lazy();
+/// # drop(channel);
+/// # }
+/// ```
+pub async fn serve_health<L, ResBody>(
+    layer: L,
+) -> (tonic_health::server::HealthReporter, std::net::SocketAddr)
+where
+    L: tower::Layer<tonic::service::Routes> + Clone + Send + 'static,
+    L::Service: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Future: Send,
+    <L::Service as tower::Service<http::Request<tonic::body::Body>>>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(health)
+            .serve_with_incoming(incoming),
+    );
+    (reporter, addr)
+}

@@ -2,7 +2,6 @@
 //! reqwest and a tonic client.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -62,13 +61,6 @@ impl<S> Layer<S> for RefuseOnHeaderLayer {
     }
 }
 
-async fn serve_axum(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
 #[tokio::test]
 async fn axum_answers_rejections_with_problem_json_over_the_wire() {
     let app = Router::new()
@@ -79,7 +71,7 @@ async fn axum_answers_rejections_with_problem_json_over_the_wire() {
                 .layer(ProblemLayer::new())
                 .layer(RefuseOnHeaderLayer),
         );
-    let addr = serve_axum(app).await;
+    let addr = tests::serve_axum(app).await;
     let client = reqwest::Client::new();
 
     let ok = client
@@ -123,7 +115,7 @@ async fn axum_answers_rejections_with_problem_json_over_the_wire() {
 
 #[tokio::test]
 async fn reqwest_client_metrics_through_red_layer() {
-    let addr = serve_axum(Router::new().route("/", get(|| async { "hi" }))).await;
+    let addr = tests::serve_axum(Router::new().route("/", get(|| async { "hi" }))).await;
     let recorder = DebuggingRecorder::new();
     let mut client = metrics::with_local_recorder(&recorder, || {
         ServiceBuilder::new()
@@ -174,17 +166,12 @@ async fn reqwest_client_metrics_through_red_layer() {
 
 #[tokio::test]
 async fn tonic_server_answers_rejections_with_their_grpc_codes() {
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
+    let (_reporter, addr) = tests::serve_health(
+        ServiceBuilder::new()
             .layer(StatusLayer::new())
-            .layer(RefuseOnHeaderLayer)
-            .add_service(health)
-            .serve_with_incoming(incoming),
-    );
+            .layer(RefuseOnHeaderLayer),
+    )
+    .await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()

@@ -48,9 +48,7 @@ async fn serve() -> (std::net::SocketAddr, Senders, BulkheadHandle) {
                 .layer(ProblemLayer::new())
                 .layer(bulkhead),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = tests::serve_axum(app).await;
     (addr, senders, handle)
 }
 

@@ -135,14 +135,6 @@ fn status_of(err: &(dyn std::error::Error + 'static)) -> StatusCode {
     }
 }
 
-async fn listen() -> (tokio::net::TcpListener, SocketAddr) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("an address");
-    (listener, addr)
-}
-
 fn inbound(name: &'static str) -> InboundDeadlineBuilder {
     InboundDeadlineLayer::builder()
         .cap(Duration::from_secs(30))
@@ -222,24 +214,20 @@ async fn chain(
     delay_b: Duration,
     delay_c: Duration,
 ) -> SocketAddr {
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let (listener, c) = listen().await;
-    tokio::spawn(
-        tonic::transport::Server::builder()
+    let (_reporter, c) = tests::serve_health(
+        ServiceBuilder::new()
             .layer(StatusLayer::new())
             // C gives up its default margin (20 ms) before its caller's budget ends, so its own
             // DEADLINE_EXCEEDED (not tonic's built-in CANCELLED "Timeout expired") is the
             // answer B sees.
             .layer(inbound("c").build().expect("valid"))
-            .layer(SlowLayer(probe.clone(), delay_c))
-            .add_service(health)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+            .layer(SlowLayer(probe.clone(), delay_c)),
+    )
+    .await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{c}"))
         .expect("a uri")
         .connect_lazy();
 
-    let (listener, b) = listen().await;
     let app_b = Router::new()
         .route("/b", get(hop_b))
         .with_state(HopB {
@@ -252,9 +240,8 @@ async fn chain(
                 .layer(ProblemLayer::new())
                 .layer(inbound("b").build().expect("valid")),
         );
-    tokio::spawn(async move { axum::serve(listener, app_b).await });
+    let b = tests::serve_axum(app_b).await;
 
-    let (listener, a) = listen().await;
     let app_a = Router::new()
         .route("/a", get(hop_a))
         .with_state(HopA {
@@ -268,8 +255,7 @@ async fn chain(
                 .layer(ProblemLayer::new())
                 .layer(inbound("a").build().expect("valid")),
         );
-    tokio::spawn(async move { axum::serve(listener, app_a).await });
-    a
+    tests::serve_axum(app_a).await
 }
 
 async fn call_a(a: SocketAddr, budget_ms: u64) -> (StatusCode, String) {

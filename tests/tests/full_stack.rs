@@ -61,9 +61,7 @@ async fn axum_router_with_every_layer_serves_and_refuses_over_the_wire() {
                 ),
         );
     assert_send_sync_static(&app);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = tests::serve_axum(app).await;
 
     let client = reqwest::Client::new();
     let get = |path: &str| client.get(format!("http://{addr}{path}")).send();
@@ -79,36 +77,33 @@ async fn axum_router_with_every_layer_serves_and_refuses_over_the_wire() {
 
 #[tokio::test]
 async fn tonic_server_with_every_layer_answers_grpc_codes() {
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let (reporter, addr) = tests::serve_health(
+        ServiceBuilder::new()
+            .layer(StatusLayer::new())
+            .layer(
+                InboundDeadlineLayer::builder()
+                    .cap(Duration::from_secs(5))
+                    .build()
+                    .unwrap(),
+            )
+            .layer(
+                BulkheadLayer::builder()
+                    .name("grpc")
+                    .max_concurrent(16)
+                    .build()
+                    .unwrap(),
+            )
+            .layer(
+                breaker("grpc", 2)
+                    .grpc_status()
+                    .build()
+                    .expect("a valid breaker"),
+            ),
+    )
+    .await;
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tonic::transport::Server::builder()
-        .layer(StatusLayer::new())
-        .layer(
-            InboundDeadlineLayer::builder()
-                .cap(Duration::from_secs(5))
-                .build()
-                .unwrap(),
-        )
-        .layer(
-            BulkheadLayer::builder()
-                .name("grpc")
-                .max_concurrent(16)
-                .build()
-                .unwrap(),
-        )
-        .layer(
-            breaker("grpc", 2)
-                .grpc_status()
-                .build()
-                .expect("a valid breaker"),
-        )
-        .add_service(health)
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
-    tokio::spawn(server);
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -155,9 +150,7 @@ async fn tonic_server_with_every_layer_answers_grpc_codes() {
 #[tokio::test]
 async fn reqwest_client_wrapped_in_every_client_layer() {
     let app = Router::new().route("/", get(|| async { "hi" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = tests::serve_axum(app).await;
 
     // The client order: the breaker above the bulkhead (an open circuit refuses before a
     // queue), the outbound deadline innermost (it writes the budget left after every wait).
@@ -250,9 +243,7 @@ async fn the_readme_client_stack_retries_a_post_with_one_key() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = tests::serve_axum(app).await;
 
     let client = ServiceBuilder::new()
         .layer(RedLayer::client())

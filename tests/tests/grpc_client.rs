@@ -59,16 +59,9 @@ impl<S> Layer<S> for RefuseOnHeaderLayer {
 }
 
 async fn health_server() -> std::net::SocketAddr {
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .serve_with_incoming(incoming),
-    );
-    addr
+    tests::serve_health(tower::layer::util::Identity::new())
+        .await
+        .1
 }
 
 fn check(refuse: Option<RejectionKind>) -> tonic::Request<HealthCheckRequest> {

@@ -75,41 +75,23 @@ impl<S> Layer<S> for SlowLayer {
     }
 }
 
-async fn listen() -> (tokio::net::TcpListener, SocketAddr) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("an address");
-    (listener, addr)
-}
-
 /// A health server that works `delay` per call, behind the documented server stack
 /// (`StatusLayer`, then the inbound layer with its defaults).
 async fn our_server(delay: Duration) -> SocketAddr {
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let (listener, addr) = listen().await;
-    tokio::spawn(
-        tonic::transport::Server::builder()
+    let (_reporter, addr) = tests::serve_health(
+        ServiceBuilder::new()
             .layer(StatusLayer::new())
             .layer(InboundDeadlineLayer::new())
-            .layer(SlowLayer(delay))
-            .add_service(health)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+            .layer(SlowLayer(delay)),
+    )
+    .await;
     addr
 }
 
 /// A health server that works `delay` per call, with none of our layers: only tonic's own
 /// `grpc-timeout` timer.
 async fn plain_server(delay: Duration) -> SocketAddr {
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let (listener, addr) = listen().await;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(SlowLayer(delay))
-            .add_service(health)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (_reporter, addr) = tests::serve_health(SlowLayer(delay)).await;
     addr
 }
 

@@ -40,9 +40,7 @@ where
         .route("/charges", post(charge))
         .layer(layer)
         .with_state(charges);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = tests::serve_axum(app).await;
     format!("http://{addr}/charges")
 }
 

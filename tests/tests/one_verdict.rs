@@ -34,13 +34,6 @@ fn breaker(name: &str, consecutive_failures: u32) -> BreakerConfig {
         .expect("a valid breaker")
 }
 
-async fn serve(app: Router) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
-
 /// The sums of `resilience_requests_total{outcome}` over every layer and name, one per
 /// outcome, from one snapshot (a snapshot drains what it reads).
 fn totals<const N: usize>(snapshotter: &Snapshotter, outcomes: [&str; N]) -> [u64; N] {
@@ -105,7 +98,7 @@ async fn a_hanging_backend_opens_the_breaker_behind_the_inbound_deadline() {
                 )
                 .layer(handle_layer),
         );
-    let addr = serve(app).await;
+    let addr = tests::serve_axum(app).await;
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/slow");
 
@@ -261,7 +254,7 @@ async fn a_client_breakers_refusal_turned_into_a_503_is_not_the_servers_failure(
         )
         // ...and health stays outside it: `route_layer` applies only to the routes above.
         .route("/health", get(|| async { "up" }));
-    let addr = serve(app).await;
+    let addr = tests::serve_axum(app).await;
     let client = reqwest::Client::new();
     let get = |path: &str| client.get(format!("http://{addr}{path}")).send();
 

@@ -80,21 +80,17 @@ impl<S> Layer<S> for FailFirstLayer {
 /// A real health server whose first `fail` calls are answered `UNAVAILABLE`; with `signal`,
 /// behind `DontRetryLayer`.
 async fn health_server(fail: usize, signal: bool) -> (SocketAddr, Seen) {
-    let (_reporter, health) = tonic_health::server::health_reporter();
     let seen = Seen::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
     let fail_first = FailFirstLayer {
         fail,
         seen: seen.clone(),
     };
-    let server = tonic::transport::Server::builder()
-        .layer(tower::util::option_layer(signal.then(DontRetryLayer::new)))
-        .layer(fail_first)
-        .add_service(health)
-        .serve_with_incoming(incoming);
-    tokio::spawn(server);
+    let (_reporter, addr) = tests::serve_health(
+        ServiceBuilder::new()
+            .layer(tower::util::option_layer(signal.then(DontRetryLayer::new)))
+            .layer(fail_first),
+    )
+    .await;
     (addr, seen)
 }
 

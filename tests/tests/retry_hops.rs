@@ -7,7 +7,6 @@
 //! "don't retry", the middle stops and passes the signal up, and the top does not retry at all:
 //! the bottom sees two attempts, fewer than the top's three.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -48,13 +47,6 @@ fn retrying_client(
 
 /// Each call's `x-retry-attempt`, as a server saw it.
 type Seen = Arc<Mutex<Vec<u32>>>;
-
-async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
-}
 
 /// The bottom: sheds everything.
 async fn bottom(State(seen): State<Seen>, headers: HeaderMap) -> StatusCode {
@@ -103,7 +95,7 @@ async fn nested(signal: bool) -> Outcome {
     if signal {
         bottom_app = bottom_app.layer(DontRetryLayer::new());
     }
-    let bottom_addr = serve(bottom_app).await;
+    let bottom_addr = tests::serve_axum(bottom_app).await;
 
     let middle_seen = Seen::default();
     let mut middle_app = Router::new()
@@ -116,7 +108,7 @@ async fn nested(signal: bool) -> Outcome {
     if signal {
         middle_app = middle_app.layer(DontRetryLayer::new());
     }
-    let middle_addr = serve(middle_app).await;
+    let middle_addr = tests::serve_axum(middle_app).await;
 
     let top = retrying_client("top");
     let req = reqwest::Request::new(

@@ -56,9 +56,7 @@ async fn server(fail_first: usize) -> (SocketAddr, Arc<Seen>) {
     let app = Router::new()
         .route("/echo", any(record))
         .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = tests::serve_axum(app).await;
     (addr, seen)
 }
 
