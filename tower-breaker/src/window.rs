@@ -495,6 +495,22 @@ mod tests {
     }
 
     #[test]
+    fn time_window_read_on_a_clock_behind_a_writer_skips_the_newer_bucket() {
+        let w = TimeWindow::new(3, 10);
+        w.record(FAIL, 5);
+        w.record(OK, 25);
+        // A reader that read the clock (slice 1) just before a writer finished (slice 2).
+        assert_eq!(
+            w.counts(15),
+            Counts {
+                calls: 1,
+                failures: 1,
+                slow: 0
+            }
+        );
+    }
+
+    #[test]
     fn slots_are_remainders() {
         for size in [1u32, 2, 3, 7, 31, 32, 33, 100, 1000, 65_537, 1 << 20] {
             let w = CountWindow::new(size);
