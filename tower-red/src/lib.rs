@@ -47,6 +47,8 @@ pub mod http;
 pub mod names;
 pub mod parts;
 pub mod problem;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 pub mod red;
 pub mod rejection;
 pub mod timer;

@@ -16,13 +16,12 @@ use axum::extract::Path;
 use axum::routing::get;
 use futures::{StreamExt, stream};
 use http::StatusCode;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tower::ServiceBuilder;
 use tower_breaker::BreakerLayer;
 use tower_bulkhead::{BulkheadLayer, Partition};
 use tower_red::classify::HttpStatus;
 use tower_red::problem::ProblemLayer;
-use tower_red::{BoxError, RedLayer, names};
+use tower_red::{BoxError, RedLayer};
 use tower_timeout_budget::inbound::InboundDeadlineLayer;
 
 const REQUESTS: usize = 400;
@@ -39,11 +38,8 @@ async fn main() -> Result<(), BoxError> {
         None => 0,
     };
 
-    let buckets = &names::HTTP_DURATION_BUCKETS;
-    let prometheus = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), buckets)?
-        .install_recorder()?;
-    tower_red::describe_metrics();
+    // OpenTelemetry buckets for `_seconds` histograms, upkeep and descriptions, before any layer.
+    let prometheus = tower_red::prometheus::install()?;
 
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
