@@ -703,6 +703,29 @@ mod loom_models {
     }
 
     #[test]
+    fn loom_time_window_reader_racing_a_reset_sees_the_bucket_whole_or_not_at_all() {
+        loom::model(|| {
+            let w = Arc::new(TimeWindow::new(1, 10));
+            w.record(FAIL, 0);
+            let reader = {
+                let w = w.clone();
+                thread::spawn(move || w.counts(0))
+            };
+            w.reset();
+            let seen = reader.join().unwrap();
+            let whole = Counts {
+                calls: 1,
+                failures: 1,
+                slow: 1,
+            };
+            assert!(
+                seen == whole || seen == Counts::default(),
+                "a half-zeroed bucket was counted: {seen:?}"
+            );
+        });
+    }
+
+    #[test]
     fn loom_time_window_reset_racing_a_record_leaves_a_consistent_bucket() {
         loom::model(|| {
             let w = Arc::new(TimeWindow::new(1, 10));
