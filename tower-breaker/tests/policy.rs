@@ -251,3 +251,28 @@ async fn a_refusal_during_the_ramp_says_when_the_next_step_begins() {
         "17 s in, the second step ends at 20 s"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_time_window_starts_empty_after_a_recovery_and_after_a_reset() {
+    let layer = layer(config().time_window(Duration::from_secs(60), 6));
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend());
+    calls(&mut svc, 4, true).await;
+    assert_eq!(handle.state(), State::Open);
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), 200, "the probe");
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(
+        handle.counts().calls,
+        0,
+        "the failures that tripped it are forgotten, though still inside the 60 s"
+    );
+    calls(&mut svc, 1, true).await;
+    assert_eq!(handle.state(), State::Closed, "1 call is under the minimum");
+    calls(&mut svc, 2, true).await;
+    assert_eq!(handle.counts().failures, 3);
+    handle.reset();
+    assert_eq!(handle.counts(), Default::default(), "a forced close empties it");
+    calls(&mut svc, 1, true).await;
+    assert_eq!(handle.state(), State::Closed);
+}
