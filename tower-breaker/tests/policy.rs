@@ -272,7 +272,11 @@ async fn a_time_window_starts_empty_after_a_recovery_and_after_a_reset() {
     calls(&mut svc, 2, true).await;
     assert_eq!(handle.counts().failures, 3);
     handle.reset();
-    assert_eq!(handle.counts(), Default::default(), "a forced close empties it");
+    assert_eq!(
+        handle.counts(),
+        Default::default(),
+        "a forced close empties it"
+    );
     calls(&mut svc, 1, true).await;
     assert_eq!(handle.state(), State::Closed);
 }
