@@ -468,3 +468,70 @@ where
     );
     (reporter, addr)
 }
+
+/// A client-side layer for tests that refuses, as a breaker or bulkhead in a client stack would,
+/// every request whose `x-refuse` header names a [`tower_red::RejectionKind`] (its `as_str`): the
+/// rejection carries the layer's name and a `Retry-After` of 2.5 s. Other requests pass through.
+#[derive(Clone, Copy, Debug)]
+pub struct RefuseOnHeaderLayer {
+    name: &'static str,
+}
+
+impl RefuseOnHeaderLayer {
+    /// A layer whose rejections carry `name`.
+    pub fn named(name: &'static str) -> Self {
+        RefuseOnHeaderLayer { name }
+    }
+}
+
+impl<S> tower::Layer<S> for RefuseOnHeaderLayer {
+    type Service = RefuseOnHeader<S>;
+    fn layer(&self, inner: S) -> RefuseOnHeader<S> {
+        RefuseOnHeader {
+            inner,
+            name: self.name,
+        }
+    }
+}
+
+/// The service of [`RefuseOnHeaderLayer`].
+#[derive(Clone, Debug)]
+pub struct RefuseOnHeader<S> {
+    inner: S,
+    name: &'static str,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RefuseOnHeader<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Error: Into<tower_red::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = tower_red::BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, tower_red::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), tower_red::BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        use tower_red::{Rejection, RejectionKind};
+        let kind = req.headers().get("x-refuse").and_then(|v| {
+            RejectionKind::ALL
+                .into_iter()
+                .find(|k| k.as_str().as_bytes() == v.as_bytes())
+        });
+        if let Some(kind) = kind {
+            let rejection = Rejection::new(kind)
+                .with_name(std::sync::Arc::from(self.name))
+                .with_retry_after(std::time::Duration::from_millis(2_500));
+            return Box::pin(async move { Err(rejection.into()) });
+        }
+        let fut = self.inner.call(req);
+        Box::pin(async move { fut.await.map_err(Into::into) })
+    }
+}

@@ -2,64 +2,18 @@
 //! reqwest and a tonic client.
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+
+use tests::RefuseOnHeaderLayer;
 
 use axum::Router;
 use axum::routing::get;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
-use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_red::grpc::status::{RETRY_PUSHBACK_MS, StatusLayer};
 use tower_red::problem::ProblemLayer;
-use tower_red::{BoxError, RedLayer, Rejection, RejectionKind, names};
-
-/// Refuses requests carrying `x-refuse: <kind>` with that rejection; passes the rest through.
-#[derive(Clone)]
-struct RefuseOnHeader<S>(S);
-
-impl<S, B> Service<http::Request<B>> for RefuseOnHeader<S>
-where
-    S: Service<http::Request<B>>,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = futures::future::BoxFuture<'static, Result<S::Response, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.0.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let kind = req.headers().get("x-refuse").and_then(|v| {
-            RejectionKind::ALL
-                .into_iter()
-                .find(|k| k.as_str().as_bytes() == v.as_bytes())
-        });
-        if let Some(kind) = kind {
-            let rejection = Rejection::new(kind)
-                .with_name(Arc::from("test"))
-                .with_retry_after(Duration::from_millis(2_500));
-            return Box::pin(async move { Err(rejection.into()) });
-        }
-        let fut = self.0.call(req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
-    }
-}
-
-#[derive(Clone, Copy)]
-struct RefuseOnHeaderLayer;
-
-impl<S> Layer<S> for RefuseOnHeaderLayer {
-    type Service = RefuseOnHeader<S>;
-    fn layer(&self, inner: S) -> RefuseOnHeader<S> {
-        RefuseOnHeader(inner)
-    }
-}
+use tower_red::{RedLayer, RejectionKind, names};
 
 #[tokio::test]
 async fn axum_answers_rejections_with_problem_json_over_the_wire() {
@@ -69,7 +23,7 @@ async fn axum_answers_rejections_with_problem_json_over_the_wire() {
             ServiceBuilder::new()
                 .layer(RedLayer::server())
                 .layer(ProblemLayer::new())
-                .layer(RefuseOnHeaderLayer),
+                .layer(RefuseOnHeaderLayer::named("test")),
         );
     let addr = tests::serve_axum(app).await;
     let client = reqwest::Client::new();
@@ -169,7 +123,7 @@ async fn tonic_server_answers_rejections_with_their_grpc_codes() {
     let (_reporter, addr) = tests::serve_health(
         ServiceBuilder::new()
             .layer(StatusLayer::new())
-            .layer(RefuseOnHeaderLayer),
+            .layer(RefuseOnHeaderLayer::named("test")),
     )
     .await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -219,7 +173,7 @@ fn adapted_stacks_are_send_sync_and_infallible() {
     let http = ServiceBuilder::new()
         .layer(RedLayer::server())
         .layer(ProblemLayer::new())
-        .layer(RefuseOnHeaderLayer)
+        .layer(RefuseOnHeaderLayer::named("test"))
         .service(tower::service_fn(
             |_req: http::Request<axum::body::Body>| async {
                 Ok::<_, Infallible>(http::Response::new(axum::body::Body::empty()))

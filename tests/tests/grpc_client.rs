@@ -1,62 +1,13 @@
 //! The client half of the gRPC adapter on a real tonic client and server: a layer's refusal in a
 //! client stack reaches the caller as its own `Status`, tonic's own errors keep tonic's mapping.
 
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
-
+use tests::RefuseOnHeaderLayer;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
-use tower::{Layer, Service, ServiceBuilder};
+use tower::ServiceBuilder;
 use tower_red::grpc::client::ClientStatusLayer;
 use tower_red::grpc::status::RETRY_PUSHBACK_MS;
-use tower_red::{BoxError, Rejection, RejectionKind};
-
-/// A client-side layer that refuses calls whose metadata says `x-refuse: <kind>`, as a breaker
-/// or bulkhead in the client stack would, and passes the rest to the channel.
-#[derive(Clone)]
-struct RefuseOnHeader<S>(S);
-
-impl<S, B> Service<http::Request<B>> for RefuseOnHeader<S>
-where
-    S: Service<http::Request<B>>,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = futures::future::BoxFuture<'static, Result<S::Response, BoxError>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.0.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let kind = req.headers().get("x-refuse").and_then(|v| {
-            RejectionKind::ALL
-                .into_iter()
-                .find(|k| k.as_str().as_bytes() == v.as_bytes())
-        });
-        if let Some(kind) = kind {
-            let rejection = Rejection::new(kind)
-                .with_name(Arc::from("upstream"))
-                .with_retry_after(Duration::from_millis(2_500));
-            return Box::pin(async move { Err(rejection.into()) });
-        }
-        let fut = self.0.call(req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
-    }
-}
-
-#[derive(Clone, Copy)]
-struct RefuseOnHeaderLayer;
-
-impl<S> Layer<S> for RefuseOnHeaderLayer {
-    type Service = RefuseOnHeader<S>;
-    fn layer(&self, inner: S) -> RefuseOnHeader<S> {
-        RefuseOnHeader(inner)
-    }
-}
+use tower_red::{Rejection, RejectionKind};
 
 async fn health_server() -> std::net::SocketAddr {
     tests::serve_health(tower::layer::util::Identity::new())
@@ -85,7 +36,7 @@ async fn a_rejection_in_a_tonic_client_stack_reaches_the_caller_as_its_status() 
         .unwrap();
     let stack = ServiceBuilder::new()
         .layer(ClientStatusLayer::new())
-        .layer(RefuseOnHeaderLayer)
+        .layer(RefuseOnHeaderLayer::named("upstream"))
         .service(channel);
     let mut client = HealthClient::new(stack);
 
@@ -136,7 +87,7 @@ async fn a_refused_connection_stays_unavailable_through_the_adapter() {
         .connect_lazy();
     let stack = ServiceBuilder::new()
         .layer(ClientStatusLayer::new())
-        .layer(RefuseOnHeaderLayer)
+        .layer(RefuseOnHeaderLayer::named("upstream"))
         .service(channel);
     let mut client = HealthClient::new(stack);
     let status = client.check(check(None)).await.unwrap_err();
