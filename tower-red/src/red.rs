@@ -17,6 +17,7 @@
 //! red.record_rejection(Outcome::CircuitOpen);
 //! ```
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::error::Error;
 use std::fmt;
@@ -57,11 +58,14 @@ pub enum Outcome {
     /// (`circuit_open`, `shed`, `timeout`, …); outer layers count it here, so summing one
     /// refusal outcome over every layer gives the calls actually refused.
     InnerRefusal,
+    /// A fallback layer answered in place of the call (from a function or a stale response),
+    /// because an inner layer refused it or its classifier judged it a failure.
+    Fallback,
 }
 
 impl Outcome {
     /// Every outcome, in label order.
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Ok,
         Outcome::Error,
         Outcome::Timeout,
@@ -72,6 +76,7 @@ impl Outcome {
         Outcome::Rejected,
         Outcome::Cancelled,
         Outcome::InnerRefusal,
+        Outcome::Fallback,
     ];
 
     /// The label value, such as `circuit_open`.
@@ -87,6 +92,7 @@ impl Outcome {
             Outcome::Rejected => "rejected",
             Outcome::Cancelled => "cancelled",
             Outcome::InnerRefusal => "inner_refusal",
+            Outcome::Fallback => "fallback",
         }
     }
 
@@ -145,6 +151,8 @@ struct Handles {
     name: SharedString,
     /// Bit `o` set when outcome `o` has real handles.
     registered: u16,
+    /// `false` for handles registered inside [`counts_only`].
+    durations_on: bool,
     requests: [Counter; Outcome::ALL.len()],
     durations: [Histogram; Outcome::ALL.len()],
     _live: Option<LiveName>,
@@ -274,8 +282,9 @@ impl RedMetrics {
                 Counter::noop()
             }
         });
+        let counts_only = COUNTS_ONLY.with(Cell::get);
         let durations = Outcome::ALL.map(|o| {
-            if timed.contains(&o) {
+            if timed.contains(&o) && !counts_only {
                 metrics::histogram!(names::REQUEST_DURATION_SECONDS, labels(o).iter())
             } else {
                 Histogram::noop()
@@ -292,6 +301,7 @@ impl RedMetrics {
                 layer,
                 name,
                 registered,
+                durations_on: !counts_only,
                 requests,
                 durations,
                 _live: live,
@@ -304,6 +314,13 @@ impl RedMetrics {
     /// can skip the clock reads a duration costs.
     pub fn is_recording(&self) -> bool {
         self.inner.recording
+    }
+
+    /// Whether [`RedMetrics::record`] records a duration: a recorder was installed and the
+    /// handles were not registered inside [`counts_only`]. A layer whose only use of the clock
+    /// is the duration can skip its clock reads when this is `false`.
+    pub fn records_durations(&self) -> bool {
+        self.inner.recording && self.inner.durations_on
     }
 
     /// The layer kind label.
@@ -342,6 +359,45 @@ impl RedMetrics {
         );
         self.inner.requests[i].increment(1);
     }
+}
+
+thread_local! {
+    /// Set while [`counts_only`] runs its closure.
+    static COUNTS_ONLY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Builds layers that count their outcomes but record no durations: every [`RedMetrics`]
+/// registered while `build` runs (on this thread) has its counters and no-op histograms.
+///
+/// This is how a layer records in a stack. Alone, a layer records a counter and a duration
+/// histogram per outcome. In a stack, the stack's outermost RED layer records the one duration
+/// that matters (what the caller waited), and every layer inside it counts its outcomes only:
+/// a histogram sample costs 60–110 ns with metrics-exporter-prometheus's recorder, a counter a
+/// few, so eight layers each recording a duration would cost more than the rest of the stack.
+/// (Polly records one pipeline duration per stack and counters per strategy; Resilience4j
+/// records durations in its breaker only.) Layer-specific metrics (breaker state, bulkhead
+/// in-flight and queue wait, retry attempts, idempotency replays) are unaffected.
+///
+/// It costs nothing after build time: it only decides which handles are registered.
+///
+/// ```
+/// use tower_red::red::{counts_only, RedMetrics};
+/// use tower_red::names;
+///
+/// let quiet = counts_only(|| RedMetrics::new(names::layer::BREAKER, "payments"));
+/// assert!(!quiet.records_durations());
+/// let loud = RedMetrics::new(names::layer::BREAKER, "orders");
+/// assert_eq!(loud.records_durations(), tower_red::red::recorder_installed());
+/// ```
+pub fn counts_only<R>(build: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COUNTS_ONLY.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(COUNTS_ONLY.with(|c| c.replace(true)));
+    build()
 }
 
 /// Whether a metrics recorder is installed for this thread now (a local one, or the global

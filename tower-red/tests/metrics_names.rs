@@ -150,7 +150,8 @@ fn metric_names_are_pinned() {
             "replayed",
             "rejected",
             "cancelled",
-            "inner_refusal"
+            "inner_refusal",
+            "fallback"
         ]
     );
 }
@@ -167,8 +168,8 @@ fn red_metrics_registers_every_outcome_once_and_records_by_outcome() {
         red.record_rejection(Outcome::CircuitOpen);
     });
     let snap = snapshot(&snapshotter);
-    // 10 outcomes x (counter + histogram), all registered up front.
-    assert_eq!(snap.len(), 20);
+    // 11 outcomes x (counter + histogram), all registered up front.
+    assert_eq!(snap.len(), 22);
     let (key, ..) = snap
         .iter()
         .find(|(k, ..)| k.key().name() == names::REQUESTS_TOTAL)
@@ -303,4 +304,34 @@ fn a_recorder_is_seen_only_while_installed() {
     metrics::with_local_recorder(&metrics::NoopRecorder, || {
         assert!(!tower_red::red::recorder_installed())
     });
+}
+
+#[test]
+fn layers_built_in_a_stack_count_outcomes_but_record_no_durations() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let inner = tower_red::red::counts_only(|| {
+            RedMetrics::with_outcomes(names::layer::BREAKER, "in-stack", &[Outcome::Ok], &[])
+        });
+        assert!(inner.is_recording());
+        assert!(!inner.records_durations());
+        inner.record(Outcome::Ok, Duration::from_millis(5));
+        // The scope ends with the closure: a layer built after it records durations again.
+        let alone = RedMetrics::with_outcomes(names::layer::BREAKER, "alone", &[Outcome::Ok], &[]);
+        assert!(alone.records_durations());
+        alone.record(Outcome::Ok, Duration::from_millis(5));
+    });
+    let snap = snapshot(&snapshotter);
+    let series = |metric: &str, name: &str| {
+        snap.iter()
+            .filter(|(k, ..)| {
+                k.key().name() == metric && labels(k).contains(&("name".into(), name.into()))
+            })
+            .count()
+    };
+    assert_eq!(series(names::REQUESTS_TOTAL, "in-stack"), 1);
+    assert_eq!(series(names::REQUEST_DURATION_SECONDS, "in-stack"), 0);
+    assert_eq!(series(names::REQUESTS_TOTAL, "alone"), 1);
+    assert_eq!(series(names::REQUEST_DURATION_SECONDS, "alone"), 1);
 }
