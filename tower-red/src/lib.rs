@@ -12,6 +12,8 @@
 //! - [`config`]: [`ConfigError`], what every layer builder returns for a bad value;
 //!   [`cancel`]: how a deadline enforcer tells the layers inside it why their future was
 //!   dropped; [`define_inner_service_accessors!`] for services.
+//! - [`readiness`]: [`Readiness`], a readiness endpoint (JSON, 200 or 503) over the
+//!   registered breakers and bulkheads.
 //! - [`timer`]: [`Timer`](timer::Timer), a lazily armed, boxed timer whose unarmed drop is one
 //!   inlined check.
 //!
@@ -49,6 +51,7 @@ pub mod parts;
 pub mod problem;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
+pub mod readiness;
 pub mod red;
 pub mod rejection;
 pub mod timer;
@@ -57,6 +60,7 @@ pub use crate::classify::{Classify, FailureClass, Verdict, judge};
 pub use crate::config::ConfigError;
 pub use crate::grpc::GrpcCode;
 pub use crate::http::RedLayer;
+pub use crate::readiness::Readiness;
 pub use crate::red::{Outcome, RedMetrics, describe_metrics};
 pub use crate::rejection::{Rejection, RejectionKind};
 
