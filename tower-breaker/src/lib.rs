@@ -116,6 +116,7 @@ pub mod keyed;
 mod layer;
 mod machine;
 mod metrics;
+mod readiness;
 mod service;
 mod sync;
 mod window;

@@ -89,6 +89,7 @@ mod metrics;
 mod partition;
 mod permits;
 mod queue;
+mod readiness;
 mod retry_after;
 mod service;
 mod sync;
