@@ -71,12 +71,15 @@
 mod body;
 pub mod client;
 mod config;
+pub mod fallback;
 pub mod future;
 mod key;
 mod layer;
 mod metrics;
 mod response;
 mod service;
+#[cfg(feature = "stack")]
+pub mod stack;
 pub mod store;
 
 pub use crate::body::{RequestBody, ResponseBody};

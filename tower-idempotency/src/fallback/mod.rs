@@ -1,0 +1,121 @@
+//! Graceful degradation: answer from the last good response (stale-on-error) or from a
+//! function when the call cannot give a usable answer.
+//!
+//! [`FallbackLayer`] answers in place of a call when ([`When`], all by default):
+//!
+//! | trigger | what came up from inside |
+//! |---|---|
+//! | [`When::circuit_open`] | a `circuit_open` [`Rejection`](tower_red::Rejection) |
+//! | [`When::overload`] | `bulkhead_full`, `queue_timeout` or `load_shed` |
+//! | [`When::deadline`] | `deadline_exceeded`, spent before sending or while the call ran |
+//! | [`When::retry_budget`] | `retry_budget_exhausted` |
+//! | [`When::failure`] | an answer the [classifier](FallbackLayerBuilder::classifier) judges a failure (default: any other `Err`; [`http_status`](FallbackLayerBuilder::http_status): 5xx, 429) |
+//!
+//! A refusal is recognised both as an `Err` holding a `Rejection` and as a response built from
+//! one (it carries the [`RejectionKind`](tower_red::RejectionKind) in its extensions, as
+//! [`ProblemLayer`](tower_red::problem::ProblemLayer) and the axum `IntoResponse` of a
+//! `Rejection` make them), so the layer works above or below `ProblemLayer`.
+//!
+//! **The answer**, first that applies:
+//!
+//! 1. **Stale** ([`stale_on_error`](FallbackLayerBuilder::stale_on_error)): the last good
+//!    response stored under the request's [key](FallbackLayerBuilder::key), if it was stored at
+//!    most [`max_age`](StaleConfig::max_age) ago (checked when it would be served: an older
+//!    one is dropped, never served). Marked [`FALLBACK`]` : stale`, with an `Age` header in
+//!    seconds (RFC 9111 §5.1: the `Age` it came with plus the time it was held).
+//! 2. **Function** ([`from_fn`](FallbackLayerBuilder::from_fn)): whatever it returns, marked
+//!    [`FALLBACK`]` : function`; it sees the [`Reason`], method and URI, and may return `None`.
+//! 3. Otherwise the original refusal or failure goes on, untouched.
+//!
+//! **What is stored.** Successes (the classifier's verdict) with a 2xx status other than 206,
+//! without `Cache-Control: no-store` or `private`, not themselves fallbacks, whose body is at
+//! most [`max_entry_bytes`](StaleConfig::max_entry_bytes); hop-by-hop headers, `Set-Cookie` and
+//! `Content-Length` are dropped. The body is read whole (up to that cap) before the response
+//! goes on, so its caller waits for the last byte instead of the first: size the cap for the
+//! answers worth keeping. A larger body streams on unstored, nothing lost. The store is bounded
+//! by entries and bytes (oldest evicted first) and by age; one `std::sync::Mutex` guards it,
+//! held for a hash lookup or insert only. A dropped future stores nothing (the entry is inserted
+//! whole, after the last await).
+//!
+//! **The default key** ([`default_key`]): method, authority and path and query of `GET` and
+//! `HEAD` requests that carry no `Authorization` or `Cookie`; other requests are never stored
+//! nor served from the store. Keys over [`max_key_bytes`](FallbackLayerBuilder::max_key_bytes)
+//! are not cached. A request without a key costs no allocation: the inner future, one classifier
+//! call and one counter.
+//!
+//! **Where it goes.** Above the layers whose refusals it answers (breaker, bulkhead, inbound
+//! deadline) and below RED, so RED sees the answer the caller got and the breaker still sees
+//! the backend's failure: `RED → fallback → (problem) → inbound deadline → bulkhead → breaker →
+//! handler`. An inbound deadline layer *above* it would cancel the call, fallback included,
+//! when the deadline passes.
+//!
+//! **Metrics**: the RED pair with `layer="fallback"` ([`LAYER`]) and outcomes `ok`, `error`,
+//! `timeout`, `inner_refusal` (passed on, no fallback), `fallback` (answered here) and
+//! `cancelled`.
+//!
+//! Works for `http::Request<B>` → `http::Response<B>` services (answering
+//! `http::Response<ResponseBody<B>>`: an axum route, hyper) and, with the `reqwest` feature,
+//! for `reqwest::Client` stacks; see [`exchange`].
+//!
+//! ```
+//! use std::time::Duration;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_idempotency::fallback::{FallbackLayer, StaleConfig, FALLBACK};
+//! use tower_red::{BoxError, Rejection, RejectionKind};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BoxError> {
+//! let layer = FallbackLayer::builder()
+//!     .name("prices")
+//!     .stale_on_error(StaleConfig { max_age: Duration::from_secs(30), ..StaleConfig::default() })
+//!     .from_fn(|_ctx| Some(Response::new(Bytes::from("[]"))))
+//!     .build()?;
+//! let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+//! let breaker = open.clone();
+//! let svc = ServiceBuilder::new().layer(layer).service_fn(move |_req: Request<()>| {
+//!     let open = breaker.load(std::sync::atomic::Ordering::Relaxed);
+//!     async move {
+//!         if open {
+//!             return Err(BoxError::from(Rejection::new(RejectionKind::CircuitOpen)));
+//!         }
+//!         Ok(Response::new(http_body_util::Full::new(Bytes::from("[42]"))))
+//!     }
+//! });
+//! let get = |path: &str| Request::get(path).body(()).unwrap();
+//!
+//! svc.clone().oneshot(get("/prices")).await?; // stored
+//! open.store(true, std::sync::atomic::Ordering::Relaxed);
+//! let stale = svc.clone().oneshot(get("/prices")).await?;
+//! assert_eq!(stale.headers()[FALLBACK], "stale");
+//! assert_eq!(stale.headers()["age"], "0");
+//! let other = svc.clone().oneshot(get("/other")).await?; // nothing stored: the function
+//! assert_eq!(other.headers()[FALLBACK], "function");
+//! # Ok(()) }
+//! ```
+
+mod config;
+pub mod exchange;
+pub mod future;
+mod layer;
+mod stale;
+
+pub use self::config::{
+    FallbackContext, FallbackLayerBuilder, Reason, StaleConfig, When, default_key,
+};
+pub use self::exchange::RequestView;
+pub use self::layer::{Fallback, FallbackLayer};
+
+use http::HeaderName;
+
+/// The `layer` label of the fallback layer's RED series (to move to `tower_red::names::layer`).
+pub const LAYER: &str = "fallback";
+
+/// The header that marks an answer the layer made: `stale` or `function`.
+pub const FALLBACK: HeaderName = HeaderName::from_static("x-fallback");
+
+/// The [`FALLBACK`] value of an answer from the stale store.
+pub const STALE: &str = "stale";
+
+/// The [`FALLBACK`] value of an answer from the fallback function.
+pub const FUNCTION: &str = "function";

@@ -1,0 +1,269 @@
+//! The stale store: the last good response per key, bounded in age, entries and bytes.
+//!
+//! Plain Rust, no Tower: the service only calls [`Stale::insert`] after a success and
+//! [`Stale::get`] when it must answer in place of a call. One `std::sync::Mutex` guards the map;
+//! its critical sections are a hash lookup, an insert and the evictions it forces, with the key,
+//! headers and body prepared before the lock is taken.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use tokio::time::Instant;
+
+use super::config::StaleConfig;
+
+/// A response held for stale-on-error.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    stored_at: Instant,
+    seq: u64,
+    size: usize,
+}
+
+/// What [`Stale::get`] hands out: the entry and how long it has been held.
+#[derive(Debug)]
+pub(crate) struct Hit {
+    pub(crate) entry: Entry,
+    pub(crate) age: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    map: HashMap<Arc<str>, Entry>,
+    /// Keys by insertion order (`seq`): the first is the oldest, evicted first.
+    order: BTreeMap<u64, Arc<str>>,
+    next: u64,
+    bytes: usize,
+}
+
+impl Entries {
+    fn remove_oldest(&mut self) {
+        if let Some((_, key)) = self.order.pop_first()
+            && let Some(old) = self.map.remove(&key)
+        {
+            self.bytes -= old.size;
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.map.remove(key) {
+            self.order.remove(&old.seq);
+            self.bytes -= old.size;
+        }
+    }
+}
+
+/// The store of one fallback layer (shared by its clones).
+#[derive(Debug)]
+pub(crate) struct Stale {
+    config: StaleConfig,
+    entries: Mutex<Entries>,
+}
+
+/// What an entry costs: its key, header names and values, and body.
+fn size_of(key: &str, headers: &HeaderMap, body: &Bytes) -> usize {
+    let headers: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    key.len() + headers + body.len()
+}
+
+impl Stale {
+    pub(crate) fn new(config: StaleConfig) -> Self {
+        Stale {
+            config,
+            entries: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        // A panic under this lock leaves the maps consistent (every step keeps `bytes` and both
+        // maps in agreement before the next), so the poison is ignored.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `body` as the last good response for `key`, received at `stored_at`, replacing the
+    /// previous one; evicts expired entries, then the oldest, until the bounds hold. Returns
+    /// whether it was kept (an entry larger than `max_bytes` on its own is not).
+    pub(crate) fn insert(
+        &self,
+        key: &str,
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        stored_at: Instant,
+    ) -> bool {
+        let size = size_of(key, &headers, &body);
+        if size > self.config.max_bytes || body.len() > self.config.max_entry_bytes {
+            return false;
+        }
+        let key: Arc<str> = Arc::from(key);
+        let max_age = self.config.max_age;
+        let mut entries = self.lock();
+        entries.remove(&key);
+        while let Some((_, oldest)) = entries.order.first_key_value() {
+            let expired = entries
+                .map
+                .get(oldest)
+                .is_none_or(|e| stored_at.saturating_duration_since(e.stored_at) > max_age);
+            let full = entries.map.len() >= self.config.max_entries
+                || entries.bytes + size > self.config.max_bytes;
+            if !(expired || full) {
+                break;
+            }
+            entries.remove_oldest();
+        }
+        let seq = entries.next;
+        entries.next += 1;
+        entries.bytes += size;
+        entries.order.insert(seq, key.clone());
+        entries.map.insert(
+            key,
+            Entry {
+                status,
+                headers,
+                body,
+                stored_at,
+                seq,
+                size,
+            },
+        );
+        true
+    }
+
+    /// The largest body stored.
+    pub(crate) fn max_entry_bytes(&self) -> usize {
+        self.config.max_entry_bytes
+    }
+
+    /// The entry for `key` if it has been held for at most `max_age` at `now`; an older one is
+    /// removed and never served.
+    pub(crate) fn get(&self, key: &str, now: Instant) -> Option<Hit> {
+        let mut entries = self.lock();
+        let entry = entries.map.get(key)?;
+        let age = now.saturating_duration_since(entry.stored_at);
+        if age > self.config.max_age {
+            entries.remove(key);
+            return None;
+        }
+        Some(Hit {
+            entry: entry.clone(),
+            age,
+        })
+    }
+
+    /// How many entries and bytes are held now.
+    #[cfg(test)]
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        let entries = self.lock();
+        (entries.map.len(), entries.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> StaleConfig {
+        StaleConfig {
+            max_age: Duration::from_secs(10),
+            max_entries: 2,
+            max_bytes: 100,
+            max_entry_bytes: 50,
+        }
+    }
+
+    fn put(stale: &Stale, key: &str, body: &'static str, at: Instant) -> bool {
+        stale.insert(key, StatusCode::OK, HeaderMap::new(), Bytes::from(body), at)
+    }
+
+    #[test]
+    fn an_entry_is_served_up_to_its_max_age_and_never_after() {
+        let stale = Stale::new(config());
+        let t0 = Instant::now();
+        assert!(put(&stale, "a", "one", t0));
+        let hit = stale
+            .get("a", t0 + Duration::from_secs(10))
+            .expect("at max_age");
+        assert_eq!(hit.entry.body, "one");
+        assert_eq!(hit.age, Duration::from_secs(10));
+        assert!(stale.get("a", t0 + Duration::from_millis(10_001)).is_none());
+        // The expired entry is gone, not just hidden.
+        assert_eq!(stale.usage(), (0, 0));
+        assert!(stale.get("a", t0).is_none());
+    }
+
+    #[test]
+    fn the_oldest_entry_is_evicted_past_max_entries() {
+        let stale = Stale::new(config());
+        let t0 = Instant::now();
+        put(&stale, "a", "1", t0);
+        put(&stale, "b", "2", t0);
+        put(&stale, "c", "3", t0);
+        assert!(stale.get("a", t0).is_none());
+        assert!(stale.get("b", t0).is_some());
+        assert!(stale.get("c", t0).is_some());
+        assert_eq!(stale.usage(), (2, 4));
+    }
+
+    #[test]
+    fn replacing_a_key_refreshes_it_and_keeps_the_byte_count_exact() {
+        let stale = Stale::new(config());
+        let t0 = Instant::now();
+        put(&stale, "a", "old", t0);
+        put(&stale, "b", "x", t0);
+        put(&stale, "a", "newer", t0 + Duration::from_secs(1));
+        assert_eq!(stale.usage(), (2, 1 + 5 + 1 + 1));
+        // "b" is now the oldest: a third key evicts it, not the refreshed "a".
+        put(&stale, "c", "y", t0 + Duration::from_secs(2));
+        assert!(stale.get("b", t0).is_none());
+        assert_eq!(
+            stale
+                .get("a", t0 + Duration::from_secs(2))
+                .unwrap()
+                .entry
+                .body,
+            "newer"
+        );
+    }
+
+    #[test]
+    fn the_byte_bound_evicts_oldest_first_and_refuses_what_cannot_fit() {
+        let stale = Stale::new(StaleConfig {
+            max_entries: 10,
+            max_bytes: 10,
+            max_entry_bytes: 10,
+            ..config()
+        });
+        let t0 = Instant::now();
+        assert!(put(&stale, "a", "1234", t0)); // 5 bytes
+        assert!(put(&stale, "b", "1234", t0)); // 10
+        assert!(put(&stale, "c", "12", t0)); // evicts a
+        assert!(stale.get("a", t0).is_none());
+        assert_eq!(stale.usage(), (2, 8));
+        assert!(
+            !put(&stale, "d", "1234567890", t0),
+            "key + body > max_bytes"
+        );
+        assert_eq!(stale.usage(), (2, 8));
+    }
+
+    #[test]
+    fn expired_entries_are_dropped_when_a_new_one_comes() {
+        let stale = Stale::new(StaleConfig {
+            max_entries: 10,
+            ..config()
+        });
+        let t0 = Instant::now();
+        put(&stale, "a", "1", t0);
+        put(&stale, "b", "2", t0 + Duration::from_secs(11));
+        assert_eq!(stale.usage(), (1, 2));
+    }
+}
