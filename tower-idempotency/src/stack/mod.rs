@@ -1,0 +1,148 @@
+//! One expression for a production stack (feature `stack`): [`ServerStack`] for axum routes
+//! and tonic services, [`ClientStack`] for reqwest clients and tonic channels. Each puts every
+//! layer in the order below, gives them **one classifier**, and checks the invariants between
+//! them when it is built, refusing a broken combination with a
+//! [`ConfigError`](tower_red::ConfigError) that names both values. Each layer stays usable
+//! alone; the stack only builds them.
+//!
+//! # Why here
+//!
+//! The stack builder is the one place that knows every layer crate, and layer crates depend
+//! only on `tower-red` and `tower-timeout-budget`. It cannot live in `tower-red` (every layer
+//! crate depends on it: a cycle), and the workspace's crates are fixed. It lives in
+//! `tower-idempotency`, behind a feature that is off by default (so the crate alone pulls in no
+//! other layer), because idempotency is the one layer both standard stacks put above all the
+//! others that do work: on a server above the bulkhead and the breaker, on a client above the
+//! retry. The crate that owns the top of both stacks composes what lies beneath it.
+//!
+//! # Server order (outermost first)
+//!
+//! | layer | why here |
+//! |---|---|
+//! | `RedLayer::server()` | sees every request as the caller did, refusals included; records the request's one duration |
+//! | `ProblemLayer` (or tonic's `StatusLayer`) | turns every refusal below it into a status (503 + `Retry-After`, 504, 409, 422, 400), so the route stays `Infallible` |
+//! | `InboundDeadlineLayer` | the caller's budget (`grpc-timeout` or a header, capped) bounds every wait below it, the idempotency store's included; when it passes it drops the call, and the layers below count a timeout |
+//! | idempotency (optional) | a replay answers before any permit is taken; a duplicate in flight gets 409 without holding one |
+//! | `BulkheadLayer` | limits concurrency before a request can reach a slow handler |
+//! | `BreakerLayer` | innermost, so it judges only the handler: its timeouts (the deadline above cut it), its failures, never another layer's refusal |
+//!
+//! # Client order (outermost first)
+//!
+//! | layer | why here |
+//! |---|---|
+//! | `RedLayer::client()` | what the caller waited for, retries included; records the call's one duration |
+//! | `IdempotencyKeyLayer` | one key per logical request, above the retry, so every attempt carries the same key and a retried POST is safe |
+//! | `TimeoutBudgetLayer` | the whole call's budget: retries, backoff and queue waits all spend it |
+//! | `RetryLayer` | at one point only (AWS Builders' Library): above the breaker, so an open circuit fails an attempt fast and a refusal is not retried (a refusal means back off) |
+//! | `BreakerLayer` | sees every attempt and its timeout; refuses before any queue |
+//! | `BulkheadLayer` | limits in-flight attempts to the dependency |
+//! | `OutboundDeadlineLayer` | innermost: the budget it writes into `grpc-timeout` or the header is what is left after every wait above it |
+//!
+//! # What `build` checks
+//!
+//! - **Attempt timeout within the total budget** (client): a longer attempt timeout never
+//!   fires, and no retry could run.
+//! - **Breaker time window at least twice the attempt timeout** (client; the total budget
+//!   without one) or **the deadline cap** (server): a shorter window rolls over before the
+//!   calls that time out in it are counted, so a hanging backend never opens the breaker.
+//!   Count windows have no such bound.
+//! - **Worst-case summed retry delays within the total budget** (client), for the jitter mode
+//!   in use (decorrelated jitter can triple a delay; gRPC A6 adds 20 %).
+//! - **One classifier for every layer.** The stack sets the same classifier on every layer
+//!   that judges outcomes, so they cannot disagree. The retry may be given a narrower one
+//!   ([`RetryOn`](tower_retry_jitter::RetryOn): not every failure is worth retrying), which
+//!   must retry only outcomes the stack's classifier judges failures: every HTTP status,
+//!   every gRPC code and a transport error are tried against both.
+//!
+//! # RED in a stack
+//!
+//! The layers are built inside [`tower_red::red::counts_only`]: the outermost `RedLayer`
+//! records the one duration that matters, and the layers inside it count their outcomes
+//! (`resilience_requests_total`) without a duration histogram each. A layer built alone
+//! records both.
+//!
+//! ```
+//! # fn main() -> Result<(), tower_red::ConfigError> {
+//! use std::time::Duration;
+//! use tower_idempotency::stack::{ClientStack, ServerStack};
+//! use tower_retry_jitter::RetryOn;
+//!
+//! let client = ClientStack::builder("payments")
+//!     .http_status()
+//!     .total_budget(Duration::from_secs(2))
+//!     .attempt_timeout(Duration::from_millis(500))
+//!     .retry_on(RetryOn::new())
+//!     .retry(|r| r.max_attempts(3).base(Duration::from_millis(50)))
+//!     .breaker(|b| b.time_window(Duration::from_secs(10), 10))
+//!     .bulkhead(|b| b.max_concurrent(32))
+//!     .build()?;
+//! // `ServiceBuilder::new().layer(client).service(transport)`
+//!
+//! let err = ClientStack::builder("payments")
+//!     .total_budget(Duration::from_secs(1))
+//!     .attempt_timeout(Duration::from_secs(2))
+//!     .build()
+//!     .unwrap_err();
+//! assert_eq!(
+//!     err.to_string(),
+//!     "invalid stack config: attempt_timeout = 2s: exceeds the total budget (1s): the budget \
+//!      would cut the first attempt before its own timeout, and no retry could run"
+//! );
+//!
+//! let server = ServerStack::builder("api")
+//!     .http_status()
+//!     .deadline_cap(Duration::from_secs(2))
+//!     .bulkhead(|b| b.max_concurrent(64))
+//!     .build()?;
+//! // `Router::new().route(...).route_layer(server)`
+//! # let _ = (client, server);
+//! # Ok(()) }
+//! ```
+
+mod check;
+mod client;
+mod server;
+
+use std::fmt;
+
+use tower_red::classify::Classify;
+use tower_red::{BoxError, ConfigError};
+use tower_retry_jitter::RetryOn;
+
+pub use self::client::{ClientLayers, ClientStack, ClientStackBuilder, DEFAULT_TOTAL_BUDGET};
+pub use self::server::{DEFAULT_DEADLINE_CAP, ServerLayers, ServerStack, ServerStackBuilder};
+
+/// What the retry of a [`ClientStack`] retries: [`SameAsStack`] (every failure of the stack's
+/// classifier, the default) or a [`RetryOn`] checked against it.
+pub trait RetryClassifier<K> {
+    /// The classifier the retry layer gets.
+    type Classifier;
+
+    /// The retry's classifier, or the [`ConfigError`] that says why it disagrees with the
+    /// stack's classifier `stack`.
+    fn resolve(self, stack: &K) -> Result<Self::Classifier, ConfigError>;
+}
+
+/// The retry retries every failure of the stack's classifier.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SameAsStack;
+
+impl<K: Clone> RetryClassifier<K> for SameAsStack {
+    type Classifier = K;
+
+    fn resolve(self, stack: &K) -> Result<K, ConfigError> {
+        Ok(stack.clone())
+    }
+}
+
+impl<K> RetryClassifier<K> for RetryOn
+where
+    K: Classify<http::Response<()>, BoxError> + fmt::Debug,
+{
+    type Classifier = RetryOn;
+
+    fn resolve(self, stack: &K) -> Result<RetryOn, ConfigError> {
+        check::retry_within_classifier(stack, &self)?;
+        Ok(self)
+    }
+}
