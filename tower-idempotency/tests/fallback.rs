@@ -1,0 +1,702 @@
+//! The fallback layer: it answers each refusal kind and classified failures, from the last good
+//! response (never older than its bound) or a function, within its entry, byte and key bounds.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tokio::time::advance;
+use tower::{Service, ServiceExt};
+use tower_idempotency::ResponseBody;
+use tower_idempotency::fallback::{
+    FALLBACK, FallbackContext, FallbackLayer, Reason, StaleConfig, When,
+};
+use tower_layer::Layer;
+use tower_red::{BoxError, FailureClass, Rejection, RejectionKind, names, problem};
+
+/// A response body the tests control: whole, never ending, or failing.
+enum TestBody {
+    Full(Option<Bytes>),
+    Pending,
+    Fails,
+}
+
+impl Body for TestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            TestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            TestBody::Pending => Poll::Pending,
+            TestBody::Fails => Poll::Ready(Some(Err("connection reset".into()))),
+        }
+    }
+}
+
+/// What the backend does with the next calls.
+#[derive(Clone)]
+enum Reply {
+    Ok(&'static str),
+    Status(u16),
+    Header(&'static str, &'static str, &'static str),
+    Refuse(Rejection),
+    Problem(Rejection),
+    Error,
+    Pending,
+    BodyFails,
+}
+
+#[derive(Clone)]
+struct Backend(Arc<Mutex<Reply>>);
+
+impl Backend {
+    fn new() -> Self {
+        Backend(Arc::new(Mutex::new(Reply::Ok("fresh"))))
+    }
+
+    fn set(&self, reply: Reply) {
+        *self.0.lock().unwrap() = reply;
+    }
+
+    fn service(
+        &self,
+    ) -> impl Service<
+        Request<()>,
+        Response = Response<TestBody>,
+        Error = BoxError,
+        Future = impl Send + 'static,
+    > + Clone
+    + Send
+    + 'static {
+        let reply = self.0.clone();
+        tower::service_fn(move |_req: Request<()>| {
+            let reply = reply.lock().unwrap().clone();
+            async move {
+                let full = |s: &'static str| TestBody::Full(Some(Bytes::from(s)));
+                match reply {
+                    Reply::Ok(body) => Ok(Response::new(full(body))),
+                    Reply::Status(status) => Ok(Response::builder()
+                        .status(status)
+                        .body(full("backend says no"))
+                        .unwrap()),
+                    Reply::Header(name, value, body) => Ok(Response::builder()
+                        .header(name, value)
+                        .body(full(body))
+                        .unwrap()),
+                    Reply::Refuse(rejection) => Err(BoxError::from(rejection)),
+                    Reply::Problem(rejection) => {
+                        let res = problem::rejection_response(&rejection);
+                        let (parts, body) = res.into_parts();
+                        let data = body.collect().await.unwrap().to_bytes();
+                        Ok(Response::from_parts(parts, TestBody::Full(Some(data))))
+                    }
+                    Reply::Error => Err(BoxError::from("connection refused")),
+                    Reply::Pending => Ok(Response::new(TestBody::Pending)),
+                    Reply::BodyFails => Ok(Response::new(TestBody::Fails)),
+                }
+            }
+        })
+    }
+}
+
+type Answer = Result<Response<ResponseBody<TestBody>>, BoxError>;
+
+async fn send<S>(svc: &S, req: Request<()>) -> Answer
+where
+    S: Service<Request<()>, Response = Response<ResponseBody<TestBody>>, Error = BoxError> + Clone,
+{
+    svc.clone().oneshot(req).await
+}
+
+fn get(path: &str) -> Request<()> {
+    Request::get(path).body(()).unwrap()
+}
+
+async fn body(res: Response<ResponseBody<TestBody>>) -> String {
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+fn marker(res: &Response<ResponseBody<TestBody>>) -> Option<&str> {
+    res.headers().get(FALLBACK).map(|v| v.to_str().unwrap())
+}
+
+fn stale(max_age_secs: u64) -> StaleConfig {
+    StaleConfig {
+        max_age: Duration::from_secs(max_age_secs),
+        ..StaleConfig::default()
+    }
+}
+
+/// The function answers with what it saw.
+fn describe(ctx: &FallbackContext) -> Option<Response<Bytes>> {
+    Some(Response::new(Bytes::from(format!(
+        "{:?} {} {}",
+        ctx.reason(),
+        ctx.method(),
+        ctx.uri()
+    ))))
+}
+
+const UNAVAILABLE: [RejectionKind; 6] = [
+    RejectionKind::CircuitOpen,
+    RejectionKind::BulkheadFull,
+    RejectionKind::QueueTimeout,
+    RejectionKind::LoadShed,
+    RejectionKind::DeadlineExceeded,
+    RejectionKind::RetryBudgetExhausted,
+];
+
+#[tokio::test(start_paused = true)]
+async fn the_function_answers_every_refusal_kind_that_means_unavailable() {
+    let backend = Backend::new();
+    let layer = FallbackLayer::builder().from_fn(describe).build().unwrap();
+    let svc = layer.layer(backend.service());
+    for kind in UNAVAILABLE {
+        backend.set(Reply::Refuse(Rejection::new(kind)));
+        let res = send(&svc, Request::post("/orders?id=7").body(()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{kind}");
+        assert_eq!(marker(&res), Some("function"));
+        assert_eq!(
+            body(res).await,
+            format!("Refused({kind:?}) POST /orders?id=7")
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_good_response_answers_every_refusal_kind_that_means_unavailable() {
+    let backend = Backend::new();
+    let layer = FallbackLayer::builder()
+        .stale_on_error(stale(60))
+        .build()
+        .unwrap();
+    let svc = layer.layer(backend.service());
+    let fresh = send(&svc, get("/menu")).await.unwrap();
+    assert_eq!(marker(&fresh), None);
+    assert_eq!(body(fresh).await, "fresh");
+    for kind in UNAVAILABLE {
+        backend.set(Reply::Refuse(Rejection::new(kind)));
+        let res = send(&svc, get("/menu")).await.unwrap();
+        assert_eq!(marker(&res), Some("stale"), "{kind}");
+        assert_eq!(res.headers()["age"], "0");
+        assert_eq!(body(res).await, "fresh");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_spent_before_sending_or_during_the_call_is_answered() {
+    let backend = Backend::new();
+    let layer = FallbackLayer::builder()
+        .when(When::deadline())
+        .from_fn(describe)
+        .build()
+        .unwrap();
+    let svc = layer.layer(backend.service());
+    for stage in ["before_send", "queue", "call"] {
+        backend.set(Reply::Refuse(
+            Rejection::new(RejectionKind::DeadlineExceeded).with_reason(stage),
+        ));
+        let res = send(&svc, get("/slow")).await.unwrap();
+        assert_eq!(marker(&res), Some("function"), "{stage}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_already_turned_into_a_problem_response_is_answered() {
+    let backend = Backend::new();
+    let layer = FallbackLayer::builder()
+        .stale_on_error(stale(60))
+        .build()
+        .unwrap();
+    let svc = layer.layer(backend.service());
+    send(&svc, get("/menu")).await.unwrap();
+    backend.set(Reply::Problem(
+        Rejection::new(RejectionKind::CircuitOpen).with_retry_after(Duration::from_secs(5)),
+    ));
+    let res = send(&svc, get("/menu")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(marker(&res), Some("stale"));
+    assert!(res.headers().get("retry-after").is_none());
+    assert_eq!(body(res).await, "fresh");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_about_the_request_itself_pass_through_untouched() {
+    let backend = Backend::new();
+    let layer = FallbackLayer::builder().from_fn(describe).build().unwrap();
+    let svc = layer.layer(backend.service());
+    for kind in [
+        RejectionKind::IdempotencyConflict,
+        RejectionKind::InvalidDeadline,
+        RejectionKind::StoreUnavailable,
+    ] {
+        backend.set(Reply::Refuse(Rejection::new(kind)));
+        let err = send(&svc, get("/x")).await.unwrap_err();
+        assert_eq!(Rejection::find_in(&err).map(Rejection::kind), Some(kind));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_limits_the_triggers() {
+    let backend = Backend::new();
+    let layer = FallbackLayer::builder()
+        .when(When::circuit_open())
+        .from_fn(describe)
+        .build()
+        .unwrap();
+    let svc = layer.layer(backend.service());
+    backend.set(Reply::Refuse(Rejection::new(RejectionKind::BulkheadFull)));
+    assert!(send(&svc, get("/x")).await.is_err());
+    backend.set(Reply::Error);
+    assert!(send(&svc, get("/x")).await.is_err());
+    backend.set(Reply::Refuse(Rejection::new(RejectionKind::CircuitOpen)));
+    assert_eq!(
+        marker(&send(&svc, get("/x")).await.unwrap()),
+        Some("function")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_the_classifier_sees_is_answered_from_the_store() {
+    let backend = Backend::new();
+    let layer = FallbackLayer::builder()
+        .http_status()
+        .stale_on_error(stale(60))
+        .from_fn(describe)
+        .build()
+        .unwrap();
+    let svc = layer.layer(backend.service());
+    send(&svc, get("/menu")).await.unwrap();
+    for status in [500, 503, 429] {
+        backend.set(Reply::Status(status));
+        let res = send(&svc, get("/menu")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{status}");
+        assert_eq!(marker(&res), Some("stale"));
+        assert_eq!(body(res).await, "fresh");
+    }
+    // Nothing stored for this path: the function, told which status failed.
+    backend.set(Reply::Status(502));
+    let res = send(&svc, get("/other")).await.unwrap();
+    assert_eq!(
+        body(res).await,
+        format!(
+            "{:?} GET /other",
+            Reason::Failure(FailureClass::HttpStatus(StatusCode::BAD_GATEWAY))
+        )
+    );
+    // A 4xx is the backend doing its job: passed on, and not stored over the good answer.
+    backend.set(Reply::Status(404));
+    let res = send(&svc, get("/menu")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    backend.set(Reply::Status(500));
+    assert_eq!(body(send(&svc, get("/menu")).await.unwrap()).await, "fresh");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_default_classifier_only_errors_are_failures() {
+    let backend = Backend::new();
+    let layer = FallbackLayer::builder()
+        .stale_on_error(stale(60))
+        .build()
+        .unwrap();
+    let svc = layer.layer(backend.service());
+    send(&svc, get("/menu")).await.unwrap();
+    backend.set(Reply::Status(500));
+    let res = send(&svc, get("/menu")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(marker(&res), None);
+    backend.set(Reply::Error);
+    let res = send(&svc, get("/menu")).await.unwrap();
+    assert_eq!(body(res).await, "fresh", "the 500 was not stored");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_older_than_max_age_is_never_served() {
+    let backend = Backend::new();
+    let with_fn = FallbackLayer::builder()
+        .name("with_fn")
+        .stale_on_error(stale(10))
+        .from_fn(describe)
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    let stale_only = FallbackLayer::builder()
+        .name("stale_only")
+        .stale_on_error(stale(10))
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    send(&with_fn, get("/menu")).await.unwrap();
+    send(&stale_only, get("/menu")).await.unwrap();
+    backend.set(Reply::Refuse(Rejection::new(RejectionKind::CircuitOpen)));
+
+    advance(Duration::from_secs(4)).await;
+    let res = send(&with_fn, get("/menu")).await.unwrap();
+    assert_eq!(res.headers()["age"], "4");
+    assert_eq!(marker(&res), Some("stale"));
+
+    advance(Duration::from_secs(6)).await; // exactly max_age: still served
+    let res = send(&stale_only, get("/menu")).await.unwrap();
+    assert_eq!(res.headers()["age"], "10");
+
+    advance(Duration::from_millis(1)).await;
+    let res = send(&with_fn, get("/menu")).await.unwrap();
+    assert_eq!(marker(&res), Some("function"));
+    let err = send(&stale_only, get("/menu")).await.unwrap_err();
+    assert_eq!(
+        Rejection::find_in(&err).map(Rejection::kind),
+        Some(RejectionKind::CircuitOpen)
+    );
+    // A fresh success starts the clock again.
+    backend.set(Reply::Ok("fresher"));
+    send(&stale_only, get("/menu")).await.unwrap();
+    backend.set(Reply::Error);
+    assert_eq!(
+        body(send(&stale_only, get("/menu")).await.unwrap()).await,
+        "fresher"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_age_header_adds_the_age_the_response_came_with() {
+    let backend = Backend::new();
+    let svc = FallbackLayer::builder()
+        .stale_on_error(stale(60))
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    backend.set(Reply::Header("age", "100", "cached upstream"));
+    send(&svc, get("/menu")).await.unwrap();
+    advance(Duration::from_secs(3)).await;
+    backend.set(Reply::Error);
+    let res = send(&svc, get("/menu")).await.unwrap();
+    assert_eq!(res.headers()["age"], "103");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_entry_bound_evicts_the_oldest_entry() {
+    let backend = Backend::new();
+    let svc = FallbackLayer::builder()
+        .stale_on_error(StaleConfig {
+            max_entries: 2,
+            ..stale(60)
+        })
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    for path in ["/a", "/b", "/c"] {
+        send(&svc, get(path)).await.unwrap();
+    }
+    backend.set(Reply::Error);
+    assert!(send(&svc, get("/a")).await.is_err());
+    assert_eq!(marker(&send(&svc, get("/b")).await.unwrap()), Some("stale"));
+    assert_eq!(marker(&send(&svc, get("/c")).await.unwrap()), Some("stale"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_byte_bound_evicts_the_oldest_entry() {
+    let backend = Backend::new();
+    // Each entry costs its key ("GET /a", 6 bytes) and body ("fresh", 5): two fit in 25.
+    let svc = FallbackLayer::builder()
+        .stale_on_error(StaleConfig {
+            max_bytes: 25,
+            max_entry_bytes: 25,
+            ..stale(60)
+        })
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    for path in ["/a", "/b", "/c"] {
+        send(&svc, get(path)).await.unwrap();
+    }
+    backend.set(Reply::Error);
+    assert!(send(&svc, get("/a")).await.is_err());
+    assert_eq!(marker(&send(&svc, get("/b")).await.unwrap()), Some("stale"));
+    assert_eq!(marker(&send(&svc, get("/c")).await.unwrap()), Some("stale"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_over_max_entry_bytes_streams_on_whole_and_is_not_stored() {
+    let backend = Backend::new();
+    let svc = FallbackLayer::builder()
+        .stale_on_error(StaleConfig {
+            max_entry_bytes: 4,
+            ..stale(60)
+        })
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    backend.set(Reply::Ok("123456"));
+    assert_eq!(body(send(&svc, get("/big")).await.unwrap()).await, "123456");
+    backend.set(Reply::Ok("1234"));
+    assert_eq!(body(send(&svc, get("/small")).await.unwrap()).await, "1234");
+    backend.set(Reply::Error);
+    assert!(send(&svc, get("/big")).await.is_err());
+    assert_eq!(body(send(&svc, get("/small")).await.unwrap()).await, "1234");
+}
+
+#[tokio::test(start_paused = true)]
+async fn private_no_store_and_unsafe_or_authorized_requests_are_not_stored() {
+    let backend = Backend::new();
+    let svc = FallbackLayer::builder()
+        .stale_on_error(stale(60))
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    backend.set(Reply::Header(
+        "cache-control",
+        "max-age=0, no-store",
+        "secret",
+    ));
+    send(&svc, get("/no-store")).await.unwrap();
+    backend.set(Reply::Header("cache-control", "Private", "mine"));
+    send(&svc, get("/private")).await.unwrap();
+    backend.set(Reply::Header("x-fallback", "stale", "already a fallback"));
+    send(&svc, get("/nested")).await.unwrap();
+    backend.set(Reply::Ok("posted"));
+    send(&svc, Request::post("/post").body(()).unwrap())
+        .await
+        .unwrap();
+    let authorized = || {
+        Request::get("/me")
+            .header("authorization", "Bearer t")
+            .body(())
+            .unwrap()
+    };
+    send(&svc, authorized()).await.unwrap();
+
+    backend.set(Reply::Error);
+    for path in ["/no-store", "/private", "/nested"] {
+        assert!(send(&svc, get(path)).await.is_err(), "{path}");
+    }
+    assert!(
+        send(&svc, Request::post("/post").body(()).unwrap())
+            .await
+            .is_err()
+    );
+    assert!(send(&svc, authorized()).await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_key_separates_callers_and_long_keys_are_not_cached() {
+    let backend = Backend::new();
+    let svc = FallbackLayer::builder()
+        .stale_on_error(stale(60))
+        .key(|req| {
+            let user = req.headers().get("x-user")?.to_str().ok()?;
+            Some(format!("{user} {}", req.path()))
+        })
+        .max_key_bytes(16)
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    let as_user = |user: &str| {
+        Request::get("/feed")
+            .header("x-user", user)
+            .body(())
+            .unwrap()
+    };
+    backend.set(Reply::Ok("alice's feed"));
+    send(&svc, as_user("alice")).await.unwrap();
+    backend.set(Reply::Ok("a long name's feed"));
+    send(&svc, as_user("a-very-long-name")).await.unwrap();
+    backend.set(Reply::Error);
+    assert_eq!(
+        body(send(&svc, as_user("alice")).await.unwrap()).await,
+        "alice's feed"
+    );
+    assert!(send(&svc, as_user("bob")).await.is_err());
+    assert!(send(&svc, as_user("a-very-long-name")).await.is_err());
+    assert!(send(&svc, get("/feed")).await.is_err(), "no user, no key");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_function_may_decline_and_the_failure_goes_on() {
+    let backend = Backend::new();
+    let svc = FallbackLayer::builder()
+        .from_fn(|ctx| (ctx.uri().path() == "/menu").then(|| Response::new(Bytes::from("[]"))))
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    backend.set(Reply::Error);
+    assert_eq!(body(send(&svc, get("/menu")).await.unwrap()).await, "[]");
+    let err = send(&svc, get("/orders")).await.unwrap_err();
+    assert_eq!(err.to_string(), "connection refused");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_fails_while_read_is_a_failure_answered_from_the_store() {
+    let backend = Backend::new();
+    let svc = FallbackLayer::builder()
+        .stale_on_error(stale(60))
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    send(&svc, get("/menu")).await.unwrap();
+    backend.set(Reply::BodyFails);
+    let res = send(&svc, get("/menu")).await.unwrap();
+    assert_eq!(marker(&res), Some("stale"));
+    // Nothing to answer with: an empty 502.
+    let res = send(&svc, get("/other")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+}
+
+type Snapshot = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    DebugValue,
+)>;
+
+fn outcome_count(snapshot: &Snapshot, name: &str, outcome: &str) -> u64 {
+    snapshot
+        .iter()
+        .find_map(|(key, _, _, value)| {
+            let key = key.key();
+            let label = |k: &str| key.labels().find(|l| l.key() == k).map(|l| l.value());
+            match value {
+                DebugValue::Counter(n)
+                    if key.name() == names::REQUESTS_TOTAL
+                        && label("layer") == Some("fallback")
+                        && label("name") == Some(name)
+                        && label("outcome") == Some(outcome) =>
+                {
+                    Some(*n)
+                }
+                _ => None,
+            }
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn red_counts_each_call_once_with_fallbacks_under_their_own_outcome() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        FallbackLayer::builder()
+            .name("menu")
+            .http_status()
+            .stale_on_error(stale(60))
+            .build()
+            .unwrap()
+    });
+    let backend = Backend::new();
+    let svc = layer.layer(backend.service());
+    send(&svc, get("/menu")).await.unwrap(); // ok
+    backend.set(Reply::Refuse(Rejection::new(RejectionKind::CircuitOpen)));
+    send(&svc, get("/menu")).await.unwrap(); // fallback
+    send(&svc, get("/none")).await.unwrap_err(); // inner_refusal
+    backend.set(Reply::Status(500));
+    send(&svc, get("/menu")).await.unwrap(); // fallback
+    send(&svc, get("/none")).await.unwrap(); // error
+    backend.set(Reply::Refuse(
+        Rejection::new(RejectionKind::DeadlineExceeded).with_reason("call"),
+    ));
+    send(&svc, get("/none")).await.unwrap_err(); // inner_refusal: the deadline layer counted it
+    backend.set(Reply::Pending);
+    let mut pending = tokio_test::task::spawn(svc.clone().oneshot(get("/menu")));
+    assert!(pending.poll().is_pending());
+    drop(pending); // cancelled
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let count = |outcome| outcome_count(&snapshot, "menu", outcome);
+    assert_eq!(count("ok"), 1);
+    assert_eq!(count("fallback"), 2);
+    assert_eq!(count("inner_refusal"), 2);
+    assert_eq!(count("error"), 1);
+    assert_eq!(count("cancelled"), 1);
+    assert_eq!(count("timeout"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_future_dropped_while_the_body_is_read_stores_nothing() {
+    let backend = Backend::new();
+    let svc = FallbackLayer::builder()
+        .stale_on_error(stale(60))
+        .from_fn(|_| Some(Response::new(Bytes::from("default"))))
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    backend.set(Reply::Pending);
+    let mut fut = tokio_test::task::spawn(svc.clone().oneshot(get("/menu")));
+    for _ in 0..3 {
+        assert!(fut.poll().is_pending());
+    }
+    drop(fut);
+    backend.set(Reply::Error);
+    let res = send(&svc, get("/menu")).await.unwrap();
+    assert_eq!(marker(&res), Some("function"));
+    assert_eq!(body(res).await, "default");
+}
+
+#[test]
+fn bad_configuration_is_refused_when_built() {
+    let field = |builder: tower_idempotency::fallback::FallbackLayerBuilder| {
+        builder.build().unwrap_err().field().to_owned()
+    };
+    let answer = || FallbackLayer::builder().from_fn(|_| None);
+    assert_eq!(field(FallbackLayer::builder()), "from_fn");
+    assert_eq!(field(answer().name("")), "name");
+    let bad = |config: StaleConfig| field(FallbackLayer::builder().stale_on_error(config));
+    assert_eq!(
+        bad(StaleConfig {
+            max_age: Duration::ZERO,
+            ..StaleConfig::default()
+        }),
+        "stale_on_error.max_age"
+    );
+    assert_eq!(
+        bad(StaleConfig {
+            max_entries: 0,
+            ..StaleConfig::default()
+        }),
+        "stale_on_error.max_entries"
+    );
+    assert_eq!(
+        bad(StaleConfig {
+            max_bytes: 0,
+            ..StaleConfig::default()
+        }),
+        "stale_on_error.max_bytes"
+    );
+    assert_eq!(
+        bad(StaleConfig {
+            max_entry_bytes: 0,
+            ..StaleConfig::default()
+        }),
+        "stale_on_error.max_entry_bytes"
+    );
+    let err = FallbackLayer::builder()
+        .stale_on_error(StaleConfig {
+            max_bytes: 10,
+            max_entry_bytes: 11,
+            ..StaleConfig::default()
+        })
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "stale_on_error.max_entry_bytes");
+    assert!(err.reason().contains("max_bytes = 10"), "{err}");
+    assert_eq!(
+        field(
+            FallbackLayer::builder()
+                .stale_on_error(StaleConfig::default())
+                .max_key_bytes(0)
+        ),
+        "max_key_bytes"
+    );
+    assert!(answer().build().is_ok());
+}
