@@ -40,7 +40,7 @@
 //! `Router::route_service("/ready", readiness)`), and [`Readiness::http_response`] is the same
 //! response from a plain function. The response is `200 OK` or `503 Service Unavailable`, with
 //! `content-type: application/json` and `cache-control: no-store`. With the `axum` feature a
-//! [`Report`] is an `IntoResponse`, and [`handler`] takes the `Readiness` from axum's state.
+//! [`Report`] is an `IntoResponse`, and `handler` takes the `Readiness` from axum's state.
 //!
 //! It costs nothing on the layers' request path: the layers know nothing of it, and it reads
 //! their handles (a few atomic loads each) only when asked. Registration builds an immutable
@@ -106,18 +106,28 @@
 //! assert_eq!(res.headers()["cache-control"], "no-store");
 //! ```
 //!
-//! Mounted on an axum router (feature `axum` only for the [`handler`] form):
+//! Mounted on an axum router (feature `axum` only for the `handler` form):
 //!
 //! ```
 //! # #[cfg(feature = "axum")] {
 //! use axum::{routing::get, Router};
 //! use tower_red::readiness::{self, Readiness};
 //!
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let ready = Readiness::new(); // .critical(breaker.handle()).optional(bulkhead.handle())
 //! let app: Router = Router::new()
 //!     .route_service("/ready", ready.clone()) // the tower Service
 //!     .route("/readyz", get(readiness::handler)) // or a handler reading the state
 //!     .with_state(ready);
+//! for path in ["/ready", "/readyz"] {
+//!     let req = http::Request::get(path).body(axum::body::Body::empty()).unwrap();
+//!     let res = app.clone().oneshot(req).await.unwrap();
+//!     assert_eq!(res.status(), 200);
+//!     assert_eq!(res.headers()["content-type"], "application/json");
+//! }
+//! # }
 //! # }
 //! ```
 
