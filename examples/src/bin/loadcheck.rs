@@ -1,25 +1,31 @@
 //! How much throughput the full stack costs an axum hello-world: the same handler served bare
-//! and behind `RedLayer`, `ProblemLayer`, an inbound deadline, a bulkhead and a breaker with a
-//! Prometheus recorder installed, each driven by the same bounded loopback load.
+//! and behind `RedLayer`, `ProblemLayer`, an inbound deadline, a bulkhead and a breaker, with the
+//! Prometheus recorder installed by `tower_red::prometheus::install()` (buckets, upkeep).
 //!
 //! ```text
+//! bash benches/e2e.sh                 # the measurement: wrk against `--serve`, pinned cores
 //! cargo run --release -p examples --bin loadcheck [-- --requests 40000 --concurrency 32]
-//! cargo run --release -p examples --bin loadcheck -- --serve   # both servers, for wrk
+//! cargo run --release -p examples --bin loadcheck -- --serve [--for 300]
 //! ```
 //!
-//! Client and servers share this process and the machine's cores, as a sidecar would; the
-//! ratio of the two rates is the figure, not the rates themselves. Not part of CI.
+//! Without `--serve` a reqwest client in this process drives both servers in alternating rounds
+//! (a quick look; client and servers share the cores). With `--serve` it prints
+//! `bare URL full URL metrics URL` on one line and serves until Ctrl-C or `--for` seconds, for an
+//! external load generator: `benches/e2e.sh` pins it to one core and wrk to the other.
+//!
+//! Inside the stack only the outermost `RedLayer::server()` records a duration; the layers
+//! inside it are built in `tower_red::red::counts_only` and count their outcomes. Not part of CI.
 
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::get;
 use futures::{StreamExt, stream};
-use metrics_exporter_prometheus::PrometheusBuilder;
 use tower::ServiceBuilder;
 use tower_breaker::BreakerLayer;
 use tower_bulkhead::BulkheadLayer;
 use tower_red::problem::ProblemLayer;
+use tower_red::prometheus::PrometheusHandle;
 use tower_red::{BoxError, RedLayer};
 use tower_timeout_budget::inbound::InboundDeadlineLayer;
 
@@ -37,10 +43,11 @@ fn hello() -> Router {
     Router::new().route("/", get(|| async { "hello" }))
 }
 
-fn stacked() -> Result<Router, BoxError> {
-    Ok(hello().layer(
-        ServiceBuilder::new()
-            .layer(RedLayer::server())
+/// The hello-world behind the recommended server stack; `/metrics` stays outside it.
+fn stacked(prometheus: PrometheusHandle) -> Result<Router, BoxError> {
+    // The inner layers count their outcomes; `RedLayer::server()` times the request once.
+    let inner = tower_red::red::counts_only(|| -> Result<_, BoxError> {
+        Ok(ServiceBuilder::new()
             .layer(ProblemLayer::new())
             .layer(
                 InboundDeadlineLayer::builder()
@@ -54,8 +61,12 @@ fn stacked() -> Result<Router, BoxError> {
                     .max_concurrent(1_024)
                     .build()?,
             )
-            .layer(BreakerLayer::builder().name("api").http_status().build()?),
-    ))
+            .layer(BreakerLayer::builder().name("api").http_status().build()?))
+    })?;
+    Ok(hello()
+        .layer(inner)
+        .layer(RedLayer::server())
+        .route("/metrics", get(move || async move { prometheus.render() })))
 }
 
 async fn serve(app: Router) -> Result<std::net::SocketAddr, BoxError> {
@@ -96,15 +107,19 @@ async fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().collect();
     let requests = arg(&args, "--requests", 40_000)?;
     let concurrency = arg(&args, "--concurrency", 32)?;
-    let prometheus = PrometheusBuilder::new().install_recorder()?;
-    tower_red::describe_metrics();
+    // Before any layer is built: layers decide at build time whether they record.
+    let prometheus = tower_red::prometheus::install()?;
 
     let bare = serve(hello()).await?;
-    let full = serve(stacked()?).await?;
+    let full = serve(stacked(prometheus.clone())?).await?;
     if args.iter().any(|a| a == "--serve") {
         // For an external load generator, such as `wrk -t1 -c32 -d10s http://ADDR/`.
-        println!("bare http://{bare}/  full http://{full}/  (Ctrl-C to stop)");
-        tokio::signal::ctrl_c().await?;
+        let limit = Duration::from_secs(arg(&args, "--for", 3_600)? as u64);
+        println!("bare http://{bare}/ full http://{full}/ metrics http://{full}/metrics");
+        tokio::select! {
+            res = tokio::signal::ctrl_c() => res?,
+            () = tokio::time::sleep(limit) => {}
+        }
         return Ok(());
     }
     // Warm both up (connections, series registration), then alternate rounds.
