@@ -453,3 +453,60 @@ async fn a_tonic_server_and_channel_behind_built_stacks_answer_grpc() {
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 }
+
+#[tokio::test]
+async fn a_server_stack_with_a_fallback_serves_the_last_good_answer_while_the_circuit_is_open() {
+    use tower_idempotency::fallback::{FALLBACK, StaleConfig};
+
+    let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let state = healthy.clone();
+    let stack = ServerStack::builder("prices")
+        .http_status()
+        .deadline_cap(Duration::from_secs(5))
+        .breaker(|b| b.consecutive_failures(1).open_time(Duration::from_secs(30)))
+        .fallback(|f| {
+            f.stale_on_error(StaleConfig {
+                max_age: Duration::from_secs(60),
+                ..StaleConfig::default()
+            })
+        })
+        .build()
+        .expect("a valid stack");
+    assert_send_sync_static(&stack);
+    let breaker = stack.breaker();
+    let app = Router::new()
+        .route(
+            "/prices",
+            get(move || {
+                let ok = state.load(Ordering::Relaxed);
+                async move {
+                    if ok {
+                        (http::StatusCode::OK, "[42]")
+                    } else {
+                        (http::StatusCode::INTERNAL_SERVER_ERROR, "db down")
+                    }
+                }
+            }),
+        )
+        .route_layer(stack);
+    let addr = tests::serve_axum(app).await;
+    let client = reqwest::Client::new();
+    let get = || client.get(format!("http://{addr}/prices")).send();
+
+    let fresh = get().await.unwrap();
+    assert_eq!(fresh.status(), 200);
+    assert!(fresh.headers().get(FALLBACK).is_none());
+    assert_eq!(fresh.text().await.unwrap(), "[42]");
+
+    healthy.store(false, Ordering::Relaxed);
+    // The failure itself is answered from the store (the classifier said failure)...
+    let failed = get().await.unwrap();
+    assert_eq!(failed.status(), 200);
+    assert_eq!(failed.headers()[FALLBACK], "stale");
+    // ...and the breaker still saw it: it is open now, and its refusals are answered too.
+    assert_eq!(breaker.state(), tower_breaker::State::Open);
+    let refused = get().await.unwrap();
+    assert_eq!(refused.status(), 200);
+    assert_eq!(refused.headers()[FALLBACK], "stale");
+    assert_eq!(refused.text().await.unwrap(), "[42]");
+}

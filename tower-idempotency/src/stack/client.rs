@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tower_breaker::{BreakerBuilder, BreakerHandle, BreakerLayer};
 use tower_bulkhead::{BulkheadHandle, BulkheadLayer, FromScope, OnResponse, Unpartitioned};
-use tower_layer::{Layer, Stack};
+use tower_layer::{Identity, Layer, Stack};
 use tower_red::classify::{AnyError, GrpcStatus, HttpStatus};
 use tower_red::red::counts_only;
 use tower_red::{ConfigError, RedLayer};
@@ -14,8 +14,9 @@ use tower_timeout_budget::outbound::{OutboundDeadlineBuilder, OutboundDeadlineLa
 use tower_timeout_budget::{DefaultCap, TimeoutBudgetLayer};
 
 use super::check::{self, STACK};
-use super::{RetryClassifier, SameAsStack};
+use super::{FallbackSlot, NoFallback, RetryClassifier, SameAsStack, WithFallback};
 use crate::client::IdempotencyKeyLayer;
+use crate::fallback::FallbackLayerBuilder;
 
 /// The total budget of a call when none is set: 10 s, retries and waits included.
 pub const DEFAULT_TOTAL_BUDGET: Duration = Duration::from_secs(10);
@@ -23,7 +24,7 @@ pub const DEFAULT_TOTAL_BUDGET: Duration = Duration::from_secs(10);
 type Tweak<B> = Box<dyn FnOnce(B) -> B + Send>;
 
 /// The layers of a [`ClientStack`], innermost first (as [`tower_layer::Stack`] nests them).
-pub type ClientLayers<K, RC, R> = Stack<
+pub type ClientLayers<K, RC, R, F = Identity> = Stack<
     OutboundDeadlineLayer<K>,
     Stack<
         BulkheadLayer<Unpartitioned, OnResponse, K, FromScope>,
@@ -31,7 +32,10 @@ pub type ClientLayers<K, RC, R> = Stack<
             BreakerLayer<K>,
             Stack<
                 RetryLayer<RC, Idempotent, R>,
-                Stack<TimeoutBudgetLayer<DefaultCap, K>, Stack<IdempotencyKeyLayer, RedLayer>>,
+                Stack<
+                    TimeoutBudgetLayer<DefaultCap, K>,
+                    Stack<IdempotencyKeyLayer, Stack<F, RedLayer>>,
+                >,
             >,
         >,
     >,
@@ -55,6 +59,7 @@ impl ClientStack<()> {
             classifier: AnyError,
             retry_on: SameAsStack,
             replay: CloneRequest,
+            fallback: NoFallback,
             total_budget: DEFAULT_TOTAL_BUDGET,
             attempt_timeout: None,
             retry: Box::new(|r| r),
@@ -100,11 +105,12 @@ impl<S, L: Layer<S>> Layer<S> for ClientStack<L> {
 /// classifier by default, or a narrower [`RetryOn`](tower_retry_jitter::RetryOn)), `R` how a
 /// request is replayed.
 #[must_use]
-pub struct ClientStackBuilder<K = AnyError, RK = SameAsStack, R = CloneRequest> {
+pub struct ClientStackBuilder<K = AnyError, RK = SameAsStack, R = CloneRequest, F = NoFallback> {
     name: String,
     classifier: K,
     retry_on: RK,
     replay: R,
+    fallback: F,
     total_budget: Duration,
     attempt_timeout: Option<Duration>,
     retry: Tweak<RetryLayerBuilder>,
@@ -113,27 +119,31 @@ pub struct ClientStackBuilder<K = AnyError, RK = SameAsStack, R = CloneRequest> 
     outbound: Tweak<OutboundDeadlineBuilder>,
 }
 
-impl<K: fmt::Debug, RK: fmt::Debug, R: fmt::Debug> fmt::Debug for ClientStackBuilder<K, RK, R> {
+impl<K: fmt::Debug, RK: fmt::Debug, R: fmt::Debug, F: fmt::Debug> fmt::Debug
+    for ClientStackBuilder<K, RK, R, F>
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientStackBuilder")
             .field("name", &self.name)
             .field("classifier", &self.classifier)
             .field("retry_on", &self.retry_on)
             .field("replay", &self.replay)
+            .field("fallback", &self.fallback)
             .field("total_budget", &self.total_budget)
             .field("attempt_timeout", &self.attempt_timeout)
             .finish_non_exhaustive()
     }
 }
 
-impl<K, RK, R> ClientStackBuilder<K, RK, R> {
+impl<K, RK, R, F> ClientStackBuilder<K, RK, R, F> {
     /// The one classifier of every layer (default: any `Err` is a failure).
-    pub fn classifier<K2>(self, classifier: K2) -> ClientStackBuilder<K2, RK, R> {
+    pub fn classifier<K2>(self, classifier: K2) -> ClientStackBuilder<K2, RK, R, F> {
         ClientStackBuilder {
             name: self.name,
             classifier,
             retry_on: self.retry_on,
             replay: self.replay,
+            fallback: self.fallback,
             total_budget: self.total_budget,
             attempt_timeout: self.attempt_timeout,
             retry: self.retry,
@@ -144,24 +154,25 @@ impl<K, RK, R> ClientStackBuilder<K, RK, R> {
     }
 
     /// [`HttpStatus`] for every layer: 5xx (and errors) are failures.
-    pub fn http_status(self) -> ClientStackBuilder<HttpStatus, RK, R> {
+    pub fn http_status(self) -> ClientStackBuilder<HttpStatus, RK, R, F> {
         self.classifier(HttpStatus::new())
     }
 
     /// [`GrpcStatus`] for every layer, for a tonic `Channel`.
-    pub fn grpc_status(self) -> ClientStackBuilder<GrpcStatus, RK, R> {
+    pub fn grpc_status(self) -> ClientStackBuilder<GrpcStatus, RK, R, F> {
         self.classifier(GrpcStatus::new())
     }
 
     /// What the retry retries, when narrower than the stack's classifier (such as
     /// [`RetryOn::new`](tower_retry_jitter::RetryOn::new): errors, 502, 503, 504). It may
     /// retry only outcomes the stack's classifier judges failures: checked by `build`.
-    pub fn retry_on<RK2>(self, retry_on: RK2) -> ClientStackBuilder<K, RK2, R> {
+    pub fn retry_on<RK2>(self, retry_on: RK2) -> ClientStackBuilder<K, RK2, R, F> {
         ClientStackBuilder {
             name: self.name,
             classifier: self.classifier,
             retry_on,
             replay: self.replay,
+            fallback: self.fallback,
             total_budget: self.total_budget,
             attempt_timeout: self.attempt_timeout,
             retry: self.retry,
@@ -173,12 +184,13 @@ impl<K, RK, R> ClientStackBuilder<K, RK, R> {
 
     /// How the retry replays a request (default [`CloneRequest`]: `http::Request<B>` with a
     /// `Clone` body, or any `Clone` request).
-    pub fn replay<R2>(self, replay: R2) -> ClientStackBuilder<K, RK, R2> {
+    pub fn replay<R2>(self, replay: R2) -> ClientStackBuilder<K, RK, R2, F> {
         ClientStackBuilder {
             name: self.name,
             classifier: self.classifier,
             retry_on: self.retry_on,
             replay,
+            fallback: self.fallback,
             total_budget: self.total_budget,
             attempt_timeout: self.attempt_timeout,
             retry: self.retry,
@@ -190,8 +202,33 @@ impl<K, RK, R> ClientStackBuilder<K, RK, R> {
 
     /// Replays `reqwest::Request`s with `try_clone` (a streaming body is not retried).
     #[cfg(feature = "reqwest")]
-    pub fn reqwest(self) -> ClientStackBuilder<K, RK, tower_retry_jitter::replay::TryCloneRequest> {
+    pub fn reqwest(
+        self,
+    ) -> ClientStackBuilder<K, RK, tower_retry_jitter::replay::TryCloneRequest, F> {
         self.replay(tower_retry_jitter::replay::TryCloneRequest)
+    }
+
+    /// Adds a [`FallbackLayer`](crate::fallback::FallbackLayer) tuned by `tweak` (its answer:
+    /// `stale_on_error`, `from_fn` or both; its triggers), just inside RED: above the total
+    /// budget and the retry, so it answers once the retries are spent or the budget is, and the
+    /// breaker still sees every failure. The stack sets its name and classifier.
+    pub fn fallback(
+        self,
+        tweak: impl FnOnce(FallbackLayerBuilder) -> FallbackLayerBuilder + Send + 'static,
+    ) -> ClientStackBuilder<K, RK, R, WithFallback> {
+        ClientStackBuilder {
+            name: self.name,
+            classifier: self.classifier,
+            retry_on: self.retry_on,
+            replay: self.replay,
+            fallback: WithFallback::new(tweak),
+            total_budget: self.total_budget,
+            attempt_timeout: self.attempt_timeout,
+            retry: self.retry,
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+            outbound: self.outbound,
+        }
     }
 
     /// The whole call's budget, retries, backoff and queue waits included (default
@@ -256,16 +293,21 @@ impl<K, RK, R> ClientStackBuilder<K, RK, R> {
     ///   without one);
     /// - retries whose summed worst-case backoff delays reach the total budget;
     /// - a retry classifier that retries an outcome the stack's classifier calls a success.
-    pub fn build(self) -> Result<ClientStack<ClientLayers<K, RK::Classifier, R>>, ConfigError>
+    #[allow(clippy::type_complexity)]
+    pub fn build(
+        self,
+    ) -> Result<ClientStack<ClientLayers<K, RK::Classifier, R, F::Layer>>, ConfigError>
     where
         K: Clone + fmt::Debug,
         RK: RetryClassifier<K>,
+        F: FallbackSlot<K>,
     {
         let ClientStackBuilder {
             name,
             classifier,
             retry_on,
             replay,
+            fallback,
             total_budget,
             attempt_timeout,
             retry,
@@ -304,6 +346,7 @@ impl<K, RK, R> ClientStackBuilder<K, RK, R> {
             let retry = retry.replay(replay).classifier(retry_classifier).build()?;
             let policy = retry.policy();
             check::delays_within_budget(policy.backoff(), policy.max_attempts(), total_budget)?;
+            let fallback = fallback.make(&name, classifier.clone())?;
             let budget = TimeoutBudgetLayer::builder()
                 .cap(total_budget)
                 .name(name.clone())
@@ -326,7 +369,10 @@ impl<K, RK, R> ClientStackBuilder<K, RK, R> {
                         breaker,
                         Stack::new(
                             retry,
-                            Stack::new(budget, Stack::new(IdempotencyKeyLayer::new(), red)),
+                            Stack::new(
+                                budget,
+                                Stack::new(IdempotencyKeyLayer::new(), Stack::new(fallback, red)),
+                            ),
                         ),
                     ),
                 ),

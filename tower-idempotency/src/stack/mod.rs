@@ -109,6 +109,10 @@ use tower_red::classify::Classify;
 use tower_red::{BoxError, ConfigError};
 use tower_retry_jitter::RetryOn;
 
+use tower_layer::Identity;
+
+use crate::fallback::{FallbackLayer, FallbackLayerBuilder};
+
 pub use self::client::{ClientLayers, ClientStack, ClientStackBuilder, DEFAULT_TOTAL_BUDGET};
 pub use self::server::{DEFAULT_DEADLINE_CAP, ServerLayers, ServerStack, ServerStackBuilder};
 
@@ -144,5 +148,54 @@ where
     fn resolve(self, stack: &K) -> Result<RetryOn, ConfigError> {
         check::retry_within_classifier(stack, &self)?;
         Ok(self)
+    }
+}
+
+/// The optional fallback of a stack: [`NoFallback`] (the default) or [`WithFallback`], given the
+/// stack's classifier when the stack is built.
+pub trait FallbackSlot<K> {
+    /// The layer: [`Identity`] or a [`FallbackLayer`].
+    type Layer;
+
+    /// Builds the layer named `name`, judging outcomes with the stack's `classifier`.
+    fn make(self, name: &str, classifier: K) -> Result<Self::Layer, ConfigError>;
+}
+
+/// No fallback: a refusal or failure reaches the caller.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoFallback;
+
+impl<K> FallbackSlot<K> for NoFallback {
+    type Layer = Identity;
+
+    fn make(self, _: &str, _: K) -> Result<Identity, ConfigError> {
+        Ok(Identity::new())
+    }
+}
+
+/// A [`FallbackLayer`] tuned by a closure; the stack sets its name and classifier.
+pub struct WithFallback(Box<dyn FnOnce(FallbackLayerBuilder) -> FallbackLayerBuilder + Send>);
+
+impl fmt::Debug for WithFallback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WithFallback")
+    }
+}
+
+impl WithFallback {
+    pub(crate) fn new(
+        tweak: impl FnOnce(FallbackLayerBuilder) -> FallbackLayerBuilder + Send + 'static,
+    ) -> Self {
+        WithFallback(Box::new(tweak))
+    }
+}
+
+impl<K> FallbackSlot<K> for WithFallback {
+    type Layer = FallbackLayer<K>;
+
+    fn make(self, name: &str, classifier: K) -> Result<FallbackLayer<K>, ConfigError> {
+        (self.0)(FallbackLayer::builder().name(name))
+            .classifier(classifier)
+            .build()
     }
 }

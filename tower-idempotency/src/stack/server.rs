@@ -13,6 +13,8 @@ use tower_red::{ConfigError, RedLayer};
 use tower_timeout_budget::inbound::{InboundDeadlineBuilder, InboundDeadlineLayer};
 
 use super::check::{self, STACK};
+use super::{FallbackSlot, NoFallback, WithFallback};
+use crate::fallback::FallbackLayerBuilder;
 
 /// The inbound deadline's cap when none is set: 10 s.
 pub const DEFAULT_DEADLINE_CAP: Duration = Duration::from_secs(10);
@@ -21,11 +23,11 @@ type Tweak<B> = Box<dyn FnOnce(B) -> B + Send>;
 type MakeLayer<I> = Box<dyn FnOnce() -> Result<I, ConfigError> + Send>;
 
 /// The layers of a [`ServerStack`], innermost first (as [`tower_layer::Stack`] nests them).
-pub type ServerLayers<K, I, A> = Stack<
+pub type ServerLayers<K, I, A, F = Identity> = Stack<
     BreakerLayer<K>,
     Stack<
         BulkheadLayer<Unpartitioned, OnResponse, K, FromScope>,
-        Stack<I, Stack<InboundDeadlineLayer<K>, Stack<A, RedLayer>>>,
+        Stack<I, Stack<InboundDeadlineLayer<K>, Stack<A, Stack<F, RedLayer>>>>,
     >,
 >;
 
@@ -47,6 +49,7 @@ impl ServerStack<()> {
             classifier: AnyError,
             adapter: ProblemLayer::new(),
             idempotency: Box::new(|| Ok(Identity::new())),
+            fallback: NoFallback,
             deadline_cap: DEFAULT_DEADLINE_CAP,
             deadline: Box::new(|d| d),
             breaker: Box::new(|b| b),
@@ -90,36 +93,39 @@ impl<S, L: Layer<S>> Layer<S> for ServerStack<L> {
 /// the adapter that turns refusals into responses ([`ProblemLayer`] by default; tonic servers
 /// use `tower_red::grpc::StatusLayer`).
 #[must_use]
-pub struct ServerStackBuilder<K = AnyError, I = Identity, A = ProblemLayer> {
+pub struct ServerStackBuilder<K = AnyError, I = Identity, A = ProblemLayer, F = NoFallback> {
     name: String,
     classifier: K,
     adapter: A,
     idempotency: MakeLayer<I>,
+    fallback: F,
     deadline_cap: Duration,
     deadline: Tweak<InboundDeadlineBuilder>,
     breaker: Tweak<BreakerBuilder>,
     bulkhead: Tweak<tower_bulkhead::Builder>,
 }
 
-impl<K: fmt::Debug, I, A: fmt::Debug> fmt::Debug for ServerStackBuilder<K, I, A> {
+impl<K: fmt::Debug, I, A: fmt::Debug, F: fmt::Debug> fmt::Debug for ServerStackBuilder<K, I, A, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerStackBuilder")
             .field("name", &self.name)
             .field("classifier", &self.classifier)
             .field("adapter", &self.adapter)
+            .field("fallback", &self.fallback)
             .field("deadline_cap", &self.deadline_cap)
             .finish_non_exhaustive()
     }
 }
 
-impl<K, I, A> ServerStackBuilder<K, I, A> {
+impl<K, I, A, F> ServerStackBuilder<K, I, A, F> {
     /// The one classifier of every layer (default: any `Err` is a failure).
-    pub fn classifier<K2>(self, classifier: K2) -> ServerStackBuilder<K2, I, A> {
+    pub fn classifier<K2>(self, classifier: K2) -> ServerStackBuilder<K2, I, A, F> {
         ServerStackBuilder {
             name: self.name,
             classifier,
             adapter: self.adapter,
             idempotency: self.idempotency,
+            fallback: self.fallback,
             deadline_cap: self.deadline_cap,
             deadline: self.deadline,
             breaker: self.breaker,
@@ -128,23 +134,24 @@ impl<K, I, A> ServerStackBuilder<K, I, A> {
     }
 
     /// [`HttpStatus`] for every layer: 5xx (and errors) are failures.
-    pub fn http_status(self) -> ServerStackBuilder<HttpStatus, I, A> {
+    pub fn http_status(self) -> ServerStackBuilder<HttpStatus, I, A, F> {
         self.classifier(HttpStatus::new())
     }
 
     /// [`GrpcStatus`] for every layer, for a tonic service.
-    pub fn grpc_status(self) -> ServerStackBuilder<GrpcStatus, I, A> {
+    pub fn grpc_status(self) -> ServerStackBuilder<GrpcStatus, I, A, F> {
         self.classifier(GrpcStatus::new())
     }
 
     /// The layer that turns refusals into responses, in place of [`ProblemLayer`] (such as
     /// `tower_red::grpc::StatusLayer::new()` for tonic).
-    pub fn adapter<A2>(self, adapter: A2) -> ServerStackBuilder<K, I, A2> {
+    pub fn adapter<A2>(self, adapter: A2) -> ServerStackBuilder<K, I, A2, F> {
         ServerStackBuilder {
             name: self.name,
             classifier: self.classifier,
             adapter,
             idempotency: self.idempotency,
+            fallback: self.fallback,
             deadline_cap: self.deadline_cap,
             deadline: self.deadline,
             breaker: self.breaker,
@@ -159,12 +166,34 @@ impl<K, I, A> ServerStackBuilder<K, I, A> {
     pub fn idempotency<I2>(
         self,
         make: impl FnOnce() -> Result<I2, ConfigError> + Send + 'static,
-    ) -> ServerStackBuilder<K, I2, A> {
+    ) -> ServerStackBuilder<K, I2, A, F> {
         ServerStackBuilder {
             name: self.name,
             classifier: self.classifier,
             adapter: self.adapter,
             idempotency: Box::new(make),
+            fallback: self.fallback,
+            deadline_cap: self.deadline_cap,
+            deadline: self.deadline,
+            breaker: self.breaker,
+            bulkhead: self.bulkhead,
+        }
+    }
+
+    /// Adds a [`FallbackLayer`](crate::fallback::FallbackLayer) tuned by `tweak` (its answer:
+    /// `stale_on_error`, `from_fn` or both; its triggers), just inside RED: above the adapter
+    /// and every layer whose refusals it answers, so RED sees the answer the caller got and the
+    /// breaker still sees the handler's failure. The stack sets its name and classifier.
+    pub fn fallback(
+        self,
+        tweak: impl FnOnce(FallbackLayerBuilder) -> FallbackLayerBuilder + Send + 'static,
+    ) -> ServerStackBuilder<K, I, A, WithFallback> {
+        ServerStackBuilder {
+            name: self.name,
+            classifier: self.classifier,
+            adapter: self.adapter,
+            idempotency: self.idempotency,
+            fallback: WithFallback::new(tweak),
             deadline_cap: self.deadline_cap,
             deadline: self.deadline,
             breaker: self.breaker,
@@ -213,15 +242,18 @@ impl<K, I, A> ServerStackBuilder<K, I, A> {
     ///
     /// Refuses, with a [`ConfigError`] naming both values, a breaker time window shorter than
     /// twice the deadline cap.
-    pub fn build(self) -> Result<ServerStack<ServerLayers<K, I, A>>, ConfigError>
+    #[allow(clippy::type_complexity)]
+    pub fn build(self) -> Result<ServerStack<ServerLayers<K, I, A, F::Layer>>, ConfigError>
     where
         K: Clone,
+        F: FallbackSlot<K>,
     {
         let ServerStackBuilder {
             name,
             classifier,
             adapter,
             idempotency,
+            fallback,
             deadline_cap,
             deadline,
             breaker,
@@ -248,6 +280,7 @@ impl<K, I, A> ServerStackBuilder<K, I, A> {
                 .classifier(classifier.clone())
                 .build()?;
             let idempotency = idempotency()?;
+            let fallback = fallback.make(&name, classifier.clone())?;
             let bulkhead = bulkhead(BulkheadLayer::builder().name(name.as_str()))
                 .classifier(classifier.clone())
                 .build()?;
@@ -257,7 +290,10 @@ impl<K, I, A> ServerStackBuilder<K, I, A> {
                 breaker,
                 Stack::new(
                     bulkhead,
-                    Stack::new(idempotency, Stack::new(deadline, Stack::new(adapter, red))),
+                    Stack::new(
+                        idempotency,
+                        Stack::new(deadline, Stack::new(adapter, Stack::new(fallback, red))),
+                    ),
                 ),
             );
             Ok(ServerStack {
