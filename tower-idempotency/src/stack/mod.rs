@@ -20,6 +20,7 @@
 //! | layer | why here |
 //! |---|---|
 //! | `RedLayer::server()` | sees every request as the caller did, refusals included; records the request's one duration |
+//! | fallback (optional) | answers a refusal or failure from the last good response or a function; inside RED so RED sees the answer the caller got, above every layer whose refusals it answers, so the breaker still sees the handler's failure |
 //! | `ProblemLayer` (or tonic's `StatusLayer`) | turns every refusal below it into a status (503 + `Retry-After`, 504, 409, 422, 400), so the route stays `Infallible` |
 //! | `InboundDeadlineLayer` | the caller's budget (`grpc-timeout` or a header, capped) bounds every wait below it, the idempotency store's included; when it passes it drops the call, and the layers below count a timeout |
 //! | idempotency (optional) | a replay answers before any permit is taken; a duplicate in flight gets 409 without holding one |
@@ -31,6 +32,7 @@
 //! | layer | why here |
 //! |---|---|
 //! | `RedLayer::client()` | what the caller waited for, retries included; records the call's one duration |
+//! | fallback (optional) | answers once the retries or the budget are spent (stale or a function); above the budget, so a spent budget cannot cancel the fallback itself |
 //! | `IdempotencyKeyLayer` | one key per logical request, above the retry, so every attempt carries the same key and a retried POST is safe |
 //! | `TimeoutBudgetLayer` | the whole call's budget: retries, backoff and queue waits all spend it |
 //! | `RetryLayer` | at one point only (AWS Builders' Library): above the breaker, so an open circuit fails an attempt fast and a refusal is not retried (a refusal means back off) |
