@@ -2,7 +2,7 @@
 //! and tonic services, [`ClientStack`] for reqwest clients and tonic channels. Each puts every
 //! layer in the order below, gives them **one classifier**, and checks the invariants between
 //! them when it is built, refusing a broken combination with a
-//! [`ConfigError`](tower_red::ConfigError) that names both values. Each layer stays usable
+//! [`ConfigError`] that names both values. Each layer stays usable
 //! alone; the stack only builds them.
 //!
 //! # Why here
@@ -52,7 +52,7 @@
 //!   in use (decorrelated jitter can triple a delay; gRPC A6 adds 20 %).
 //! - **One classifier for every layer.** The stack sets the same classifier on every layer
 //!   that judges outcomes, so they cannot disagree. The retry may be given a narrower one
-//!   ([`RetryOn`](tower_retry_jitter::RetryOn): not every failure is worth retrying), which
+//!   ([`RetryOn`]: not every failure is worth retrying), which
 //!   must retry only outcomes the stack's classifier judges failures: every HTTP status,
 //!   every gRPC code and a transport error are tried against both.
 //!
