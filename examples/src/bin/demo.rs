@@ -1,184 +1,266 @@
-//! The main demo: an axum server on loopback behind the workspace's layers (RED metrics, the
-//! problem+json adapter, an inbound deadline, a partitioned bulkhead and a circuit breaker),
-//! driven by a bounded reqwest load in which some requests fail in the backend, some run out of
-//! time and some are refused, then the RED metrics in Prometheus text format.
+//! The main demo: a gateway in front of a backend that fails on purpose, driven through six
+//! phases of bounded loopback load (steady, errors, latency spikes, outage, recovery, a slow
+//! dependency), once with the layers and once without, with a live view and a closing
+//! side-by-side table.
 //!
 //! ```text
-//! cargo run -p examples --bin demo            # load, then print results and metrics
-//! cargo run -p examples --bin demo -- --serve # keep the server up for curl (--port N to pick)
+//! cargo run -p examples --bin demo                               # ~35 s, in-memory store
+//! cargo run -p examples --bin demo -- --serve                    # then stay up for curl and Prometheus
+//! cargo run -p examples --bin demo -- --redis redis://127.0.0.1:6379   # idempotency keys in Redis
 //! ```
+//!
+//! - **backend** (axum, `127.0.0.1:0`): `/items/{id}`, `/reports/{id}` and `POST /orders`
+//!   (a side effect per order, counted), sharing a pool of 8 connections. Its fault changes
+//!   with the phase.
+//! - **gateway** (axum, `127.0.0.1:0`): the same routes, forwarded with reqwest. With the
+//!   layers, its client is wrapped in the client stack (RED, idempotency key, total budget,
+//!   retry with attempt timeout and budget, breaker, bulkhead with a `reports` partition,
+//!   outbound deadline) and its routes in the server stack (problem+json, inbound deadline,
+//!   idempotency keys, bulkhead, breaker, RED). Without, plain reqwest and nothing else.
+//! - **callers**: 120 requests a second, 300 per phase; every 10th is an order POST with an
+//!   `Idempotency-Key` over a link that loses some responses after the gateway answered, and
+//!   its caller sends it again.
+//!
+//! `/metrics` (Prometheus text, installed with `tower_red::prometheus::install()`) is served
+//! on a separate loopback listener while the demo runs.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+#[path = "../demo/backend.rs"]
+mod backend;
+#[path = "../demo/gateway.rs"]
+mod gateway;
+#[path = "../demo/load.rs"]
+mod load;
+#[path = "../demo/view.rs"]
+mod view;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::Path;
 use axum::routing::get;
-use futures::{StreamExt, stream};
-use http::StatusCode;
-use tower::ServiceBuilder;
-use tower_breaker::BreakerLayer;
-use tower_bulkhead::{BulkheadLayer, Partition};
-use tower_red::classify::HttpStatus;
-use tower_red::problem::ProblemLayer;
-use tower_red::{BoxError, RedLayer};
-use tower_timeout_budget::inbound::InboundDeadlineLayer;
+use tower_idempotency::store::{MemoryStore, Store};
+use tower_red::BoxError;
+use tower_red::prometheus::PrometheusHandle;
 
-const REQUESTS: usize = 400;
-const CONCURRENCY: usize = 8;
-const LOAD_LIMIT: Duration = Duration::from_secs(20);
+use crate::load::{Kind, PHASES, Snapshot, Stats};
 
-#[tokio::main]
-async fn main() -> Result<(), BoxError> {
-    let args: Vec<String> = std::env::args().collect();
-    let serve = args.iter().any(|a| a == "--serve");
-    let buckets_too = args.iter().any(|a| a == "--buckets");
-    let port: u16 = match args.iter().position(|a| a == "--port") {
-        Some(i) => args.get(i + 1).ok_or("--port needs a value")?.parse()?,
-        None => 0,
+/// The command line.
+struct Args {
+    serve: bool,
+    redis: Option<String>,
+}
+
+fn args() -> Result<Args, BoxError> {
+    let mut parsed = Args {
+        serve: false,
+        redis: None,
     };
-
-    // OpenTelemetry buckets for `_seconds` histograms, upkeep and descriptions, before any layer.
-    let prometheus = tower_red::prometheus::install()?;
-
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
-    let addr = listener.local_addr()?;
-    let app = app()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    if serve {
-        println!("demo server on http://{addr} (Ctrl-C to stop); try:");
-        println!("  curl -i http://{addr}/orders/7      # ok");
-        println!("  curl -i http://{addr}/orders/5      # the backend fails: 500");
-        println!(
-            "  curl -i http://{addr}/orders/10     # every 10th /orders request is refused: 503"
-        );
-        tokio::signal::ctrl_c().await?;
-        return Ok(());
-    }
-
-    println!("demo server on http://{addr}; sending {REQUESTS} requests, {CONCURRENCY} at a time");
-    let client = reqwest::Client::new();
-    let mut by_status: BTreeMap<u16, usize> = BTreeMap::new();
-    let mut samples = BTreeMap::new();
-    let load = stream::iter(0..REQUESTS)
-        .map(|i| {
-            let client = client.clone();
-            let request = if i.is_multiple_of(4) {
-                client.get(format!("http://{addr}/hello"))
-            } else if i % 10 == 1 {
-                client
-                    .get(format!("http://{addr}/slow"))
-                    .header("x-request-timeout-ms", "100")
-            } else {
-                client.get(format!("http://{addr}/orders/{i}"))
-            };
-            async move { request.send().await }
-        })
-        .buffer_unordered(CONCURRENCY);
-    let load = tokio::time::timeout(LOAD_LIMIT, async {
-        tokio::pin!(load);
-        while let Some(res) = load.next().await {
-            let res = res?;
-            *by_status.entry(res.status().as_u16()).or_default() += 1;
-            let status = res.status();
-            let refused =
-                status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
-            if refused && !samples.contains_key(&status.as_u16()) {
-                samples.insert(status.as_u16(), wire_format(res).await?);
-            }
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--serve" => parsed.serve = true,
+            "--redis" => parsed.redis = Some(args.next().ok_or("--redis needs a URL")?),
+            _ => return Err(format!(
+                "unknown argument {arg:?}; usage: demo [--serve] [--redis redis://127.0.0.1:6379]"
+            )
+            .into()),
         }
-        Ok::<_, BoxError>(())
-    });
-    match load.await {
-        Ok(result) => result?,
-        Err(_) => println!("load stopped after {LOAD_LIMIT:?}"),
     }
+    Ok(parsed)
+}
 
-    println!("\nresponses by status:");
-    for (status, count) in &by_status {
-        println!("  {status}: {count}");
-    }
-    for sample in samples.values() {
-        println!("\none refused request, as the client saw it:\n{sample}");
-    }
-    println!(
-        "\nRED metrics, Prometheus text format (series still at zero left out; --buckets adds the histogram buckets):"
+/// What one run left behind, for the table.
+struct Outcome {
+    stats: Snapshot,
+    backend: backend::BackendCounts,
+    elapsed: Duration,
+}
+
+/// Serves `/metrics` on its own loopback listener.
+async fn serve_metrics(prometheus: PrometheusHandle) -> Result<SocketAddr, BoxError> {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let prometheus = prometheus.clone();
+            async move { prometheus.render() }
+        }),
     );
-    for line in prometheus.render().lines() {
-        let ours = line.contains("http_server_") || line.contains("resilience_");
-        let zero = line.ends_with(" 0");
-        if ours && !zero && (buckets_too || !line.contains("_bucket{")) {
-            println!("{line}");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+/// Drives the load into `gateway` with the live view on, and collects the result.
+async fn run(
+    number: usize,
+    label: &'static str,
+    gateway: SocketAddr,
+    backend: Arc<backend::Backend>,
+    handles: Option<gateway::Handles>,
+) -> Outcome {
+    let stats = Arc::new(Stats::default());
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let view = tokio::spawn(view::show(
+        view::Run {
+            label,
+            number,
+            stats: stats.clone(),
+            backend: backend.clone(),
+            handles,
+            started,
+        },
+        stop.clone(),
+    ));
+    load::drive(gateway, &backend, stats.clone(), number as u64).await;
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let _ = view.await;
+    Outcome {
+        stats: stats.snapshot(),
+        backend: backend.counts(),
+        elapsed,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+/// The closing table: the run without the layers next to the run with them.
+fn table(without: &Outcome, with: &Outcome) {
+    type Cell = fn(&Outcome) -> String;
+    let row = |label: &str, cell: Cell| {
+        println!("{label:<44} {:>16} {:>16}", cell(without), cell(with));
+    };
+    println!();
+    println!(
+        "{:<44} {:>16} {:>16}",
+        "", "without layers", "with the layers"
+    );
+    row("requests", |o| o.stats.sent.to_string());
+    row("successes", |o| o.stats.count(Kind::Ok).to_string());
+    row("errors", |o| o.stats.errors().to_string());
+    for kind in Kind::ALL.iter().skip(1) {
+        let (a, b) = (without.stats.count(*kind), with.stats.count(*kind));
+        if a + b > 0 {
+            println!("{:<44} {a:>16} {b:>16}", format!("  {}", kind.label()));
         }
+    }
+    row("p50 latency", |o| ms(o.stats.p50));
+    row("p99 latency", |o| ms(o.stats.p99));
+    row("calls that reached the backend", |o| {
+        o.backend.calls.to_string()
+    });
+    row("  of which the gateway's retries", |o| {
+        o.backend.retries.to_string()
+    });
+    row("orders placed (side effects)", |o| {
+        o.backend.side_effects.to_string()
+    });
+    row("duplicate side effects", |o| {
+        o.backend.duplicates.to_string()
+    });
+    row("idempotent replays", |o| o.stats.replays.to_string());
+    row("fallbacks served", |o| o.stats.fallbacks.to_string());
+    println!("by phase: successes of {}, p99", load::PER_PHASE);
+    for (i, phase) in PHASES.iter().enumerate() {
+        let cell = |o: &Outcome| {
+            format!(
+                "{:>3}, {:>7}",
+                o.stats.ok_by_phase[i],
+                ms(o.stats.p99_by_phase[i])
+            )
+        };
+        println!(
+            "{:<44} {:>16} {:>16}",
+            format!("  {} {}", i + 1, phase.name),
+            cell(without),
+            cell(with)
+        );
+    }
+    row("time", |o| format!("{:.1} s", o.elapsed.as_secs_f64()));
+}
+
+async fn demo<St: Store + Clone>(
+    args: &Args,
+    store: St,
+    store_name: String,
+) -> Result<(), BoxError> {
+    let prometheus = tower_red::prometheus::install()?;
+    let metrics = serve_metrics(prometheus).await?;
+    // Keys of an earlier run (in Redis) must not replay into this one.
+    let prefix = format!(
+        "demo-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
+    let (backend_addr, backend) = backend::start().await?;
+    let (gateway_addr, handles) = gateway::start_layered(backend_addr, store, &prefix).await?;
+    println!("tower resilience kit demo: a gateway in front of a backend that fails on purpose");
+    println!(
+        "  {} requests per run at {}/s in {} phases; order POSTs carry an Idempotency-Key over a link that drops some responses",
+        load::TOTAL,
+        load::RATE,
+        PHASES.len()
+    );
+    println!("  idempotency store: {store_name}");
+    println!(
+        "  metrics: http://{metrics}/metrics   gateway: http://{gateway_addr}   backend: http://{backend_addr}"
+    );
+    println!();
+
+    let with = run(
+        1,
+        "with the layers",
+        gateway_addr,
+        backend.clone(),
+        Some(handles.clone()),
+    )
+    .await;
+    println!();
+    let (bare_backend_addr, bare_backend) = backend::start().await?;
+    let bare = gateway::start_bare(bare_backend_addr).await?;
+    let without = run(2, "without the layers", bare, bare_backend, None).await;
+    table(&without, &with);
+    println!(
+        "\nwith the layers: {} of {} requests succeeded ({} without), {} backend calls ({} without), {} duplicate side effects ({} without)",
+        with.stats.count(Kind::Ok),
+        with.stats.sent,
+        without.stats.count(Kind::Ok),
+        with.backend.calls,
+        without.backend.calls,
+        with.backend.duplicates,
+        without.backend.duplicates
+    );
+
+    if args.serve {
+        println!("\nserving (Ctrl-C to stop); the backend is healthy now:");
+        println!("  curl -i http://{gateway_addr}/items/7");
+        println!("  curl -i http://{gateway_addr}/reports/7");
+        println!(
+            "  curl -i -X POST -H 'idempotency-key: k1' -H 'x-order: 1' -d '{{}}' http://{gateway_addr}/orders   # twice: the second is replayed"
+        );
+        println!("  curl -s http://{metrics}/metrics | grep resilience_");
+        tokio::signal::ctrl_c().await?;
     }
     Ok(())
 }
 
-fn app() -> Result<Router, BoxError> {
-    // The caller's budget (`x-request-timeout-ms` or `grpc-timeout`), capped at one second.
-    let deadline = InboundDeadlineLayer::builder()
-        .name("api")
-        .cap(Duration::from_secs(1))
-        .http_status()
-        .build()?;
-    // At most 12 calls at once, of which at most 3 may be `/orders` calls.
-    let bulkhead = BulkheadLayer::builder()
-        .name("api")
-        .max_concurrent(12)
-        .partition(Partition::new("orders", 3))
-        .partition_by(|req: &http::Request<axum::body::Body>| {
-            req.uri().path().starts_with("/orders").then_some("orders")
-        })
-        // The breaker's classifier: one verdict for the whole stack.
-        .classifier(HttpStatus::new())
-        .build()?;
-    // Opens when half of the last 50 calls failed (5xx), once 20 are in.
-    let breaker = BreakerLayer::builder()
-        .name("backend")
-        .count_window(50)
-        .minimum_calls(20)
-        .failure_rate_threshold(0.5)
-        .open_time(Duration::from_secs(5))
-        .http_status()
-        .build()?;
-    Ok(Router::new()
-        .route("/hello", get(|| async { "hello\n" }))
-        .route("/orders/{id}", get(order))
-        .route("/slow", get(slow))
-        .layer(
-            ServiceBuilder::new()
-                .layer(RedLayer::server())
-                .layer(ProblemLayer::new())
-                .layer(deadline)
-                .layer(bulkhead)
-                .layer(breaker),
-        ))
-}
-
-/// A handler slower than the budget the load gives it: cut at the deadline (504).
-async fn slow() -> &'static str {
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    "finally\n"
-}
-
-/// The backend: orders whose id is a multiple of 5 fail, as a broken dependency would.
-async fn order(Path(id): Path<u64>) -> Result<String, StatusCode> {
-    tokio::time::sleep(Duration::from_millis(2 + id % 7)).await;
-    if id.is_multiple_of(5) {
-        return Err(StatusCode::INTERNAL_SERVER_ERROR);
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args = args()?;
+    match &args.redis {
+        None => demo(&args, MemoryStore::new(), "in memory".to_owned()).await,
+        Some(url) => {
+            let store = tower_idempotency::store::redis::RedisStore::connect(url)
+                .await
+                .map_err(|err| format!("cannot reach Redis at {url}: {err}"))?;
+            demo(&args, store, format!("Redis at {url}")).await
+        }
     }
-    Ok(format!("order {id}\n"))
-}
-
-async fn wire_format(res: reqwest::Response) -> Result<String, BoxError> {
-    let mut out = format!("  {:?} {}\n", res.version(), res.status());
-    for (name, value) in res.headers() {
-        out.push_str(&format!(
-            "  {name}: {}\n",
-            value.to_str().unwrap_or("<binary>")
-        ));
-    }
-    out.push_str(&format!("\n  {}", res.text().await?));
-    Ok(out)
 }
