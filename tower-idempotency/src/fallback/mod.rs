@@ -21,10 +21,10 @@
 //! 1. **Stale** ([`stale_on_error`](FallbackLayerBuilder::stale_on_error)): the last good
 //!    response stored under the request's [key](FallbackLayerBuilder::key), if it was stored at
 //!    most [`max_age`](StaleConfig::max_age) ago (checked when it would be served: an older
-//!    one is dropped, never served). Marked [`FALLBACK`]` : stale`, with an `Age` header in
-//!    seconds (RFC 9111 §5.1: the `Age` it came with plus the time it was held).
+//!    one is dropped, never served). Marked `x-fallback: stale` ([`FALLBACK`]), with an `Age`
+//!    header in seconds (RFC 9111 §5.1: the `Age` it came with plus the time it was held).
 //! 2. **Function** ([`from_fn`](FallbackLayerBuilder::from_fn)): whatever it returns, marked
-//!    [`FALLBACK`]` : function`; it sees the [`Reason`], method and URI, and may return `None`.
+//!    `x-fallback: function`; it sees the [`Reason`], method and URI, and may return `None`.
 //! 3. Otherwise the original refusal or failure goes on, untouched.
 //!
 //! **What is stored.** Successes (the classifier's verdict) with a 2xx status other than 206,
