@@ -143,6 +143,9 @@ fn table(without: &Outcome, with: &Outcome) {
     );
     row("requests", |o| o.stats.sent.to_string());
     row("successes", |o| o.stats.count(Kind::Ok).to_string());
+    row("  of which stale answers (fallback)", |o| {
+        o.stats.fallbacks.to_string()
+    });
     row("errors", |o| o.stats.errors().to_string());
     for kind in Kind::ALL.iter().skip(1) {
         let (a, b) = (without.stats.count(*kind), with.stats.count(*kind));
@@ -165,7 +168,6 @@ fn table(without: &Outcome, with: &Outcome) {
         o.backend.duplicates.to_string()
     });
     row("idempotent replays", |o| o.stats.replays.to_string());
-    row("fallbacks served", |o| o.stats.fallbacks.to_string());
     println!("by phase: successes of {}, p99", load::PER_PHASE);
     for (i, phase) in PHASES.iter().enumerate() {
         let cell = |o: &Outcome| {
@@ -200,7 +202,7 @@ async fn demo<St: Store + Clone>(
             .map_or(0, |d| d.as_millis())
     );
     let (backend_addr, backend) = backend::start().await?;
-    let (gateway_addr, handles) = gateway::start_layered(backend_addr, store, &prefix).await?;
+    let (gateway_addr, handles) = gateway::start_layered(backend_addr, store, prefix).await?;
     println!("tower resilience kit demo: a gateway in front of a backend that fails on purpose");
     println!(
         "  {} requests per run at {}/s in {} phases; order POSTs carry an Idempotency-Key over a link that drops some responses",

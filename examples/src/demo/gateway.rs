@@ -1,9 +1,10 @@
-//! The gateway in front of the backend, twice: with the layers (the client stack around its
-//! reqwest client, the server stack around its routes) and bare (plain reqwest, no layers).
+//! The gateway in front of the backend, twice: with the layers (a client stack around its
+//! reqwest client per dependency, the server stack around its routes) and bare (plain reqwest,
+//! no layers).
 //!
-//! Each stack is built in one function ([`client_stack`], [`server_stack`]), in the README's
-//! order ("One stack, end to end"), so that moving to the stack builder of
-//! `tower_idempotency::stack` is a change to those two functions only.
+//! The stacks come from the stack builder (`tower_idempotency::stack`, feature `stack`), which
+//! puts every layer in the documented order, gives them one classifier and checks the settings
+//! against each other when it builds them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,20 +18,17 @@ use axum::routing::{get, post};
 use http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_breaker::{BreakerHandle, BreakerLayer};
-use tower_bulkhead::{BulkheadHandle, BulkheadLayer, Partition};
-use tower_idempotency::client::IdempotencyKeyLayer;
+use tower_breaker::BreakerHandle;
+use tower_bulkhead::BulkheadHandle;
+use tower_idempotency::fallback::{StaleConfig, default_key};
+use tower_idempotency::stack::{ClientStack, ServerStack};
 use tower_idempotency::store::Store;
 use tower_idempotency::{IdempotencyLayer, RequestBody};
-use tower_red::classify::HttpStatus;
-use tower_red::problem::ProblemLayer;
-use tower_red::{BoxError, RedLayer, Rejection};
-use tower_retry_jitter::{RetryBudget, RetryLayer, RetryOn};
-use tower_timeout_budget::TimeoutBudgetLayer;
-use tower_timeout_budget::inbound::InboundDeadlineLayer;
-use tower_timeout_budget::outbound::OutboundDeadlineLayer;
+use tower_red::readiness::Readiness;
+use tower_red::{BoxError, Rejection};
+use tower_retry_jitter::{RetryBudget, RetryOn};
 
-/// The gateway's client to the backend, whole stack included.
+/// The gateway's client to one dependency, whole stack included.
 pub(crate) type Upstream = BoxCloneSyncService<reqwest::Request, reqwest::Response, BoxError>;
 
 /// The whole call to the backend, retries included.
@@ -39,8 +37,9 @@ pub(crate) const TOTAL_BUDGET: Duration = Duration::from_secs(2);
 pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(400);
 /// Attempts per call, the first included.
 pub(crate) const MAX_ATTEMPTS: u32 = 3;
-/// Calls to the backend at once, and of them reports (the slow dependency's partition).
-pub(crate) const CLIENT_CONCURRENCY: usize = 32;
+/// Calls to the backend at once (items and orders).
+pub(crate) const BACKEND_CONCURRENCY: usize = 32;
+/// Calls to the reports dependency at once: the slow one gets a bulkhead of its own.
 pub(crate) const REPORTS_CONCURRENCY: usize = 2;
 /// Requests the gateway serves at once.
 pub(crate) const SERVER_CONCURRENCY: usize = 64;
@@ -48,15 +47,17 @@ pub(crate) const SERVER_CONCURRENCY: usize = 64;
 pub(crate) const DEADLINE_CAP: Duration = Duration::from_secs(2);
 /// How long a breaker stays open before it probes.
 pub(crate) const OPEN_TIME: Duration = Duration::from_secs(1);
+/// How old a stale answer may be.
+pub(crate) const STALE_MAX_AGE: Duration = Duration::from_secs(30);
 
 /// Handles on the running layers, for the live view.
 #[derive(Clone)]
 pub(crate) struct Handles {
-    /// The client breaker guarding the backend.
-    pub(crate) backend_breaker: BreakerHandle,
-    /// The client bulkhead, partitioned (reports apart).
-    pub(crate) backend_bulkhead: BulkheadHandle,
-    /// The retry budget shared by the client's retries.
+    /// The client breakers: the backend (items, orders), then reports.
+    pub(crate) breakers: [BreakerHandle; 2],
+    /// The client bulkheads, in the same order.
+    pub(crate) bulkheads: [BulkheadHandle; 2],
+    /// The retry budget of the backend's client stack.
     pub(crate) budget: RetryBudget,
     /// The server bulkhead in front of the gateway's routes.
     pub(crate) gateway_bulkhead: BulkheadHandle,
@@ -64,115 +65,91 @@ pub(crate) struct Handles {
     pub(crate) gateway_breaker: BreakerHandle,
 }
 
-/// The client stack, outermost first: RED, idempotency key, the whole call's budget, retry
-/// (with a per-attempt timeout and a shared budget), breaker, partitioned bulkhead, outbound
-/// deadline, reqwest.
-fn client_stack() -> Result<(Upstream, BreakerHandle, BulkheadHandle, RetryBudget), BoxError> {
+/// One client stack (RED, idempotency key, the whole call's budget, retry with a per-attempt
+/// timeout and a shared budget, breaker, bulkhead, outbound deadline) around reqwest, for the
+/// dependency `name`.
+fn client_stack(
+    name: &'static str,
+    max_concurrent: usize,
+) -> Result<(Upstream, BreakerHandle, BulkheadHandle, RetryBudget), BoxError> {
     let budget = RetryBudget::builder()
         .ratio(0.2)
         .min_per_second(10)
         .window(Duration::from_secs(10))
         .build()?;
-    let retry = RetryLayer::builder()
-        .name("backend")
-        .max_attempts(MAX_ATTEMPTS)
-        .base(Duration::from_millis(20))
-        .cap(Duration::from_millis(200))
-        .budget(budget.clone())
+    let shared = budget.clone();
+    let stack = ClientStack::builder(name)
+        .http_status()
+        .total_budget(TOTAL_BUDGET)
         .attempt_timeout(ATTEMPT_TIMEOUT)
         .retry_on(RetryOn::new())
+        .retry(move |r| {
+            r.max_attempts(MAX_ATTEMPTS)
+                .base(Duration::from_millis(20))
+                .cap(Duration::from_millis(200))
+                .budget(shared)
+        })
+        .breaker(|b| {
+            b.time_window(Duration::from_secs(5), 10)
+                .minimum_calls(20)
+                .consecutive_failures(10)
+                .open_time(OPEN_TIME)
+                .permitted_probes(3)
+        })
+        .bulkhead(move |b| b.max_concurrent(max_concurrent))
         .reqwest()
         .build()?;
-    let breaker = BreakerLayer::builder()
-        .name("backend")
-        .http_status()
-        .time_window(Duration::from_secs(5), 10)
-        .minimum_calls(20)
-        .consecutive_failures(10)
-        .open_time(OPEN_TIME)
-        .permitted_probes(3)
-        .build()?;
-    let bulkhead = BulkheadLayer::builder()
-        .name("backend")
-        .max_concurrent(CLIENT_CONCURRENCY)
-        .partition(Partition::new("reports", REPORTS_CONCURRENCY))
-        .partition_by(|req: &reqwest::Request| {
-            req.url()
-                .path()
-                .starts_with("/reports")
-                .then_some("reports")
-        })
-        .classifier(HttpStatus::new())
-        .build()?;
-    let (breaker_handle, bulkhead_handle) = (breaker.handle(), bulkhead.handle());
+    let (breaker, bulkhead) = (stack.breaker(), stack.bulkhead());
     let client = ServiceBuilder::new()
-        .layer(RedLayer::client())
-        .layer(IdempotencyKeyLayer::new())
-        .layer(TimeoutBudgetLayer::new(TOTAL_BUDGET)?)
-        .layer(retry)
-        .layer(breaker)
-        .layer(bulkhead)
-        .layer(OutboundDeadlineLayer::new())
+        .layer(stack)
         .service(reqwest::Client::new());
-    Ok((
-        BoxCloneSyncService::new(client),
-        breaker_handle,
-        bulkhead_handle,
-        budget,
-    ))
+    Ok((BoxCloneSyncService::new(client), breaker, bulkhead, budget))
 }
 
-/// The server stack around the gateway's routes, outermost first: problem+json, the caller's
-/// deadline, idempotency keys, bulkhead, breaker. `RedLayer::server()` goes around the whole
-/// router (see [`start_layered`]).
-fn server_stack<St>(
+/// The server stack around the gateway's routes, outermost first: RED, a stale-on-error
+/// fallback for `/items/{id}`, problem+json, the caller's deadline, idempotency keys, bulkhead,
+/// breaker.
+fn server_stack<St: Store + Clone>(
     routes: Router,
     store: St,
-    prefix: &str,
-) -> Result<(Router, BulkheadHandle, BreakerHandle), BoxError>
-where
-    St: Store + Clone,
-{
-    let idempotency = IdempotencyLayer::builder(store)
-        .name("gateway")
-        .prefix(prefix)
-        .route(|parts| Some(parts.extensions.get::<MatchedPath>()?.as_str().to_owned()))
-        .ttl(Duration::from_secs(600))
-        .map_request_body(|body: RequestBody<Body>| Body::new(body))
-        .build()?;
-    let bulkhead = BulkheadLayer::builder()
-        .name("gateway")
-        .max_concurrent(SERVER_CONCURRENCY)
-        .classifier(HttpStatus::new())
-        .build()?;
-    let breaker = BreakerLayer::builder()
-        .name("gateway")
+    prefix: String,
+) -> Result<(Router, BulkheadHandle, BreakerHandle), BoxError> {
+    let stack = ServerStack::builder("gateway")
         .http_status()
-        .count_window(100)
-        .open_time(OPEN_TIME)
+        .deadline_cap(DEADLINE_CAP)
+        .fallback(|f| {
+            f.stale_on_error(StaleConfig {
+                max_age: STALE_MAX_AGE,
+                ..StaleConfig::default()
+            })
+            .key(|req| {
+                req.path()
+                    .starts_with("/items/")
+                    .then(|| default_key(req))
+                    .flatten()
+            })
+        })
+        .idempotency(move || {
+            IdempotencyLayer::builder(store)
+                .name("gateway")
+                .prefix(prefix)
+                .route(|parts| Some(parts.extensions.get::<MatchedPath>()?.as_str().to_owned()))
+                .ttl(Duration::from_secs(600))
+                .map_request_body(|body: RequestBody<Body>| Body::new(body))
+                .build()
+        })
+        .bulkhead(|b| b.max_concurrent(SERVER_CONCURRENCY))
+        .breaker(|b| b.count_window(100).open_time(OPEN_TIME))
         .build()?;
-    let (bulkhead_handle, breaker_handle) = (bulkhead.handle(), breaker.handle());
-    let routes = routes.route_layer(
-        ServiceBuilder::new()
-            .layer(ProblemLayer::new())
-            .layer(
-                InboundDeadlineLayer::builder()
-                    .name("gateway")
-                    .cap(DEADLINE_CAP)
-                    .http_status()
-                    .build()?,
-            )
-            .layer(idempotency)
-            .layer(bulkhead)
-            .layer(breaker),
-    );
-    Ok((routes, bulkhead_handle, breaker_handle))
+    let (bulkhead, breaker) = (stack.bulkhead(), stack.breaker());
+    Ok((routes.route_layer(stack), bulkhead, breaker))
 }
 
 /// How the gateway reaches the backend.
 #[derive(Clone)]
 enum Link {
-    Layered(Upstream),
+    /// The backend's stack, and the reports' own.
+    Layered(Upstream, Upstream),
     Bare(reqwest::Client),
 }
 
@@ -210,7 +187,10 @@ async fn forward(
         *req.body_mut() = Some(body.into());
     }
     let res = match gw.link {
-        Link::Layered(client) => client.oneshot(req).await,
+        Link::Layered(_, reports) if uri.path().starts_with("/reports") => {
+            reports.oneshot(req).await
+        }
+        Link::Layered(backend, _) => backend.oneshot(req).await,
         Link::Bare(client) => client.execute(req).await.map_err(BoxError::from),
     };
     match res {
@@ -252,30 +232,37 @@ async fn serve(app: Router) -> Result<SocketAddr, BoxError> {
 }
 
 /// Starts the gateway with every layer on `127.0.0.1:0`, in front of `backend`.
-pub(crate) async fn start_layered<St>(
+pub(crate) async fn start_layered<St: Store + Clone>(
     backend: SocketAddr,
     store: St,
-    prefix: &str,
-) -> Result<(SocketAddr, Handles), BoxError>
-where
-    St: Store + Clone,
-{
-    let (client, backend_breaker, backend_bulkhead, budget) = client_stack()?;
+    prefix: String,
+) -> Result<(SocketAddr, Handles), BoxError> {
+    let (client, backend_breaker, backend_bulkhead, budget) =
+        client_stack("backend", BACKEND_CONCURRENCY)?;
+    let (reports, reports_breaker, reports_bulkhead, _) =
+        client_stack("reports", REPORTS_CONCURRENCY)?;
     let gateway = Gateway {
         backend: format!("http://{backend}").into(),
-        link: Link::Layered(client),
+        link: Link::Layered(client, reports),
     };
     let (routes, gateway_bulkhead, gateway_breaker) =
         server_stack(routes().with_state(gateway), store, prefix)?;
+    // Not ready while the backend's circuit is open; reports and bulkheads are reported only.
+    let readiness = Readiness::new()
+        .critical(backend_breaker.clone())
+        .optional(reports_breaker.clone())
+        .optional(backend_bulkhead.clone())
+        .optional(reports_bulkhead.clone())
+        .optional(gateway_bulkhead.clone());
     let app = routes
         .route("/health", get(|| async { "up\n" }))
-        .layer(RedLayer::server());
+        .route_service("/ready", readiness);
     let addr = serve(app).await?;
     Ok((
         addr,
         Handles {
-            backend_breaker,
-            backend_bulkhead,
+            breakers: [backend_breaker, reports_breaker],
+            bulkheads: [backend_bulkhead, reports_bulkhead],
             budget,
             gateway_bulkhead,
             gateway_breaker,

@@ -282,9 +282,6 @@ impl Stats {
     }
 }
 
-/// The header a fallback layer marks a fallback response with.
-pub(crate) const FALLBACK_HEADER: &str = "x-fallback";
-
 /// The outcome of one answered request.
 struct Answer {
     kind: Kind,
@@ -296,7 +293,9 @@ struct Answer {
 async fn classify(res: reqwest::Response) -> Answer {
     let status = res.status();
     let replayed = res.headers().contains_key(tower_idempotency::REPLAYED);
-    let fallback = res.headers().contains_key(FALLBACK_HEADER);
+    let fallback = res
+        .headers()
+        .contains_key(tower_idempotency::fallback::FALLBACK);
     let kind = if status.is_success() {
         Kind::Ok
     } else {
@@ -333,9 +332,15 @@ async fn request(
 ) -> Answer {
     let budget = CALLER_BUDGET.as_millis().to_string();
     if !i.is_multiple_of(10) {
-        let path = if i % 10 == 5 { "reports" } else { "items" };
+        // A catalogue of 50 items, read again and again (what a stale answer can stand in for);
+        // every report is new.
+        let url = if i % 10 == 5 {
+            format!("http://{gateway}/reports/{i}")
+        } else {
+            format!("http://{gateway}/items/{}", i % 50)
+        };
         let sent = client
-            .get(format!("http://{gateway}/{path}/{i}"))
+            .get(url)
             .header("x-request-timeout-ms", &budget)
             .send()
             .await;

@@ -111,26 +111,23 @@ fn panel(run: &Run) -> Vec<String> {
     match &run.handles {
         Some(h) => {
             lines.push(format!(
-                "breakers   backend (client): {}   gateway (server): {}",
-                breaker_text(&h.backend_breaker),
+                "breakers   backend: {}   reports: {}   gateway (server): {}",
+                breaker_text(&h.breakers[0]),
+                state_text(h.breakers[1].state()),
                 state_text(h.gateway_breaker.state())
             ));
-            let partitions = h
-                .backend_bulkhead
-                .stats()
-                .iter()
-                .map(|p| format!("{} {}/{}", p.name, p.in_flight, p.limit))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let gateway = h
-                .gateway_bulkhead
-                .stats()
-                .iter()
-                .map(|p| format!("{}/{}", p.in_flight, p.limit))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let in_flight = |b: &tower_bulkhead::BulkheadHandle| {
+                b.stats()
+                    .iter()
+                    .map(|p| format!("{}/{}", p.in_flight, p.limit))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             lines.push(format!(
-                "bulkheads  backend (client): {partitions}   gateway (server): {gateway}"
+                "bulkheads  in flight: backend {}   reports {}   gateway (server) {}",
+                in_flight(&h.bulkheads[0]),
+                in_flight(&h.bulkheads[1]),
+                in_flight(&h.gateway_bulkhead)
             ));
             lines.push(format!(
                 "retries    {} by the gateway, budget left {:.1}   {} order POSTs re-sent by callers ({} responses lost on the link)",
@@ -168,7 +165,7 @@ fn line(run: &Run) -> String {
     let breaker = run
         .handles
         .as_ref()
-        .map_or("none", |h| state_text(h.backend_breaker.state()));
+        .map_or("none", |h| state_text(h.breakers[0].state()));
     format!(
         "[run {} {}] {:>5.1}s phase {}/{} {:<15} sent {:>4} ok {:>4} errors {:>4} p99(1s) {:>7} breaker {:<9} backend calls {:>4} duplicates {}",
         run.number,
