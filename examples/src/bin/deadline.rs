@@ -5,10 +5,13 @@
 //!        --tonic, grpc-timeout--> C (tonic health service doing slow work)
 //! ```
 //!
-//! Each hop prints the budget it received; the client prints how the call ended and where it
-//! was cut. Run it with `cargo run -p examples --bin deadline`.
+//! Each hop prints the header that carried its budget and the deadline it made of it, what it
+//! spent and what it passed on; the client prints how the call ended and where it was cut; the
+//! first run ends with where each hop's share of the budget went. Run it with
+//! `cargo run -p examples --bin deadline`.
 
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -16,7 +19,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use futures::future::BoxFuture;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
@@ -24,27 +27,99 @@ use tower_red::grpc::client::{ClientStatus, ClientStatusLayer};
 use tower_red::grpc::status::StatusLayer;
 use tower_red::problem::ProblemLayer;
 use tower_red::{Rejection, RejectionKind};
+use tower_timeout_budget::inbound::DEFAULT_MARGIN;
 use tower_timeout_budget::inbound::{InboundDeadlineBuilder, InboundDeadlineLayer};
 use tower_timeout_budget::outbound::{OutboundDeadline, OutboundDeadlineLayer};
+use tower_timeout_budget::wire::{DEFAULT_HTTP_HEADER, GrpcTimeout, parse_millis};
 use tower_timeout_budget::{Deadline, Stage};
 
-/// What each client shaves off the budget it passes on, for the way back.
-const MARGIN: Duration = Duration::from_millis(25);
+/// gRPC's own deadline header (`wire::GRPC_TIMEOUT` as text).
+const GRPC_HEADER: &str = "grpc-timeout";
 /// Work done by A and B before calling on.
 const HOP_WORK: Duration = Duration::from_millis(100);
+
+/// The budget each hop's header carried, in arrival order, for the closing account.
+static RECEIVED: Mutex<Vec<(&str, Duration)>> = Mutex::new(Vec::new());
 
 fn say(hop: &str, what: std::fmt::Arguments<'_>) {
     println!("  [{hop}] {what}");
 }
 
-fn budget_line(hop: &str) {
-    match Deadline::current() {
-        Some(d) => say(
-            hop,
-            format_args!("received a budget of {} ms", d.remaining().as_millis()),
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Prints the header that carried the budget and the deadline the hop's inbound layer made of it.
+fn arrival(hop: &'static str, headers: &HeaderMap) {
+    let (name, carried) = if let Some(v) = headers.get(DEFAULT_HTTP_HEADER) {
+        (DEFAULT_HTTP_HEADER, parse_millis(v.as_bytes()).ok())
+    } else if let Some(v) = headers.get(GRPC_HEADER) {
+        let parsed = GrpcTimeout::parse(v.as_bytes())
+            .ok()
+            .map(GrpcTimeout::duration);
+        (GRPC_HEADER, parsed)
+    } else {
+        ("no header", None)
+    };
+    let raw = headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    let raw = match carried {
+        Some(d) if name == GRPC_HEADER => format!("{raw} ({})", ms(d)),
+        _ => raw.to_owned(),
+    };
+    let deadline = Deadline::current().map_or("none".into(), |d| ms(d.remaining()));
+    say(
+        hop,
+        format_args!(
+            "got {name}: {raw} -> its deadline: {deadline} from now (it gives up {} early)",
+            ms(DEFAULT_MARGIN)
         ),
-        None => say(hop, format_args!("received no deadline")),
+    );
+    if let (Some(carried), Ok(mut received)) = (carried, RECEIVED.lock()) {
+        received.push((hop, carried));
     }
+}
+
+/// What a hop passes on after its own work: what is left of its deadline.
+fn passing_on(hop: &str, next: &str, header: &str) {
+    let left = Deadline::current().map_or("no deadline".into(), |d| ms(d.remaining()));
+    say(
+        hop,
+        format_args!(
+            "worked {}: {left} left, sent on to {next} in {header}",
+            ms(HOP_WORK)
+        ),
+    );
+}
+
+/// Where each hop's share of the budget went, from the headers the hops received.
+fn account() {
+    let Ok(received) = RECEIVED.lock() else {
+        return;
+    };
+    println!("  where the budget went, hop by hop (compare the headers each hop got):");
+    for pair in received.windows(2) {
+        let ((from, a), (to, b)) = (pair[0], pair[1]);
+        let lost = a.saturating_sub(b);
+        let rest = lost.saturating_sub(HOP_WORK + DEFAULT_MARGIN);
+        println!(
+            "    {from} -> {to}: {} -> {}, {} less = {} of {from}'s work + {} {from} gave up \
+             early + {} in {from}'s code and on loopback",
+            ms(a),
+            ms(b),
+            ms(lost),
+            ms(HOP_WORK),
+            ms(DEFAULT_MARGIN),
+            ms(rest)
+        );
+    }
+    println!(
+        "    the work is the hops' own (simulated); the margin is what lets a hop's answer reach \
+         its caller before the caller's own deadline; the last ms or two go to timer rounding, \
+         connection setup and the code in between"
+    );
 }
 
 /// C's slow work around the health service.
@@ -85,8 +160,9 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let work = self.work;
+        let headers = req.headers().clone();
         Box::pin(async move {
-            budget_line("C");
+            arrival("C", &headers);
             say("C", format_args!("working for {} ms", work.as_millis()));
             let mut guard = Cancelled(false);
             tokio::time::sleep(work).await;
@@ -126,9 +202,10 @@ struct HopA {
     b: SocketAddr,
 }
 
-async fn hop_a(State(hop): State<HopA>) -> (StatusCode, String) {
-    budget_line("A");
+async fn hop_a(State(hop): State<HopA>, headers: HeaderMap) -> (StatusCode, String) {
+    arrival("A", &headers);
     tokio::time::sleep(HOP_WORK).await;
+    passing_on("A", "B", DEFAULT_HTTP_HEADER);
     let url = format!("http://{}/b", hop.b).parse().expect("a valid url");
     match hop
         .to_b
@@ -148,9 +225,10 @@ struct HopB {
     to_c: ClientStatus<OutboundDeadline<tonic::transport::Channel>>,
 }
 
-async fn hop_b(State(hop): State<HopB>) -> (StatusCode, String) {
-    budget_line("B");
+async fn hop_b(State(hop): State<HopB>, headers: HeaderMap) -> (StatusCode, String) {
+    arrival("B", &headers);
     tokio::time::sleep(HOP_WORK).await;
+    passing_on("B", "C", GRPC_HEADER);
     match HealthClient::new(hop.to_c)
         .check(HealthCheckRequest {
             service: String::new(),
@@ -189,9 +267,10 @@ fn inbound(name: &'static str) -> InboundDeadlineBuilder {
         .name(name)
 }
 
+/// No client margin (the default): the server behind it gives up its inbound margin early,
+/// which leaves its answer that much time to travel back.
 fn outbound(name: &'static str) -> OutboundDeadlineLayer {
     OutboundDeadlineLayer::builder()
-        .margin(MARGIN)
         .name(name)
         .build()
         .expect("a valid outbound layer")
@@ -249,18 +328,22 @@ async fn chain(c_work: Duration) -> SocketAddr {
 
 async fn run(title: &str, budget: Duration, c_work: Duration) {
     println!(
-        "\n{title}: client budget {} ms, C works {} ms, margins {} ms per client and {} ms per \
-         server hop",
-        budget.as_millis(),
-        c_work.as_millis(),
-        MARGIN.as_millis(),
-        tower_timeout_budget::inbound::DEFAULT_MARGIN.as_millis()
+        "\n{title}: client budget {}, C works {}",
+        ms(budget),
+        ms(c_work)
     );
+    if let Ok(mut received) = RECEIVED.lock() {
+        received.clear();
+    }
     let a = chain(c_work).await;
     let started = Instant::now();
+    say(
+        "client",
+        format_args!("sends {DEFAULT_HTTP_HEADER}: {}", budget.as_millis()),
+    );
     let sent = reqwest::Client::new()
         .get(format!("http://{a}/a"))
-        .header("x-request-timeout-ms", budget.as_millis().to_string())
+        .header(DEFAULT_HTTP_HEADER, budget.as_millis().to_string())
         .timeout(budget + Duration::from_secs(5))
         .send()
         .await;
@@ -269,13 +352,13 @@ async fn run(title: &str, budget: Duration, c_work: Duration) {
             let status = res.status();
             let body = res.text().await.unwrap_or_default();
             println!(
-                "  [client] {status} after {} ms: {body}",
-                started.elapsed().as_millis()
+                "  [client] {status} after {}: {body}",
+                ms(started.elapsed())
             );
         }
         Err(err) => println!(
-            "  [client] no answer after {} ms: {err}",
-            started.elapsed().as_millis()
+            "  [client] no answer after {}: {err}",
+            ms(started.elapsed())
         ),
     }
     // Let C's cancellation message print before the next run.
@@ -285,12 +368,22 @@ async fn run(title: &str, budget: Duration, c_work: Duration) {
 #[tokio::main]
 async fn main() {
     println!("tower-timeout-budget: one deadline across axum -> reqwest -> axum -> tonic");
+    println!(
+        "  client -> A and A -> B carry the budget in {DEFAULT_HTTP_HEADER} (milliseconds), B -> C \
+         in grpc-timeout (gRPC's own header: a number and a unit, u for microseconds, m for milliseconds)"
+    );
+    println!(
+        "  each hop's InboundDeadlineLayer gives up {} before its caller would, so its answer has \
+         that long to travel back; the clients (OutboundDeadlineLayer) send what is left",
+        ms(DEFAULT_MARGIN)
+    );
     run(
         "1. enough time",
         Duration::from_millis(2_000),
         Duration::from_millis(50),
     )
     .await;
+    account();
     run(
         "2. C is slow",
         Duration::from_millis(800),
