@@ -339,8 +339,9 @@ impl BreakerConfig {
     }
 
     /// Whether calls need a clock reading at their start and end: durations are only worth
-    /// two clock reads when the breaker's handles record (`recording`: registered while a
-    /// recorder was installed), or when a rule needs them.
+    /// two clock reads when the breaker's handles record them (`recording`: registered while
+    /// a recorder was installed, outside `tower_red::red::counts_only`), or when a rule needs
+    /// them.
     pub(crate) fn needs_clock(&self, recording: bool) -> bool {
         (self.metrics && recording)
             || self.slow_call_duration.is_some()

@@ -161,8 +161,9 @@ impl Machine {
         gauge: bool,
     ) -> Machine {
         // From the handles this machine records into, not from the recorder installed now: a
-        // keyed breaker builds machines long after its shared handles.
-        let recording = metrics.as_ref().is_some_and(|m| m.red.is_recording());
+        // keyed breaker builds machines long after its shared handles. Handles built inside
+        // `tower_red::red::counts_only` record no duration: only the rules need the clock.
+        let recording = metrics.as_ref().is_some_and(|m| m.red.records_durations());
         let rng = match config.seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_os_rng(),

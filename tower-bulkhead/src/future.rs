@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
@@ -57,16 +58,17 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             // A call that reached the bulkhead and never finished was cancelled.
-            if let Some(start) = *this.start {
-                let part = match (this.permit.0.as_ref(), this.state.project()) {
-                    (Some(permit), _) => Some((permit.partition(), true)),
-                    (None, StateProj::Queued { queued }) => {
-                        Some((&**queued.waiter.partition(), false))
-                    }
-                    _ => None,
-                };
-                if let Some((part, running)) = part {
-                    dropped(part, running, start, *this.served);
+            let part = match (this.permit.0.as_ref(), this.state.project()) {
+                (Some(permit), _) => Some((permit.partition(), true)),
+                (None, StateProj::Queued { queued }) => {
+                    Some((&**queued.waiter.partition(), false))
+                }
+                _ => None,
+            };
+            if let Some((part, running)) = part {
+                match *this.start {
+                    Some(start) => dropped(part, running, start, *this.served),
+                    None => dropped_untimed(part),
                 }
             }
         }
@@ -91,6 +93,15 @@ fn dropped(part: &PartitionState, running: bool, start: Instant, served: Option<
         // The time it ran is a lower bound of its service time.
         let ran = now.saturating_duration_since(served.unwrap_or(start));
         part.observe(ran, Signal::Drop);
+    }
+}
+
+/// Counts an untimed call dropped before it finished: its partition records no duration
+/// (handles registered inside [`tower_red::red::counts_only`]) and needs no time of its own.
+#[cold]
+fn dropped_untimed(part: &PartitionState) {
+    if let Some(m) = part.metrics.as_ref().filter(|m| m.is_recording()) {
+        m.red.record(Outcome::Cancelled, Duration::ZERO);
     }
 }
 
@@ -349,8 +360,9 @@ where
     ) -> Result<H::Output, BoxError> {
         let permit = permit.take().expect("polled after completion");
         let result = result.map_err(Into::into);
-        if let Some(start) = start.take() {
-            judged(&permit, &result, classifier, start, served);
+        match start.take() {
+            Some(start) => judged(&permit, &result, classifier, start, served),
+            None => counted(&permit, &result, classifier),
         }
         match result {
             Ok(res) => Ok(H::attach(res, permit)),
@@ -395,6 +407,22 @@ where
             let fut = inner.call(req);
             this.state.set(State::Called { fut });
         }
+    }
+}
+
+/// Counts an untimed call's verdict when its partition's handles record counters but no
+/// duration (registered inside [`tower_red::red::counts_only`]): no clock read.
+#[inline]
+fn counted<T, C: Classify<T, BoxError>>(
+    permit: &Permit,
+    result: &Result<T, BoxError>,
+    classifier: &C,
+) {
+    let part = permit.partition();
+    if let Some(m) = part.metrics.as_ref().filter(|m| m.is_recording()) {
+        let verdict = tower_red::judge(classifier, result);
+        m.red
+            .record(Outcome::judged(verdict, result), Duration::ZERO);
     }
 }
 

@@ -104,6 +104,12 @@ impl PartitionMetrics {
         self.red.is_recording()
     }
 
+    /// Whether the handles record durations (recording, and not registered inside
+    /// [`tower_red::red::counts_only`]): only then is a call timed for its RED series.
+    pub(crate) fn records_durations(&self) -> bool {
+        self.red.records_durations()
+    }
+
     pub(crate) fn limit(&self, limit: usize) {
         self.limit.set(limit as f64);
     }

@@ -55,8 +55,8 @@ pub(crate) struct PartitionState {
     pub(crate) shed_on_deadline: bool,
     pub(crate) adaptive: Option<Aimd>,
     pub(crate) metrics: Option<PartitionMetrics>,
-    /// Whether calls need a start time (metrics with a recorder, deadline-aware shedding or an
-    /// adaptive limit); without, a call reads no clock.
+    /// Whether calls need a start time (metrics with a recorder that record durations,
+    /// deadline-aware shedding or an adaptive limit); without, a call reads no clock.
     pub(crate) timed: bool,
 }
 
@@ -104,7 +104,9 @@ impl PartitionState {
             permits: Permits::new(limit, capacity),
             service_time: ServiceTime::default(),
             _settings: CacheLine,
-            timed: metrics.as_ref().is_some_and(PartitionMetrics::is_recording)
+            timed: metrics
+                .as_ref()
+                .is_some_and(PartitionMetrics::records_durations)
                 || shed_on_deadline
                 || adaptive.is_some(),
             name,

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use http::Response;
 use pin_project_lite::pin_project;
@@ -32,7 +33,7 @@ pin_project! {
         Passthrough {
             #[pin]
             fut: F,
-            red: Option<(RedMetrics, Instant)>,
+            red: Option<(RedMetrics, Option<Instant>)>,
         },
         Keyed {
             fut: KeyedFuture<ResB, E>,
@@ -41,7 +42,7 @@ pin_project! {
 }
 
 impl<F, ResB, E> ResponseFuture<F, ResB, E> {
-    pub(crate) fn passthrough(fut: F, red: Option<(RedMetrics, Instant)>) -> Self {
+    pub(crate) fn passthrough(fut: F, red: Option<(RedMetrics, Option<Instant>)>) -> Self {
         Self {
             kind: Kind::Passthrough { fut, red },
         }
@@ -74,12 +75,16 @@ where
             Proj::Passthrough { fut, red } => {
                 let result = ready!(fut.poll(cx));
                 if let Some((red, start)) = red.take() {
-                    let _scope = clock::Scope::enter();
                     let outcome = match &result {
                         Ok(res) => crate::metrics::outcome_of(res),
                         Err(_) => Outcome::Error,
                     };
-                    red.record(outcome, clock::now().saturating_duration_since(start));
+                    // No start: counted only, inside a stack that times the call once.
+                    let elapsed = start.map_or(Duration::ZERO, |start| {
+                        let _scope = clock::Scope::enter();
+                        clock::now().saturating_duration_since(start)
+                    });
+                    red.record(outcome, elapsed);
                 }
                 Poll::Ready(result.map(|res| res.map(ResponseBody::new)))
             }

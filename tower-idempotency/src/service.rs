@@ -140,11 +140,10 @@ where
         };
         let Some(header) = header else {
             // No key: the inner future as it is, nothing allocated.
-            let red = config
-                .metrics
-                .red
+            let red = &config.metrics.red;
+            let red = red
                 .is_recording()
-                .then(|| (config.metrics.red.clone(), clock::now()));
+                .then(|| (red.clone(), red.records_durations().then(clock::now)));
             let req = req.map(|body| self.map.map(RequestBody::new(body)));
             return ResponseFuture::passthrough(self.inner.call(req), red);
         };

@@ -254,10 +254,13 @@ fn cancelled(shared: &Shared, start: Instant) {
     } else {
         Outcome::Cancelled
     };
-    shared
-        .metrics
-        .red
-        .record(outcome, clock::now().saturating_duration_since(start));
+    let red = &shared.metrics.red;
+    let elapsed = if red.records_durations() {
+        clock::now().saturating_duration_since(start)
+    } else {
+        Duration::ZERO
+    };
+    red.record(outcome, elapsed);
 }
 
 impl<S, Req, C, K> fmt::Debug for ResponseFuture<S, Req, C, K>
@@ -647,9 +650,13 @@ fn finish<T, E: Into<BoxError>>(
     *done = true;
     if let Some(at) = start.red {
         let metrics = &shared.metrics;
-        metrics
-            .red
-            .record(outcome, clock::now().saturating_duration_since(at));
+        // Counted only (no clock read) inside a stack that times the call once.
+        let elapsed = if metrics.red.records_durations() {
+            clock::now().saturating_duration_since(at)
+        } else {
+            Duration::ZERO
+        };
+        metrics.red.record(outcome, elapsed);
         metrics.attempts(attempts);
     }
     output(attempted, Some(&shared.name))

@@ -233,7 +233,7 @@ where
             } => {
                 // Only a layer that reads the clock here needs the shared clock scope; inner
                 // layers that read it enter their own.
-                let _scope = shared.metrics_on().then(Scope::enter);
+                let _scope = shared.records_durations().then(Scope::enter);
                 let polled = match *deadline {
                     // Already bounded by the enclosing scope when the call was made.
                     Some(d) => d.sync_scope_exact(|| fut.poll(cx)),

@@ -193,6 +193,16 @@ impl<K> Shared<K> {
         self.metrics.is_some()
     }
 
+    /// Whether a finished call's duration is recorded (so its future reads the clock when it
+    /// ends): metrics are recorded, and the handles were not registered inside
+    /// [`tower_red::red::counts_only`].
+    #[inline]
+    pub(crate) fn records_durations(&self) -> bool {
+        self.metrics
+            .as_ref()
+            .is_some_and(|m| m.red.records_durations())
+    }
+
     /// Counts a finished call: its outcome is the classifier's verdict through
     /// [`tower_red::judge`] (an inner layer's refusal is `inner_refusal`, whatever the
     /// classifier). Neither the classifier nor `elapsed` is called when metrics are off.
@@ -206,7 +216,13 @@ impl<K> Shared<K> {
     {
         if let Some(m) = &self.metrics {
             let verdict = tower_red::judge(&m.classifier, result);
-            m.red.record(Outcome::judged(verdict, result), elapsed());
+            // Counted only (no clock read) inside a stack that times the call once.
+            let elapsed = if m.red.records_durations() {
+                elapsed()
+            } else {
+                Duration::ZERO
+            };
+            m.red.record(Outcome::judged(verdict, result), elapsed);
         }
     }
 
