@@ -53,9 +53,35 @@ pub trait RequestParts {
     fn host_port(&self) -> Option<(&str, u16)>;
 }
 
+/// The host and port of `uri`'s authority, as `Uri::host` and `Uri::port_u16` give them (an
+/// IPv6 host keeps its brackets; no port, or one that is not a `u16`, is the scheme's
+/// default), in one backward pass over the authority: the client `RedLayer` reads them on
+/// every request, and `http`'s two accessors scan the authority three times (~750
+/// instructions per request in the `production_stack` bench, against ~100 for this).
 fn uri_host_port(uri: &Uri) -> Option<(&str, u16)> {
-    let host = uri.host()?;
-    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+    let authority = uri.authority()?.as_str();
+    let bytes = authority.as_bytes();
+    // The host starts after the userinfo's last `@`; a port follows the last `:` that is not
+    // inside an IPv6 literal (every `:` left of a `]` is).
+    let mut start = 0;
+    let mut colon = None;
+    let mut bracket = false;
+    for (i, &b) in bytes.iter().enumerate().rev() {
+        match b {
+            b'@' => {
+                start = i + 1;
+                break;
+            }
+            b']' => bracket = true,
+            b':' if !bracket && colon.is_none() => colon = Some(i),
+            _ => {}
+        }
+    }
+    let (host, port) = match colon {
+        Some(i) => (&authority[start..i], authority[i + 1..].parse::<u16>().ok()),
+        None => (&authority[start..], None),
+    };
+    let port = port.unwrap_or(match uri.scheme_str() {
         Some("https") => 443,
         _ => 80,
     });
@@ -103,5 +129,45 @@ impl RequestParts for reqwest::Request {
     fn host_port(&self) -> Option<(&str, u16)> {
         let url = self.url();
         Some((url.host_str()?, url.port_or_known_default()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `http`'s own accessors give, the reference the one-pass parse must match.
+    fn by_http(uri: &Uri) -> Option<(&str, u16)> {
+        let host = uri.host()?;
+        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        });
+        Some((host, port))
+    }
+
+    #[test]
+    fn host_and_port_match_http_accessors_for_every_authority_shape() {
+        for text in [
+            "http://api.internal:8080/users/7",
+            "http://api.internal/users/7",
+            "https://api.internal/users/7",
+            "https://api.internal:8443",
+            "http://user:secret@api.internal:81/x",
+            "http://user@api.internal/x",
+            "http://a@b@api.internal:82/x",
+            "http://[::1]:8080/x",
+            "http://[::1]/x",
+            "https://[2001:db8::7]/x",
+            "http://user:pw@[::1]:9/x",
+            "http://api.internal:/x",
+            "http://127.0.0.1:65535/x",
+            "http://api.internal:99999/x",
+            "/relative/path",
+            "api.internal:8080",
+        ] {
+            let uri: Uri = text.parse().expect(text);
+            assert_eq!(uri_host_port(&uri), by_http(&uri), "{text}");
+        }
     }
 }
