@@ -124,3 +124,36 @@ where
         async move { svc.oneshot(1).await.expect("call") }
     })
 }
+
+/// Allocations per call of `calls` sequential `ready().await` + `call().await` round trips of
+/// one service (not a clone per call), after one warm-up call; `request` builds each request,
+/// so its own allocations count too (measure the bare service with the same `request` to
+/// subtract them).
+pub fn allocations_per_call_in_place<S, Req, F>(
+    rt: &tokio::runtime::Runtime,
+    svc: &mut S,
+    calls: u32,
+    mut request: F,
+) -> f64
+where
+    S: Service<Req>,
+    S::Error: std::fmt::Debug,
+    F: FnMut() -> Req,
+{
+    use tower::ServiceExt;
+    rt.block_on(async {
+        let req = request();
+        let ready = svc.ready().await.expect("ready");
+        std::hint::black_box(ready.call(req).await.expect("call"));
+    });
+    let region = Region::new(GLOBAL);
+    rt.block_on(async {
+        for _ in 0..calls {
+            let req = request();
+            let ready = svc.ready().await.expect("ready");
+            std::hint::black_box(ready.call(req).await.expect("call"));
+        }
+    });
+    let stats = region.change();
+    stats.allocations as f64 / f64::from(calls)
+}

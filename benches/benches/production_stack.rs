@@ -1,0 +1,400 @@
+//! RED in a stack: the whole production client and server stacks of the workspace README, with
+//! metrics-exporter-prometheus installed as the global recorder (with upkeep, by
+//! `tower_red::prometheus::install`), against tower-resilience 0.13's four-layer stack (time
+//! limiter, retry, circuit breaker, bulkhead) with its own metrics, in the same run.
+//!
+//! ```sh
+//! cargo bench -p benches --features peer-metrics --bench production_stack
+//! ```
+//!
+//! Without `--features peer-metrics` tower-resilience is built without its `metrics` feature:
+//! the peer group is then labelled `tower_resilience_without_metrics`.
+//!
+//! Each stack is measured three ways: built before any recorder was installed (`no_recorder`:
+//! every handle a no-op), built after with the inner layers inside
+//! [`tower_red::red::counts_only`] (`prometheus`: the outermost `RedLayer` records the one
+//! duration, the layers inside count their outcomes), and built after with every layer
+//! recording its durations (`prometheus_every_layer_durations`: each layer as if it stood
+//! alone). The request is a GET built from a static URI (no allocation of its own), so
+//! `IdempotencyKeyLayer` adds no key (it adds one to POST and PATCH only) and the retry layer
+//! copies it (a GET is safe to retry).
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use benches::{allocations_per_call_in_place, runtime, time_calls};
+use criterion::{Criterion, criterion_group};
+use http::{Request, Response, Uri};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_breaker::BreakerLayer;
+use tower_bulkhead::BulkheadLayer;
+use tower_idempotency::IdempotencyLayer;
+use tower_idempotency::client::IdempotencyKeyLayer;
+use tower_idempotency::store::MemoryStore;
+use tower_red::problem::ProblemLayer;
+use tower_red::red::counts_only;
+use tower_red::{BoxError, RedLayer};
+use tower_retry_jitter::{RetryLayer, RetryOn};
+use tower_timeout_budget::TimeoutBudgetLayer;
+use tower_timeout_budget::inbound::InboundDeadlineLayer;
+use tower_timeout_budget::outbound::OutboundDeadlineLayer;
+
+/// Calls counted for the allocations per call.
+const COUNTED: u32 = 10_000;
+
+/// An always-ready HTTP service answering 200 with an empty `String` body (no allocation).
+#[derive(Debug, Clone, Copy, Default)]
+struct HttpPassthrough;
+
+impl<B> Service<Request<B>> for HttpPassthrough {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<String>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Request<B>) -> Self::Future {
+        ready(Ok(Response::new(String::new())))
+    }
+}
+
+/// A client's GET: a static URI with a host (the client `RedLayer` labels it), no header, no
+/// extension: building it allocates nothing.
+fn client_request() -> Request<String> {
+    let mut req = Request::new(String::new());
+    *req.uri_mut() = Uri::from_static("http://payments.internal:8080/charges/7");
+    req
+}
+
+/// A server's GET as a router hands it on: the route template in its extensions (axum puts its
+/// `MatchedPath` there; one boxed map, the caller's allocations, counted in the baseline too).
+fn server_request() -> Request<String> {
+    let mut req = Request::new(String::new());
+    *req.uri_mut() = Uri::from_static("/orders/7");
+    req.extensions_mut()
+        .insert(tower_red::http::RouteTemplate("/orders/{id}"));
+    req
+}
+
+/// How the stack's layers record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recording {
+    /// The inner layers built inside `counts_only`: counters only.
+    InStack,
+    /// Every layer built as if alone: counters and durations.
+    EveryLayer,
+}
+
+/// The README's client stack, outermost first: `RedLayer::client()`, `IdempotencyKeyLayer`,
+/// `TimeoutBudgetLayer`, `RetryLayer` (HTTP, `RetryOn::new()`), `BreakerLayer` (`http_status`),
+/// `BulkheadLayer`, `OutboundDeadlineLayer`, over [`HttpPassthrough`]. `name` names every layer's
+/// series (distinct per variant, so no two live instances merge).
+fn client_stack(
+    name: &'static str,
+    recording: Recording,
+) -> impl Service<Request<String>, Response = Response<String>, Error = BoxError> + Clone {
+    let inner = || {
+        ServiceBuilder::new()
+            .layer(IdempotencyKeyLayer::new())
+            .layer(
+                TimeoutBudgetLayer::builder()
+                    .name(name)
+                    .cap(Duration::from_secs(2))
+                    .build()
+                    .expect("a valid cap"),
+            )
+            .layer(
+                RetryLayer::builder()
+                    .name(name)
+                    .retry_on(RetryOn::new())
+                    .build()
+                    .expect("a valid retry"),
+            )
+            .layer(
+                BreakerLayer::builder()
+                    .name(name)
+                    .http_status()
+                    .build()
+                    .expect("a valid breaker"),
+            )
+            .layer(
+                BulkheadLayer::builder()
+                    .name(name)
+                    .max_concurrent(32)
+                    .build()
+                    .expect("a valid bulkhead"),
+            )
+            .layer(
+                OutboundDeadlineLayer::builder()
+                    .name(name)
+                    .build()
+                    .expect("a valid outbound deadline"),
+            )
+    };
+    let inner = match recording {
+        Recording::InStack => counts_only(inner),
+        Recording::EveryLayer => inner(),
+    };
+    ServiceBuilder::new()
+        .layer(RedLayer::client())
+        .layer(inner)
+        .service(HttpPassthrough)
+}
+
+/// The README's server stack, outermost first: `RedLayer::server()`, `ProblemLayer`,
+/// `InboundDeadlineLayer`, `IdempotencyLayer` (in-memory store), `BulkheadLayer`,
+/// `BreakerLayer` (`http_status`), over [`HttpPassthrough`].
+fn server_stack(
+    name: &'static str,
+    recording: Recording,
+) -> impl Service<Request<String>, Error: std::fmt::Debug> + Clone {
+    let inner = || {
+        ServiceBuilder::new()
+            .layer(ProblemLayer::new())
+            .layer(
+                InboundDeadlineLayer::builder()
+                    .name(name)
+                    .cap(Duration::from_secs(2))
+                    .build()
+                    .expect("a valid inbound deadline"),
+            )
+            .layer(
+                IdempotencyLayer::builder(MemoryStore::new())
+                    .name(name)
+                    .build()
+                    .expect("a valid idempotency layer"),
+            )
+            .layer(
+                BulkheadLayer::builder()
+                    .name(name)
+                    .max_concurrent(64)
+                    .build()
+                    .expect("a valid bulkhead"),
+            )
+            .layer(
+                BreakerLayer::builder()
+                    .name(name)
+                    .http_status()
+                    .build()
+                    .expect("a valid breaker"),
+            )
+    };
+    let inner = match recording {
+        Recording::InStack => counts_only(inner),
+        Recording::EveryLayer => inner(),
+    };
+    ServiceBuilder::new()
+        .layer(RedLayer::server())
+        .layer(inner)
+        .service(HttpPassthrough)
+}
+
+/// tower-resilience 0.13's four layers over the same passthrough: time limiter, retry (3
+/// attempts), circuit breaker (window of 100), bulkhead (limit 32), outermost first; the
+/// order of ours (timeout, retry, breaker, bulkhead).
+fn peer_stack()
+-> impl Service<Request<String>, Response = Response<String>, Error: std::fmt::Debug> + Clone {
+    use tower_resilience::bulkhead::{BulkheadLayer, BulkheadServiceError};
+    use tower_resilience::circuitbreaker::{CircuitBreakerError, CircuitBreakerLayer};
+    use tower_resilience::retry::RetryLayer;
+    use tower_resilience::timelimiter::TimeLimiterLayer;
+    type Inner = CircuitBreakerError<BulkheadServiceError<Infallible>>;
+    ServiceBuilder::new()
+        .layer(
+            TimeLimiterLayer::builder()
+                .name("peer")
+                .timeout_duration(Duration::from_secs(2))
+                .build(),
+        )
+        .layer(
+            RetryLayer::<Request<String>, Response<String>, Inner>::builder()
+                .name("peer")
+                .max_attempts(3)
+                .exponential_backoff(Duration::from_millis(100))
+                .build(),
+        )
+        .layer(
+            CircuitBreakerLayer::builder()
+                .name("peer")
+                .failure_rate_threshold(0.5)
+                .sliding_window_size(100)
+                .minimum_number_of_calls(100)
+                .build()
+                .expect("a valid breaker"),
+        )
+        .layer(
+            BulkheadLayer::builder()
+                .name("peer")
+                .max_concurrent_calls(32)
+                .reject_when_full()
+                .build()
+                .expect("a valid bulkhead"),
+        )
+        .service(HttpPassthrough)
+}
+
+/// The peer group's label: whether tower-resilience was built with its `metrics` feature.
+const PEER: &str = if cfg!(feature = "peer-metrics") {
+    "tower_resilience_metrics_prometheus"
+} else {
+    "tower_resilience_without_metrics"
+};
+
+/// One call through `svc`, so per-route and per-host series are registered before timing.
+fn warm<S, Req>(rt: &tokio::runtime::Runtime, svc: &mut S, req: Req)
+where
+    S: Service<Req>,
+    S::Error: std::fmt::Debug,
+{
+    rt.block_on(async {
+        let svc = svc.ready().await.expect("ready");
+        std::hint::black_box(svc.call(req).await.expect("call"));
+    });
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = runtime();
+
+    // Built before any recorder is installed: every handle is a no-op for life.
+    let mut client_none = client_stack("none", Recording::InStack);
+    let mut server_none = server_stack("none", Recording::InStack);
+
+    let _handle = tower_red::prometheus::install().expect("the global Prometheus recorder");
+    let mut client_in_stack = client_stack("in-stack", Recording::InStack);
+    let mut client_every = client_stack("every", Recording::EveryLayer);
+    let mut server_in_stack = server_stack("in-stack", Recording::InStack);
+    let mut server_every = server_stack("every", Recording::EveryLayer);
+    let mut peer = peer_stack();
+    warm(&rt, &mut client_in_stack, client_request());
+    warm(&rt, &mut client_every, client_request());
+    warm(&rt, &mut server_in_stack, server_request());
+    warm(&rt, &mut server_every, server_request());
+    warm(&rt, &mut peer, client_request());
+
+    let mut group = c.benchmark_group("production_stack/client");
+    group.bench_function("passthrough", |b| {
+        let mut svc = HttpPassthrough;
+        b.iter_custom(|n| time_calls(&rt, &mut svc, n, client_request))
+    });
+    group.bench_function("ours_no_recorder", |b| {
+        b.iter_custom(|n| time_calls(&rt, &mut client_none, n, client_request))
+    });
+    group.bench_function("ours_prometheus", |b| {
+        b.iter_custom(|n| time_calls(&rt, &mut client_in_stack, n, client_request))
+    });
+    group.bench_function("ours_prometheus_every_layer_durations", |b| {
+        b.iter_custom(|n| time_calls(&rt, &mut client_every, n, client_request))
+    });
+    group.bench_function(PEER, |b| {
+        b.iter_custom(|n| time_calls(&rt, &mut peer, n, client_request))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("production_stack/server");
+    group.bench_function("passthrough", |b| {
+        let mut svc = HttpPassthrough;
+        b.iter_custom(|n| time_calls(&rt, &mut svc, n, server_request))
+    });
+    group.bench_function("ours_no_recorder", |b| {
+        b.iter_custom(|n| time_calls(&rt, &mut server_none, n, server_request))
+    });
+    group.bench_function("ours_prometheus", |b| {
+        b.iter_custom(|n| time_calls(&rt, &mut server_in_stack, n, server_request))
+    });
+    group.bench_function("ours_prometheus_every_layer_durations", |b| {
+        b.iter_custom(|n| time_calls(&rt, &mut server_every, n, server_request))
+    });
+    group.finish();
+
+    // Exact allocations per call, steady state, one service driven in place; the request's
+    // own allocations are those of the passthrough line.
+    let report = |name: &str, per_call: f64| {
+        println!("allocations per call: {name} {per_call}");
+    };
+    report(
+        "client passthrough",
+        allocations_per_call_in_place(&rt, &mut HttpPassthrough, COUNTED, client_request),
+    );
+    report(
+        "client ours_no_recorder",
+        allocations_per_call_in_place(&rt, &mut client_none, COUNTED, client_request),
+    );
+    report(
+        "client ours_prometheus",
+        allocations_per_call_in_place(&rt, &mut client_in_stack, COUNTED, client_request),
+    );
+    report(
+        "client ours_prometheus_every_layer_durations",
+        allocations_per_call_in_place(&rt, &mut client_every, COUNTED, client_request),
+    );
+    report(
+        &format!("client {PEER}"),
+        allocations_per_call_in_place(&rt, &mut peer, COUNTED, client_request),
+    );
+    report(
+        "server passthrough",
+        allocations_per_call_in_place(&rt, &mut HttpPassthrough, COUNTED, server_request),
+    );
+    report(
+        "server ours_no_recorder",
+        allocations_per_call_in_place(&rt, &mut server_none, COUNTED, server_request),
+    );
+    report(
+        "server ours_prometheus",
+        allocations_per_call_in_place(&rt, &mut server_in_stack, COUNTED, server_request),
+    );
+    report(
+        "server ours_prometheus_every_layer_durations",
+        allocations_per_call_in_place(&rt, &mut server_every, COUNTED, server_request),
+    );
+}
+
+/// `STACK_CALLS=N cargo bench ... -- STACK` (or the binary with `STACK` as its only
+/// argument) runs `N` calls through one stack and exits, for `valgrind --tool=callgrind`:
+/// instructions per call are `(refs at N - refs at 0) / N`, exact whatever the load. `STACK`
+/// is `client/passthrough`, `client/ours_no_recorder`, `client/ours_prometheus`,
+/// `client/ours_prometheus_every_layer_durations`, `client/peer`, or the same `server/…`
+/// (no peer).
+fn instructions(stack: &str, calls: u64) {
+    fn run<S, Req>(mut svc: S, calls: u64, request: fn() -> Req)
+    where
+        S: Service<Req>,
+        S::Error: std::fmt::Debug,
+    {
+        let rt = runtime();
+        warm(&rt, &mut svc, request());
+        std::hint::black_box(time_calls(&rt, &mut svc, calls, request));
+    }
+    let (side, variant) = stack.split_once('/').expect("side/variant");
+    let recording = match variant {
+        "ours_prometheus" => Recording::InStack,
+        _ => Recording::EveryLayer,
+    };
+    if variant != "ours_no_recorder" {
+        tower_red::prometheus::install().expect("the global Prometheus recorder");
+    }
+    match (side, variant) {
+        ("client", "passthrough") => run(HttpPassthrough, calls, client_request),
+        ("server", "passthrough") => run(HttpPassthrough, calls, server_request),
+        ("client", "peer") => run(peer_stack(), calls, client_request),
+        ("client", _) => run(client_stack("i", recording), calls, client_request),
+        ("server", _) => run(server_stack("i", recording), calls, server_request),
+        _ => panic!("unknown stack {stack}"),
+    }
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    if let Ok(calls) = std::env::var("STACK_CALLS") {
+        let stack = std::env::args().nth(1).expect("a stack name");
+        instructions(&stack, calls.parse().expect("a number of calls"));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
