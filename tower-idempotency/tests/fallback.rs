@@ -13,9 +13,8 @@ use http_body_util::BodyExt;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tokio::time::advance;
 use tower::{Service, ServiceExt};
-use tower_idempotency::ResponseBody;
 use tower_idempotency::fallback::{
-    FALLBACK, FallbackContext, FallbackLayer, Reason, StaleConfig, When,
+    FALLBACK, FallbackBody, FallbackContext, FallbackLayer, Reason, StaleConfig, When,
 };
 use tower_layer::Layer;
 use tower_red::{BoxError, FailureClass, Rejection, RejectionKind, names, problem};
@@ -23,13 +22,19 @@ use tower_red::{BoxError, FailureClass, Rejection, RejectionKind, names, problem
 /// A response body the tests control: whole, never ending, or failing.
 enum TestBody {
     Full(Option<Bytes>),
-    Pending,
-    Fails,
+    /// One chunk, then nothing ever again.
+    ThenPending(Option<Bytes>),
+    /// One chunk, then an error.
+    ThenFails(Option<Bytes>),
 }
 
 impl Body for TestBody {
     type Data = Bytes;
     type Error = BoxError;
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, TestBody::Full(None))
+    }
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -37,8 +42,14 @@ impl Body for TestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             TestBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            TestBody::Pending => Poll::Pending,
-            TestBody::Fails => Poll::Ready(Some(Err("connection reset".into()))),
+            TestBody::ThenPending(data) => match data.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Poll::Pending,
+            },
+            TestBody::ThenFails(data) => Poll::Ready(Some(match data.take() {
+                Some(d) => Ok(Frame::data(d)),
+                None => Err("connection reset".into()),
+            })),
         }
     }
 }
@@ -52,7 +63,12 @@ enum Reply {
     Refuse(Rejection),
     Problem(Rejection),
     Error,
-    Pending,
+    /// 204 with an empty body.
+    NoContent,
+    /// The backend never answers.
+    Hang,
+    /// Headers and a first chunk, then the body stalls.
+    Stalls,
     BodyFails,
 }
 
@@ -101,19 +117,28 @@ impl Backend {
                         Ok(Response::from_parts(parts, TestBody::Full(Some(data))))
                     }
                     Reply::Error => Err(BoxError::from("connection refused")),
-                    Reply::Pending => Ok(Response::new(TestBody::Pending)),
-                    Reply::BodyFails => Ok(Response::new(TestBody::Fails)),
+                    Reply::NoContent => Ok(Response::builder()
+                        .status(204)
+                        .body(TestBody::Full(None))
+                        .unwrap()),
+                    Reply::Hang => std::future::pending().await,
+                    Reply::Stalls => Ok(Response::new(TestBody::ThenPending(Some(Bytes::from(
+                        "part",
+                    ))))),
+                    Reply::BodyFails => Ok(Response::new(TestBody::ThenFails(Some(Bytes::from(
+                        "part",
+                    ))))),
                 }
             }
         })
     }
 }
 
-type Answer = Result<Response<ResponseBody<TestBody>>, BoxError>;
+type Answer = Result<Response<FallbackBody<TestBody>>, BoxError>;
 
 async fn send<S>(svc: &S, req: Request<()>) -> Answer
 where
-    S: Service<Request<()>, Response = Response<ResponseBody<TestBody>>, Error = BoxError> + Clone,
+    S: Service<Request<()>, Response = Response<FallbackBody<TestBody>>, Error = BoxError> + Clone,
 {
     svc.clone().oneshot(req).await
 }
@@ -122,12 +147,21 @@ fn get(path: &str) -> Request<()> {
     Request::get(path).body(()).unwrap()
 }
 
-async fn body(res: Response<ResponseBody<TestBody>>) -> String {
+/// Sends `req` and reads the whole answer, as a server would: a success is stored when its body
+/// ends.
+async fn read<S>(svc: &S, req: Request<()>) -> String
+where
+    S: Service<Request<()>, Response = Response<FallbackBody<TestBody>>, Error = BoxError> + Clone,
+{
+    body(send(svc, req).await.unwrap()).await
+}
+
+async fn body(res: Response<FallbackBody<TestBody>>) -> String {
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
 }
 
-fn marker(res: &Response<ResponseBody<TestBody>>) -> Option<&str> {
+fn marker(res: &Response<FallbackBody<TestBody>>) -> Option<&str> {
     res.headers().get(FALLBACK).map(|v| v.to_str().unwrap())
 }
 
@@ -222,7 +256,7 @@ async fn a_refusal_already_turned_into_a_problem_response_is_answered() {
         .build()
         .unwrap();
     let svc = layer.layer(backend.service());
-    send(&svc, get("/menu")).await.unwrap();
+    read(&svc, get("/menu")).await;
     backend.set(Reply::Problem(
         Rejection::new(RejectionKind::CircuitOpen).with_retry_after(Duration::from_secs(5)),
     ));
@@ -279,7 +313,7 @@ async fn a_failure_the_classifier_sees_is_answered_from_the_store() {
         .build()
         .unwrap();
     let svc = layer.layer(backend.service());
-    send(&svc, get("/menu")).await.unwrap();
+    read(&svc, get("/menu")).await;
     for status in [500, 503, 429] {
         backend.set(Reply::Status(status));
         let res = send(&svc, get("/menu")).await.unwrap();
@@ -313,7 +347,7 @@ async fn with_the_default_classifier_only_errors_are_failures() {
         .build()
         .unwrap();
     let svc = layer.layer(backend.service());
-    send(&svc, get("/menu")).await.unwrap();
+    read(&svc, get("/menu")).await;
     backend.set(Reply::Status(500));
     let res = send(&svc, get("/menu")).await.unwrap();
     assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -339,8 +373,8 @@ async fn an_entry_older_than_max_age_is_never_served() {
         .build()
         .unwrap()
         .layer(backend.service());
-    send(&with_fn, get("/menu")).await.unwrap();
-    send(&stale_only, get("/menu")).await.unwrap();
+    read(&with_fn, get("/menu")).await;
+    read(&stale_only, get("/menu")).await;
     backend.set(Reply::Refuse(Rejection::new(RejectionKind::CircuitOpen)));
 
     advance(Duration::from_secs(4)).await;
@@ -362,7 +396,7 @@ async fn an_entry_older_than_max_age_is_never_served() {
     );
     // A fresh success starts the clock again.
     backend.set(Reply::Ok("fresher"));
-    send(&stale_only, get("/menu")).await.unwrap();
+    read(&stale_only, get("/menu")).await;
     backend.set(Reply::Error);
     assert_eq!(
         body(send(&stale_only, get("/menu")).await.unwrap()).await,
@@ -379,7 +413,7 @@ async fn the_age_header_adds_the_age_the_response_came_with() {
         .unwrap()
         .layer(backend.service());
     backend.set(Reply::Header("age", "100", "cached upstream"));
-    send(&svc, get("/menu")).await.unwrap();
+    read(&svc, get("/menu")).await;
     advance(Duration::from_secs(3)).await;
     backend.set(Reply::Error);
     let res = send(&svc, get("/menu")).await.unwrap();
@@ -398,7 +432,7 @@ async fn the_entry_bound_evicts_the_oldest_entry() {
         .unwrap()
         .layer(backend.service());
     for path in ["/a", "/b", "/c"] {
-        send(&svc, get(path)).await.unwrap();
+        read(&svc, get(path)).await;
     }
     backend.set(Reply::Error);
     assert!(send(&svc, get("/a")).await.is_err());
@@ -420,7 +454,7 @@ async fn the_byte_bound_evicts_the_oldest_entry() {
         .unwrap()
         .layer(backend.service());
     for path in ["/a", "/b", "/c"] {
-        send(&svc, get(path)).await.unwrap();
+        read(&svc, get(path)).await;
     }
     backend.set(Reply::Error);
     assert!(send(&svc, get("/a")).await.is_err());
@@ -461,22 +495,20 @@ async fn private_no_store_and_unsafe_or_authorized_requests_are_not_stored() {
         "max-age=0, no-store",
         "secret",
     ));
-    send(&svc, get("/no-store")).await.unwrap();
+    read(&svc, get("/no-store")).await;
     backend.set(Reply::Header("cache-control", "Private", "mine"));
-    send(&svc, get("/private")).await.unwrap();
+    read(&svc, get("/private")).await;
     backend.set(Reply::Header("x-fallback", "stale", "already a fallback"));
-    send(&svc, get("/nested")).await.unwrap();
+    read(&svc, get("/nested")).await;
     backend.set(Reply::Ok("posted"));
-    send(&svc, Request::post("/post").body(()).unwrap())
-        .await
-        .unwrap();
+    read(&svc, Request::post("/post").body(()).unwrap()).await;
     let authorized = || {
         Request::get("/me")
             .header("authorization", "Bearer t")
             .body(())
             .unwrap()
     };
-    send(&svc, authorized()).await.unwrap();
+    read(&svc, authorized()).await;
 
     backend.set(Reply::Error);
     for path in ["/no-store", "/private", "/nested"] {
@@ -510,9 +542,9 @@ async fn a_custom_key_separates_callers_and_long_keys_are_not_cached() {
             .unwrap()
     };
     backend.set(Reply::Ok("alice's feed"));
-    send(&svc, as_user("alice")).await.unwrap();
+    read(&svc, as_user("alice")).await;
     backend.set(Reply::Ok("a long name's feed"));
-    send(&svc, as_user("a-very-long-name")).await.unwrap();
+    read(&svc, as_user("a-very-long-name")).await;
     backend.set(Reply::Error);
     assert_eq!(
         body(send(&svc, as_user("alice")).await.unwrap()).await,
@@ -538,20 +570,62 @@ async fn a_function_may_decline_and_the_failure_goes_on() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_body_that_fails_while_read_is_a_failure_answered_from_the_store() {
+async fn a_body_that_fails_mid_stream_reaches_the_caller_and_is_not_stored() {
     let backend = Backend::new();
     let svc = FallbackLayer::builder()
         .stale_on_error(stale(60))
         .build()
         .unwrap()
         .layer(backend.service());
-    send(&svc, get("/menu")).await.unwrap();
+    read(&svc, get("/menu")).await;
     backend.set(Reply::BodyFails);
     let res = send(&svc, get("/menu")).await.unwrap();
+    assert_eq!(marker(&res), None, "the headers were fine: they went on");
+    assert!(res.into_body().collect().await.is_err());
+    backend.set(Reply::Error);
+    assert_eq!(
+        body(send(&svc, get("/menu")).await.unwrap()).await,
+        "fresh",
+        "the broken body did not replace the good one"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_success_is_stored_though_nobody_reads_its_body() {
+    let backend = Backend::new();
+    let svc = FallbackLayer::builder()
+        .stale_on_error(stale(60))
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    backend.set(Reply::NoContent);
+    // hyper does not poll a body that says it has ended.
+    drop(send(&svc, get("/ping")).await.unwrap());
+    backend.set(Reply::Error);
+    let res = send(&svc, get("/ping")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
     assert_eq!(marker(&res), Some("stale"));
-    // Nothing to answer with: an empty 502.
-    let res = send(&svc, get("/other")).await.unwrap();
-    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_response_streams_to_its_caller_before_its_body_ends() {
+    let backend = Backend::new();
+    let svc = FallbackLayer::builder()
+        .stale_on_error(stale(60))
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    backend.set(Reply::Stalls);
+    let res = send(&svc, get("/feed")).await.unwrap();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "part");
+    let mut rest = tokio_test::task::spawn(body.frame());
+    assert!(rest.poll().is_pending());
+    drop(rest);
+    drop(body); // the caller hung up mid-body: nothing stored
+    backend.set(Reply::Error);
+    assert!(send(&svc, get("/feed")).await.is_err());
 }
 
 type Snapshot = Vec<(
@@ -596,18 +670,18 @@ async fn red_counts_each_call_once_with_fallbacks_under_their_own_outcome() {
     });
     let backend = Backend::new();
     let svc = layer.layer(backend.service());
-    send(&svc, get("/menu")).await.unwrap(); // ok
+    read(&svc, get("/menu")).await; // ok
     backend.set(Reply::Refuse(Rejection::new(RejectionKind::CircuitOpen)));
-    send(&svc, get("/menu")).await.unwrap(); // fallback
+    read(&svc, get("/menu")).await; // fallback
     send(&svc, get("/none")).await.unwrap_err(); // inner_refusal
     backend.set(Reply::Status(500));
-    send(&svc, get("/menu")).await.unwrap(); // fallback
-    send(&svc, get("/none")).await.unwrap(); // error
+    read(&svc, get("/menu")).await; // fallback
+    read(&svc, get("/none")).await; // error
     backend.set(Reply::Refuse(
         Rejection::new(RejectionKind::DeadlineExceeded).with_reason("call"),
     ));
     send(&svc, get("/none")).await.unwrap_err(); // inner_refusal: the deadline layer counted it
-    backend.set(Reply::Pending);
+    backend.set(Reply::Hang);
     let mut pending = tokio_test::task::spawn(svc.clone().oneshot(get("/menu")));
     assert!(pending.poll().is_pending());
     drop(pending); // cancelled
@@ -623,7 +697,7 @@ async fn red_counts_each_call_once_with_fallbacks_under_their_own_outcome() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_future_dropped_while_the_body_is_read_stores_nothing() {
+async fn a_future_dropped_before_the_answer_stores_nothing_and_keeps_the_old_entry() {
     let backend = Backend::new();
     let svc = FallbackLayer::builder()
         .stale_on_error(stale(60))
@@ -631,16 +705,19 @@ async fn a_future_dropped_while_the_body_is_read_stores_nothing() {
         .build()
         .unwrap()
         .layer(backend.service());
-    backend.set(Reply::Pending);
+    read(&svc, get("/menu")).await;
+    backend.set(Reply::Hang);
     let mut fut = tokio_test::task::spawn(svc.clone().oneshot(get("/menu")));
     for _ in 0..3 {
         assert!(fut.poll().is_pending());
     }
     drop(fut);
     backend.set(Reply::Error);
-    let res = send(&svc, get("/menu")).await.unwrap();
-    assert_eq!(marker(&res), Some("function"));
-    assert_eq!(body(res).await, "default");
+    assert_eq!(body(send(&svc, get("/menu")).await.unwrap()).await, "fresh");
+    assert_eq!(
+        body(send(&svc, get("/other")).await.unwrap()).await,
+        "default"
+    );
 }
 
 #[test]

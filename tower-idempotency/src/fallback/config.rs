@@ -441,7 +441,7 @@ impl<C> FallbackLayerBuilder<C> {
             when: self.when,
             classifier: self.classifier,
             function: self.function,
-            stale: self.stale.map(Stale::new),
+            stale: self.stale.map(|config| Arc::new(Stale::new(config))),
             key: self.key.unwrap_or_else(|| Arc::new(default_key)),
             max_key_bytes: self.max_key_bytes,
             red,

@@ -1,15 +1,12 @@
 //! The request and response shapes a [`Fallback`](super::Fallback) serves: `http` types (axum,
 //! hyper, tonic-free HTTP clients) and, with the `reqwest` feature, reqwest's.
 
-use std::future::Future;
-
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode, Uri};
 use http_body::Body;
 use tower_red::RejectionKind;
-use tower_red::body::{Buffered, collect};
 
-use crate::body::ResponseBody;
+use super::body::{FallbackBody, Sink, Tee};
 
 /// What the key function sees of a request.
 #[derive(Debug, Clone, Copy)]
@@ -111,19 +108,8 @@ impl FallbackRequest for reqwest::Request {
     }
 }
 
-/// What [`FallbackResponse::capture`] made of a response.
-#[derive(Debug)]
-pub enum Captured<O> {
-    /// The whole body was read (at most the cap): the response to send, and its body to store.
-    Whole(O, Bytes),
-    /// The body is larger than the cap: the response streams on, unstored.
-    Streamed(O),
-    /// The body failed while it was read: nothing is left to send.
-    Failed,
-}
-
 /// A response a [`Fallback`](super::Fallback) serves: `http::Response<B>` (answered as
-/// `http::Response<ResponseBody<B>>`), and `reqwest::Response` with the `reqwest` feature.
+/// `http::Response<FallbackBody<B>>`), and `reqwest::Response` with the `reqwest` feature.
 pub trait FallbackResponse: Sized {
     /// What the layer answers with.
     type Output;
@@ -136,20 +122,19 @@ pub trait FallbackResponse: Sized {
     fn refused(&self) -> Option<RejectionKind>;
     /// The response as it is.
     fn pass(self) -> Self::Output;
-    /// Reads the body, up to `max_bytes`, so it can be stored.
-    fn capture(self, max_bytes: usize) -> impl Future<Output = Captured<Self::Output>> + Send;
+    /// The response, its body copied into `sink` as it streams to the caller (and stored when
+    /// it ends).
+    fn tee(self, sink: Sink) -> Self::Output;
     /// A response the layer made (a stale entry or a function's answer) for the request to
     /// `target`.
     fn answer(res: Response<Bytes>, target: Option<&Uri>) -> Self::Output;
-    /// An empty 502 for a body that failed while the layer read it, when nothing else can answer.
-    fn body_failed() -> Self::Output;
 }
 
 impl<B> FallbackResponse for Response<B>
 where
-    B: Body<Data = Bytes> + Unpin + Send,
+    B: Body<Data = Bytes> + Unpin,
 {
-    type Output = Response<ResponseBody<B>>;
+    type Output = Response<FallbackBody<B>>;
 
     fn status(&self) -> StatusCode {
         Response::status(self)
@@ -164,35 +149,28 @@ where
     }
 
     fn pass(self) -> Self::Output {
-        self.map(ResponseBody::new)
+        self.map(FallbackBody::new)
     }
 
-    fn capture(self, max_bytes: usize) -> impl Future<Output = Captured<Self::Output>> + Send {
-        let (parts, body) = self.into_parts();
-        async move {
-            match collect(body, max_bytes).await {
-                Ok(Buffered::Complete(collected)) => {
-                    let (data, trailers) = collected.into_parts();
-                    let res =
-                        Response::from_parts(parts, ResponseBody::full(data.clone(), trailers));
-                    Captured::Whole(res, data)
-                }
-                Ok(Buffered::Overflow(rest)) => {
-                    Captured::Streamed(Response::from_parts(parts, ResponseBody::overflow(rest)))
-                }
-                Err(_) => Captured::Failed,
-            }
-        }
+    fn tee(self, sink: Sink) -> Self::Output {
+        self.map(|body| FallbackBody::tee(Tee::new(body, sink)))
     }
 
     fn answer(res: Response<Bytes>, _target: Option<&Uri>) -> Self::Output {
-        res.map(|body| ResponseBody::full(body, None))
+        res.map(FallbackBody::full)
     }
+}
 
-    fn body_failed() -> Self::Output {
-        let mut res = Response::new(ResponseBody::full(Bytes::new(), None));
-        *res.status_mut() = StatusCode::BAD_GATEWAY;
-        res
+/// The response's URL as reqwest keeps it (an extension only its builder can set).
+#[cfg(feature = "reqwest")]
+fn with_url(parts: &mut http::response::Parts, url: reqwest::Url) {
+    use reqwest::ResponseBuilderExt as _;
+    if let Ok((with_url, ())) = Response::builder()
+        .url(url)
+        .body(())
+        .map(Response::into_parts)
+    {
+        parts.extensions.extend(with_url.extensions);
     }
 }
 
@@ -216,51 +194,20 @@ impl FallbackResponse for reqwest::Response {
         self
     }
 
-    fn capture(self, max_bytes: usize) -> impl Future<Output = Captured<Self::Output>> + Send {
-        use reqwest::ResponseBuilderExt as _;
+    fn tee(self, sink: Sink) -> Self::Output {
         let url = self.url().clone();
         let res: Response<reqwest::Body> = self.into();
         let (mut parts, body) = res.into_parts();
-        // Keeps the response's URL on the rebuilt one (reqwest reads it from an extension).
-        let (with_url, ()) = Response::builder()
-            .url(url)
-            .body(())
-            .map(Response::into_parts)
-            .unwrap_or_else(|_| Response::new(()).into_parts());
-        parts.extensions.extend(with_url.extensions);
-        async move {
-            match collect(body, max_bytes).await {
-                Ok(Buffered::Complete(collected)) => {
-                    let data = collected.data().clone();
-                    let res = Response::from_parts(parts, reqwest::Body::wrap(collected.body()));
-                    Captured::Whole(reqwest::Response::from(res), data)
-                }
-                Ok(Buffered::Overflow(rest)) => {
-                    let res = Response::from_parts(parts, reqwest::Body::wrap(rest));
-                    Captured::Streamed(reqwest::Response::from(res))
-                }
-                Err(_) => Captured::Failed,
-            }
-        }
-    }
-
-    fn answer(res: Response<Bytes>, target: Option<&Uri>) -> Self::Output {
-        use reqwest::ResponseBuilderExt as _;
-        let (mut parts, body) = res.into_parts();
-        if let Some(url) = target.and_then(|t| reqwest::Url::parse(&t.to_string()).ok())
-            && let Ok((with_url, ())) = Response::builder()
-                .url(url)
-                .body(())
-                .map(Response::into_parts)
-        {
-            parts.extensions.extend(with_url.extensions);
-        }
+        with_url(&mut parts, url);
+        let body = reqwest::Body::wrap(Tee::new(body, sink));
         reqwest::Response::from(Response::from_parts(parts, body))
     }
 
-    fn body_failed() -> Self::Output {
-        let mut res = Response::new(Bytes::new());
-        *res.status_mut() = StatusCode::BAD_GATEWAY;
-        reqwest::Response::from(res)
+    fn answer(res: Response<Bytes>, target: Option<&Uri>) -> Self::Output {
+        let (mut parts, body) = res.into_parts();
+        if let Some(url) = target.and_then(|t| reqwest::Url::parse(&t.to_string()).ok()) {
+            with_url(&mut parts, url);
+        }
+        reqwest::Response::from(Response::from_parts(parts, body))
     }
 }

@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use super::config::{FallbackFn, FallbackLayerBuilder, KeyFn, Reason, When};
 use super::exchange::{FallbackRequest, FallbackResponse};
-use super::future::{ResponseFuture, stale_flow};
+use super::future::ResponseFuture;
 use super::stale::Stale;
 
 /// What every clone of one layer shares.
@@ -22,7 +22,7 @@ pub(crate) struct Shared<C> {
     pub(crate) when: When,
     pub(crate) classifier: C,
     pub(crate) function: Option<FallbackFn>,
-    pub(crate) stale: Option<Stale>,
+    pub(crate) stale: Option<Arc<Stale>>,
     pub(crate) key: KeyFn,
     pub(crate) max_key_bytes: usize,
     pub(crate) red: RedMetrics,
@@ -190,15 +190,13 @@ impl<S, C, Req> Service<Req> for Fallback<S, C>
 where
     Req: FallbackRequest,
     S: Service<Req>,
-    S::Response: FallbackResponse + Send + 'static,
-    <S::Response as FallbackResponse>::Output: Send + 'static,
-    S::Error: Send + 'static,
-    S::Future: Send + 'static,
-    C: Classify<S::Response, S::Error> + Send + Sync + 'static,
+    S::Response: FallbackResponse,
+    S::Error: 'static,
+    C: Classify<S::Response, S::Error>,
 {
     type Response = <S::Response as FallbackResponse>::Output;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, C, Self::Response, S::Error>;
+    type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -216,16 +214,6 @@ where
             let view = req.view();
             (view.method().clone(), req.target())
         });
-        let fut = self.inner.call(req);
-        match key {
-            Some(key) => ResponseFuture::stale(Box::pin(stale_flow(
-                fut,
-                shared.clone(),
-                key,
-                target,
-                guard,
-            ))),
-            None => ResponseFuture::plain(fut, shared.clone(), target, guard),
-        }
+        ResponseFuture::new(self.inner.call(req), shared.clone(), key, target, guard)
     }
 }

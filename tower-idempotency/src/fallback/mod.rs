@@ -28,20 +28,21 @@
 //! 3. Otherwise the original refusal or failure goes on, untouched.
 //!
 //! **What is stored.** Successes (the classifier's verdict) with a 2xx status other than 206,
-//! without `Cache-Control: no-store` or `private`, not themselves fallbacks, whose body is at
-//! most [`max_entry_bytes`](StaleConfig::max_entry_bytes); hop-by-hop headers, `Set-Cookie` and
-//! `Content-Length` are dropped. The body is read whole (up to that cap) before the response
-//! goes on, so its caller waits for the last byte instead of the first: size the cap for the
-//! answers worth keeping. A larger body streams on unstored, nothing lost. The store is bounded
-//! by entries and bytes (oldest evicted first) and by age; one `std::sync::Mutex` guards it,
-//! held for a hash lookup or insert only. A dropped future stores nothing (the entry is inserted
-//! whole, after the last await).
+//! without `Cache-Control: no-store` or `private`, not themselves fallbacks. The response goes
+//! on to its caller at once; its body is copied (reference-counted chunks, no byte copy) as it
+//! streams, and stored when it ends, if it is at most
+//! [`max_entry_bytes`](StaleConfig::max_entry_bytes) (a larger one is forgotten as soon as it
+//! is known to be larger). A body that fails, or that the caller drops before its end, stores
+//! nothing: there is never a half entry. Hop-by-hop headers, `Set-Cookie` and `Content-Length`
+//! are not kept; trailers neither. The store is bounded by entries and bytes (oldest evicted
+//! first) and by age; one `std::sync::Mutex` guards it, held for one hash lookup or insert (and
+//! the evictions it forces) when a body ends or a fallback is served.
 //!
 //! **The default key** ([`default_key`]): method, authority and path and query of `GET` and
 //! `HEAD` requests that carry no `Authorization` or `Cookie`; other requests are never stored
 //! nor served from the store. Keys over [`max_key_bytes`](FallbackLayerBuilder::max_key_bytes)
 //! are not cached. A request without a key costs no allocation: the inner future, one classifier
-//! call and one counter.
+//! call and one counter (a stored success costs its key, its kept headers and the chunk list).
 //!
 //! **Where it goes.** Above the layers whose refusals it answers (breaker, bulkhead, inbound
 //! deadline) and below RED, so RED sees the answer the caller got and the breaker still sees
@@ -54,8 +55,9 @@
 //! `cancelled`.
 //!
 //! Works for `http::Request<B>` → `http::Response<B>` services (answering
-//! `http::Response<ResponseBody<B>>`: an axum route, hyper) and, with the `reqwest` feature,
-//! for `reqwest::Client` stacks; see [`exchange`].
+//! `http::Response<FallbackBody<B>>`: an axum route, hyper) and, with the `reqwest` feature,
+//! for `reqwest::Client` stacks (a stored response keeps its `url()`; classify with
+//! `tower-red`'s `reqwest` feature for `http_status`); see [`exchange`].
 //!
 //! ```
 //! use std::time::Duration;
@@ -84,7 +86,9 @@
 //! });
 //! let get = |path: &str| Request::get(path).body(()).unwrap();
 //!
-//! svc.clone().oneshot(get("/prices")).await?; // stored
+//! // Stored once its body has been read, as a server reads it.
+//! let fresh = svc.clone().oneshot(get("/prices")).await?;
+//! http_body_util::BodyExt::collect(fresh.into_body()).await?;
 //! open.store(true, std::sync::atomic::Ordering::Relaxed);
 //! let stale = svc.clone().oneshot(get("/prices")).await?;
 //! assert_eq!(stale.headers()[FALLBACK], "stale");
@@ -94,12 +98,14 @@
 //! # Ok(()) }
 //! ```
 
+mod body;
 mod config;
 pub mod exchange;
 pub mod future;
 mod layer;
 mod stale;
 
+pub use self::body::{FallbackBody, Sink};
 pub use self::config::{
     FallbackContext, FallbackLayerBuilder, Reason, StaleConfig, When, default_key,
 };
