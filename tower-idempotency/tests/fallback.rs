@@ -483,7 +483,7 @@ async fn a_body_over_max_entry_bytes_streams_on_whole_and_is_not_stored() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn private_no_store_and_unsafe_or_authorized_requests_are_not_stored() {
+async fn answers_that_may_not_be_served_stale_and_unsafe_or_authorized_requests_are_not_stored() {
     let backend = Backend::new();
     let svc = FallbackLayer::builder()
         .stale_on_error(stale(60))
@@ -500,6 +500,26 @@ async fn private_no_store_and_unsafe_or_authorized_requests_are_not_stored() {
     read(&svc, get("/private")).await;
     backend.set(Reply::Header("x-fallback", "stale", "already a fallback"));
     read(&svc, get("/nested")).await;
+    backend.set(Reply::Header(
+        "cache-control",
+        "max-age=60, must-revalidate",
+        "strict",
+    ));
+    read(&svc, get("/must-revalidate")).await;
+    backend.set(Reply::Header(
+        "cache-control",
+        "no-cache=\"set-cookie\"",
+        "fresh only",
+    ));
+    read(&svc, get("/no-cache")).await;
+    backend.set(Reply::Header("vary", "*", "varies"));
+    read(&svc, get("/vary")).await;
+    backend.set(Reply::Header(
+        "cache-control",
+        "public, max-age=5",
+        "shared",
+    ));
+    read(&svc, get("/public")).await;
     backend.set(Reply::Ok("posted"));
     read(&svc, Request::post("/post").body(()).unwrap()).await;
     let authorized = || {
@@ -511,9 +531,17 @@ async fn private_no_store_and_unsafe_or_authorized_requests_are_not_stored() {
     read(&svc, authorized()).await;
 
     backend.set(Reply::Error);
-    for path in ["/no-store", "/private", "/nested"] {
+    for path in [
+        "/no-store",
+        "/private",
+        "/nested",
+        "/must-revalidate",
+        "/no-cache",
+        "/vary",
+    ] {
         assert!(send(&svc, get(path)).await.is_err(), "{path}");
     }
+    assert_eq!(read(&svc, get("/public")).await, "shared");
     assert!(
         send(&svc, Request::post("/post").body(()).unwrap())
             .await

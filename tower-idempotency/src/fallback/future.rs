@@ -146,8 +146,19 @@ fn answer<C, Res: FallbackResponse>(
     Some(Res::answer(res, Some(&context.uri)))
 }
 
+/// Cache directives under which a stored answer may not be served stale: `no-store` and
+/// `private` (RFC 9111 §5.2.2: a shared cache does not keep it), `no-cache`, `must-revalidate`
+/// and `proxy-revalidate` (§4.2.4: never reused stale without the origin's say-so).
+const NOT_STALE: [&str; 5] = [
+    "no-store",
+    "private",
+    "no-cache",
+    "must-revalidate",
+    "proxy-revalidate",
+];
+
 /// Whether a success may be kept: a final status worth reusing (2xx but 206), not itself a
-/// fallback, and not marked `no-store` or `private` (RFC 9111 §3: a shared cache keeps neither).
+/// fallback, not `Vary: *`, and no directive of [`NOT_STALE`].
 fn storable<Res: FallbackResponse>(res: &Res) -> bool {
     let status = res.status();
     if !status.is_success() || status == StatusCode::PARTIAL_CONTENT {
@@ -157,15 +168,18 @@ fn storable<Res: FallbackResponse>(res: &Res) -> bool {
     if headers.contains_key(FALLBACK) {
         return false;
     }
-    !headers
-        .get_all(header::CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|d| {
-            let d = d.trim();
-            d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("private")
-        })
+    let tokens = |name| {
+        headers
+            .get_all(name)
+            .into_iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            // A directive may carry an argument (`no-cache="set-cookie"`): only its name counts.
+            .map(|d| d.split('=').next().unwrap_or("").trim())
+    };
+    !tokens(header::VARY).any(|v| v == "*")
+        && !tokens(header::CACHE_CONTROL)
+            .any(|d| NOT_STALE.iter().any(|n| d.eq_ignore_ascii_case(n)))
 }
 
 /// The headers worth keeping ([`crate::response::kept_headers`]: no hop-by-hop header, no
