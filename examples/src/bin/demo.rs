@@ -212,7 +212,7 @@ async fn demo<St: Store + Clone>(
     );
     println!("  idempotency store: {store_name}");
     println!(
-        "  metrics: http://{metrics}/metrics   gateway: http://{gateway_addr}   backend: http://{backend_addr}"
+        "  metrics: http://{metrics}/metrics   gateway: http://{gateway_addr} (/ready)   backend: http://{backend_addr}"
     );
     println!();
 
@@ -245,8 +245,9 @@ async fn demo<St: Store + Clone>(
         println!("  curl -i http://{gateway_addr}/items/7");
         println!("  curl -i http://{gateway_addr}/reports/7");
         println!(
-            "  curl -i -X POST -H 'idempotency-key: k1' -H 'x-order: 1' -d '{{}}' http://{gateway_addr}/orders   # twice: the second is replayed"
+            "  curl -i -X POST -H 'idempotency-key: k1' -H 'x-order: 1000' -d '{{}}' http://{gateway_addr}/orders   # twice: the second is replayed"
         );
+        println!("  curl -i http://{gateway_addr}/ready   # 200, or 503 while the backend's circuit is open");
         println!("  curl -s http://{metrics}/metrics | grep resilience_");
         tokio::signal::ctrl_c().await?;
     }
