@@ -247,7 +247,9 @@ async fn demo<St: Store + Clone>(
         println!(
             "  curl -i -X POST -H 'idempotency-key: k1' -H 'x-order: 1000' -d '{{}}' http://{gateway_addr}/orders   # twice: the second is replayed"
         );
-        println!("  curl -i http://{gateway_addr}/ready   # 200, or 503 while the backend's circuit is open");
+        println!(
+            "  curl -i http://{gateway_addr}/ready   # 200, or 503 while the backend's circuit is open"
+        );
         println!("  curl -s http://{metrics}/metrics | grep resilience_");
         tokio::signal::ctrl_c().await?;
     }
