@@ -167,6 +167,12 @@ fn table(without: &Outcome, with: &Outcome) {
     row("duplicate side effects", |o| {
         o.backend.duplicates.to_string()
     });
+    row("order responses lost on the link", |o| {
+        o.stats.lost.to_string()
+    });
+    row("order POSTs re-sent by callers", |o| {
+        o.stats.caller_retries.to_string()
+    });
     row("idempotent replays", |o| o.stats.replays.to_string());
     println!("by phase: successes of {}, p99", load::PER_PHASE);
     for (i, phase) in PHASES.iter().enumerate() {

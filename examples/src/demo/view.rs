@@ -130,7 +130,7 @@ fn panel(run: &Run) -> Vec<String> {
                 in_flight(&h.gateway_bulkhead)
             ));
             lines.push(format!(
-                "retries    {} by the gateway, budget left {:.1}   {} order POSTs re-sent by callers ({} responses lost on the link)",
+                "retries    {} by the gateway, retry budget {:.0} left   {} order POSTs re-sent by callers ({} responses lost on the link)",
                 b.retries,
                 h.budget.balance(tokio::time::Instant::now()),
                 s.caller_retries,
@@ -167,7 +167,7 @@ fn line(run: &Run) -> String {
         .as_ref()
         .map_or("none", |h| state_text(h.breakers[0].state()));
     format!(
-        "[run {} {}] {:>5.1}s phase {}/{} {:<15} sent {:>4} ok {:>4} errors {:>4} p99(1s) {:>7} breaker {:<9} backend calls {:>4} duplicates {}",
+        "[run {} {}] {:>5.1}s phase {}/{} {:<15} sent {:>4} ok {:>4} errors {:>4} p99(1s) {:>7} breaker {:<9} backend calls {:>4} stale {:>3} replays {:>2} duplicates {}",
         run.number,
         if run.handles.is_some() {
             "layered"
@@ -184,6 +184,8 @@ fn line(run: &Run) -> String {
         ms(s.recent_p99),
         breaker,
         b.calls,
+        s.fallbacks,
+        s.replays,
         b.duplicates
     )
 }
