@@ -758,7 +758,7 @@ mod tests {
     #[test]
     fn names_and_states_are_escaped_as_json_strings() {
         let dep = Fake {
-            name: "a\"b\\c\nd\te\u{1}f\u{7f}é☃/",
+            name: "a\"b\\c\nd\te\u{1}f\u{7f}é☃/ g",
             kind: Kind::Other("po\"ol"),
             snapshot: Arc::new(Mutex::new(
                 Snapshot::new("we\"ird", true)
@@ -775,10 +775,73 @@ mod tests {
         assert_eq!(
             json,
             "{\"status\":\"ready\",\"ready_when\":\"all_critical_available\",\"dependencies\":[\
-             {\"name\":\"a\\\"b\\\\c\\nd\\te\\u0001f\u{7f}é☃/\",\"kind\":\"po\\\"ol\",\
+             {\"name\":\"a\\\"b\\\\c\\nd\\te\\u0001f\u{7f}é☃/ g\",\"kind\":\"po\\\"ol\",\
              \"critical\":false,\"available\":true,\"state\":\"we\\\"ird\",\
              \"counts\":{\"x\\ty\":7},\
              \"partitions\":[{\"name\":\"p\\r\\\"q\",\"in_flight\":1,\"queued\":2,\"limit\":3}]}]}"
+        );
+    }
+
+    #[test]
+    fn several_entries_counts_and_partitions_are_comma_separated() {
+        let part = |name: &str, in_flight| PartitionSnapshot {
+            name: name.into(),
+            in_flight,
+            queued: 0,
+            limit: 4,
+        };
+        let pool = Fake {
+            name: "pool",
+            kind: Kind::Bulkhead,
+            snapshot: Arc::new(Mutex::new(
+                Snapshot::new("accepting", true)
+                    .with_partition(part("default", 1))
+                    .with_partition(part("batch", 2)),
+            )),
+        };
+        let a = Fake::breaker("a");
+        a.set(
+            Snapshot::new("closed", true)
+                .with_count("calls", 9)
+                .with_count("failures", 2),
+        );
+        let report = Readiness::new().critical(a).optional(pool).report();
+        assert_eq!(
+            report.to_json(),
+            "{\"status\":\"ready\",\"ready_when\":\"all_critical_available\",\"dependencies\":[\
+             {\"name\":\"a\",\"kind\":\"breaker\",\"critical\":true,\"available\":true,\
+             \"state\":\"closed\",\"counts\":{\"calls\":9,\"failures\":2}},\
+             {\"name\":\"pool\",\"kind\":\"bulkhead\",\"critical\":false,\"available\":true,\
+             \"state\":\"accepting\",\"partitions\":[\
+             {\"name\":\"default\",\"in_flight\":1,\"queued\":0,\"limit\":4},\
+             {\"name\":\"batch\",\"in_flight\":2,\"queued\":0,\"limit\":4}]}]}"
+        );
+        let a = report.entry("a").unwrap();
+        assert!(a.is_critical());
+        assert_eq!(a.kind(), Kind::Breaker);
+        assert_eq!(a.snapshot().state(), "closed");
+        assert_eq!(a.snapshot().counts(), [("calls", 9), ("failures", 2)]);
+        assert_eq!(a.snapshot().open_for(), None);
+        let pool = report.entry("pool").unwrap();
+        assert!(!pool.is_critical());
+        let names: Vec<&str> = pool
+            .snapshot()
+            .partitions()
+            .iter()
+            .map(|p| &*p.name)
+            .collect();
+        assert_eq!(names, ["default", "batch"]);
+    }
+
+    #[test]
+    fn debug_lists_the_dependencies_and_the_policy() {
+        let readiness = Readiness::new()
+            .critical(Fake::breaker("a"))
+            .optional(Fake::breaker("b"));
+        let debug = format!("{readiness:?}");
+        assert_eq!(
+            debug,
+            r#"[("a", Breaker, true), ("b", Breaker, false)] ready_when all_critical_available"#
         );
     }
 
@@ -788,6 +851,9 @@ mod tests {
         a.set(Snapshot::new("open", false).with_open_for(Duration::from_micros(1_400)));
         let json = Readiness::new().critical(a.clone()).report().to_json();
         assert!(json.contains(r#""open_for_ms":2"#), "{json}");
+        let report = Readiness::new().critical(a.clone()).report();
+        let snapshot = report.entry("a").unwrap().snapshot();
+        assert_eq!(snapshot.open_for(), Some(Duration::from_micros(1_400)));
         a.set(Snapshot::new("open", true).with_open_for(Duration::ZERO));
         let json = Readiness::new().critical(a).report().to_json();
         assert!(json.contains(r#""open_for_ms":0"#), "{json}");
@@ -855,5 +921,25 @@ mod tests {
         assert!(!p(1).is_full());
         assert!(p(2).is_full());
         assert!(p(3).is_full());
+    }
+
+    #[cfg(feature = "axum")]
+    #[tokio::test]
+    async fn with_axum_a_report_and_the_handler_answer_the_readiness_response() {
+        use axum::response::IntoResponse;
+
+        let a = Fake::breaker("a");
+        a.open();
+        let readiness = Readiness::new().critical(a);
+        let res = readiness.report().into_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(res.headers()[header::CACHE_CONTROL], "no-store");
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, readiness.report().to_json());
+
+        let report = handler(axum::extract::State(readiness.clone())).await;
+        assert_eq!(report, readiness.report());
+        assert_eq!(report.entries().len(), 1);
     }
 }
