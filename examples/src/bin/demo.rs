@@ -236,7 +236,7 @@ async fn demo<St: Store + Clone>(
     let without = run(2, "without the layers", bare, bare_backend, None).await;
     table(&without, &with);
     println!(
-        "\nwith the layers: {} of {} requests succeeded ({} without), {} backend calls ({} without), {} duplicate side effects ({} without)",
+        "\nwith the layers: {}/{} succeeded ({} without), {} backend calls ({}), {} duplicate side effects ({})",
         with.stats.count(Kind::Ok),
         with.stats.sent,
         without.stats.count(Kind::Ok),

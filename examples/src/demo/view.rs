@@ -62,12 +62,12 @@ fn answers(s: &Snapshot) -> String {
 
 fn breaker_text(h: &tower_breaker::BreakerHandle) -> String {
     let mut text = format!(
-        "{} (failure rate {:.0}%",
+        "{} ({:.0}% failing",
         state_text(h.state()),
         h.failure_rate() * 100.0
     );
     if let Some(left) = h.remaining_open_time() {
-        text.push_str(&format!(", probes in {}", ms(left)));
+        text.push_str(&format!(", probe in {}", ms(left)));
     }
     text.push_str(&format!(", {} refused)", h.rejected_calls()));
     text
@@ -111,7 +111,7 @@ fn panel(run: &Run) -> Vec<String> {
     match &run.handles {
         Some(h) => {
             lines.push(format!(
-                "breakers   backend: {}   reports: {}   gateway (server): {}",
+                "breakers   backend {}   reports {}   gateway (server) {}",
                 breaker_text(&h.breakers[0]),
                 state_text(h.breakers[1].state()),
                 state_text(h.gateway_breaker.state())
@@ -130,7 +130,7 @@ fn panel(run: &Run) -> Vec<String> {
                 in_flight(&h.gateway_bulkhead)
             ));
             lines.push(format!(
-                "retries    {} by the gateway, retry budget {:.0} left   {} order POSTs re-sent by callers ({} responses lost on the link)",
+                "retries    {} by the gateway, budget {:.0} left   callers: {} POSTs re-sent, {} answers lost on the link",
                 b.retries,
                 h.budget.balance(tokio::time::Instant::now()),
                 s.caller_retries,
@@ -141,14 +141,18 @@ fn panel(run: &Run) -> Vec<String> {
             lines.push("breakers   none".to_owned());
             lines.push("bulkheads  none".to_owned());
             lines.push(format!(
-                "retries    none by the gateway   {} order POSTs re-sent by callers ({} responses lost on the link)",
+                "retries    none by the gateway   callers: {} POSTs re-sent, {} answers lost on the link",
                 s.caller_retries, s.lost
             ));
         }
     }
     lines.push(format!(
-        "orders     {} placed, {} duplicate side effects   {} idempotent replays   {} fallbacks served",
-        b.side_effects, b.duplicates, s.replays, s.fallbacks
+        "orders     {} placed, {} duplicate side effects, {} idempotent replays",
+        b.side_effects, b.duplicates, s.replays
+    ));
+    lines.push(format!(
+        "fallbacks  {} served (stale answers for /items)",
+        s.fallbacks
     ));
     lines.push(format!(
         "backend    {} calls reached it ({} retries), pool {}/{} in use",
