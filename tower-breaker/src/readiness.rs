@@ -65,3 +65,112 @@ impl Dependency for BreakerHandle {
             .with_count("rejected_total", self.rejected_calls())
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use tokio::sync::oneshot;
+    use tower::{ServiceExt, service_fn};
+    use tower_red::BoxError;
+
+    use super::*;
+    use crate::BreakerLayer;
+
+    const OPEN: Duration = Duration::from_secs(8);
+
+    fn snap(handle: &BreakerHandle) -> Snapshot {
+        Dependency::snapshot(handle)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_is_unavailable_until_its_open_time_passes_then_half_open_is_available()
+    {
+        let layer = BreakerLayer::builder()
+            .name("inventory")
+            .consecutive_failures(2)
+            .open_time(OPEN)
+            .permitted_probes(1)
+            .metrics(false)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        assert_eq!(Dependency::name(&handle), "inventory");
+        assert_eq!(Dependency::kind(&handle), Kind::Breaker);
+        let closed = snap(&handle);
+        assert_eq!((closed.state(), closed.is_available()), ("closed", true));
+        assert_eq!(closed.open_for(), None);
+
+        let svc = tower::ServiceBuilder::new()
+            .layer(layer)
+            .service(service_fn(|done: oneshot::Receiver<bool>| async move {
+                match done.await {
+                    Ok(true) => Ok(()),
+                    _ => Err(BoxError::from("down")),
+                }
+            }));
+        for _ in 0..2 {
+            let (tx, rx) = oneshot::channel();
+            tx.send(false).unwrap();
+            assert!(svc.clone().oneshot(rx).await.is_err());
+        }
+        let open = snap(&handle);
+        assert_eq!((open.state(), open.is_available()), ("open", false));
+        assert_eq!(open.open_for(), Some(OPEN));
+        let names: Vec<&str> = open.counts().iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            names,
+            [
+                "calls",
+                "failures",
+                "slow",
+                "consecutive_failures",
+                "rejected_total"
+            ]
+        );
+        assert_eq!(open.counts()[3], ("consecutive_failures", 2));
+
+        tokio::time::advance(OPEN - Duration::from_millis(1)).await;
+        let almost = snap(&handle);
+        assert!(!almost.is_available());
+        assert_eq!(almost.open_for(), Some(Duration::from_millis(1)));
+
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let due = snap(&handle);
+        assert_eq!((due.state(), due.is_available()), ("open", true));
+        assert_eq!(due.open_for(), Some(Duration::ZERO));
+
+        let (tx, rx) = oneshot::channel();
+        let mut probe = tokio_test::task::spawn(svc.clone().oneshot(rx));
+        tokio_test::assert_pending!(probe.poll());
+        let half_open = snap(&handle);
+        assert_eq!(
+            (half_open.state(), half_open.is_available()),
+            ("half_open", true)
+        );
+        assert_eq!(half_open.open_for(), None);
+        tx.send(true).unwrap();
+        probe.await.unwrap();
+        assert_eq!(snap(&handle).state(), "closed");
+    }
+
+    #[test]
+    fn forced_open_is_unavailable_and_the_other_sticky_states_are_available() {
+        let handle = BreakerLayer::new("inventory").handle();
+        handle.force_open();
+        let forced = snap(&handle);
+        assert_eq!(
+            (forced.state(), forced.is_available()),
+            ("forced_open", false)
+        );
+        assert_eq!(forced.open_for(), None);
+        handle.disable();
+        assert_eq!(
+            (snap(&handle).state(), snap(&handle).is_available()),
+            ("disabled", true)
+        );
+        handle.metrics_only();
+        assert_eq!(
+            (snap(&handle).state(), snap(&handle).is_available()),
+            ("metrics_only", true)
+        );
+    }
+}

@@ -56,3 +56,85 @@ impl Dependency for BulkheadHandle {
         )
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::future::Future;
+
+    use tokio::sync::oneshot;
+    use tower::{Service, ServiceExt, service_fn};
+    use tower_red::BoxError;
+
+    use super::*;
+    use crate::{BulkheadLayer, Partition};
+
+    #[tokio::test]
+    async fn a_bulkhead_reads_full_only_when_no_partition_has_a_free_permit_and_stays_available() {
+        let layer = BulkheadLayer::builder()
+            .name("db")
+            .max_concurrent(1)
+            .partition(Partition::new("batch", 1))
+            .partition_by(|req: &(&'static str, oneshot::Receiver<()>)| Some(req.0))
+            .metrics(false)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        assert_eq!(Dependency::name(&handle), "db");
+        assert_eq!(Dependency::kind(&handle), Kind::Bulkhead);
+        let mut svc = tower::ServiceBuilder::new()
+            .layer(layer)
+            .service(service_fn(
+                |(_, done): (&'static str, oneshot::Receiver<()>)| async move {
+                    let _ = done.await;
+                    Ok::<_, BoxError>(())
+                },
+            ));
+        let mut hold = async |partition: &'static str| {
+            let (tx, rx) = oneshot::channel();
+            let mut call =
+                tokio_test::task::spawn(svc.ready().await.unwrap().call((partition, rx)));
+            tokio_test::assert_pending!(call.poll());
+            (tx, call)
+        };
+        let idle = handle.snapshot();
+        assert_eq!((idle.state(), idle.is_available()), ("accepting", true));
+
+        let (release_default, default_call) = hold("default").await;
+        let one_full = handle.snapshot();
+        assert_eq!(
+            (one_full.state(), one_full.is_available()),
+            ("accepting", true)
+        );
+
+        let (release_batch, batch_call) = hold("batch").await;
+        let full = handle.snapshot();
+        assert_eq!((full.state(), full.is_available()), ("full", true));
+        assert_eq!(
+            full.partitions(),
+            [
+                PartitionSnapshot {
+                    name: "default".into(),
+                    in_flight: 1,
+                    queued: 0,
+                    limit: 1
+                },
+                PartitionSnapshot {
+                    name: "batch".into(),
+                    in_flight: 1,
+                    queued: 0,
+                    limit: 1
+                },
+            ]
+        );
+
+        for (release, call) in [(release_default, default_call), (release_batch, batch_call)] {
+            release.send(()).unwrap();
+            finish(call).await;
+        }
+        assert_eq!(handle.snapshot().state(), "accepting");
+    }
+
+    async fn finish<F: Future<Output = Result<(), BoxError>>>(call: tokio_test::task::Spawn<F>) {
+        call.await.unwrap();
+    }
+}
