@@ -113,6 +113,22 @@ mod tests {
     }
 
     #[test]
+    fn each_refusal_says_in_the_problem_detail_what_is_wrong_with_the_key() {
+        let details = [
+            (Invalid::Empty, "empty"),
+            (Invalid::TooLong, "longer than 255"),
+            (Invalid::NotVisibleAscii, "visible ASCII"),
+            (Invalid::BadString, "structured-field string"),
+            (Invalid::Repeated, "more than once"),
+        ];
+        for (invalid, says) in details {
+            let detail = invalid.detail();
+            assert!(detail.starts_with("the idempotency key"), "{detail}");
+            assert!(detail.contains(says), "{invalid:?}: {detail}");
+        }
+    }
+
+    #[test]
     fn malformed_structured_strings_are_refused() {
         assert_eq!(parse_str("\"abc"), Err(Invalid::BadString));
         assert_eq!(parse_str(r#""a\b""#), Err(Invalid::BadString));

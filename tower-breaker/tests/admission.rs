@@ -1,0 +1,117 @@
+//! Which calls the state machine admits, seen from `poll_ready` and `call` on a paused clock:
+//! an open circuit answers readiness without its inner service, and in backpressure mode a
+//! closed circuit never ramps unless it recovered, and a reservation made during a ramp is the
+//! call's admission. Each test kills a mutant of `machine.rs` (CONTRIBUTING.md, "Mutation
+//! testing").
+
+mod common;
+
+use std::task::Poll;
+use std::time::Duration;
+
+use common::{Call, backend, send};
+use tokio::time::{Instant, advance};
+use tokio_test::assert_pending;
+use tower::{Layer, Service, ServiceExt};
+use tower_breaker::{BreakerBuilder, BreakerLayer, State};
+
+fn config() -> BreakerBuilder {
+    BreakerLayer::builder()
+        .name("admission")
+        .metrics(false)
+        .count_window(4)
+        .minimum_calls(4)
+        .failure_rate_threshold(0.5)
+        .open_time(Duration::from_secs(10))
+        .permitted_probes(1)
+}
+
+fn layer(builder: BreakerBuilder) -> BreakerLayer {
+    builder.build().expect("valid config")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tripped_circuit_answers_ready_without_its_saturated_inner_service_until_the_open_time_ends()
+ {
+    let (mock, mut inner) = tower_test::mock::pair::<u16, u16>();
+    let layer = layer(config().consecutive_failures(1));
+    let handle = layer.handle();
+    let mut svc = layer.layer(mock);
+    inner.allow(1);
+    let call = svc.ready().await.unwrap().call(1);
+    let (_, respond) = inner.next_request().await.expect("the call went");
+    respond.send_error("down");
+    assert!(call.await.is_err());
+    assert_eq!(handle.state(), State::Open, "tripped, not forced");
+
+    inner.allow(0); // saturated: its poll_ready is pending
+    advance(Duration::from_millis(9_999)).await;
+    let mut ready = tokio_test::task::spawn(svc.ready());
+    assert!(
+        matches!(ready.poll(), Poll::Ready(Ok(_))),
+        "open with time left: ready at once, the call will be refused"
+    );
+    drop(ready);
+    let err = svc.call(2).await.unwrap_err();
+    assert!(tower_breaker::is_circuit_open(&*err));
+
+    advance(Duration::from_millis(1)).await;
+    let mut ready = tokio_test::task::spawn(svc.ready());
+    assert_pending!(
+        ready.poll(),
+        "the open time is over: a probe may go, so readiness is the inner service's"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_never_holds_back_a_breaker_that_never_tripped_though_graded_recovery_is_set()
+{
+    let layer = layer(
+        config()
+            .backpressure(true)
+            .graded_recovery(&[0.1, 1.0], Duration::from_secs(30)),
+    );
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend());
+    let start = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), 200);
+    }
+    assert_eq!(
+        Instant::now(),
+        start,
+        "no call waited: only a recovery ramps traffic back"
+    );
+    assert_eq!(handle.rejected_calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_during_a_ramp_sends_the_call_it_reserved_a_place_for() {
+    let layer = layer(
+        config()
+            .backpressure(true)
+            .graded_recovery(&[0.1, 1.0], Duration::from_secs(30)),
+    );
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend());
+    for _ in 0..4 {
+        let _ = send(&mut svc, Call::Fail).await;
+    }
+    assert_eq!(handle.state(), State::Open);
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), 200, "the probe");
+    assert_eq!(handle.state(), State::Closed, "ramping up");
+    let start = Instant::now();
+    for n in 0..10 {
+        assert_eq!(
+            send(&mut svc, Call::Ok).await.unwrap(),
+            200,
+            "call {n}: ready means admitted"
+        );
+    }
+    assert!(
+        Instant::now() > start,
+        "10 % of calls go in the first step: some waited in poll_ready"
+    );
+    assert_eq!(handle.rejected_calls(), 0, "waiting is not refusing");
+}
