@@ -13,10 +13,12 @@
 //!   (a side effect per order, counted), sharing a pool of 8 connections. Its fault changes
 //!   with the phase.
 //! - **gateway** (axum, `127.0.0.1:0`): the same routes, forwarded with reqwest. With the
-//!   layers, its client is wrapped in the client stack (RED, idempotency key, total budget,
-//!   retry with attempt timeout and budget, breaker, bulkhead with a `reports` partition,
-//!   outbound deadline) and its routes in the server stack (problem+json, inbound deadline,
-//!   idempotency keys, bulkhead, breaker, RED). Without, plain reqwest and nothing else.
+//!   layers, built by `tower_idempotency::stack`: a `ClientStack` per dependency (RED,
+//!   idempotency key, total budget, retry with attempt timeout and budget, breaker, bulkhead,
+//!   outbound deadline; `reports`, the slow dependency, gets a bulkhead of 2) and a
+//!   `ServerStack` around its routes (RED, a stale-on-error fallback for `/items/{id}`,
+//!   problem+json, inbound deadline, idempotency keys, bulkhead, breaker), plus `/ready` from
+//!   `tower_red::readiness`. Without, plain reqwest and nothing else.
 //! - **callers**: 120 requests a second, 300 per phase; every 10th is an order POST with an
 //!   `Idempotency-Key` over a link that loses some responses after the gateway answered, and
 //!   its caller sends it again.
