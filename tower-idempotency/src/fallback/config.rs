@@ -448,3 +448,76 @@ impl<C> FallbackLayerBuilder<C> {
         })))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderMap;
+
+    fn key(method: Method, uri: &str, headers: &HeaderMap) -> Option<String> {
+        let uri: Uri = uri.parse().unwrap();
+        default_key(&RequestView::new(
+            &method,
+            uri.authority().map(|a| a.as_str()),
+            uri.path(),
+            uri.query(),
+            headers,
+        ))
+    }
+
+    #[test]
+    fn the_default_key_is_method_authority_path_and_query_of_anonymous_safe_reads() {
+        let none = HeaderMap::new();
+        assert_eq!(
+            key(Method::GET, "/a?b=1", &none).as_deref(),
+            Some("GET /a?b=1")
+        );
+        assert_eq!(key(Method::HEAD, "/a", &none).as_deref(), Some("HEAD /a"));
+        assert_eq!(
+            key(Method::GET, "http://api:8080/a", &none).as_deref(),
+            Some("GET api:8080/a")
+        );
+        for method in [Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS] {
+            assert_eq!(key(method, "/a", &none), None);
+        }
+        for header in ["authorization", "cookie"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header, http::HeaderValue::from_static("x"));
+            assert_eq!(key(Method::GET, "/a", &headers), None, "{header}");
+        }
+    }
+
+    #[test]
+    fn each_refusal_kind_maps_to_one_trigger_and_request_errors_to_none() {
+        let refused = |kind| Reason::Refused(kind);
+        assert!(When::circuit_open().matches(refused(RejectionKind::CircuitOpen)));
+        for kind in [
+            RejectionKind::BulkheadFull,
+            RejectionKind::QueueTimeout,
+            RejectionKind::LoadShed,
+        ] {
+            assert!(When::overload().matches(refused(kind)));
+            assert!(!When::circuit_open().matches(refused(kind)));
+        }
+        assert!(When::deadline().matches(refused(RejectionKind::DeadlineExceeded)));
+        assert!(When::retry_budget().matches(refused(RejectionKind::RetryBudgetExhausted)));
+        assert!(When::failure().matches(Reason::Failure(FailureClass::Timeout)));
+        assert!(!When::refused().matches(Reason::Failure(FailureClass::Error)));
+        for kind in RejectionKind::ALL {
+            let expected = !matches!(
+                kind,
+                RejectionKind::InvalidDeadline
+                    | RejectionKind::IdempotencyConflict
+                    | RejectionKind::IdempotencyMismatch
+                    | RejectionKind::IdempotencyKeyInvalid
+                    | RejectionKind::IdempotencyKeyMissing
+                    | RejectionKind::StoreUnavailable
+            );
+            assert_eq!(When::all().matches(refused(kind)), expected, "{kind}");
+        }
+        assert_eq!(
+            format!("{:?}", When::circuit_open() | When::failure()),
+            "{circuit_open, failure}"
+        );
+    }
+}

@@ -130,6 +130,12 @@ fn answer<C, Res: FallbackResponse>(
             HeaderValue::from(initial.saturating_add(hit.age.as_secs())),
         );
         headers.insert(FALLBACK, HeaderValue::from_static(STALE));
+        tracing::debug!(
+            name = &*shared.name,
+            ?reason,
+            age_secs = hit.age.as_secs(),
+            "fallback: stale answer"
+        );
         let uri = target.map(|(_, uri)| uri);
         return Some(Res::answer(res, uri.as_ref()));
     }
@@ -143,6 +149,7 @@ fn answer<C, Res: FallbackResponse>(
     let mut res = function(&context)?;
     res.headers_mut()
         .insert(FALLBACK, HeaderValue::from_static(FUNCTION));
+    tracing::debug!(name = &*shared.name, ?reason, "fallback: function answer");
     Some(Res::answer(res, Some(&context.uri)))
 }
 
