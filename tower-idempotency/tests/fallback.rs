@@ -24,6 +24,8 @@ enum TestBody {
     Full(Option<Bytes>),
     /// One chunk, then nothing ever again.
     ThenPending(Option<Bytes>),
+    /// One chunk, then trailers.
+    WithTrailers(Option<Bytes>, bool),
     /// One chunk, then an error.
     ThenFails(Option<Bytes>),
 }
@@ -46,6 +48,16 @@ impl Body for TestBody {
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
                 None => Poll::Pending,
             },
+            TestBody::WithTrailers(data, sent) => match data.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None if !*sent => {
+                    *sent = true;
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+                None => Poll::Ready(None),
+            },
             TestBody::ThenFails(data) => Poll::Ready(Some(match data.take() {
                 Some(d) => Ok(Frame::data(d)),
                 None => Err("connection reset".into()),
@@ -63,6 +75,8 @@ enum Reply {
     Refuse(Rejection),
     Problem(Rejection),
     Error,
+    /// A body with trailers.
+    Trailers,
     /// 204 with an empty body.
     NoContent,
     /// The backend never answers.
@@ -117,6 +131,10 @@ impl Backend {
                         Ok(Response::from_parts(parts, TestBody::Full(Some(data))))
                     }
                     Reply::Error => Err(BoxError::from("connection refused")),
+                    Reply::Trailers => Ok(Response::new(TestBody::WithTrailers(
+                        Some(Bytes::from("grpc frame")),
+                        false,
+                    ))),
                     Reply::NoContent => Ok(Response::builder()
                         .status(204)
                         .body(TestBody::Full(None))
@@ -514,6 +532,8 @@ async fn answers_that_may_not_be_served_stale_and_unsafe_or_authorized_requests_
     read(&svc, get("/no-cache")).await;
     backend.set(Reply::Header("vary", "*", "varies"));
     read(&svc, get("/vary")).await;
+    backend.set(Reply::Trailers);
+    read(&svc, get("/trailers")).await;
     backend.set(Reply::Header(
         "cache-control",
         "public, max-age=5",
@@ -538,6 +558,7 @@ async fn answers_that_may_not_be_served_stale_and_unsafe_or_authorized_requests_
         "/must-revalidate",
         "/no-cache",
         "/vary",
+        "/trailers",
     ] {
         assert!(send(&svc, get(path)).await.is_err(), "{path}");
     }

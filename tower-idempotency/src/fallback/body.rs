@@ -89,7 +89,7 @@ impl Sink {
 }
 
 /// A body passed to the caller frame by frame while its copy goes into a [`Sink`]; stored when
-/// it ends, forgotten if it fails, is dropped early, or outgrows the sink.
+/// it ends, forgotten if it fails, is dropped early, outgrows the sink or has trailers.
 pub(crate) struct Tee<B> {
     inner: B,
     sink: Option<Sink>,
@@ -128,9 +128,12 @@ where
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                if let (Some(data), Some(sink)) = (frame.data_ref(), this.sink.as_mut())
-                    && !sink.push(data)
-                {
+                // Trailers (gRPC's status among them) cannot be replayed: such a body is not kept.
+                let keep = match (frame.data_ref(), this.sink.as_mut()) {
+                    (Some(data), Some(sink)) => sink.push(data),
+                    _ => !frame.is_trailers(),
+                };
+                if !keep {
                     this.sink = None;
                 }
                 // The caller may stop at `is_end_stream` without polling for the end.

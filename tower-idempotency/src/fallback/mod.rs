@@ -28,15 +28,15 @@
 //! 3. Otherwise the original refusal or failure goes on, untouched.
 //!
 //! **What is stored.** Successes (the classifier's verdict) with a 2xx status other than 206,
-//! not themselves fallbacks, not `Vary: *`, and without a `Cache-Control` directive that forbids
-//! serving them stale (`no-store`, `private`, `no-cache`, `must-revalidate`,
-//! `proxy-revalidate`: RFC 9111 §4.2.4, §5.2.2). The response goes
-//! on to its caller at once; its body is kept as it streams (reference-counted chunks, joined once
-//! at the end) and stored when it ends, if it is at most
-//! [`max_entry_bytes`](StaleConfig::max_entry_bytes) (a larger one is forgotten as soon as it
-//! is known to be larger). A body that fails, or that the caller drops before its end, stores
-//! nothing: there is never a half entry. Hop-by-hop headers, `Set-Cookie` and `Content-Length`
-//! are not kept; trailers neither. The store is bounded by entries and bytes (oldest evicted
+//! not themselves fallbacks, not `Vary: *`, and without a `Cache-Control` directive that
+//! forbids serving them stale (`no-store`, `private`, `no-cache`, `must-revalidate`,
+//! `proxy-revalidate`: RFC 9111 §4.2.4, §5.2.2). The response goes on to its caller at once;
+//! its body is kept as it streams (reference-counted chunks, joined once at the end) and stored
+//! when it ends, if it is at most [`max_entry_bytes`](StaleConfig::max_entry_bytes) (a larger
+//! one is forgotten as soon as it is known to be larger). A body that fails, or that the caller
+//! drops before its end, stores nothing: there is never a half entry. Hop-by-hop headers,
+//! `Set-Cookie` and `Content-Length` are not kept, and a body with trailers is not stored (so
+//! neither is a gRPC response). The store is bounded by entries and bytes (oldest evicted
 //! first) and by age; one `std::sync::Mutex` guards it, held for one hash lookup or insert (and
 //! the evictions it forces) when a body ends or a fallback is served.
 //!
