@@ -9,6 +9,11 @@
 #
 #   bash benches/e2e.sh                       # 5 pairs of 10 s rounds, 32 connections
 #   PAIRS=3 SECS=6 CONNS=64 bash benches/e2e.sh
+#   PAIRS=0 VARIANTS=3 SECS=5 bash benches/e2e.sh   # 3 rounds over each variant of the stack
+#
+# Variants (see loadcheck's `variants`): red (RedLayer alone), inner (the inner layers alone),
+# one_layer (the full stack in one Router::layer call), no_recorder (the full stack built under
+# the no-op recorder).
 set -euo pipefail
 
 PAIRS=${PAIRS:-5}
@@ -33,7 +38,8 @@ cargo build --release -q -p examples --bin loadcheck
 bin=target/release/loadcheck
 
 out=$(mktemp)
-budget=$((PAIRS * 2 * (SECS + 2) + 60))
+VARIANTS=${VARIANTS:-0}
+budget=$(((PAIRS * 2 + VARIANTS * 6) * (SECS + 2) + 60))
 taskset -c "$SERVER_CORE" "$bin" --serve --for "$budget" >"$out" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; rm -f "$out" "$out.wrk"' EXIT
@@ -59,6 +65,8 @@ round() { # URL SECONDS -> "requests/s  server-CPU-µs-per-request"
              printf "%s %.2f\n", rps, cpu / n / 1000}' "$out.wrk"
 }
 
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
 echo "load before: $(uptime)"
 echo "server pinned to core $SERVER_CORE (pid $server), wrk -t1 -c$CONNS -d${SECS}s pinned to core $WRK_CORE"
 echo "server RSS at start: $(rss) MB; warm-up: 2 s each"
@@ -68,7 +76,7 @@ echo "rates in requests/s; CPU: the server's CPU time per request, in µs; RSS: 
 printf '%-4s %11s %9s %8s %11s %9s %8s %7s %9s\n' pair "bare req/s" "CPU µs" "RSS MB" "stack req/s" "CPU µs" "RSS MB" kept "CPU ratio"
 ratios=()
 cpu_ratios=()
-for pair in $(seq "$PAIRS"); do
+for pair in $(seq 1 "$PAIRS"); do
     read -r b bc < <(round "$bare" "$SECS"); rb=$(rss)
     read -r f fc < <(round "$full" "$SECS"); rf=$(rss)
     r=$(awk -v b="$b" -v f="$f" 'BEGIN {printf "%.1f", 100 * f / b}')
@@ -77,7 +85,28 @@ for pair in $(seq "$PAIRS"); do
     cpu_ratios+=("$c")
     printf '%-4s %11.0f %9s %8s %11.0f %9s %8s %6s%% %8s%%\n' "$pair" "$b" "$bc" "$rb" "$f" "$fc" "$rf" "$r" "$c"
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
-echo "median: the stack kept $(median "${ratios[@]}")% of the bare rate, using $(median "${cpu_ratios[@]}")% of its CPU per request"
+if [ "$PAIRS" -gt 0 ]; then
+    echo "median: the stack kept $(median "${ratios[@]}")% of the bare rate, using $(median "${cpu_ratios[@]}")% of its CPU per request"
+fi
+if [ "$VARIANTS" -gt 0 ]; then
+    read -r _ more < <(sed -n 2p "$out")
+    declare -A cpu=()
+    echo "variants: requests/s and server CPU µs per request, $VARIANTS rounds of ${SECS} s each"
+    for r in $(seq "$VARIANTS"); do
+        line="round $r:"
+        for kv in "bare=$bare" "full=$full" $more; do
+            read -r rps c < <(round "${kv#*=}" "$SECS")
+            cpu[${kv%%=*}]+="$c "
+            line+=$(printf ' %s %.0f/s %sµs;' "${kv%%=*}" "$rps" "$c")
+        done
+        echo "$line"
+    done
+    for name in bare red inner full one_layer no_recorder; do
+        if [ -n "${cpu[$name]:-}" ]; then
+            # shellcheck disable=SC2086
+            printf '  %-12s median %s µs of server CPU per request\n' "$name" "$(median ${cpu[$name]})"
+        fi
+    done
+fi
 echo "series exported: $(curl -s --max-time 5 "$metrics" 2>/dev/null | grep -vc '^#' || echo '?') sample lines at $metrics"
 echo "load after: $(uptime)"

@@ -11,7 +11,8 @@
 //! Without `--serve` a reqwest client in this process drives both servers in alternating rounds
 //! (a quick look; client and servers share the cores). With `--serve` it prints
 //! `bare URL full URL metrics URL` on one line and serves until Ctrl-C or `--for` seconds, for an
-//! external load generator: `benches/e2e.sh` pins it to one core and wrk to the other.
+//! external load generator: `benches/e2e.sh` pins it to one core and wrk to the other. A second
+//! line lists variants of the stack (`name=URL`), to see what each part costs.
 //!
 //! Inside the stack only the outermost `RedLayer::server()` records a duration; the layers
 //! inside it are built in `tower_red::red::counts_only` and count their outcomes. Not part of CI.
@@ -43,30 +44,62 @@ fn hello() -> Router {
     Router::new().route("/", get(|| async { "hello" }))
 }
 
-/// The hello-world behind the recommended server stack; `/metrics` stays outside it.
+/// The inner layers of the server stack, counting their outcomes only: `RedLayer::server()`
+/// outside them times the request once. (A macro: the stack's type is long.)
+macro_rules! inner {
+    () => {
+        tower_red::red::counts_only(|| -> Result<_, BoxError> {
+            Ok(ServiceBuilder::new()
+                .layer(ProblemLayer::new())
+                .layer(
+                    InboundDeadlineLayer::builder()
+                        .name("api")
+                        .cap(Duration::from_secs(5))
+                        .build()?,
+                )
+                .layer(
+                    BulkheadLayer::builder()
+                        .name("api")
+                        .max_concurrent(1_024)
+                        .build()?,
+                )
+                .layer(BreakerLayer::builder().name("api").http_status().build()?))
+        })?
+    };
+}
+
+/// The hello-world behind the recommended server stack, as the README builds it: the inner
+/// layers on the routes, `RedLayer` around the router; `/metrics` stays outside both.
 fn stacked(prometheus: PrometheusHandle) -> Result<Router, BoxError> {
-    // The inner layers count their outcomes; `RedLayer::server()` times the request once.
-    let inner = tower_red::red::counts_only(|| -> Result<_, BoxError> {
-        Ok(ServiceBuilder::new()
-            .layer(ProblemLayer::new())
-            .layer(
-                InboundDeadlineLayer::builder()
-                    .name("api")
-                    .cap(Duration::from_secs(5))
-                    .build()?,
-            )
-            .layer(
-                BulkheadLayer::builder()
-                    .name("api")
-                    .max_concurrent(1_024)
-                    .build()?,
-            )
-            .layer(BreakerLayer::builder().name("api").http_status().build()?))
-    })?;
     Ok(hello()
-        .layer(inner)
+        .layer(inner!())
         .layer(RedLayer::server())
         .route("/metrics", get(move || async move { prometheus.render() })))
+}
+
+/// Variants of the stack for `--serve`, to see what each part costs: (name, app).
+fn variants() -> Result<Vec<(&'static str, Router)>, BoxError> {
+    let quiet = metrics::NoopRecorder;
+    Ok(vec![
+        ("red", hello().layer(RedLayer::server())),
+        ("inner", hello().layer(inner!())),
+        (
+            // One `Router::layer` call: axum boxes and clones the stack once per request, not twice.
+            "one_layer",
+            hello().layer(
+                ServiceBuilder::new()
+                    .layer(RedLayer::server())
+                    .layer(inner!()),
+            ),
+        ),
+        (
+            // Built under the no-op recorder: every layer skips its metrics for life.
+            "no_recorder",
+            metrics::with_local_recorder(&quiet, || -> Result<_, BoxError> {
+                Ok(hello().layer(inner!()).layer(RedLayer::server()))
+            })?,
+        ),
+    ])
 }
 
 async fn serve(app: Router) -> Result<std::net::SocketAddr, BoxError> {
@@ -116,6 +149,11 @@ async fn main() -> Result<(), BoxError> {
         // For an external load generator, such as `wrk -t1 -c32 -d10s http://ADDR/`.
         let limit = Duration::from_secs(arg(&args, "--for", 3_600)? as u64);
         println!("bare http://{bare}/ full http://{full}/ metrics http://{full}/metrics");
+        let mut more = Vec::new();
+        for (name, app) in variants()? {
+            more.push(format!("{name}=http://{}/", serve(app).await?));
+        }
+        println!("variants {}", more.join(" "));
         tokio::select! {
             res = tokio::signal::ctrl_c() => res?,
             () = tokio::time::sleep(limit) => {}
