@@ -691,6 +691,56 @@ mod tests {
         assert_eq!(store.bytes(), ENTRY_OVERHEAD);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn max_entries_bounds_the_whole_store_split_over_its_shards() {
+        let store = MemoryStore::builder()
+            .max_entries(8)
+            .shards(4)
+            .build()
+            .unwrap();
+        let mut held = 0;
+        for n in 0..200 {
+            match store.claim(&key(n), &fp(1), LEASE).await {
+                Ok(Claim::Acquired(_)) => held += 1,
+                Ok(other) => panic!("a new key is acquired or refused, got {other:?}"),
+                Err(err) => assert_eq!(err.kind(), StoreErrorKind::Full),
+            }
+        }
+        assert_eq!(held, 8, "two live claims in each of four shards");
+        assert_eq!(store.len(), 8);
+    }
+
+    #[test]
+    fn each_bound_is_accepted_at_its_edge_and_refused_past_it() {
+        let edge = |shards: usize, entries: usize, bytes: usize| {
+            MemoryStore::builder()
+                .shards(shards)
+                .max_entries(entries)
+                .max_bytes(bytes)
+                .build()
+                .map(|store| store.inner.shards.len())
+                .map_err(|err| err.to_string())
+        };
+        assert_eq!(edge(4096, 4096, 4096 * ENTRY_OVERHEAD), Ok(4096));
+        assert!(
+            edge(4097, 4097, 4097 * ENTRY_OVERHEAD)
+                .unwrap_err()
+                .contains("shards")
+        );
+        assert_eq!(edge(4, 4, 1 << 20), Ok(4), "one entry per shard");
+        assert!(edge(4, 3, 1 << 20).unwrap_err().contains("max_entries"));
+        assert_eq!(
+            edge(4, 8, 4 * ENTRY_OVERHEAD),
+            Ok(4),
+            "one entry's bytes per shard"
+        );
+        assert!(
+            edge(4, 8, 4 * ENTRY_OVERHEAD - 1)
+                .unwrap_err()
+                .contains("max_bytes")
+        );
+    }
+
     #[test]
     fn bad_bounds_are_config_errors() {
         assert!(MemoryStore::builder().shards(0).build().is_err());
