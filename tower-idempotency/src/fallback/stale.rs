@@ -201,6 +201,22 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_costs_its_key_header_names_and_values_and_body() {
+        let stale = Stale::new(config());
+        let mut headers = HeaderMap::new();
+        headers.insert("etag", http::HeaderValue::from_static("\"v1\""));
+        headers.insert("x-a", http::HeaderValue::from_static("1"));
+        assert!(stale.insert(
+            "k",
+            StatusCode::OK,
+            headers,
+            Bytes::from("body"),
+            Instant::now()
+        ));
+        assert_eq!(stale.usage(), (1, 1 + (4 + 4) + (3 + 1) + 4));
+    }
+
+    #[test]
     fn the_oldest_entry_is_evicted_past_max_entries() {
         let stale = Stale::new(config());
         let t0 = Instant::now();
