@@ -353,13 +353,16 @@ fn bench(c: &mut Criterion) {
     );
 }
 
-/// `STACK_CALLS=N cargo bench ... -- STACK` (or the binary with `STACK` as its only
-/// argument) runs `N` calls through one stack and exits, for `valgrind --tool=callgrind`:
+/// `STACK_CALLS=N target/release/deps/production_stack-* STACK` runs `N` calls through one
+/// stack and exits, for `valgrind --tool=callgrind --toggle-collect='*instructions::run*'`:
 /// instructions per call are `(refs at N - refs at 0) / N`, exact whatever the load. `STACK`
 /// is `client/passthrough`, `client/ours_no_recorder`, `client/ours_prometheus`,
 /// `client/ours_prometheus_every_layer_durations`, `client/peer`, or the same `server/…`
 /// (no peer).
 fn instructions(stack: &str, calls: u64) {
+    // Out of line, for `--toggle-collect='*instructions::run*'`: counts only this, not the
+    // recorder's install (quanta's clock calibration runs for as long as it takes).
+    #[inline(never)]
     fn run<S, Req>(mut svc: S, calls: u64, request: fn() -> Req)
     where
         S: Service<Req>,
