@@ -132,6 +132,15 @@ fn ms(d: Duration) -> String {
     format!("{} ms", d.as_millis())
 }
 
+/// At most five characters: `12ms`, `1.6s`.
+fn short(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
 /// The closing table: the run without the layers next to the run with them.
 fn table(without: &Outcome, with: &Outcome) {
     type Cell = fn(&Outcome) -> String;
@@ -176,13 +185,14 @@ fn table(without: &Outcome, with: &Outcome) {
         o.stats.caller_retries.to_string()
     });
     row("idempotent replays", |o| o.stats.replays.to_string());
-    println!("by phase: successes of {}, p99", load::PER_PHASE);
+    println!("by phase: successes of {}, p50/p99", load::PER_PHASE);
     for (i, phase) in PHASES.iter().enumerate() {
         let cell = |o: &Outcome| {
             format!(
-                "{:>3}, {:>7}",
+                "{} {}/{}",
                 o.stats.ok_by_phase[i],
-                ms(o.stats.p99_by_phase[i])
+                short(o.stats.p50_by_phase[i]),
+                short(o.stats.p99_by_phase[i])
             )
         };
         println!(

@@ -182,6 +182,7 @@ pub(crate) struct Snapshot {
     pub(crate) p50: Duration,
     pub(crate) p99: Duration,
     /// By the phase the request started in.
+    pub(crate) p50_by_phase: [Duration; PHASES.len()],
     pub(crate) p99_by_phase: [Duration; PHASES.len()],
 }
 
@@ -253,14 +254,15 @@ impl Stats {
         let mut by_phase = self.latencies.lock().map(|l| l.clone()).unwrap_or_default();
         by_phase.sort_unstable_by_key(|(_, l)| *l);
         let all: Vec<u32> = by_phase.iter().map(|(_, l)| *l).collect();
-        let p99_by_phase = std::array::from_fn(|p| {
-            let of_phase: Vec<u32> = by_phase
+        let of_phase = |p: usize| -> Vec<u32> {
+            by_phase
                 .iter()
                 .filter(|(q, _)| *q == p)
                 .map(|(_, l)| *l)
-                .collect();
-            percentile(&of_phase, 0.99)
-        });
+                .collect()
+        };
+        let p50_by_phase = std::array::from_fn(|p| percentile(&of_phase(p), 0.50));
+        let p99_by_phase = std::array::from_fn(|p| percentile(&of_phase(p), 0.99));
         Snapshot {
             phase: self.phase(),
             sent: load(&self.sent),
@@ -277,6 +279,7 @@ impl Stats {
             recent_p99: percentile(&recent, 0.99),
             p50: percentile(&all, 0.50),
             p99: percentile(&all, 0.99),
+            p50_by_phase,
             p99_by_phase,
         }
     }
