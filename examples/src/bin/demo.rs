@@ -48,6 +48,10 @@ use tower_red::prometheus::PrometheusHandle;
 
 use crate::load::{Kind, PHASES, Snapshot, Stats};
 
+const USAGE: &str = "usage: demo [--serve] [--redis redis://127.0.0.1:6379]
+  --serve        keep the gateway, /ready and /metrics up after the run (Ctrl-C to stop)
+  --redis URL    keep idempotency keys in Redis instead of memory";
+
 /// The command line.
 struct Args {
     serve: bool,
@@ -64,10 +68,11 @@ fn args() -> Result<Args, BoxError> {
         match arg.as_str() {
             "--serve" => parsed.serve = true,
             "--redis" => parsed.redis = Some(args.next().ok_or("--redis needs a URL")?),
-            _ => return Err(format!(
-                "unknown argument {arg:?}; usage: demo [--serve] [--redis redis://127.0.0.1:6379]"
-            )
-            .into()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => return Err(format!("unknown argument {arg:?}; {USAGE}").into()),
         }
     }
     Ok(parsed)
@@ -275,7 +280,17 @@ async fn demo<St: Store + Clone>(
 }
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() -> std::process::ExitCode {
+    match start().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("demo: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start() -> Result<(), BoxError> {
     let args = args()?;
     match &args.redis {
         None => demo(&args, MemoryStore::new(), "in memory".to_owned()).await,
