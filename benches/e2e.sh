@@ -12,8 +12,9 @@
 #   PAIRS=0 VARIANTS=3 SECS=5 bash benches/e2e.sh   # 3 rounds over each variant of the stack
 #
 # Variants (see loadcheck's `variants`): red (RedLayer alone), inner (the inner layers alone),
-# one_layer (the full stack in one Router::layer call), no_recorder (the full stack built under
-# the no-op recorder).
+# one_layer (the full stack in one Router::layer call), timed_inner (the inner layers also
+# recording durations, not built in counts_only), no_recorder (the full stack built under the
+# no-op recorder).
 set -euo pipefail
 
 PAIRS=${PAIRS:-5}
@@ -101,7 +102,7 @@ if [ "$VARIANTS" -gt 0 ]; then
         done
         echo "$line"
     done
-    for name in bare red inner full one_layer no_recorder; do
+    for name in bare red inner full one_layer timed_inner no_recorder; do
         if [ -n "${cpu[$name]:-}" ]; then
             # shellcheck disable=SC2086
             printf '  %-12s median %s µs of server CPU per request\n' "$name" "$(median ${cpu[$name]})"

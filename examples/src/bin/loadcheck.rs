@@ -48,23 +48,24 @@ fn hello() -> Router {
 /// outside them times the request once. (A macro: the stack's type is long.)
 macro_rules! inner {
     () => {
-        tower_red::red::counts_only(|| -> Result<_, BoxError> {
-            Ok(ServiceBuilder::new()
-                .layer(ProblemLayer::new())
-                .layer(
-                    InboundDeadlineLayer::builder()
-                        .name("api")
-                        .cap(Duration::from_secs(5))
-                        .build()?,
-                )
-                .layer(
-                    BulkheadLayer::builder()
-                        .name("api")
-                        .max_concurrent(1_024)
-                        .build()?,
-                )
-                .layer(BreakerLayer::builder().name("api").http_status().build()?))
-        })?
+        tower_red::red::counts_only(|| -> Result<_, BoxError> { inner!(build) })?
+    };
+    (build) => {
+        Ok(ServiceBuilder::new()
+            .layer(ProblemLayer::new())
+            .layer(
+                InboundDeadlineLayer::builder()
+                    .name("api")
+                    .cap(Duration::from_secs(5))
+                    .build()?,
+            )
+            .layer(
+                BulkheadLayer::builder()
+                    .name("api")
+                    .max_concurrent(1_024)
+                    .build()?,
+            )
+            .layer(BreakerLayer::builder().name("api").http_status().build()?))
     };
 }
 
@@ -91,6 +92,13 @@ fn variants() -> Result<Vec<(&'static str, Router)>, BoxError> {
                     .layer(RedLayer::server())
                     .layer(inner!()),
             ),
+        ),
+        (
+            // Every inner layer also records a duration histogram, as it does alone.
+            "timed_inner",
+            hello()
+                .layer((|| -> Result<_, BoxError> { inner!(build) })()?)
+                .layer(RedLayer::server()),
         ),
         (
             // Built under the no-op recorder: every layer skips its metrics for life.
