@@ -147,12 +147,17 @@ fn problem(status: StatusCode, body: String) -> Response<ProblemBody> {
     res
 }
 
-fn push_json_string(out: &mut String, s: &str) {
+/// A JSON string literal (RFC 8259): quotes, backslashes and control characters escaped.
+/// Shared by problem bodies and readiness reports.
+pub(crate) fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
             c if (c as u32) < 0x20 => {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }

@@ -143,6 +143,8 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 use tower_service::Service;
 
+use crate::problem::push_json_string;
+
 /// The body of readiness responses.
 pub type ReadinessBody = Full<Bytes>;
 
@@ -593,25 +595,6 @@ impl Entry {
 /// Milliseconds, rounded up: a dependency with 0.4 ms left is not `0` ms from retrying.
 fn ceil_millis(d: Duration) -> u128 {
     d.as_nanos().div_ceil(1_000_000)
-}
-
-/// A JSON string literal (RFC 8259): quotes, backslashes and control characters escaped.
-fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(feature = "axum")]
