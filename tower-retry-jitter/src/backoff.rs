@@ -345,6 +345,21 @@ mod tests {
     }
 
     #[test]
+    fn a_backoff_reports_the_settings_it_was_built_with() {
+        let b = Backoff::builder()
+            .base(Duration::from_millis(20))
+            .multiplier(3.0)
+            .cap(Duration::from_secs(2))
+            .jitter(Jitter::Equal)
+            .build()
+            .expect("valid");
+        assert_eq!(b.base(), Duration::from_millis(20));
+        assert_eq!(b.multiplier(), 3.0);
+        assert_eq!(b.cap(), Duration::from_secs(2));
+        assert_eq!(b.jitter(), Jitter::Equal, "not the default, Full");
+    }
+
+    #[test]
     fn a_multiplier_of_one_is_a_constant_delay() {
         let b = backoff(7, 100, 1.0, Jitter::None);
         assert_eq!(b.capped_from, u32::MAX);

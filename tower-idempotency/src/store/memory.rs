@@ -692,6 +692,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_store_is_empty_until_a_claim_and_again_after_its_release() {
+        let store = MemoryStore::new();
+        assert!(store.is_empty());
+        let fence = acquire(&store, &key(1)).await;
+        assert!(!store.is_empty(), "an in-flight claim is an entry");
+        assert!(store.release(&key(1), fence).await.unwrap());
+        assert!(store.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn max_entries_bounds_the_whole_store_split_over_its_shards() {
         let store = MemoryStore::builder()
             .max_entries(8)
