@@ -272,6 +272,42 @@ mod tests {
     }
 
     #[test]
+    fn the_bounds_are_inclusive() {
+        let stale = Stale::new(StaleConfig {
+            max_entries: 10,
+            max_bytes: 10,
+            max_entry_bytes: 4,
+            ..config()
+        });
+        let t0 = Instant::now();
+        assert!(put(&stale, "a", "1234", t0), "a body of max_entry_bytes");
+        assert!(!put(&stale, "b", "12345", t0), "one byte more");
+        // "a" + "1234" and "bc" + "123" make exactly max_bytes: both stay.
+        assert!(put(&stale, "bc", "123", t0));
+        assert_eq!(stale.usage(), (2, 10));
+        // An entry of exactly max_bytes on its own is kept (evicting the others).
+        let whole = Stale::new(StaleConfig {
+            max_bytes: 5,
+            max_entry_bytes: 5,
+            ..config()
+        });
+        assert!(put(&whole, "k", "1234", t0));
+        // An entry exactly max_age old is still servable, so a new one does not evict it.
+        assert!(put(&stale, "c", "1", t0 + Duration::from_secs(10)));
+        assert!(
+            stale.get("a", t0 + Duration::from_secs(10)).is_none(),
+            "evicted for bytes"
+        );
+        let young = Stale::new(StaleConfig {
+            max_entries: 10,
+            ..config()
+        });
+        put(&young, "a", "1", t0);
+        put(&young, "b", "2", t0 + Duration::from_secs(10));
+        assert_eq!(young.usage(), (2, 4));
+    }
+
+    #[test]
     fn expired_entries_are_dropped_when_a_new_one_comes() {
         let stale = Stale::new(StaleConfig {
             max_entries: 10,
