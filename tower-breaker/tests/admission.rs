@@ -115,3 +115,27 @@ async fn backpressure_during_a_ramp_sends_the_call_it_reserved_a_place_for() {
     );
     assert_eq!(handle.rejected_calls(), 0, "waiting is not refusing");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_call_that_ends_a_ramp_and_every_call_after_it_are_measured() {
+    let layer = layer(config().graded_recovery(&[0.5, 1.0], Duration::from_secs(20)));
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend());
+    for _ in 0..4 {
+        let _ = send(&mut svc, Call::Fail).await;
+    }
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), 200, "the probe");
+    advance(Duration::from_secs(20)).await;
+    for n in 1..=3 {
+        let _ = send(&mut svc, Call::Fail).await;
+        assert_eq!(
+            handle.counts().failures,
+            n,
+            "failure {n} after the ramp is in the window"
+        );
+    }
+    assert_eq!(handle.state(), State::Closed, "3 calls, under the minimum");
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(handle.state(), State::Open);
+}
