@@ -691,6 +691,70 @@ mod tests {
         assert_eq!(store.bytes(), ENTRY_OVERHEAD);
     }
 
+    fn body_of(len: usize) -> Record {
+        let empty = Record {
+            status: 200,
+            headers: vec![],
+            body: Default::default(),
+        };
+        let len = len - empty.encoded_len();
+        Record {
+            body: vec![0; len].into(),
+            ..empty
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_that_fills_the_byte_bound_exactly_is_stored() {
+        let store = MemoryStore::builder()
+            .max_bytes(1024)
+            .shards(1)
+            .build()
+            .unwrap();
+        let fence = acquire(&store, &key(1)).await;
+        let exact = body_of(1024 - ENTRY_OVERHEAD);
+        assert!(store.complete(&key(1), fence, &exact, TTL).await.unwrap());
+        assert_eq!(store.bytes(), 1024);
+        let fence = acquire(&store, &key(2)).await;
+        let over = body_of(1024 - ENTRY_OVERHEAD + 1);
+        let err = store
+            .complete(&key(2), fence, &over, TTL)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Full);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_that_finds_no_room_leaves_the_claim_to_its_holder_for_a_second() {
+        let store = MemoryStore::builder()
+            .max_bytes(1024)
+            .shards(1)
+            .build()
+            .unwrap();
+        // Two live claims take 256 bytes that nothing may evict.
+        acquire(&store, &key(1)).await;
+        acquire(&store, &key(2)).await;
+        let fence = acquire(&store, &key(3)).await;
+        let record = body_of(1024 - ENTRY_OVERHEAD);
+        let err = store
+            .complete(&key(3), fence, &record, TTL)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Full);
+        assert_eq!(
+            store.claim(&key(3), &fp(2), LEASE).await.unwrap(),
+            Claim::InFlight {
+                fingerprint: fp(1),
+                lease_left: Duration::from_secs(1)
+            },
+            "still in flight, for a second"
+        );
+        assert!(
+            store.release(&key(3), fence).await.unwrap(),
+            "its holder can still release it"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_store_is_empty_until_a_claim_and_again_after_its_release() {
         let store = MemoryStore::new();
