@@ -10,6 +10,7 @@
 #   bash benches/e2e.sh                       # 5 pairs of 10 s rounds, 32 connections
 #   PAIRS=3 SECS=6 CONNS=64 bash benches/e2e.sh
 #   PAIRS=0 VARIANTS=3 SECS=5 bash benches/e2e.sh   # 3 rounds over each variant of the stack
+#   STACK=one_layer bash benches/e2e.sh              # pair bare with a variant instead of full
 #
 # Variants (see loadcheck's `variants`): red (RedLayer alone), inner (the inner layers alone),
 # one_layer (the full stack in one Router::layer call), timed_inner (the inner layers also
@@ -45,10 +46,15 @@ taskset -c "$SERVER_CORE" "$bin" --serve --for "$budget" >"$out" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; rm -f "$out" "$out.wrk"' EXIT
 for _ in $(seq 100); do
-    grep -q '^bare ' "$out" && break
+    grep -q '^variants ' "$out" && break
     sleep 0.1
 done
 read -r _ bare _ full _ metrics <"$out"
+STACK=${STACK:-full}
+if [ "$STACK" != full ]; then
+    full=$(sed -n 2p "$out" | tr ' ' '\n' | awk -F= -v n="$STACK" '$1 == n {print $2}')
+    [ -n "$full" ] || { echo "no variant named $STACK" >&2; exit 1; }
+fi
 
 rss() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$server/status"; }
 # CPU time the server's threads have used, in ns (the scheduler's own accounting).
@@ -69,6 +75,7 @@ round() { # URL SECONDS -> "requests/s  server-CPU-µs-per-request"
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 echo "load before: $(uptime)"
+echo "bare: $bare; stack ($STACK): $full"
 echo "server pinned to core $SERVER_CORE (pid $server), wrk -t1 -c$CONNS -d${SECS}s pinned to core $WRK_CORE"
 echo "server RSS at start: $(rss) MB; warm-up: 2 s each"
 round "$bare" 2 >/dev/null
