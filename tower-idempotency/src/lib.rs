@@ -78,6 +78,8 @@ mod layer;
 mod metrics;
 mod response;
 mod service;
+#[cfg(feature = "stack")]
+pub mod stack;
 pub mod store;
 
 pub use crate::body::{RequestBody, ResponseBody};
