@@ -127,4 +127,6 @@ pub mod layer {
     pub const DEADLINE_OUTBOUND: &str = "deadline_outbound";
     /// `tower-idempotency`.
     pub const IDEMPOTENCY: &str = "idempotency";
+    /// `tower-idempotency`'s `FallbackLayer`.
+    pub const FALLBACK: &str = "fallback";
 }

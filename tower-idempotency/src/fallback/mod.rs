@@ -116,8 +116,8 @@ pub use self::layer::{Fallback, FallbackLayer};
 
 use http::HeaderName;
 
-/// The `layer` label of the fallback layer's RED series (to move to `tower_red::names::layer`).
-pub const LAYER: &str = "fallback";
+/// The `layer` label of the fallback layer's RED series: [`tower_red::names::layer::FALLBACK`].
+pub const LAYER: &str = tower_red::names::layer::FALLBACK;
 
 /// The header that marks an answer the layer made: `stale` or `function`.
 pub const FALLBACK: HeaderName = HeaderName::from_static("x-fallback");
