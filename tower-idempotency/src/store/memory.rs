@@ -756,6 +756,69 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn live_claims_fill_the_byte_bound_to_its_last_entry() {
+        let store = MemoryStore::builder()
+            .max_bytes(8 * ENTRY_OVERHEAD)
+            .shards(1)
+            .build()
+            .unwrap();
+        for n in 0..8 {
+            acquire(&store, &key(n)).await;
+        }
+        assert_eq!(store.bytes(), 8 * ENTRY_OVERHEAD);
+        let err = store.claim(&key(8), &fp(1), LEASE).await.unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Full);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_follow_every_claim_completion_and_release() {
+        let store = MemoryStore::builder().shards(1).build().unwrap();
+        let first = acquire(&store, &key(1)).await;
+        let second = acquire(&store, &key(2)).await;
+        assert_eq!(store.bytes(), 2 * ENTRY_OVERHEAD);
+        let record = body_of(1000);
+        assert!(store.complete(&key(1), first, &record, TTL).await.unwrap());
+        assert_eq!(store.bytes(), 2 * ENTRY_OVERHEAD + 1000);
+        assert!(store.release(&key(2), second).await.unwrap());
+        assert_eq!(store.bytes(), ENTRY_OVERHEAD + 1000);
+        advance(TTL).await;
+        acquire(&store, &key(3)).await;
+        assert_eq!(store.bytes(), ENTRY_OVERHEAD, "the expired record is gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_expiry_queue_stays_compact_after_the_map_shrinks() {
+        let store = MemoryStore::builder().shards(1).build().unwrap();
+        let queued = |store: &MemoryStore| {
+            let shard = lock(&store.inner.shards[0]);
+            (shard.expiries.len(), shard.entries.len())
+        };
+        // A live claim at the front of the queue, so no claim pops the stale items behind it.
+        let held = acquire(&store, &key(100)).await;
+        let mut fences = Vec::new();
+        for n in 0..20 {
+            fences.push(acquire(&store, &key(n)).await);
+        }
+        for (n, fence) in (0..20).zip(&fences) {
+            assert!(store.renew(&key(n), *fence, LEASE).await.unwrap());
+        }
+        for (n, fence) in (0..20).zip(&fences) {
+            assert!(store.release(&key(n), *fence).await.unwrap());
+        }
+        assert_eq!(queued(&store), (41, 1), "41 items queued for one entry");
+        for _ in 0..50 {
+            // Renewals at one instant push identical items, all current: keep them apart.
+            advance(Duration::from_millis(1)).await;
+            assert!(store.renew(&key(100), held, LEASE).await.unwrap());
+            let (items, entries) = queued(&store);
+            assert!(
+                items <= 2 * entries + 17,
+                "{items} items for {entries} entries"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_store_is_empty_until_a_claim_and_again_after_its_release() {
         let store = MemoryStore::new();
         assert!(store.is_empty());
