@@ -819,6 +819,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_renewed_claim_survives_the_end_of_its_first_lease_when_other_keys_arrive() {
+        let store = MemoryStore::builder().shards(1).build().unwrap();
+        let fence = acquire(&store, &key(1)).await;
+        advance(Duration::from_secs(5)).await;
+        assert!(store.renew(&key(1), fence, LEASE).await.unwrap());
+        advance(Duration::from_secs(5)).await;
+        // The first lease's queue item is due now; making room for key 2 drops it, not the claim.
+        acquire(&store, &key(2)).await;
+        assert_eq!(
+            store.claim(&key(1), &fp(2), LEASE).await.unwrap(),
+            Claim::InFlight {
+                fingerprint: fp(1),
+                lease_left: Duration::from_secs(5)
+            }
+        );
+        assert!(store.release(&key(1), fence).await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_store_is_empty_until_a_claim_and_again_after_its_release() {
         let store = MemoryStore::new();
         assert!(store.is_empty());
