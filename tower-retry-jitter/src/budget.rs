@@ -714,6 +714,22 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_reports_the_cost_it_was_built_with() {
+        let budget = RetryBudget::builder()
+            .quota(500)
+            .cost(RetryCost::AWS_2026)
+            .build()
+            .expect("valid");
+        assert_eq!(budget.kind(), BudgetKind::Quota);
+        assert_eq!(
+            budget.cost().of(FailureClass::Error),
+            14,
+            "not the default, 1"
+        );
+        assert_eq!(budget.cost().of(FailureClass::Other("throttling")), 5);
+    }
+
+    #[test]
     fn aws_2026_charges_14_for_transient_errors_and_5_for_throttling() {
         let cost = RetryCost::AWS_2026;
         assert_eq!(cost.of(FailureClass::Error), 14);
