@@ -725,6 +725,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn max_bytes_is_split_evenly_over_the_shards() {
+        let store = MemoryStore::builder()
+            .max_bytes(4 * 1024)
+            .shards(4)
+            .build()
+            .unwrap();
+        let fence = acquire(&store, &key(1)).await;
+        let share = body_of(1024 - ENTRY_OVERHEAD);
+        assert!(store.complete(&key(1), fence, &share, TTL).await.unwrap());
+        let fence = acquire(&store, &key(2)).await;
+        let over = body_of(1024 - ENTRY_OVERHEAD + 1);
+        let err = store
+            .complete(&key(2), fence, &over, TTL)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), StoreErrorKind::Full, "over one shard's 1 KiB");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_completion_that_finds_no_room_leaves_the_claim_to_its_holder_for_a_second() {
         let store = MemoryStore::builder()
             .max_bytes(1024)
