@@ -694,6 +694,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_deposit_at_an_earlier_instant_counts_in_its_own_slice_and_expires_first() {
+        let budget = ratio(MILLI, 0, 10);
+        budget.record_request(at(&budget, 5 * WIDTH));
+        // Earlier than the slice this thread just looked up: not answered from its cache.
+        budget.record_request(at(&budget, 4 * WIDTH + WIDTH / 2));
+        assert_eq!(budget.balance(at(&budget, 5 * WIDTH)), 2.0);
+        assert_eq!(
+            budget.balance(at(&budget, 14 * WIDTH)),
+            1.0,
+            "the deposit of slice 4 has left the window of slices 5 to 14"
+        );
+        assert_eq!(budget.balance(at(&budget, 15 * WIDTH)), 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_retry_costs_what_its_class_costs() {
         let budget = RetryBudget::ratio(
             MILLI,
