@@ -75,6 +75,36 @@ async fn the_http_header_name_is_configurable() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_headers_are_found_among_few_or_many_others_and_the_first_value_counts() {
+    // A few headers take a scan of the names, more than sixteen the map's hash lookups: both
+    // read what `HeaderMap::get` reads, the first value of a repeated header.
+    for others in [0, 3, 15, 16, 40] {
+        let filler: Vec<(String, String)> = (0..others)
+            .map(|i| (format!("x-filler-{i}"), i.to_string()))
+            .collect();
+        let mut headers: Vec<(&str, &str)> = filler
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        headers.extend([
+            ("x-request-timeout-ms", "750"),
+            ("grpc-timeout", "2S"),
+            ("x-request-timeout-ms", "100"),
+            ("grpc-timeout", "50m"),
+        ]);
+        let got = seen(lenient(), &headers).await.expect("ok");
+        assert_eq!(got.0, Some(750 * MS), "with {others} other headers");
+        let grpc_only: Vec<_> = headers
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "x-request-timeout-ms")
+            .collect();
+        let got = seen(lenient(), &grpc_only).await.expect("ok");
+        assert_eq!(got.0, Some(2_000 * MS), "with {others} other headers");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn when_both_headers_are_sent_the_smaller_wins() {
     let headers = [("grpc-timeout", "2S"), ("x-request-timeout-ms", "900")];
     assert_eq!(
