@@ -709,6 +709,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn nanosecond_buckets_keep_their_slices_apart_centuries_after_the_epoch() {
+        // Ten buckets of 1 ns: slices past 2^63 are still told apart.
+        let budget = RetryBudget::ratio(MILLI, 0, 10, 10, RetryCost::default(), Instant::now());
+        let late = 1u64 << 63;
+        budget.record_request(at(&budget, late + 5));
+        assert_eq!(budget.balance(at(&budget, late + 14)), 1.0);
+        assert_eq!(
+            budget.balance(at(&budget, late + 100)),
+            0.0,
+            "95 ns later the deposit has left the 10 ns window"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_retry_costs_what_its_class_costs() {
         let budget = RetryBudget::ratio(
             MILLI,
