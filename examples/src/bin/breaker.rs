@@ -127,7 +127,10 @@ async fn main() -> Result<(), BoxError> {
         PAUSE.as_millis(),
         LOAD.as_millis()
     );
-    println!("state timeline (\"for 173 ms\": how long that open state refuses every call):");
+    println!(
+        "state timeline (an open breaker refuses every call for its open time, then lets {PROBES} \
+         probes through):"
+    );
     println!("  {:>5} ms  closed", 0);
 
     let tally = Arc::new(Tally::default());
@@ -139,7 +142,9 @@ async fn main() -> Result<(), BoxError> {
         let (tally, backend) = (tally.clone(), backend.clone());
         callers.push(tokio::spawn(async move {
             while start.elapsed() < LOAD {
+                let sent = Instant::now();
                 let res = client.get(&url).send().await?;
+                let took = sent.elapsed();
                 let status = res.status();
                 let refused = res
                     .headers()
@@ -159,7 +164,11 @@ async fn main() -> Result<(), BoxError> {
                     count.fetch_add(1, Ordering::Relaxed);
                     let first = tally.first_refusal.lock().map(|f| f.is_none());
                     if first.unwrap_or(false) {
-                        let shown = show_response(res).await;
+                        let shown = format!(
+                            "{}\n  (answered in {:.2} ms, without a call to the backend)",
+                            show_response(res).await,
+                            took.as_secs_f64() * 1e3
+                        );
                         if let Ok(mut first) = tally.first_refusal.lock() {
                             first.get_or_insert(shown);
                         }
@@ -187,9 +196,7 @@ async fn main() -> Result<(), BoxError> {
     if let Ok(first) = tally.first_refusal.lock()
         && let Some(shown) = first.as_ref()
     {
-        println!(
-            "\none refusal, as the caller received it (the gateway answered it in microseconds):"
-        );
+        println!("\none refusal, as the caller received it:");
         println!("{shown}");
     }
     println!("\nfinal state: {}", handle.state());
