@@ -723,6 +723,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_caller_a_whole_ring_behind_counts_in_the_newer_slice_of_its_bucket() {
+        // Ten buckets in a ring of 16: slices 4 and 20 share a bucket.
+        let budget = ratio(MILLI, 0, 10);
+        budget.record_request(at(&budget, 20 * WIDTH));
+        budget.record_request(at(&budget, 4 * WIDTH));
+        assert_eq!(
+            budget.balance(at(&budget, 20 * WIDTH)),
+            2.0,
+            "the late deposit neither reset slice 20 nor went elsewhere"
+        );
+        assert_eq!(budget.balance(at(&budget, 29 * WIDTH)), 2.0);
+        assert_eq!(
+            budget.balance(at(&budget, 30 * WIDTH)),
+            0.0,
+            "both leave the window with slice 20"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_retry_costs_what_its_class_costs() {
         let budget = RetryBudget::ratio(
             MILLI,
