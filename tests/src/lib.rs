@@ -535,3 +535,9 @@ where
         Box::pin(async move { fut.await.map_err(Into::into) })
     }
 }
+
+/// The workspace README's Rust examples, compiled as doctests of this crate (which depends on
+/// every layer crate with every feature), so the README cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
