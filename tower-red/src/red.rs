@@ -375,8 +375,8 @@ thread_local! {
 /// with metrics-exporter-prometheus's recorder a duration sample costs ~300 instructions (its
 /// clock reads, and the exporter keeps every sample until its upkeep) and a counter ~16. On the
 /// README's client stack (`RedLayer::client()` over six layers), timing the five layers that
-/// record adds ~1,500 instructions a call (+0.9 µs in a loaded run) to the ~2,200 that
-/// counting inside it and `RedLayer`'s one duration cost (the `production_stack` bench).
+/// record adds ~1,500 instructions a call to the ~2,200 that counting inside it and
+/// `RedLayer`'s one duration cost (the `production_stack` bench).
 /// (Polly records one pipeline duration per stack and counters per strategy; Resilience4j
 /// records durations in its breaker only.) Layer-specific metrics (breaker state, bulkhead
 /// in-flight and queue wait, retry attempts, idempotency replays) are unaffected.
