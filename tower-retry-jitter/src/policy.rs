@@ -341,6 +341,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_pushback_of_exactly_the_cap_is_obeyed_and_counts_in_the_backoff_sequence() {
+        let p = policy(5, Jitter::None, None);
+        let (now, mut rng) = (Instant::now(), p.rng());
+        let mut state = RetryState::new();
+        assert_eq!(state.backoff().retries(), 0);
+        let told =
+            Failure::new(FailureClass::Error).with_pushback(Pushback::Delay(p.backoff().cap()));
+        assert_eq!(
+            p.decide(&mut state, told, now, None, &mut rng),
+            Decision::Retry(Duration::from_secs(1)),
+            "the cap itself is not over the cap"
+        );
+        assert_eq!(state.backoff().retries(), 1);
+        assert_eq!(state.backoff().previous(), Some(Duration::from_secs(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn no_retry_that_cannot_finish_before_the_deadline() {
         let p = policy(5, Jitter::None, None);
         let (now, mut rng) = (Instant::now(), p.rng());
