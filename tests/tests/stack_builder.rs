@@ -510,3 +510,65 @@ async fn a_server_stack_with_a_fallback_serves_the_last_good_answer_while_the_ci
     assert_eq!(refused.headers()[FALLBACK], "stale");
     assert_eq!(refused.text().await.unwrap(), "[42]");
 }
+
+#[tokio::test]
+async fn a_server_stack_with_a_partitioned_bulkhead_keeps_a_slow_route_from_starving_the_rest() {
+    use tokio::sync::{Notify, mpsc};
+    use tower_bulkhead::Partition;
+
+    let stack = ServerStack::builder("partitioned")
+        .http_status()
+        .deadline_cap(Duration::from_secs(5))
+        .bulkhead(|b| {
+            b.max_concurrent(8)
+                .partition(Partition::new("slow", 1))
+                .partition_by(|req: &http::Request<Body>| {
+                    req.uri().path().starts_with("/slow").then_some("slow")
+                })
+        })
+        .build()
+        .expect("a valid stack");
+    let bulkhead = stack.bulkhead();
+    let release = Arc::new(Notify::new());
+    let (entered_tx, mut entered) = mpsc::channel::<()>(1);
+    let gate = release.clone();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(move || {
+                let gate = gate.clone();
+                let entered = entered_tx.clone();
+                async move {
+                    let _ = entered.send(()).await;
+                    gate.notified().await;
+                    "slow"
+                }
+            }),
+        )
+        .route("/fast", get(|| async { "fast" }))
+        .route_layer(stack);
+    let addr = tests::serve_axum(app).await;
+    let client = reqwest::Client::new();
+
+    let first = tokio::spawn(client.get(format!("http://{addr}/slow")).send());
+    entered.recv().await.expect("the first slow call runs");
+    assert_eq!(bulkhead.in_flight("slow"), Some(1));
+    // The slow partition is full: the next slow call is refused at once...
+    let refused = client
+        .get(format!("http://{addr}/slow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.text().await.unwrap().contains("bulkhead_full"));
+    // ...while the rest of the routes run in the default partition.
+    let fast = client
+        .get(format!("http://{addr}/fast"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fast.status(), 200);
+    release.notify_one();
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    assert_eq!(bulkhead.in_flight("slow"), Some(0));
+}

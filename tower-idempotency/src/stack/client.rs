@@ -24,10 +24,10 @@ pub const DEFAULT_TOTAL_BUDGET: Duration = Duration::from_secs(10);
 type Tweak<B> = Box<dyn FnOnce(B) -> B + Send>;
 
 /// The layers of a [`ClientStack`], innermost first (as [`tower_layer::Stack`] nests them).
-pub type ClientLayers<K, RC, R, F = Identity> = Stack<
+pub type ClientLayers<K, RC, R, F = Identity, P = Unpartitioned> = Stack<
     OutboundDeadlineLayer<K>,
     Stack<
-        BulkheadLayer<Unpartitioned, OnResponse, K, FromScope>,
+        BulkheadLayer<P, OnResponse, K, FromScope>,
         Stack<
             BreakerLayer<K>,
             Stack<
@@ -105,7 +105,13 @@ impl<S, L: Layer<S>> Layer<S> for ClientStack<L> {
 /// classifier by default, or a narrower [`RetryOn`](tower_retry_jitter::RetryOn)), `R` how a
 /// request is replayed.
 #[must_use]
-pub struct ClientStackBuilder<K = AnyError, RK = SameAsStack, R = CloneRequest, F = NoFallback> {
+pub struct ClientStackBuilder<
+    K = AnyError,
+    RK = SameAsStack,
+    R = CloneRequest,
+    F = NoFallback,
+    P = Unpartitioned,
+> {
     name: String,
     classifier: K,
     retry_on: RK,
@@ -115,12 +121,12 @@ pub struct ClientStackBuilder<K = AnyError, RK = SameAsStack, R = CloneRequest, 
     attempt_timeout: Option<Duration>,
     retry: Tweak<RetryLayerBuilder>,
     breaker: Tweak<BreakerBuilder>,
-    bulkhead: Tweak<tower_bulkhead::Builder>,
+    bulkhead: Box<dyn FnOnce(tower_bulkhead::Builder) -> tower_bulkhead::Builder<P> + Send>,
     outbound: Tweak<OutboundDeadlineBuilder>,
 }
 
-impl<K: fmt::Debug, RK: fmt::Debug, R: fmt::Debug, F: fmt::Debug> fmt::Debug
-    for ClientStackBuilder<K, RK, R, F>
+impl<K: fmt::Debug, RK: fmt::Debug, R: fmt::Debug, F: fmt::Debug, P> fmt::Debug
+    for ClientStackBuilder<K, RK, R, F, P>
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientStackBuilder")
@@ -135,9 +141,9 @@ impl<K: fmt::Debug, RK: fmt::Debug, R: fmt::Debug, F: fmt::Debug> fmt::Debug
     }
 }
 
-impl<K, RK, R, F> ClientStackBuilder<K, RK, R, F> {
+impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
     /// The one classifier of every layer (default: any `Err` is a failure).
-    pub fn classifier<K2>(self, classifier: K2) -> ClientStackBuilder<K2, RK, R, F> {
+    pub fn classifier<K2>(self, classifier: K2) -> ClientStackBuilder<K2, RK, R, F, P> {
         ClientStackBuilder {
             name: self.name,
             classifier,
@@ -154,19 +160,19 @@ impl<K, RK, R, F> ClientStackBuilder<K, RK, R, F> {
     }
 
     /// [`HttpStatus`] for every layer: 5xx (and errors) are failures.
-    pub fn http_status(self) -> ClientStackBuilder<HttpStatus, RK, R, F> {
+    pub fn http_status(self) -> ClientStackBuilder<HttpStatus, RK, R, F, P> {
         self.classifier(HttpStatus::new())
     }
 
     /// [`GrpcStatus`] for every layer, for a tonic `Channel`.
-    pub fn grpc_status(self) -> ClientStackBuilder<GrpcStatus, RK, R, F> {
+    pub fn grpc_status(self) -> ClientStackBuilder<GrpcStatus, RK, R, F, P> {
         self.classifier(GrpcStatus::new())
     }
 
     /// What the retry retries, when narrower than the stack's classifier (such as
     /// [`RetryOn::new`](tower_retry_jitter::RetryOn::new): errors, 502, 503, 504). It may
     /// retry only outcomes the stack's classifier judges failures: checked by `build`.
-    pub fn retry_on<RK2>(self, retry_on: RK2) -> ClientStackBuilder<K, RK2, R, F> {
+    pub fn retry_on<RK2>(self, retry_on: RK2) -> ClientStackBuilder<K, RK2, R, F, P> {
         ClientStackBuilder {
             name: self.name,
             classifier: self.classifier,
@@ -184,7 +190,7 @@ impl<K, RK, R, F> ClientStackBuilder<K, RK, R, F> {
 
     /// How the retry replays a request (default [`CloneRequest`]: `http::Request<B>` with a
     /// `Clone` body, or any `Clone` request).
-    pub fn replay<R2>(self, replay: R2) -> ClientStackBuilder<K, RK, R2, F> {
+    pub fn replay<R2>(self, replay: R2) -> ClientStackBuilder<K, RK, R2, F, P> {
         ClientStackBuilder {
             name: self.name,
             classifier: self.classifier,
@@ -204,7 +210,7 @@ impl<K, RK, R, F> ClientStackBuilder<K, RK, R, F> {
     #[cfg(feature = "reqwest")]
     pub fn reqwest(
         self,
-    ) -> ClientStackBuilder<K, RK, tower_retry_jitter::replay::TryCloneRequest, F> {
+    ) -> ClientStackBuilder<K, RK, tower_retry_jitter::replay::TryCloneRequest, F, P> {
         self.replay(tower_retry_jitter::replay::TryCloneRequest)
     }
 
@@ -215,7 +221,7 @@ impl<K, RK, R, F> ClientStackBuilder<K, RK, R, F> {
     pub fn fallback(
         self,
         tweak: impl FnOnce(FallbackLayerBuilder) -> FallbackLayerBuilder + Send + 'static,
-    ) -> ClientStackBuilder<K, RK, R, WithFallback> {
+    ) -> ClientStackBuilder<K, RK, R, WithFallback, P> {
         ClientStackBuilder {
             name: self.name,
             classifier: self.classifier,
@@ -265,13 +271,25 @@ impl<K, RK, R, F> ClientStackBuilder<K, RK, R, F> {
         self
     }
 
-    /// Tunes the bulkhead (limit, queue, adaptive limit): the stack sets its classifier.
-    pub fn bulkhead(
-        mut self,
-        tweak: impl FnOnce(tower_bulkhead::Builder) -> tower_bulkhead::Builder + Send + 'static,
-    ) -> Self {
-        self.bulkhead = Box::new(tweak);
-        self
+    /// Tunes the bulkhead (limit, queue, adaptive limit, partitions with `partition_by`): the
+    /// stack sets its classifier.
+    pub fn bulkhead<P2>(
+        self,
+        tweak: impl FnOnce(tower_bulkhead::Builder) -> tower_bulkhead::Builder<P2> + Send + 'static,
+    ) -> ClientStackBuilder<K, RK, R, F, P2> {
+        ClientStackBuilder {
+            name: self.name,
+            classifier: self.classifier,
+            retry_on: self.retry_on,
+            replay: self.replay,
+            fallback: self.fallback,
+            total_budget: self.total_budget,
+            attempt_timeout: self.attempt_timeout,
+            retry: self.retry,
+            breaker: self.breaker,
+            bulkhead: Box::new(tweak),
+            outbound: self.outbound,
+        }
     }
 
     /// Tunes the outbound deadline (header, margin): the stack sets its classifier.
@@ -296,7 +314,7 @@ impl<K, RK, R, F> ClientStackBuilder<K, RK, R, F> {
     #[allow(clippy::type_complexity)]
     pub fn build(
         self,
-    ) -> Result<ClientStack<ClientLayers<K, RK::Classifier, R, F::Layer>>, ConfigError>
+    ) -> Result<ClientStack<ClientLayers<K, RK::Classifier, R, F::Layer, P>>, ConfigError>
     where
         K: Clone + fmt::Debug,
         RK: RetryClassifier<K>,

@@ -23,10 +23,10 @@ type Tweak<B> = Box<dyn FnOnce(B) -> B + Send>;
 type MakeLayer<I> = Box<dyn FnOnce() -> Result<I, ConfigError> + Send>;
 
 /// The layers of a [`ServerStack`], innermost first (as [`tower_layer::Stack`] nests them).
-pub type ServerLayers<K, I, A, F = Identity> = Stack<
+pub type ServerLayers<K, I, A, F = Identity, P = Unpartitioned> = Stack<
     BreakerLayer<K>,
     Stack<
-        BulkheadLayer<Unpartitioned, OnResponse, K, FromScope>,
+        BulkheadLayer<P, OnResponse, K, FromScope>,
         Stack<I, Stack<InboundDeadlineLayer<K>, Stack<A, Stack<F, RedLayer>>>>,
     >,
 >;
@@ -93,7 +93,13 @@ impl<S, L: Layer<S>> Layer<S> for ServerStack<L> {
 /// the adapter that turns refusals into responses ([`ProblemLayer`] by default; tonic servers
 /// use `tower_red::grpc::StatusLayer`).
 #[must_use]
-pub struct ServerStackBuilder<K = AnyError, I = Identity, A = ProblemLayer, F = NoFallback> {
+pub struct ServerStackBuilder<
+    K = AnyError,
+    I = Identity,
+    A = ProblemLayer,
+    F = NoFallback,
+    P = Unpartitioned,
+> {
     name: String,
     classifier: K,
     adapter: A,
@@ -102,7 +108,7 @@ pub struct ServerStackBuilder<K = AnyError, I = Identity, A = ProblemLayer, F = 
     deadline_cap: Duration,
     deadline: Tweak<InboundDeadlineBuilder>,
     breaker: Tweak<BreakerBuilder>,
-    bulkhead: Tweak<tower_bulkhead::Builder>,
+    bulkhead: Box<dyn FnOnce(tower_bulkhead::Builder) -> tower_bulkhead::Builder<P> + Send>,
 }
 
 impl<K: fmt::Debug, I, A: fmt::Debug, F: fmt::Debug> fmt::Debug for ServerStackBuilder<K, I, A, F> {
@@ -117,9 +123,9 @@ impl<K: fmt::Debug, I, A: fmt::Debug, F: fmt::Debug> fmt::Debug for ServerStackB
     }
 }
 
-impl<K, I, A, F> ServerStackBuilder<K, I, A, F> {
+impl<K, I, A, F, P> ServerStackBuilder<K, I, A, F, P> {
     /// The one classifier of every layer (default: any `Err` is a failure).
-    pub fn classifier<K2>(self, classifier: K2) -> ServerStackBuilder<K2, I, A, F> {
+    pub fn classifier<K2>(self, classifier: K2) -> ServerStackBuilder<K2, I, A, F, P> {
         ServerStackBuilder {
             name: self.name,
             classifier,
@@ -134,18 +140,18 @@ impl<K, I, A, F> ServerStackBuilder<K, I, A, F> {
     }
 
     /// [`HttpStatus`] for every layer: 5xx (and errors) are failures.
-    pub fn http_status(self) -> ServerStackBuilder<HttpStatus, I, A, F> {
+    pub fn http_status(self) -> ServerStackBuilder<HttpStatus, I, A, F, P> {
         self.classifier(HttpStatus::new())
     }
 
     /// [`GrpcStatus`] for every layer, for a tonic service.
-    pub fn grpc_status(self) -> ServerStackBuilder<GrpcStatus, I, A, F> {
+    pub fn grpc_status(self) -> ServerStackBuilder<GrpcStatus, I, A, F, P> {
         self.classifier(GrpcStatus::new())
     }
 
     /// The layer that turns refusals into responses, in place of [`ProblemLayer`] (such as
     /// `tower_red::grpc::StatusLayer::new()` for tonic).
-    pub fn adapter<A2>(self, adapter: A2) -> ServerStackBuilder<K, I, A2, F> {
+    pub fn adapter<A2>(self, adapter: A2) -> ServerStackBuilder<K, I, A2, F, P> {
         ServerStackBuilder {
             name: self.name,
             classifier: self.classifier,
@@ -166,7 +172,7 @@ impl<K, I, A, F> ServerStackBuilder<K, I, A, F> {
     pub fn idempotency<I2>(
         self,
         make: impl FnOnce() -> Result<I2, ConfigError> + Send + 'static,
-    ) -> ServerStackBuilder<K, I2, A, F> {
+    ) -> ServerStackBuilder<K, I2, A, F, P> {
         ServerStackBuilder {
             name: self.name,
             classifier: self.classifier,
@@ -187,7 +193,7 @@ impl<K, I, A, F> ServerStackBuilder<K, I, A, F> {
     pub fn fallback(
         self,
         tweak: impl FnOnce(FallbackLayerBuilder) -> FallbackLayerBuilder + Send + 'static,
-    ) -> ServerStackBuilder<K, I, A, WithFallback> {
+    ) -> ServerStackBuilder<K, I, A, WithFallback, P> {
         ServerStackBuilder {
             name: self.name,
             classifier: self.classifier,
@@ -227,13 +233,23 @@ impl<K, I, A, F> ServerStackBuilder<K, I, A, F> {
         self
     }
 
-    /// Tunes the bulkhead (limit, queue, adaptive limit): the stack sets its classifier.
-    pub fn bulkhead(
-        mut self,
-        tweak: impl FnOnce(tower_bulkhead::Builder) -> tower_bulkhead::Builder + Send + 'static,
-    ) -> Self {
-        self.bulkhead = Box::new(tweak);
-        self
+    /// Tunes the bulkhead (limit, queue, adaptive limit, partitions with `partition_by`): the
+    /// stack sets its classifier.
+    pub fn bulkhead<P2>(
+        self,
+        tweak: impl FnOnce(tower_bulkhead::Builder) -> tower_bulkhead::Builder<P2> + Send + 'static,
+    ) -> ServerStackBuilder<K, I, A, F, P2> {
+        ServerStackBuilder {
+            name: self.name,
+            classifier: self.classifier,
+            adapter: self.adapter,
+            idempotency: self.idempotency,
+            fallback: self.fallback,
+            deadline_cap: self.deadline_cap,
+            deadline: self.deadline,
+            breaker: self.breaker,
+            bulkhead: Box::new(tweak),
+        }
     }
 
     /// Checks every layer's settings and the invariants between them, and builds the layers
@@ -243,7 +259,7 @@ impl<K, I, A, F> ServerStackBuilder<K, I, A, F> {
     /// Refuses, with a [`ConfigError`] naming both values, a breaker time window shorter than
     /// twice the deadline cap.
     #[allow(clippy::type_complexity)]
-    pub fn build(self) -> Result<ServerStack<ServerLayers<K, I, A, F::Layer>>, ConfigError>
+    pub fn build(self) -> Result<ServerStack<ServerLayers<K, I, A, F::Layer, P>>, ConfigError>
     where
         K: Clone,
         F: FallbackSlot<K>,
