@@ -19,7 +19,7 @@ use http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_breaker::BreakerHandle;
-use tower_bulkhead::BulkheadHandle;
+use tower_bulkhead::{BulkheadHandle, Partition};
 use tower_idempotency::fallback::{StaleConfig, default_key};
 use tower_idempotency::stack::{ClientStack, ServerStack};
 use tower_idempotency::store::Store;
@@ -43,6 +43,9 @@ pub(crate) const BACKEND_CONCURRENCY: usize = 32;
 pub(crate) const REPORTS_CONCURRENCY: usize = 2;
 /// Requests the gateway serves at once.
 pub(crate) const SERVER_CONCURRENCY: usize = 64;
+/// The server bulkhead's partition for `/reports/*`: calls that wait on the slow dependency
+/// hold at most these of the gateway's places, so they cannot take the ones `/items` needs.
+pub(crate) const REPORTS_PARTITION: usize = 4;
 /// The cap on a caller's deadline.
 pub(crate) const DEADLINE_CAP: Duration = Duration::from_secs(2);
 /// How long a breaker stays open before it probes.
@@ -107,8 +110,8 @@ fn client_stack(
 }
 
 /// The server stack around the gateway's routes, outermost first: RED, a stale-on-error
-/// fallback for `/items/{id}`, problem+json, the caller's deadline, idempotency keys, bulkhead,
-/// breaker.
+/// fallback for `/items/{id}`, problem+json, the caller's deadline, idempotency keys, a bulkhead
+/// partitioned so `/reports` cannot take `/items`' places, breaker.
 fn server_stack<St: Store + Clone>(
     routes: Router,
     store: St,
@@ -138,7 +141,16 @@ fn server_stack<St: Store + Clone>(
                 .map_request_body(|body: RequestBody<Body>| Body::new(body))
                 .build()
         })
-        .bulkhead(|b| b.max_concurrent(SERVER_CONCURRENCY))
+        .bulkhead(|b| {
+            b.max_concurrent(SERVER_CONCURRENCY)
+                .partition(Partition::new("reports", REPORTS_PARTITION))
+                .partition_by(|req: &http::Request<Body>| {
+                    req.uri()
+                        .path()
+                        .starts_with("/reports/")
+                        .then_some("reports")
+                })
+        })
         .breaker(|b| b.count_window(100).open_time(OPEN_TIME))
         .build()?;
     let (bulkhead, breaker) = (stack.bulkhead(), stack.breaker());

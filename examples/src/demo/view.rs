@@ -116,10 +116,16 @@ fn panel(run: &Run) -> Vec<String> {
                 state_text(h.breakers[1].state()),
                 state_text(h.gateway_breaker.state())
             ));
+            // One figure per partition, named when there are several.
             let in_flight = |b: &tower_bulkhead::BulkheadHandle| {
-                b.stats()
+                let stats = b.stats();
+                let named = stats.len() > 1;
+                stats
                     .iter()
-                    .map(|p| format!("{}/{}", p.in_flight, p.limit))
+                    .map(|p| match named {
+                        true => format!("{} {}/{}", p.name, p.in_flight, p.limit),
+                        false => format!("{}/{}", p.in_flight, p.limit),
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             };
