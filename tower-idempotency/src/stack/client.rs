@@ -45,6 +45,7 @@ pub type ClientLayers<K, RC, R, F = Identity, P = Unpartitioned> = Stack<
 /// [`Layer`] for a reqwest `Client` or a tonic `Channel`. See the [module docs](super) for the
 /// order and the invariants [`ClientStackBuilder::build`] checks.
 #[derive(Clone)]
+#[must_use]
 pub struct ClientStack<L> {
     layers: L,
     breaker: BreakerHandle,

@@ -35,6 +35,7 @@ pub type ServerLayers<K, I, A, F = Identity, P = Unpartitioned> = Stack<
 /// [`Layer`] for an axum route (`Router::route_layer`) or a tonic service. See the
 /// [module docs](super) for the order and the invariants [`ServerStackBuilder::build`] checks.
 #[derive(Clone)]
+#[must_use]
 pub struct ServerStack<L> {
     layers: L,
     breaker: BreakerHandle,
