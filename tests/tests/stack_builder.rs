@@ -32,7 +32,15 @@ fn an_attempt_timeout_longer_than_the_budget_is_refused_naming_both() {
         .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("attempt_timeout = 1.5s"), "{msg}");
-    assert!(msg.contains("total budget (800ms)"), "{msg}");
+    assert!(msg.contains("total budget (800ms)"), "{msg}"); // An attempt may take the whole budget: a single attempt with no retry is a valid stack.
+    let _stack = ClientStack::builder("payments")
+        .http_status()
+        .total_budget(Duration::from_millis(800))
+        .attempt_timeout(Duration::from_millis(800))
+        .retry(|r| r.max_attempts(1))
+        .breaker(|b| b.count_window(20))
+        .build()
+        .expect("an attempt timeout equal to the budget");
 }
 
 #[test]
@@ -51,7 +59,7 @@ fn a_breaker_window_shorter_than_two_attempt_timeouts_is_refused_naming_both() {
         "{msg}"
     );
     // Twice the attempt timeout exactly is enough.
-    ClientStack::builder("payments")
+    let _stack = ClientStack::builder("payments")
         .http_status()
         .total_budget(Duration::from_secs(5))
         .attempt_timeout(Duration::from_millis(500))
@@ -134,11 +142,18 @@ fn a_retry_that_retries_what_the_stack_calls_success_is_refused_naming_both() {
         "{err}"
     );
     // A gRPC stack: RetryOn retries UNAVAILABLE, a failure for GrpcStatus.
-    ClientStack::builder("grpc")
+    let _stack = ClientStack::builder("grpc")
         .grpc_status()
         .retry_on(RetryOn::new())
         .build()
         .expect("UNAVAILABLE is a failure for GrpcStatus");
+    // ABORTED is not among GrpcStatus's default failures: a gRPC stack cannot retry it.
+    let err = ClientStack::builder("grpc")
+        .grpc_status()
+        .retry_on(RetryOn::new().grpc_code(tower_red::GrpcCode::Aborted, true))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("retries gRPC Aborted"), "{err}");
 }
 
 #[test]
