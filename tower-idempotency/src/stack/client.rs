@@ -3,9 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use tower_breaker::{BreakerBuilder, BreakerHandle, BreakerLayer};
-use tower_bulkhead::{BulkheadHandle, BulkheadLayer, FromScope, OnResponse, Unpartitioned};
-use tower_layer::{Identity, Layer, Stack};
+use tower_breaker::{BreakerBuilder, BreakerLayer};
+use tower_bulkhead::{BulkheadLayer, FromScope, OnResponse, Unpartitioned};
+use tower_layer::{Identity, Stack};
 use tower_red::classify::{AnyError, GrpcStatus, HttpStatus};
 use tower_red::red::counts_only;
 use tower_red::{ConfigError, RedLayer};
@@ -41,15 +41,12 @@ pub type ClientLayers<K, RC, R, F = Identity, P = Unpartitioned> = Stack<
     >,
 >;
 
-/// Every client layer in the documented order, built and checked together: a tower
-/// [`Layer`] for a reqwest `Client` or a tonic `Channel`. See the [module docs](super) for the
-/// order and the invariants [`ClientStackBuilder::build`] checks.
-#[derive(Clone)]
-#[must_use]
-pub struct ClientStack<L> {
-    layers: L,
-    breaker: BreakerHandle,
-    bulkhead: BulkheadHandle,
+built_stack! {
+    /// Every client layer in the documented order, built and checked together: a tower
+    /// [`Layer`](tower_layer::Layer) for a reqwest `Client` or a tonic `Channel`. See the
+    /// [module docs](super) for the order and the invariants [`ClientStackBuilder::build`]
+    /// checks.
+    ClientStack
 }
 
 impl ClientStack<()> {
@@ -68,35 +65,6 @@ impl ClientStack<()> {
             bulkhead: Box::new(|b| b),
             outbound: Box::new(|o| o),
         }
-    }
-}
-
-impl<L> ClientStack<L> {
-    /// The stack's breaker, to watch it or register it for readiness.
-    pub fn breaker(&self) -> BreakerHandle {
-        self.breaker.clone()
-    }
-
-    /// The stack's bulkhead, to watch it or register it for readiness.
-    pub fn bulkhead(&self) -> BulkheadHandle {
-        self.bulkhead.clone()
-    }
-}
-
-impl<L> fmt::Debug for ClientStack<L> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientStack")
-            .field("breaker", &self.breaker.name())
-            .field("bulkhead", &self.bulkhead.name())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, L: Layer<S>> Layer<S> for ClientStack<L> {
-    type Service = L::Service;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        self.layers.layer(inner)
     }
 }
 

@@ -101,6 +101,50 @@
 //! # Ok(()) }
 //! ```
 
+/// A built stack's type: its layers, and the handles of its breaker and bulkhead. Client and
+/// server stacks are distinct types with the same shape.
+macro_rules! built_stack {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        #[must_use]
+        pub struct $name<L> {
+            layers: L,
+            breaker: tower_breaker::BreakerHandle,
+            bulkhead: tower_bulkhead::BulkheadHandle,
+        }
+
+        impl<L> $name<L> {
+            /// The stack's breaker, to watch it or register it for readiness.
+            pub fn breaker(&self) -> tower_breaker::BreakerHandle {
+                self.breaker.clone()
+            }
+
+            /// The stack's bulkhead, to watch it or register it for readiness.
+            pub fn bulkhead(&self) -> tower_bulkhead::BulkheadHandle {
+                self.bulkhead.clone()
+            }
+        }
+
+        impl<L> std::fmt::Debug for $name<L> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("breaker", &self.breaker.name())
+                    .field("bulkhead", &self.bulkhead.name())
+                    .finish_non_exhaustive()
+            }
+        }
+
+        impl<S, L: tower_layer::Layer<S>> tower_layer::Layer<S> for $name<L> {
+            type Service = L::Service;
+
+            fn layer(&self, inner: S) -> Self::Service {
+                self.layers.layer(inner)
+            }
+        }
+    };
+}
+
 mod check;
 mod client;
 mod server;

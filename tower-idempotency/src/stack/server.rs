@@ -3,9 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use tower_breaker::{BreakerBuilder, BreakerHandle, BreakerLayer};
-use tower_bulkhead::{BulkheadHandle, BulkheadLayer, FromScope, OnResponse, Unpartitioned};
-use tower_layer::{Identity, Layer, Stack};
+use tower_breaker::{BreakerBuilder, BreakerLayer};
+use tower_bulkhead::{BulkheadLayer, FromScope, OnResponse, Unpartitioned};
+use tower_layer::{Identity, Stack};
 use tower_red::classify::{AnyError, GrpcStatus, HttpStatus};
 use tower_red::problem::ProblemLayer;
 use tower_red::red::counts_only;
@@ -31,15 +31,12 @@ pub type ServerLayers<K, I, A, F = Identity, P = Unpartitioned> = Stack<
     >,
 >;
 
-/// Every server layer in the documented order, built and checked together: a tower
-/// [`Layer`] for an axum route (`Router::route_layer`) or a tonic service. See the
-/// [module docs](super) for the order and the invariants [`ServerStackBuilder::build`] checks.
-#[derive(Clone)]
-#[must_use]
-pub struct ServerStack<L> {
-    layers: L,
-    breaker: BreakerHandle,
-    bulkhead: BulkheadHandle,
+built_stack! {
+    /// Every server layer in the documented order, built and checked together: a tower
+    /// [`Layer`](tower_layer::Layer) for an axum route (`Router::route_layer`) or a tonic
+    /// service. See the [module docs](super) for the order and the invariants
+    /// [`ServerStackBuilder::build`] checks.
+    ServerStack
 }
 
 impl ServerStack<()> {
@@ -56,35 +53,6 @@ impl ServerStack<()> {
             breaker: Box::new(|b| b),
             bulkhead: Box::new(|b| b),
         }
-    }
-}
-
-impl<L> ServerStack<L> {
-    /// The stack's breaker, to watch it or register it for readiness.
-    pub fn breaker(&self) -> BreakerHandle {
-        self.breaker.clone()
-    }
-
-    /// The stack's bulkhead, to watch it or register it for readiness.
-    pub fn bulkhead(&self) -> BulkheadHandle {
-        self.bulkhead.clone()
-    }
-}
-
-impl<L> fmt::Debug for ServerStack<L> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerStack")
-            .field("breaker", &self.breaker.name())
-            .field("bulkhead", &self.bulkhead.name())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, L: Layer<S>> Layer<S> for ServerStack<L> {
-    type Service = L::Service;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        self.layers.layer(inner)
     }
 }
 
