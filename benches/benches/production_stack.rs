@@ -27,14 +27,15 @@ use std::time::Duration;
 use benches::{allocations_per_call_in_place, runtime, time_calls};
 use criterion::{Criterion, criterion_group};
 use http::{Request, Response, Uri};
+use tower::util::Either;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_breaker::BreakerLayer;
 use tower_bulkhead::BulkheadLayer;
 use tower_idempotency::IdempotencyLayer;
 use tower_idempotency::client::IdempotencyKeyLayer;
+use tower_idempotency::stack::{ClientStack, ServerStack};
 use tower_idempotency::store::MemoryStore;
 use tower_red::problem::ProblemLayer;
-use tower_red::red::counts_only;
 use tower_red::{BoxError, RedLayer};
 use tower_retry_jitter::{RetryLayer, RetryOn};
 use tower_timeout_budget::TimeoutBudgetLayer;
@@ -90,107 +91,129 @@ enum Recording {
 }
 
 /// The README's client stack, outermost first: `RedLayer::client()`, `IdempotencyKeyLayer`,
-/// `TimeoutBudgetLayer`, `RetryLayer` (HTTP, `RetryOn::new()`), `BreakerLayer` (`http_status`),
-/// `BulkheadLayer`, `OutboundDeadlineLayer`, over [`HttpPassthrough`]. `name` names every layer's
-/// series (distinct per variant, so no two live instances merge).
+/// `TimeoutBudgetLayer` (2 s), `RetryLayer` (HTTP), `BreakerLayer` (`http_status`),
+/// `BulkheadLayer` (32), `OutboundDeadlineLayer`, over [`HttpPassthrough`]. `InStack` is what
+/// `ClientStack::builder` assembles (the inner layers inside `counts_only`, the deadline in the
+/// task-local scope only); `EveryLayer` the same layers built one by one, each recording as if
+/// it stood alone. `name` names every layer's series (distinct per variant, so no two live
+/// instances merge).
 fn client_stack(
     name: &'static str,
     recording: Recording,
 ) -> impl Service<Request<String>, Response = Response<String>, Error = BoxError> + Clone {
-    let inner = || {
-        ServiceBuilder::new()
-            .layer(IdempotencyKeyLayer::new())
-            .layer(
-                TimeoutBudgetLayer::builder()
-                    .name(name)
-                    .cap(Duration::from_secs(2))
-                    .build()
-                    .expect("a valid cap"),
-            )
-            .layer(
-                RetryLayer::builder()
-                    .name(name)
-                    .retry_on(RetryOn::new())
-                    .build()
-                    .expect("a valid retry"),
-            )
-            .layer(
-                BreakerLayer::builder()
-                    .name(name)
-                    .http_status()
-                    .build()
-                    .expect("a valid breaker"),
-            )
-            .layer(
-                BulkheadLayer::builder()
-                    .name(name)
-                    .max_concurrent(32)
-                    .build()
-                    .expect("a valid bulkhead"),
-            )
-            .layer(
-                OutboundDeadlineLayer::builder()
-                    .name(name)
-                    .build()
-                    .expect("a valid outbound deadline"),
-            )
+    let layers = match recording {
+        Recording::InStack => Either::Left(
+            ClientStack::builder(name)
+                .http_status()
+                .total_budget(Duration::from_secs(2))
+                .bulkhead(|b| b.max_concurrent(32))
+                .build()
+                .expect("a valid client stack"),
+        ),
+        Recording::EveryLayer => Either::Right(
+            ServiceBuilder::new()
+                .layer(RedLayer::client())
+                .layer(IdempotencyKeyLayer::new())
+                .layer(
+                    TimeoutBudgetLayer::builder()
+                        .name(name)
+                        .cap(Duration::from_secs(2))
+                        .carry_in_extensions(false)
+                        .http_status()
+                        .build()
+                        .expect("a valid cap"),
+                )
+                .layer(
+                    RetryLayer::builder()
+                        .name(name)
+                        .retry_on(RetryOn::new())
+                        .build()
+                        .expect("a valid retry"),
+                )
+                .layer(
+                    BreakerLayer::builder()
+                        .name(name)
+                        .http_status()
+                        .build()
+                        .expect("a valid breaker"),
+                )
+                .layer(
+                    BulkheadLayer::builder()
+                        .name(name)
+                        .max_concurrent(32)
+                        .classifier(tower_red::classify::HttpStatus::new())
+                        .build()
+                        .expect("a valid bulkhead"),
+                )
+                .layer(
+                    OutboundDeadlineLayer::builder()
+                        .name(name)
+                        .carry_in_extensions(false)
+                        .http_status()
+                        .build()
+                        .expect("a valid outbound deadline"),
+                ),
+        ),
     };
-    let inner = match recording {
-        Recording::InStack => counts_only(inner),
-        Recording::EveryLayer => inner(),
-    };
-    ServiceBuilder::new()
-        .layer(RedLayer::client())
-        .layer(inner)
-        .service(HttpPassthrough)
+    ServiceBuilder::new().layer(layers).service(HttpPassthrough)
 }
 
 /// The README's server stack, outermost first: `RedLayer::server()`, `ProblemLayer`,
-/// `InboundDeadlineLayer`, `IdempotencyLayer` (in-memory store), `BulkheadLayer`,
-/// `BreakerLayer` (`http_status`), over [`HttpPassthrough`].
+/// `InboundDeadlineLayer` (2 s), `IdempotencyLayer` (in-memory store), `BulkheadLayer` (64),
+/// `BreakerLayer` (`http_status`), over [`HttpPassthrough`]: as `ServerStack::builder`
+/// assembles it (`InStack`), or built one by one, each layer recording as if it stood alone
+/// (`EveryLayer`).
 fn server_stack(
     name: &'static str,
     recording: Recording,
 ) -> impl Service<Request<String>, Error: std::fmt::Debug> + Clone {
-    let inner = || {
-        ServiceBuilder::new()
-            .layer(ProblemLayer::new())
-            .layer(
-                InboundDeadlineLayer::builder()
-                    .name(name)
-                    .cap(Duration::from_secs(2))
-                    .build()
-                    .expect("a valid inbound deadline"),
-            )
-            .layer(
-                IdempotencyLayer::builder(MemoryStore::new())
-                    .name(name)
-                    .build()
-                    .expect("a valid idempotency layer"),
-            )
-            .layer(
-                BulkheadLayer::builder()
-                    .name(name)
-                    .max_concurrent(64)
-                    .build()
-                    .expect("a valid bulkhead"),
-            )
-            .layer(
-                BreakerLayer::builder()
-                    .name(name)
-                    .http_status()
-                    .build()
-                    .expect("a valid breaker"),
-            )
+    let idempotency = move || {
+        IdempotencyLayer::builder(MemoryStore::new())
+            .name(name)
+            .build()
     };
-    let inner = match recording {
-        Recording::InStack => counts_only(inner),
-        Recording::EveryLayer => inner(),
+    let layers = match recording {
+        Recording::InStack => Either::Left(
+            ServerStack::builder(name)
+                .http_status()
+                .deadline_cap(Duration::from_secs(2))
+                .idempotency(idempotency)
+                .bulkhead(|b| b.max_concurrent(64))
+                .build()
+                .expect("a valid server stack"),
+        ),
+        Recording::EveryLayer => Either::Right(
+            ServiceBuilder::new()
+                .layer(RedLayer::server())
+                .layer(ProblemLayer::new())
+                .layer(
+                    InboundDeadlineLayer::builder()
+                        .name(name)
+                        .cap(Duration::from_secs(2))
+                        .carry_in_extensions(false)
+                        .http_status()
+                        .build()
+                        .expect("a valid inbound deadline"),
+                )
+                .layer(idempotency().expect("a valid idempotency layer"))
+                .layer(
+                    BulkheadLayer::builder()
+                        .name(name)
+                        .max_concurrent(64)
+                        .classifier(tower_red::classify::HttpStatus::new())
+                        .build()
+                        .expect("a valid bulkhead"),
+                )
+                .layer(
+                    BreakerLayer::builder()
+                        .name(name)
+                        .http_status()
+                        .build()
+                        .expect("a valid breaker"),
+                ),
+        ),
     };
-    ServiceBuilder::new()
-        .layer(RedLayer::server())
-        .layer(inner)
-        .service(HttpPassthrough)
+    ServiceBuilder::new().layer(layers).service(HttpPassthrough)
 }
 
 /// tower-resilience 0.13's four layers over the same passthrough: time limiter, retry (3

@@ -294,6 +294,10 @@ impl<R: ResponseParts, E> Classify<R, E> for HttpStatus {
     }
 }
 
+/// The `grpc-status` header (and trailer) name, as a constant: looking a header up by a `&str`
+/// parses the name on every call.
+pub const GRPC_STATUS_HEADER: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// Classifies gRPC responses by the `grpc-status` of a trailers-only response, or by the HTTP
 /// status when it is not 200 (gRPC's HTTP-to-gRPC mapping).
 ///
@@ -356,7 +360,7 @@ impl GrpcStatus {
 
     /// The code a response carries in its headers, if any.
     pub fn code_of<R: ResponseParts>(res: &R) -> GrpcCode {
-        match res.headers().get("grpc-status") {
+        match res.headers().get(GRPC_STATUS_HEADER) {
             Some(value) => GrpcCode::from_header_bytes(value.as_bytes()),
             None => GrpcCode::from_http_status(res.status()),
         }

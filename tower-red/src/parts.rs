@@ -60,32 +60,47 @@ pub trait RequestParts {
 /// instructions per request in the `production_stack` bench, against ~100 for this).
 fn uri_host_port(uri: &Uri) -> Option<(&str, u16)> {
     let authority = uri.authority()?.as_str();
-    let bytes = authority.as_bytes();
-    // The host starts after the userinfo's last `@`; a port follows the last `:` that is not
-    // inside an IPv6 literal (every `:` left of a `]` is).
-    let mut start = 0;
+    let default_port = || match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    // The host starts after the userinfo's last `@` (found word by word, not byte by byte).
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host_port)| host_port);
+    let bytes = host_port.as_bytes();
+    // The common shapes, `host`, `host:port` and `[v6]:port`: a port is the digits after the
+    // last `:`, and nothing else may follow it.
+    let digits = bytes
+        .iter()
+        .rev()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if digits < bytes.len() && bytes[bytes.len() - digits - 1] == b':' {
+        let (host, port) = host_port.split_at(bytes.len() - digits - 1);
+        if let Ok(port) = port[1..].parse::<u16>() {
+            return Some((host, port));
+        }
+    } else if !bytes.contains(&b':') || bytes.last() == Some(&b']') {
+        return Some((host_port, default_port()));
+    }
+    // Anything else (an empty or out-of-range port): the port follows the last `:` that is
+    // not inside an IPv6 literal (every `:` left of a `]` is); a port that does not parse is
+    // the scheme's.
     let mut colon = None;
     let mut bracket = false;
     for (i, &b) in bytes.iter().enumerate().rev() {
         match b {
-            b'@' => {
-                start = i + 1;
-                break;
-            }
             b']' => bracket = true,
             b':' if !bracket && colon.is_none() => colon = Some(i),
             _ => {}
         }
     }
     let (host, port) = match colon {
-        Some(i) => (&authority[start..i], authority[i + 1..].parse::<u16>().ok()),
-        None => (&authority[start..], None),
+        Some(i) => (&host_port[..i], host_port[i + 1..].parse::<u16>().ok()),
+        None => (host_port, None),
     };
-    let port = port.unwrap_or(match uri.scheme_str() {
-        Some("https") => 443,
-        _ => 80,
-    });
-    Some((host, port))
+    Some((host, port.unwrap_or_else(default_port)))
 }
 
 impl<B> RequestParts for http::Request<B> {

@@ -93,6 +93,9 @@ const GRPC_STOP: HeaderValue = HeaderValue::from_static("-1");
 /// caller's count on as its own.
 pub fn write_attempt(headers: &mut HeaderMap, n: u32) {
     if n <= 1 {
+        if headers.is_empty() {
+            return;
+        }
         headers.remove(RETRY_ATTEMPT);
         headers.remove(GRPC_PREVIOUS_RPC_ATTEMPTS);
         return;
@@ -332,7 +335,7 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 
 fn grpc_code<B>(res: &Response<B>) -> Option<GrpcCode> {
     res.headers()
-        .get("grpc-status")
+        .get(tower_red::classify::GRPC_STATUS_HEADER)
         .map(|v| GrpcCode::from_header_bytes(v.as_bytes()))
 }
 

@@ -139,9 +139,15 @@ impl Metrics {
         }
     }
 
+    /// One sample per request; inside a stack built in `tower_red::red::counts_only`, per
+    /// request that was retried only. A first attempt is always the value 1, so the samples
+    /// left out are `resilience_requests_total{layer="retry"}` minus the histogram's count:
+    /// nothing is lost, and the happy path takes no histogram sample.
     #[inline]
     pub(crate) fn attempts(&self, attempts: u32) {
-        self.attempts.record(f64::from(attempts));
+        if attempts > 1 || self.red.records_durations() {
+            self.attempts.record(f64::from(attempts));
+        }
     }
 
     #[inline]

@@ -137,7 +137,7 @@ impl<R: ResponseParts, E> Classify<R, E> for RetryOn {
         if let Some(kind) = refused_response(res) {
             return Verdict::Refused(kind);
         }
-        if let Some(value) = res.headers().get("grpc-status") {
+        if let Some(value) = res.headers().get(tower_red::classify::GRPC_STATUS_HEADER) {
             return self
                 .grpc
                 .classify_code(GrpcCode::from_header_bytes(value.as_bytes()));

@@ -120,6 +120,50 @@ async fn retries_stops_attempts_and_the_budget_are_counted() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn inside_a_stack_only_retried_requests_take_an_attempts_sample() {
+    let recorder = DebuggingRecorder::new();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        tower_red::red::counts_only(|| {
+            RetryLayer::builder()
+                .name("orders")
+                .base(Duration::from_millis(10))
+                .jitter(Jitter::None)
+                .no_budget()
+                .always_safe()
+                .build()
+                .expect("valid")
+        })
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = layer.layer(service_fn(move |n: u64| {
+        let i = c.fetch_add(1, SeqCst);
+        async move {
+            if n == 0 && i == 0 {
+                Err::<u64, BoxError>("reset".into())
+            } else {
+                Ok(n)
+            }
+        }
+    }));
+    // A retried request (2 attempts), then two that succeed at once.
+    assert_eq!(svc.clone().oneshot(0).await.expect("second attempt"), 0);
+    assert_eq!(svc.clone().oneshot(1).await.expect("first attempt"), 1);
+    assert_eq!(svc.oneshot(2).await.expect("first attempt"), 2);
+
+    let s = &snapshot(&recorder);
+    // Every request is counted; the first-attempt ones are the requests the histogram lacks.
+    assert_eq!(counter(s, names::REQUESTS_TOTAL, ("outcome", "ok")), 3);
+    match value(s, names::RETRY_REQUEST_ATTEMPTS, None) {
+        Some(DebugValue::Histogram(h)) => {
+            let h: Vec<f64> = h.into_iter().map(|v| v.into_inner()).collect();
+            assert_eq!(h, [2.0]);
+        }
+        other => panic!("attempts: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_unsafe_failure_and_a_cancelled_call_are_counted() {
     let recorder = DebuggingRecorder::new();
     let layer = metrics::with_local_recorder(&recorder, || {

@@ -71,6 +71,7 @@ pub struct TimeoutBudgetBuilder<C = DefaultCap, K = AnyError> {
     ready_timeout: Option<Duration>,
     name: Cow<'static, str>,
     metrics: bool,
+    extensions: bool,
     classifier: K,
 }
 
@@ -81,6 +82,7 @@ impl<C, K> fmt::Debug for TimeoutBudgetBuilder<C, K> {
             .field("ready_timeout", &self.ready_timeout)
             .field("name", &self.name)
             .field("metrics", &self.metrics)
+            .field("extensions", &self.extensions)
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +95,7 @@ impl Default for TimeoutBudgetBuilder {
             ready_timeout: None,
             name: Cow::Borrowed("timeout"),
             metrics: true,
+            extensions: true,
             classifier: AnyError,
         }
     }
@@ -114,6 +117,7 @@ impl<C, K> TimeoutBudgetBuilder<C, K> {
             ready_timeout: self.ready_timeout,
             name: self.name,
             metrics: self.metrics,
+            extensions: self.extensions,
             classifier: self.classifier,
         }
     }
@@ -131,6 +135,7 @@ impl<C, K> TimeoutBudgetBuilder<C, K> {
             ready_timeout: self.ready_timeout,
             name: self.name,
             metrics: self.metrics,
+            extensions: self.extensions,
             classifier,
         }
     }
@@ -170,6 +175,21 @@ impl<C, K> TimeoutBudgetBuilder<C, K> {
         self
     }
 
+    /// Whether an `http::Request`'s deadline is also stored in its extensions (default on).
+    ///
+    /// Every layer and service this one calls and polls in the same task reads the deadline
+    /// from the task-local scope whatever this says ([`Deadline::current`](crate::Deadline::current),
+    /// which [`DeadlineCarrier::deadline`](crate::DeadlineCarrier::deadline) falls back to). The
+    /// extensions are what carries it further: to a service that moves the request to another
+    /// task (`tower::buffer`, a spawned worker) and reads it there. Storing it is not free: the
+    /// first value in a request's empty extensions costs 3 allocations, and every copy a retry
+    /// makes of the request clones them again. A stack whose inner layers all stay on the task
+    /// (the one `tower-idempotency`'s stack builder assembles) turns it off.
+    pub fn carry_in_extensions(mut self, on: bool) -> Self {
+        self.extensions = on;
+        self
+    }
+
     /// Validates the configuration and registers the metric handles with the recorder
     /// installed now.
     pub fn build(self) -> Result<TimeoutBudgetLayer<C, K>, ConfigError> {
@@ -200,6 +220,7 @@ impl<C, K> TimeoutBudgetBuilder<C, K> {
             cap,
             self.cap_fn,
             ready_timeout,
+            self.extensions,
             shared,
         ))
     }

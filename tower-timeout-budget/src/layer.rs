@@ -23,6 +23,7 @@ pub struct TimeoutBudgetLayer<C = DefaultCap, K = AnyError> {
     pub(crate) cap: Duration,
     pub(crate) cap_fn: C,
     pub(crate) ready_timeout: Duration,
+    pub(crate) extensions: bool,
     pub(crate) shared: Shared<K>,
 }
 
@@ -32,6 +33,7 @@ impl<C: Clone, K> Clone for TimeoutBudgetLayer<C, K> {
             cap: self.cap,
             cap_fn: self.cap_fn.clone(),
             ready_timeout: self.ready_timeout,
+            extensions: self.extensions,
             shared: self.shared.clone(),
         }
     }
@@ -42,6 +44,7 @@ impl<C, K> fmt::Debug for TimeoutBudgetLayer<C, K> {
         f.debug_struct("TimeoutBudgetLayer")
             .field("cap", &self.cap)
             .field("ready_timeout", &self.ready_timeout)
+            .field("extensions", &self.extensions)
             .field("shared", &self.shared)
             .finish_non_exhaustive()
     }
@@ -81,12 +84,14 @@ impl<C, K> TimeoutBudgetLayer<C, K> {
         cap: Duration,
         cap_fn: C,
         ready_timeout: Duration,
+        extensions: bool,
         shared: Shared<K>,
     ) -> Self {
         TimeoutBudgetLayer {
             cap,
             cap_fn,
             ready_timeout,
+            extensions,
             shared,
         }
     }

@@ -105,7 +105,9 @@ where
                 None => shared.exceeded(Stage::Arrival, None),
             });
         }
-        req.set_deadline(deadline);
+        if self.config.extensions {
+            req.set_deadline(deadline);
+        }
         let fut = deadline.sync_scope_exact(|| self.inner.call(req));
         ResponseFuture::running(fut, Some(deadline), start, shared.clone())
     }

@@ -134,11 +134,15 @@ impl GrpcTimeout {
     }
 
     /// The header value.
+    ///
+    /// Values made lately on this thread are reused (see [`millis_header_value`]).
     pub fn to_header_value(self) -> HeaderValue {
-        let mut buf = [0u8; 9];
-        let n = write_digits(u64::from(self.value), &mut buf);
-        buf[n] = self.unit;
-        header_value(&buf[..=n])
+        recent(u64::from(self.value) << 8 | u64::from(self.unit), || {
+            let mut buf = [0u8; 9];
+            let n = write_digits(u64::from(self.value), &mut buf);
+            buf[n] = self.unit;
+            header_value(&buf[..=n])
+        })
     }
 }
 
@@ -154,13 +158,55 @@ pub fn parse_millis(bytes: &[u8]) -> Result<Duration, ParseError> {
 }
 
 /// The millisecond header value for a remaining budget, rounded down (saturating at 12 digits).
+///
+/// The last few values made on this thread are kept and shared (a `HeaderValue` clone is a
+/// reference count): a stack reads the clock once per call, so every first attempt sends
+/// exactly its budget, the same value, and only a retry or a request that waited sends a value
+/// that must be allocated.
 pub fn millis_header_value(budget: Duration) -> HeaderValue {
     let millis = u64::try_from(budget.as_millis())
         .unwrap_or(u64::MAX)
         .min(MILLIS_MAX_VALUE);
-    let mut buf = [0u8; 20];
-    let n = write_digits(millis, &mut buf);
-    header_value(&buf[..n])
+    // Unit byte 0: no unit, never a `GrpcTimeout`'s key.
+    recent(millis << 8, || {
+        let mut buf = [0u8; 20];
+        let n = write_digits(millis, &mut buf);
+        header_value(&buf[..n])
+    })
+}
+
+/// How many header values each thread keeps.
+const RECENT_SLOTS: usize = 4;
+
+thread_local! {
+    // Header values made lately on this thread, by key (the number shifted left by 8, or'ed
+    // with the unit letter), in slot `key % RECENT_SLOTS`.
+    static RECENT: std::cell::RefCell<[Option<(u64, HeaderValue)>; RECENT_SLOTS]> =
+        const { std::cell::RefCell::new([const { None }; RECENT_SLOTS]) };
+}
+
+/// The value `make` makes for `key`, shared with the last caller that asked for the same key on
+/// this thread when it is still kept. While the thread is being torn down, `make` alone.
+fn recent(key: u64, make: impl FnOnce() -> HeaderValue) -> HeaderValue {
+    // The low byte is the unit: slot by the number.
+    let slot = ((key >> 8) % RECENT_SLOTS as u64) as usize;
+    let kept = RECENT
+        .try_with(|slots| match &slots.try_borrow().ok()?[slot] {
+            Some((k, value)) if *k == key => Some(value.clone()),
+            _ => None,
+        })
+        .ok()
+        .flatten();
+    if let Some(value) = kept {
+        return value;
+    }
+    let value = make();
+    let _ = RECENT.try_with(|slots| {
+        if let Ok(mut slots) = slots.try_borrow_mut() {
+            slots[slot] = Some((key, value.clone()));
+        }
+    });
+    value
 }
 
 fn parse_digits(digits: &[u8], max_digits: usize) -> Result<u64, ParseError> {
@@ -207,6 +253,45 @@ fn header_value(bytes: &[u8]) -> HeaderValue {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_value_made_again_on_the_same_thread_is_shared_not_allocated() {
+        let a = millis_header_value(Duration::from_millis(2_000));
+        let b = millis_header_value(Duration::from_millis(2_000));
+        assert_eq!(a, "2000");
+        assert_eq!(
+            a.as_bytes().as_ptr(),
+            b.as_bytes().as_ptr(),
+            "one allocation, shared"
+        );
+        let g = GrpcTimeout::from_duration(Duration::from_secs(2));
+        assert_eq!(
+            g.to_header_value().as_bytes().as_ptr(),
+            g.to_header_value().as_bytes().as_ptr()
+        );
+    }
+
+    #[test]
+    fn kept_values_never_answer_for_another_number_or_unit() {
+        // 1, 5 and 9 share a slot; the same number in ms, in `m` and in `S` are three keys.
+        for round in 0..3 {
+            for ms in [1u64, 5, 9, 2_000, 2_004] {
+                let d = Duration::from_millis(ms);
+                assert_eq!(
+                    millis_header_value(d),
+                    ms.to_string().as_str(),
+                    "round {round}"
+                );
+                let g = GrpcTimeout::from_duration(d);
+                assert_eq!(g.to_header_value(), g.to_string().as_str(), "round {round}");
+            }
+            let secs = GrpcTimeout::parse(b"5S").expect("valid");
+            let millis = GrpcTimeout::parse(b"5m").expect("valid");
+            assert_eq!(secs.to_header_value(), "5S");
+            assert_eq!(millis.to_header_value(), "5m");
+            assert_eq!(millis_header_value(Duration::from_millis(5)), "5");
+        }
+    }
 
     #[test]
     fn every_unit_parses() {

@@ -105,11 +105,50 @@ fn a_stack_of_all_three_layers_pays_for_the_extension_once() {
     };
     call_once(&mut svc, request()).expect("warm up");
     let req = request();
-    // Three for the extension map and the `Deadline`; the outbound layer's header value
-    // (`x-request-timeout-ms`) is one more, a `Bytes` of the formatted budget.
+    // Three for the extension map and the `Deadline`. The outbound layer's header value
+    // (`x-request-timeout-ms: 1000`) is the one the warm-up call made, shared: the layers read
+    // the clock once per call, so every call that did not wait sends the same budget.
     let (res, n) = allocations(|| call_once(&mut svc, req));
     res.expect("ok");
-    assert_eq!(n, 4);
+    assert_eq!(n, 3);
+}
+
+fn the_same_stack_with_the_deadline_in_its_scope_only_allocates_nothing() {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let inner = service_fn(|req: http::Request<()>| async move {
+        // The innermost service still sees the deadline, from the task-local scope.
+        Ok::<_, Infallible>(req.deadline().map(|d| d.remaining()))
+    });
+    let outbound = OutboundDeadlineLayer::builder()
+        .carry_in_extensions(false)
+        .build()
+        .expect("valid")
+        .layer(inner);
+    let timeout = TimeoutBudgetLayer::builder()
+        .cap(Duration::from_secs(2))
+        .carry_in_extensions(false)
+        .build()
+        .expect("valid")
+        .layer(outbound);
+    let mut svc = InboundDeadlineLayer::builder()
+        .carry_in_extensions(false)
+        .build()
+        .expect("valid")
+        .layer(timeout);
+    let request = || {
+        http::Request::builder()
+            .header("grpc-timeout", "1S")
+            .body(())
+            .expect("a request")
+    };
+    call_once(&mut svc, request()).expect("warm up");
+    let req = request();
+    // The request's header map has room for the budget header; the header value is shared.
+    let (res, n) = allocations(|| call_once(&mut svc, req));
+    let remaining = res.expect("ok").expect("the deadline seen inside");
+    assert!(remaining <= Duration::from_secs(1), "{remaining:?}");
+    assert_eq!(n, 0);
 }
 
 fn a_call_still_pending_arms_one_boxed_timer() {
@@ -136,5 +175,6 @@ fn what_a_call_allocates() {
     the_first_deadline_on_an_http_request_costs_three_allocations();
     a_deadline_already_on_the_request_is_replaced_in_place();
     a_stack_of_all_three_layers_pays_for_the_extension_once();
+    the_same_stack_with_the_deadline_in_its_scope_only_allocates_nothing();
     a_call_still_pending_arms_one_boxed_timer();
 }

@@ -334,7 +334,10 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
             let policy = retry.policy();
             check::delays_within_budget(policy.backoff(), policy.max_attempts(), total_budget)?;
             let fallback = fallback.make(&name, classifier.clone())?;
+            // The layers below stay on the caller's task and read the deadline from its scope:
+            // no copy in the request's extensions (3 allocations, cloned by every retry).
             let budget = TimeoutBudgetLayer::builder()
+                .carry_in_extensions(false)
                 .cap(total_budget)
                 .name(name.clone())
                 .classifier(classifier.clone())
@@ -344,9 +347,13 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
             let bulkhead = bulkhead(BulkheadLayer::builder().name(name.as_str()))
                 .classifier(classifier.clone())
                 .build()?;
-            let outbound = outbound(OutboundDeadlineLayer::builder().name(name.clone()))
-                .classifier(classifier)
-                .build()?;
+            let outbound = outbound(
+                OutboundDeadlineLayer::builder()
+                    .carry_in_extensions(false)
+                    .name(name.clone()),
+            )
+            .classifier(classifier)
+            .build()?;
             let handles = (breaker.handle(), bulkhead.handle());
             let layers = Stack::new(
                 outbound,

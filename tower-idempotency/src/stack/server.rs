@@ -260,10 +260,14 @@ impl<K, I, A, F, P> ServerStackBuilder<K, I, A, F, P> {
         // The outermost layer records the request's one duration: built outside `counts_only`.
         let red = RedLayer::server();
         counts_only(|| {
-            let deadline = deadline(InboundDeadlineLayer::builder().name(name.clone()))
-                .cap(deadline_cap)
-                .classifier(classifier.clone())
-                .build()?;
+            let deadline = deadline(
+                InboundDeadlineLayer::builder()
+                    .carry_in_extensions(false)
+                    .name(name.clone()),
+            )
+            .cap(deadline_cap)
+            .classifier(classifier.clone())
+            .build()?;
             let idempotency = idempotency()?;
             let fallback = fallback.make(&name, classifier.clone())?;
             let bulkhead = bulkhead(BulkheadLayer::builder().name(name.as_str()))

@@ -28,6 +28,7 @@ pub struct InboundDeadlineBuilder<K = AnyError> {
     margin: Duration,
     name: Cow<'static, str>,
     metrics: bool,
+    extensions: bool,
     classifier: K,
 }
 
@@ -41,6 +42,7 @@ impl Default for InboundDeadlineBuilder {
             margin: DEFAULT_MARGIN,
             name: Cow::Borrowed("inbound"),
             metrics: true,
+            extensions: true,
             classifier: AnyError,
         }
     }
@@ -109,6 +111,16 @@ impl<K> InboundDeadlineBuilder<K> {
         self
     }
 
+    /// Whether an `http::Request`'s deadline is also stored in its extensions (default on), as
+    /// [`TimeoutBudgetBuilder::carry_in_extensions`](crate::TimeoutBudgetBuilder::carry_in_extensions)
+    /// explains: the services this layer calls and polls in the same task read it from the
+    /// task-local scope either way; off saves the 3 allocations of a first extension. The stack
+    /// builder of `tower-idempotency` turns it off.
+    pub fn carry_in_extensions(mut self, on: bool) -> Self {
+        self.extensions = on;
+        self
+    }
+
     /// Judges finished calls with `classifier` (any [`tower_red::Classify`] of the inner
     /// service's response and a [`tower_red::BoxError`]) instead of [`AnyError`], as the
     /// breaker and bulkhead of the stack do. It decides only the RED `outcome` of a call that
@@ -124,6 +136,7 @@ impl<K> InboundDeadlineBuilder<K> {
             margin: self.margin,
             name: self.name,
             metrics: self.metrics,
+            extensions: self.extensions,
             classifier,
         }
     }
@@ -194,6 +207,7 @@ impl<K> InboundDeadlineBuilder<K> {
         );
         InboundDeadlineLayer {
             config: Arc::new(Config {
+                extensions: self.extensions,
                 cap,
                 grpc: self.grpc,
                 http_header,
@@ -207,6 +221,7 @@ impl<K> InboundDeadlineBuilder<K> {
 
 #[derive(Debug)]
 pub(crate) struct Config {
+    pub(crate) extensions: bool,
     pub(crate) cap: Option<Duration>,
     pub(crate) grpc: bool,
     pub(crate) http_header: Option<HeaderName>,

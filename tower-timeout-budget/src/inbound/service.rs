@@ -164,7 +164,9 @@ where
         if deadline.instant() <= now {
             return ResponseFuture::failed(self.shared.exceeded(Stage::Arrival, None));
         }
-        req.set_deadline(deadline);
+        if self.config.extensions {
+            req.set_deadline(deadline);
+        }
         let fut = deadline.sync_scope_exact(|| self.inner.call(req));
         ResponseFuture::running(fut, Some(deadline), now, self.shared.clone())
     }

@@ -45,6 +45,7 @@ pub struct OutboundDeadlineBuilder<K = AnyError> {
     cap: Option<Duration>,
     name: Cow<'static, str>,
     metrics: bool,
+    extensions: bool,
     classifier: K,
 }
 
@@ -57,6 +58,7 @@ impl Default for OutboundDeadlineBuilder {
             cap: None,
             name: Cow::Borrowed("outbound"),
             metrics: true,
+            extensions: true,
             classifier: AnyError,
         }
     }
@@ -102,6 +104,16 @@ impl<K> OutboundDeadlineBuilder<K> {
         self
     }
 
+    /// Whether an `http::Request`'s deadline is also stored in its extensions (default on), as
+    /// [`TimeoutBudgetBuilder::carry_in_extensions`](crate::TimeoutBudgetBuilder::carry_in_extensions)
+    /// explains: the services this layer calls and polls in the same task read it from the
+    /// task-local scope either way; off saves the 3 allocations of a first extension. The stack
+    /// builder of `tower-idempotency` turns it off.
+    pub fn carry_in_extensions(mut self, on: bool) -> Self {
+        self.extensions = on;
+        self
+    }
+
     /// Judges finished calls with `classifier` (any [`tower_red::Classify`] of the inner
     /// service's response and a [`tower_red::BoxError`]) instead of [`AnyError`], as the
     /// breaker and bulkhead of the stack do. It decides only the RED `outcome` of a call that
@@ -117,6 +129,7 @@ impl<K> OutboundDeadlineBuilder<K> {
             cap: self.cap,
             name: self.name,
             metrics: self.metrics,
+            extensions: self.extensions,
             classifier,
         }
     }
@@ -151,7 +164,13 @@ impl<K> OutboundDeadlineBuilder<K> {
                 format!("must be smaller than the cap ({cap:?})"),
             ));
         }
-        let http_header = HeaderName::from_bytes(self.http_header.as_bytes()).map_err(|_| {
+        // The default name is static: cloning it for every request copies a pointer.
+        let parsed = if self.http_header == DEFAULT_HTTP_HEADER {
+            Ok(HeaderName::from_static(DEFAULT_HTTP_HEADER))
+        } else {
+            HeaderName::from_bytes(self.http_header.as_bytes())
+        };
+        let http_header = parsed.map_err(|_| {
             ConfigError::new(
                 DEADLINE_OUTBOUND,
                 "http_header",
@@ -179,6 +198,7 @@ impl<K> OutboundDeadlineBuilder<K> {
     ) -> OutboundDeadlineLayer<K> {
         OutboundDeadlineLayer {
             config: Arc::new(Config {
+                extensions: self.extensions,
                 margin: self.margin,
                 propagation: self.propagation,
                 http_header,
@@ -197,6 +217,7 @@ impl<K> OutboundDeadlineBuilder<K> {
 
 #[derive(Debug)]
 pub(crate) struct Config {
+    pub(crate) extensions: bool,
     pub(crate) margin: Duration,
     pub(crate) propagation: Propagation,
     pub(crate) http_header: HeaderName,

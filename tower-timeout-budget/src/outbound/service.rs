@@ -168,7 +168,9 @@ where
             );
             on_wire = Some(on_wire.map_or(sent, |w| w.min(sent)));
         }
-        req.set_deadline(deadline);
+        if self.config.extensions {
+            req.set_deadline(deadline);
+        }
         let fut = deadline.sync_scope_exact(|| self.inner.call(req));
         let wire = on_wire.and_then(|w| now.checked_add(w));
         ResponseFuture::sent(fut, Some(deadline), now, wire, self.shared.clone())
