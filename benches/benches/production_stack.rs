@@ -27,8 +27,7 @@ use std::time::Duration;
 use benches::{allocations_per_call_in_place, runtime, time_calls};
 use criterion::{Criterion, criterion_group};
 use http::{Request, Response, Uri};
-use tower::util::Either;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_breaker::BreakerLayer;
 use tower_bulkhead::BulkheadLayer;
 use tower_idempotency::IdempotencyLayer;
@@ -81,139 +80,131 @@ fn server_request() -> Request<String> {
     req
 }
 
-/// How the stack's layers record.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Recording {
-    /// The inner layers built inside `counts_only`: counters only.
-    InStack,
-    /// Every layer built as if alone: counters and durations.
-    EveryLayer,
-}
-
-/// The README's client stack, outermost first: `RedLayer::client()`, `IdempotencyKeyLayer`,
-/// `TimeoutBudgetLayer` (2 s), `RetryLayer` (HTTP), `BreakerLayer` (`http_status`),
-/// `BulkheadLayer` (32), `OutboundDeadlineLayer`, over [`HttpPassthrough`]. `InStack` is what
-/// `ClientStack::builder` assembles (the inner layers inside `counts_only`, the deadline in the
-/// task-local scope only); `EveryLayer` the same layers built one by one, each recording as if
-/// it stood alone. `name` names every layer's series (distinct per variant, so no two live
-/// instances merge).
+/// The README's client stack as `ClientStack::builder` assembles it, outermost first:
+/// `RedLayer::client()`, `IdempotencyKeyLayer`, `TimeoutBudgetLayer` (2 s), `RetryLayer`
+/// (HTTP), `BreakerLayer` (`http_status`), `BulkheadLayer` (32), `OutboundDeadlineLayer`, over
+/// [`HttpPassthrough`]: the inner layers built inside `counts_only`, the deadline in the
+/// task-local scope only. `name` names every layer's series (distinct per variant, so no two
+/// live instances merge).
 fn client_stack(
     name: &'static str,
-    recording: Recording,
 ) -> impl Service<Request<String>, Response = Response<String>, Error = BoxError> + Clone {
-    let layers = match recording {
-        Recording::InStack => Either::Left(
-            ClientStack::builder(name)
-                .http_status()
-                .total_budget(Duration::from_secs(2))
-                .bulkhead(|b| b.max_concurrent(32))
-                .build()
-                .expect("a valid client stack"),
-        ),
-        Recording::EveryLayer => Either::Right(
-            ServiceBuilder::new()
-                .layer(RedLayer::client())
-                .layer(IdempotencyKeyLayer::new())
-                .layer(
-                    TimeoutBudgetLayer::builder()
-                        .name(name)
-                        .cap(Duration::from_secs(2))
-                        .carry_in_extensions(false)
-                        .http_status()
-                        .build()
-                        .expect("a valid cap"),
-                )
-                .layer(
-                    RetryLayer::builder()
-                        .name(name)
-                        .retry_on(RetryOn::new())
-                        .build()
-                        .expect("a valid retry"),
-                )
-                .layer(
-                    BreakerLayer::builder()
-                        .name(name)
-                        .http_status()
-                        .build()
-                        .expect("a valid breaker"),
-                )
-                .layer(
-                    BulkheadLayer::builder()
-                        .name(name)
-                        .max_concurrent(32)
-                        .classifier(tower_red::classify::HttpStatus::new())
-                        .build()
-                        .expect("a valid bulkhead"),
-                )
-                .layer(
-                    OutboundDeadlineLayer::builder()
-                        .name(name)
-                        .carry_in_extensions(false)
-                        .http_status()
-                        .build()
-                        .expect("a valid outbound deadline"),
-                ),
-        ),
-    };
-    ServiceBuilder::new().layer(layers).service(HttpPassthrough)
+    ClientStack::builder(name)
+        .http_status()
+        .total_budget(Duration::from_secs(2))
+        .bulkhead(|b| b.max_concurrent(32))
+        .build()
+        .expect("a valid client stack")
+        .layer(HttpPassthrough)
 }
 
-/// The README's server stack, outermost first: `RedLayer::server()`, `ProblemLayer`,
-/// `InboundDeadlineLayer` (2 s), `IdempotencyLayer` (in-memory store), `BulkheadLayer` (64),
-/// `BreakerLayer` (`http_status`), over [`HttpPassthrough`]: as `ServerStack::builder`
-/// assembles it (`InStack`), or built one by one, each layer recording as if it stood alone
-/// (`EveryLayer`).
+/// The same layers built one by one, each recording its durations as if it stood alone.
+fn client_stack_every_layer_timing(
+    name: &'static str,
+) -> impl Service<Request<String>, Response = Response<String>, Error = BoxError> + Clone {
+    ServiceBuilder::new()
+        .layer(RedLayer::client())
+        .layer(IdempotencyKeyLayer::new())
+        .layer(
+            TimeoutBudgetLayer::builder()
+                .name(name)
+                .cap(Duration::from_secs(2))
+                .carry_in_extensions(false)
+                .http_status()
+                .build()
+                .expect("a valid cap"),
+        )
+        .layer(
+            RetryLayer::builder()
+                .name(name)
+                .retry_on(RetryOn::new())
+                .build()
+                .expect("a valid retry"),
+        )
+        .layer(
+            BreakerLayer::builder()
+                .name(name)
+                .http_status()
+                .build()
+                .expect("a valid breaker"),
+        )
+        .layer(
+            BulkheadLayer::builder()
+                .name(name)
+                .max_concurrent(32)
+                .classifier(tower_red::classify::HttpStatus::new())
+                .build()
+                .expect("a valid bulkhead"),
+        )
+        .layer(
+            OutboundDeadlineLayer::builder()
+                .name(name)
+                .carry_in_extensions(false)
+                .http_status()
+                .build()
+                .expect("a valid outbound deadline"),
+        )
+        .service(HttpPassthrough)
+}
+
+/// The README's server stack as `ServerStack::builder` assembles it, outermost first:
+/// `RedLayer::server()`, `ProblemLayer`, `InboundDeadlineLayer` (2 s), `IdempotencyLayer`
+/// (in-memory store), `BulkheadLayer` (64), `BreakerLayer` (`http_status`), over
+/// [`HttpPassthrough`].
 fn server_stack(
     name: &'static str,
-    recording: Recording,
 ) -> impl Service<Request<String>, Error: std::fmt::Debug> + Clone {
-    let idempotency = move || {
-        IdempotencyLayer::builder(MemoryStore::new())
-            .name(name)
-            .build()
-    };
-    let layers = match recording {
-        Recording::InStack => Either::Left(
-            ServerStack::builder(name)
+    ServerStack::builder(name)
+        .http_status()
+        .deadline_cap(Duration::from_secs(2))
+        .idempotency(move || idempotency(name))
+        .bulkhead(|b| b.max_concurrent(64))
+        .build()
+        .expect("a valid server stack")
+        .layer(HttpPassthrough)
+}
+
+fn idempotency(
+    name: &'static str,
+) -> Result<IdempotencyLayer<MemoryStore>, tower_red::ConfigError> {
+    IdempotencyLayer::builder(MemoryStore::new())
+        .name(name)
+        .build()
+}
+
+/// The same layers built one by one, each recording its durations as if it stood alone.
+fn server_stack_every_layer_timing(
+    name: &'static str,
+) -> impl Service<Request<String>, Error: std::fmt::Debug> + Clone {
+    ServiceBuilder::new()
+        .layer(RedLayer::server())
+        .layer(ProblemLayer::new())
+        .layer(
+            InboundDeadlineLayer::builder()
+                .name(name)
+                .cap(Duration::from_secs(2))
+                .carry_in_extensions(false)
                 .http_status()
-                .deadline_cap(Duration::from_secs(2))
-                .idempotency(idempotency)
-                .bulkhead(|b| b.max_concurrent(64))
                 .build()
-                .expect("a valid server stack"),
-        ),
-        Recording::EveryLayer => Either::Right(
-            ServiceBuilder::new()
-                .layer(RedLayer::server())
-                .layer(ProblemLayer::new())
-                .layer(
-                    InboundDeadlineLayer::builder()
-                        .name(name)
-                        .cap(Duration::from_secs(2))
-                        .carry_in_extensions(false)
-                        .http_status()
-                        .build()
-                        .expect("a valid inbound deadline"),
-                )
-                .layer(idempotency().expect("a valid idempotency layer"))
-                .layer(
-                    BulkheadLayer::builder()
-                        .name(name)
-                        .max_concurrent(64)
-                        .classifier(tower_red::classify::HttpStatus::new())
-                        .build()
-                        .expect("a valid bulkhead"),
-                )
-                .layer(
-                    BreakerLayer::builder()
-                        .name(name)
-                        .http_status()
-                        .build()
-                        .expect("a valid breaker"),
-                ),
-        ),
-    };
-    ServiceBuilder::new().layer(layers).service(HttpPassthrough)
+                .expect("a valid inbound deadline"),
+        )
+        .layer(idempotency(name).expect("a valid idempotency layer"))
+        .layer(
+            BulkheadLayer::builder()
+                .name(name)
+                .max_concurrent(64)
+                .classifier(tower_red::classify::HttpStatus::new())
+                .build()
+                .expect("a valid bulkhead"),
+        )
+        .layer(
+            BreakerLayer::builder()
+                .name(name)
+                .http_status()
+                .build()
+                .expect("a valid breaker"),
+        )
+        .service(HttpPassthrough)
 }
 
 /// tower-resilience 0.13's four layers over the same passthrough: time limiter, retry (3
@@ -283,14 +274,14 @@ fn bench(c: &mut Criterion) {
     let rt = runtime();
 
     // Built before any recorder is installed: every handle is a no-op for life.
-    let mut client_none = client_stack("none", Recording::InStack);
-    let mut server_none = server_stack("none", Recording::InStack);
+    let mut client_none = client_stack("none");
+    let mut server_none = server_stack("none");
 
     let _handle = tower_red::prometheus::install().expect("the global Prometheus recorder");
-    let mut client_in_stack = client_stack("in-stack", Recording::InStack);
-    let mut client_every = client_stack("every", Recording::EveryLayer);
-    let mut server_in_stack = server_stack("in-stack", Recording::InStack);
-    let mut server_every = server_stack("every", Recording::EveryLayer);
+    let mut client_in_stack = client_stack("in-stack");
+    let mut client_every = client_stack_every_layer_timing("every");
+    let mut server_in_stack = server_stack("in-stack");
+    let mut server_every = server_stack_every_layer_timing("every");
     let mut peer = peer_stack();
     warm(&rt, &mut client_in_stack, client_request());
     warm(&rt, &mut client_every, client_request());
@@ -396,10 +387,6 @@ fn instructions(stack: &str, calls: u64) {
         std::hint::black_box(time_calls(&rt, &mut svc, calls, request));
     }
     let (side, variant) = stack.split_once('/').expect("side/variant");
-    let recording = match variant {
-        "ours_prometheus" => Recording::InStack,
-        _ => Recording::EveryLayer,
-    };
     if variant != "ours_no_recorder" {
         tower_red::prometheus::install().expect("the global Prometheus recorder");
     }
@@ -407,8 +394,14 @@ fn instructions(stack: &str, calls: u64) {
         ("client", "passthrough") => run(HttpPassthrough, calls, client_request),
         ("server", "passthrough") => run(HttpPassthrough, calls, server_request),
         ("client", "peer") => run(peer_stack(), calls, client_request),
-        ("client", _) => run(client_stack("i", recording), calls, client_request),
-        ("server", _) => run(server_stack("i", recording), calls, server_request),
+        ("client", "ours_no_recorder" | "ours_prometheus") => {
+            run(client_stack("i"), calls, client_request)
+        }
+        ("server", "ours_no_recorder" | "ours_prometheus") => {
+            run(server_stack("i"), calls, server_request)
+        }
+        ("client", _) => run(client_stack_every_layer_timing("i"), calls, client_request),
+        ("server", _) => run(server_stack_every_layer_timing("i"), calls, server_request),
         _ => panic!("unknown stack {stack}"),
     }
 }
