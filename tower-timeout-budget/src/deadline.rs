@@ -19,7 +19,7 @@ thread_local! {
 }
 
 /// Restores the enclosing task-local deadline when a scope ends, unwinding included.
-struct Restore(Option<Deadline>);
+pub(crate) struct Restore(Option<Deadline>);
 
 impl Restore {
     #[inline]
@@ -180,8 +180,16 @@ impl Deadline {
         }
     }
 
-    /// [`Deadline::sync_scope`] for a deadline already known to be no later than the enclosing
-    /// one (see [`Deadline::within_current`]): skips reading it again.
+    /// Makes `self` the task-local deadline until the guard is dropped, for a deadline already
+    /// known to be no later than the enclosing one (see [`Deadline::within_current`]): skips
+    /// reading it again. A guard, not a closure: a request moved into a closure is one more
+    /// copy of it (an `http::Request` is ~250 bytes) on every call.
+    #[inline]
+    pub(crate) fn enter_exact(self) -> Restore {
+        Restore::enter(self)
+    }
+
+    /// [`Deadline::enter_exact`] for the length of the closure `f`.
     #[inline]
     pub(crate) fn sync_scope_exact<R>(self, f: impl FnOnce() -> R) -> R {
         let _restore = Restore::enter(self);

@@ -108,7 +108,10 @@ where
         if self.config.extensions {
             req.set_deadline(deadline);
         }
-        let fut = deadline.sync_scope_exact(|| self.inner.call(req));
+        let fut = {
+            let _scope = deadline.enter_exact();
+            self.inner.call(req)
+        };
         ResponseFuture::running(fut, Some(deadline), start, shared.clone())
     }
 }

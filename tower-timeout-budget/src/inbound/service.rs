@@ -167,7 +167,10 @@ where
         if self.config.extensions {
             req.set_deadline(deadline);
         }
-        let fut = deadline.sync_scope_exact(|| self.inner.call(req));
+        let fut = {
+            let _scope = deadline.enter_exact();
+            self.inner.call(req)
+        };
         ResponseFuture::running(fut, Some(deadline), now, self.shared.clone())
     }
 }

@@ -171,7 +171,10 @@ where
         if self.config.extensions {
             req.set_deadline(deadline);
         }
-        let fut = deadline.sync_scope_exact(|| self.inner.call(req));
+        let fut = {
+            let _scope = deadline.enter_exact();
+            self.inner.call(req)
+        };
         let wire = on_wire.and_then(|w| now.checked_add(w));
         ResponseFuture::sent(fut, Some(deadline), now, wire, self.shared.clone())
     }
