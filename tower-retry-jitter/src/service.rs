@@ -13,7 +13,7 @@ use tower_service::Service;
 use tower_timeout_budget::DeadlineCarrier;
 
 use crate::budget::BudgetKind;
-use crate::future::{Backup, BufferedFuture, ResponseFuture, Retrying, Run, Start};
+use crate::future::{Backup, BufferedFuture, ResponseFuture, Run, Start};
 use crate::metrics::{Metrics, StopReason};
 use crate::policy::{RetryPolicy, Stop};
 use crate::replay::{BufferBody, CloneRequest, ReplayRequest, RetryBody};
@@ -255,23 +255,28 @@ where
         };
         let (start, _scope) = self.start(copy.is_some(), deadline);
         let fut = self.inner.call(req);
-        let retry = copy.map(|copy| {
-            let mark: fn(&mut Req, u32) = <P as RetrySafety<Req>>::mark_attempt;
-            Retrying::new(
+        if let Some(copy) = copy {
+            // `refused` is `None`: a copy is made only for a call that may be retried.
+            return ResponseFuture::retrying(
+                fut,
                 self.inner.clone(),
-                Backup::new(copy, self.replay.clone(), mark),
+                copy,
+                self.replay.clone(),
+                <P as RetrySafety<Req>>::mark_attempt,
+                self.shared.clone(),
+                self.classifier.clone(),
+                start,
+            );
+        }
+        let run = (start.red.is_some() || self.shared.attempt_timeout.is_some()).then(|| {
+            Run::new(
+                self.shared.clone(),
+                None,
+                self.classifier.clone(),
+                start,
+                refused,
             )
         });
-        let run = (retry.is_some() || start.red.is_some() || self.shared.attempt_timeout.is_some())
-            .then(|| {
-                Run::new(
-                    self.shared.clone(),
-                    retry,
-                    self.classifier.clone(),
-                    start,
-                    refused,
-                )
-            });
         ResponseFuture::new(fut, run)
     }
 }
