@@ -43,7 +43,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use http::{Method, StatusCode};
 use metrics::{Gauge, Histogram, Label};
@@ -596,13 +596,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _scope = this.guard.is_some().then(Scope::enter);
-        let result = ready!(this.inner.poll(cx));
+        // The inner poll is returned as it is, in every branch, and only read here: the
+        // compiler then writes it straight into this poll's return slot instead of copying
+        // the response once more.
+        let poll = this.inner.poll(cx);
+        let Poll::Ready(result) = &poll else {
+            return poll;
+        };
         // No guard: nothing records (no recorder at build), or already completed.
         let Some(guard) = this.guard.take() else {
-            return Poll::Ready(result);
+            return poll;
         };
         let elapsed = clock::now().saturating_duration_since(guard.start);
-        let (status, error) = match &result {
+        let (status, error) = match result {
             Ok(res) => {
                 let status = res.status();
                 let failed = match guard.shared.side {
@@ -622,7 +628,7 @@ where
         };
         let key = Key::new(guard.method, status, error, guard.route, guard.port);
         guard.shared.record(key, elapsed.as_secs_f64());
-        Poll::Ready(result)
+        poll
     }
 }
 
