@@ -177,6 +177,20 @@ const MAX_CACHED_LAYERS: usize = 64;
 struct LocalCache {
     routes: ById<HashMap<Box<str>, u16, BuildHasherDefault<KeyHasher>>>,
     series: ById<SeriesMap>,
+    /// The client target this thread's last request went to, and what it resolved to.
+    last_target: Option<LastTarget>,
+}
+
+/// A client request's scheme and authority, verbatim, and the host id and port they gave.
+/// A client stack usually serves one dependency, so its next request goes to the same target:
+/// two string compares instead of parsing the authority and hashing the host. The buffers are
+/// reused, so a new target allocates only when it is longer than any before.
+struct LastTarget {
+    layer: u64,
+    scheme: String,
+    authority: String,
+    id: u16,
+    port: u16,
 }
 
 impl LocalCache {
@@ -266,6 +280,51 @@ impl Shared {
             });
         }
         id
+    }
+
+    /// The host id and port of a client request, remembered per thread for its last target.
+    fn client_target<R: RequestParts>(&self, req: &R) -> (u16, u16) {
+        let target = req.target();
+        if let Some((scheme, authority)) = target {
+            let hit = LOCAL.with(|local| {
+                let local = local.borrow();
+                local
+                    .last_target
+                    .as_ref()
+                    .filter(|t| {
+                        t.layer == self.id && t.authority == authority && t.scheme == scheme
+                    })
+                    .map(|t| (t.id, t.port))
+            });
+            if let Some(hit) = hit {
+                return hit;
+            }
+        }
+        let (id, port) = req
+            .host_port()
+            .map_or((NO_ID, 0), |(host, port)| (self.intern(host), port));
+        if let Some((scheme, authority)) = target
+            && id != OTHER_ID
+        {
+            LOCAL.with(|local| {
+                let mut local = local.borrow_mut();
+                let last = local.last_target.get_or_insert_with(|| LastTarget {
+                    layer: 0,
+                    scheme: String::new(),
+                    authority: String::new(),
+                    id: NO_ID,
+                    port: 0,
+                });
+                last.layer = self.id;
+                last.scheme.clear();
+                last.scheme.push_str(scheme);
+                last.authority.clear();
+                last.authority.push_str(authority);
+                last.id = id;
+                last.port = port;
+            });
+        }
+        (id, port)
     }
 
     fn intern_shared(&self, s: &str) -> u16 {
@@ -523,9 +582,7 @@ where
         let method = method_index(req.method());
         let (route, port) = match self.shared.side {
             Side::Server => (route_of(&req).map_or(NO_ID, |r| self.shared.intern(r)), 0),
-            Side::Client => req
-                .host_port()
-                .map_or((NO_ID, 0), |(host, port)| (self.shared.intern(host), port)),
+            Side::Client => self.shared.client_target(&req),
         };
         self.shared.active[usize::from(method)].increment(1.0);
         // One clock read shared with the layers this call goes through.

@@ -332,3 +332,44 @@ async fn layers_on_one_thread_keep_their_own_route_ids() {
         "{s:#?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_remembered_client_target_never_answers_for_another_layer_scheme_or_authority() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let ok = |_req: http::Request<()>| async {
+        Ok::<_, Infallible>(http::Response::builder().status(200).body(()).unwrap())
+    };
+    // `b` can name one host only: whatever `a` remembered, `b` must resolve on its own.
+    let mut a = RedLayer::client().layer(service_fn(ok));
+    let mut b = RedLayer::client().max_routes(1).layer(service_fn(ok));
+    for (which, uri) in [
+        ('a', "http://other/x"),
+        ('a', "http://other/y"),           // the same target: remembered
+        ('a', "https://other/x"),          // same authority, another scheme: another port
+        ('b', "https://other/x"),          // same target, another layer
+        ('b', "http://api.internal:81/x"), // past `b`'s cap
+        ('a', "http://api.internal:81/x"),
+        ('a', "http://api.internal:8/x"), // a prefix of the last authority
+    ] {
+        let svc = if which == 'a' { &mut a } else { &mut b };
+        let req = http::Request::get(uri).body(()).unwrap();
+        svc.ready().await.unwrap().call(req).await.unwrap();
+    }
+    let s = series(&recorder);
+    let name = names::HTTP_CLIENT_REQUEST_DURATION_SECONDS;
+    let target = |address: &'static str, port: &'static str| {
+        l(&[
+            ("http_request_method", "GET"),
+            ("http_response_status_code", "200"),
+            ("server_address", address),
+            ("server_port", port),
+        ])
+    };
+    // Both layers write the same series names: the counts add up over `a` and `b`.
+    assert_eq!(count(&s, name, &target("other", "80")), 2, "{s:#?}");
+    assert_eq!(count(&s, name, &target("other", "443")), 2, "{s:#?}");
+    assert_eq!(count(&s, name, &target("_OTHER", "81")), 1, "{s:#?}");
+    assert_eq!(count(&s, name, &target("api.internal", "81")), 1, "{s:#?}");
+    assert_eq!(count(&s, name, &target("api.internal", "8")), 1, "{s:#?}");
+}
