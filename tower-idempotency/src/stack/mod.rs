@@ -63,6 +63,20 @@
 //! (`resilience_requests_total`) without a duration histogram each. A layer built alone
 //! records both.
 //!
+//! # Where the deadline travels
+//!
+//! Every layer of a built stack stays on the caller's task, so the deadline layers keep the
+//! deadline in the task-local scope only
+//! ([`carry_in_extensions(false)`](tower_timeout_budget::TimeoutBudgetBuilder::carry_in_extensions)):
+//! the layers below, the service the stack wraps and a handler read it with
+//! [`Deadline::current`](tower_timeout_budget::Deadline::current) (which
+//! [`DeadlineCarrier::deadline`](tower_timeout_budget::DeadlineCarrier::deadline) falls back to),
+//! and the request carries none in its extensions. Storing it there would cost 3 allocations per
+//! request, and every copy the retry makes would clone them. A handler that extracts
+//! `Extension<Deadline>`, or a service below that moves the request to another task, turns it
+//! back on: `.deadline(|d| d.carry_in_extensions(true))` (server) or
+//! `.outbound_deadline(|o| o.carry_in_extensions(true))` (client).
+//!
 //! ```
 //! # fn main() -> Result<(), tower_red::ConfigError> {
 //! use std::time::Duration;
