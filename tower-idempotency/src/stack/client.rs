@@ -53,17 +53,19 @@ impl ClientStack<()> {
     /// A builder; `name` labels every layer's metrics (keep it bounded: one per dependency).
     pub fn builder(name: impl Into<String>) -> ClientStackBuilder {
         ClientStackBuilder {
-            name: name.into(),
+            settings: Settings {
+                name: name.into(),
+                total_budget: DEFAULT_TOTAL_BUDGET,
+                attempt_timeout: None,
+                retry: Box::new(|r| r),
+                breaker: Box::new(|b| b),
+                outbound: Box::new(|o| o),
+            },
             classifier: AnyError,
             retry_on: SameAsStack,
             replay: CloneRequest,
             fallback: NoFallback,
-            total_budget: DEFAULT_TOTAL_BUDGET,
-            attempt_timeout: None,
-            retry: Box::new(|r| r),
-            breaker: Box::new(|b| b),
             bulkhead: Box::new(|b| b),
-            outbound: Box::new(|o| o),
         }
     }
 }
@@ -81,16 +83,21 @@ pub struct ClientStackBuilder<
     F = NoFallback,
     P = Unpartitioned,
 > {
-    name: String,
+    settings: Settings,
     classifier: K,
     retry_on: RK,
     replay: R,
     fallback: F,
+    bulkhead: Box<dyn FnOnce(tower_bulkhead::Builder) -> tower_bulkhead::Builder<P> + Send>,
+}
+
+/// The settings whose setters keep the builder's type.
+struct Settings {
+    name: String,
     total_budget: Duration,
     attempt_timeout: Option<Duration>,
     retry: Tweak<RetryLayerBuilder>,
     breaker: Tweak<BreakerBuilder>,
-    bulkhead: Box<dyn FnOnce(tower_bulkhead::Builder) -> tower_bulkhead::Builder<P> + Send>,
     outbound: Tweak<OutboundDeadlineBuilder>,
 }
 
@@ -99,13 +106,13 @@ impl<K: fmt::Debug, RK: fmt::Debug, R: fmt::Debug, F: fmt::Debug, P> fmt::Debug
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientStackBuilder")
-            .field("name", &self.name)
+            .field("name", &self.settings.name)
             .field("classifier", &self.classifier)
             .field("retry_on", &self.retry_on)
             .field("replay", &self.replay)
             .field("fallback", &self.fallback)
-            .field("total_budget", &self.total_budget)
-            .field("attempt_timeout", &self.attempt_timeout)
+            .field("total_budget", &self.settings.total_budget)
+            .field("attempt_timeout", &self.settings.attempt_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -114,17 +121,12 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
     /// The one classifier of every layer (default: any `Err` is a failure).
     pub fn classifier<K2>(self, classifier: K2) -> ClientStackBuilder<K2, RK, R, F, P> {
         ClientStackBuilder {
-            name: self.name,
+            settings: self.settings,
             classifier,
             retry_on: self.retry_on,
             replay: self.replay,
             fallback: self.fallback,
-            total_budget: self.total_budget,
-            attempt_timeout: self.attempt_timeout,
-            retry: self.retry,
-            breaker: self.breaker,
             bulkhead: self.bulkhead,
-            outbound: self.outbound,
         }
     }
 
@@ -143,17 +145,12 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
     /// retry only outcomes the stack's classifier judges failures: checked by `build`.
     pub fn retry_on<RK2>(self, retry_on: RK2) -> ClientStackBuilder<K, RK2, R, F, P> {
         ClientStackBuilder {
-            name: self.name,
+            settings: self.settings,
             classifier: self.classifier,
             retry_on,
             replay: self.replay,
             fallback: self.fallback,
-            total_budget: self.total_budget,
-            attempt_timeout: self.attempt_timeout,
-            retry: self.retry,
-            breaker: self.breaker,
             bulkhead: self.bulkhead,
-            outbound: self.outbound,
         }
     }
 
@@ -161,17 +158,12 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
     /// `Clone` body, or any `Clone` request).
     pub fn replay<R2>(self, replay: R2) -> ClientStackBuilder<K, RK, R2, F, P> {
         ClientStackBuilder {
-            name: self.name,
+            settings: self.settings,
             classifier: self.classifier,
             retry_on: self.retry_on,
             replay,
             fallback: self.fallback,
-            total_budget: self.total_budget,
-            attempt_timeout: self.attempt_timeout,
-            retry: self.retry,
-            breaker: self.breaker,
             bulkhead: self.bulkhead,
-            outbound: self.outbound,
         }
     }
 
@@ -192,17 +184,12 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
         tweak: impl FnOnce(FallbackLayerBuilder) -> FallbackLayerBuilder + Send + 'static,
     ) -> ClientStackBuilder<K, RK, R, WithFallback, P> {
         ClientStackBuilder {
-            name: self.name,
+            settings: self.settings,
             classifier: self.classifier,
             retry_on: self.retry_on,
             replay: self.replay,
             fallback: WithFallback::new(tweak),
-            total_budget: self.total_budget,
-            attempt_timeout: self.attempt_timeout,
-            retry: self.retry,
-            breaker: self.breaker,
             bulkhead: self.bulkhead,
-            outbound: self.outbound,
         }
     }
 
@@ -210,14 +197,14 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
     /// [`DEFAULT_TOTAL_BUDGET`]). A deadline the caller already set (a `Deadline` in scope, or
     /// one read from the request) is kept when it is shorter.
     pub fn total_budget(mut self, budget: Duration) -> Self {
-        self.total_budget = budget;
+        self.settings.total_budget = budget;
         self
     }
 
     /// Each attempt's timeout (default: none, the total budget bounds each attempt). It must
     /// fit in the total budget, and the breaker's time window must hold two of it.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
-        self.attempt_timeout = Some(timeout);
+        self.settings.attempt_timeout = Some(timeout);
         self
     }
 
@@ -227,7 +214,7 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
         mut self,
         tweak: impl FnOnce(RetryLayerBuilder) -> RetryLayerBuilder + Send + 'static,
     ) -> Self {
-        self.retry = Box::new(tweak);
+        self.settings.retry = Box::new(tweak);
         self
     }
 
@@ -236,7 +223,7 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
         mut self,
         tweak: impl FnOnce(BreakerBuilder) -> BreakerBuilder + Send + 'static,
     ) -> Self {
-        self.breaker = Box::new(tweak);
+        self.settings.breaker = Box::new(tweak);
         self
     }
 
@@ -247,17 +234,12 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
         tweak: impl FnOnce(tower_bulkhead::Builder) -> tower_bulkhead::Builder<P2> + Send + 'static,
     ) -> ClientStackBuilder<K, RK, R, F, P2> {
         ClientStackBuilder {
-            name: self.name,
+            settings: self.settings,
             classifier: self.classifier,
             retry_on: self.retry_on,
             replay: self.replay,
             fallback: self.fallback,
-            total_budget: self.total_budget,
-            attempt_timeout: self.attempt_timeout,
-            retry: self.retry,
-            breaker: self.breaker,
             bulkhead: Box::new(tweak),
-            outbound: self.outbound,
         }
     }
 
@@ -266,7 +248,7 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
         mut self,
         tweak: impl FnOnce(OutboundDeadlineBuilder) -> OutboundDeadlineBuilder + Send + 'static,
     ) -> Self {
-        self.outbound = Box::new(tweak);
+        self.settings.outbound = Box::new(tweak);
         self
     }
 
@@ -290,17 +272,20 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
         F: FallbackSlot<K>,
     {
         let ClientStackBuilder {
-            name,
+            settings:
+                Settings {
+                    name,
+                    total_budget,
+                    attempt_timeout,
+                    retry,
+                    breaker,
+                    outbound,
+                },
             classifier,
             retry_on,
             replay,
             fallback,
-            total_budget,
-            attempt_timeout,
-            retry,
-            breaker,
             bulkhead,
-            outbound,
         } = self;
         if name.is_empty() {
             return Err(ConfigError::new(STACK, "name", &name, "must not be empty"));

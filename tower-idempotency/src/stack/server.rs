@@ -43,14 +43,16 @@ impl ServerStack<()> {
     /// A builder; `name` labels every layer's metrics (keep it bounded: one per route group).
     pub fn builder(name: impl Into<String>) -> ServerStackBuilder {
         ServerStackBuilder {
-            name: name.into(),
+            settings: Settings {
+                name: name.into(),
+                deadline_cap: DEFAULT_DEADLINE_CAP,
+                deadline: Box::new(|d| d),
+                breaker: Box::new(|b| b),
+            },
             classifier: AnyError,
             adapter: ProblemLayer::new(),
             idempotency: Box::new(|| Ok(Identity::new())),
             fallback: NoFallback,
-            deadline_cap: DEFAULT_DEADLINE_CAP,
-            deadline: Box::new(|d| d),
-            breaker: Box::new(|b| b),
             bulkhead: Box::new(|b| b),
         }
     }
@@ -69,25 +71,30 @@ pub struct ServerStackBuilder<
     F = NoFallback,
     P = Unpartitioned,
 > {
-    name: String,
+    settings: Settings,
     classifier: K,
     adapter: A,
     idempotency: MakeLayer<I>,
     fallback: F,
+    bulkhead: Box<dyn FnOnce(tower_bulkhead::Builder) -> tower_bulkhead::Builder<P> + Send>,
+}
+
+/// The settings whose setters keep the builder's type.
+struct Settings {
+    name: String,
     deadline_cap: Duration,
     deadline: Tweak<InboundDeadlineBuilder>,
     breaker: Tweak<BreakerBuilder>,
-    bulkhead: Box<dyn FnOnce(tower_bulkhead::Builder) -> tower_bulkhead::Builder<P> + Send>,
 }
 
 impl<K: fmt::Debug, I, A: fmt::Debug, F: fmt::Debug> fmt::Debug for ServerStackBuilder<K, I, A, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerStackBuilder")
-            .field("name", &self.name)
+            .field("name", &self.settings.name)
             .field("classifier", &self.classifier)
             .field("adapter", &self.adapter)
             .field("fallback", &self.fallback)
-            .field("deadline_cap", &self.deadline_cap)
+            .field("deadline_cap", &self.settings.deadline_cap)
             .finish_non_exhaustive()
     }
 }
@@ -96,14 +103,11 @@ impl<K, I, A, F, P> ServerStackBuilder<K, I, A, F, P> {
     /// The one classifier of every layer (default: any `Err` is a failure).
     pub fn classifier<K2>(self, classifier: K2) -> ServerStackBuilder<K2, I, A, F, P> {
         ServerStackBuilder {
-            name: self.name,
+            settings: self.settings,
             classifier,
             adapter: self.adapter,
             idempotency: self.idempotency,
             fallback: self.fallback,
-            deadline_cap: self.deadline_cap,
-            deadline: self.deadline,
-            breaker: self.breaker,
             bulkhead: self.bulkhead,
         }
     }
@@ -122,14 +126,11 @@ impl<K, I, A, F, P> ServerStackBuilder<K, I, A, F, P> {
     /// `tower_red::grpc::StatusLayer::new()` for tonic).
     pub fn adapter<A2>(self, adapter: A2) -> ServerStackBuilder<K, I, A2, F, P> {
         ServerStackBuilder {
-            name: self.name,
+            settings: self.settings,
             classifier: self.classifier,
             adapter,
             idempotency: self.idempotency,
             fallback: self.fallback,
-            deadline_cap: self.deadline_cap,
-            deadline: self.deadline,
-            breaker: self.breaker,
             bulkhead: self.bulkhead,
         }
     }
@@ -143,14 +144,11 @@ impl<K, I, A, F, P> ServerStackBuilder<K, I, A, F, P> {
         make: impl FnOnce() -> Result<I2, ConfigError> + Send + 'static,
     ) -> ServerStackBuilder<K, I2, A, F, P> {
         ServerStackBuilder {
-            name: self.name,
+            settings: self.settings,
             classifier: self.classifier,
             adapter: self.adapter,
             idempotency: Box::new(make),
             fallback: self.fallback,
-            deadline_cap: self.deadline_cap,
-            deadline: self.deadline,
-            breaker: self.breaker,
             bulkhead: self.bulkhead,
         }
     }
@@ -164,14 +162,11 @@ impl<K, I, A, F, P> ServerStackBuilder<K, I, A, F, P> {
         tweak: impl FnOnce(FallbackLayerBuilder) -> FallbackLayerBuilder + Send + 'static,
     ) -> ServerStackBuilder<K, I, A, WithFallback, P> {
         ServerStackBuilder {
-            name: self.name,
+            settings: self.settings,
             classifier: self.classifier,
             adapter: self.adapter,
             idempotency: self.idempotency,
             fallback: WithFallback::new(tweak),
-            deadline_cap: self.deadline_cap,
-            deadline: self.deadline,
-            breaker: self.breaker,
             bulkhead: self.bulkhead,
         }
     }
@@ -179,7 +174,7 @@ impl<K, I, A, F, P> ServerStackBuilder<K, I, A, F, P> {
     /// The most any request may take (default [`DEFAULT_DEADLINE_CAP`]); a caller's shorter
     /// `grpc-timeout` or deadline header wins. The breaker's time window must hold two of it.
     pub fn deadline_cap(mut self, cap: Duration) -> Self {
-        self.deadline_cap = cap;
+        self.settings.deadline_cap = cap;
         self
     }
 
@@ -189,7 +184,7 @@ impl<K, I, A, F, P> ServerStackBuilder<K, I, A, F, P> {
         mut self,
         tweak: impl FnOnce(InboundDeadlineBuilder) -> InboundDeadlineBuilder + Send + 'static,
     ) -> Self {
-        self.deadline = Box::new(tweak);
+        self.settings.deadline = Box::new(tweak);
         self
     }
 
@@ -198,7 +193,7 @@ impl<K, I, A, F, P> ServerStackBuilder<K, I, A, F, P> {
         mut self,
         tweak: impl FnOnce(BreakerBuilder) -> BreakerBuilder + Send + 'static,
     ) -> Self {
-        self.breaker = Box::new(tweak);
+        self.settings.breaker = Box::new(tweak);
         self
     }
 
@@ -209,14 +204,11 @@ impl<K, I, A, F, P> ServerStackBuilder<K, I, A, F, P> {
         tweak: impl FnOnce(tower_bulkhead::Builder) -> tower_bulkhead::Builder<P2> + Send + 'static,
     ) -> ServerStackBuilder<K, I, A, F, P2> {
         ServerStackBuilder {
-            name: self.name,
+            settings: self.settings,
             classifier: self.classifier,
             adapter: self.adapter,
             idempotency: self.idempotency,
             fallback: self.fallback,
-            deadline_cap: self.deadline_cap,
-            deadline: self.deadline,
-            breaker: self.breaker,
             bulkhead: Box::new(tweak),
         }
     }
@@ -234,14 +226,17 @@ impl<K, I, A, F, P> ServerStackBuilder<K, I, A, F, P> {
         F: FallbackSlot<K>,
     {
         let ServerStackBuilder {
-            name,
+            settings:
+                Settings {
+                    name,
+                    deadline_cap,
+                    deadline,
+                    breaker,
+                },
             classifier,
             adapter,
             idempotency,
             fallback,
-            deadline_cap,
-            deadline,
-            breaker,
             bulkhead,
         } = self;
         if name.is_empty() {
