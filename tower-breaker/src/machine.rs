@@ -6,8 +6,7 @@
 //! to record. A `Mutex` guards only what is rare: transitions, half-open probe slots, the open
 //! time's backoff state. Hooks, tracing and metrics of a transition run after it is released.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::SmallRng;
@@ -19,6 +18,7 @@ use tower_red::red::RedMetrics;
 use crate::config::{BreakerConfig, OpenTime};
 use crate::event::{Reason, Rejected, State, Transition};
 use crate::metrics::Metrics;
+use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 use crate::window::{Counts, Padded, Sample, Window};
 
 // The state word: the state in bits 0..3, the ramp flag in bit 3, the epoch above bit 8. Every
@@ -132,6 +132,10 @@ pub(crate) struct Machine {
     gauge: bool,
     pub(crate) needs_clock: bool,
     rejected: AtomicU64,
+    /// The model's clock, in nanoseconds since `base`: real time would make loom's executions
+    /// of one schedule differ. Set by the model before its threads run, never raced.
+    #[cfg(loom)]
+    clock: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Machine {
@@ -190,6 +194,8 @@ impl Machine {
             gauge,
             needs_clock: config.needs_clock(recording),
             rejected: AtomicU64::new(0),
+            #[cfg(loom)]
+            clock: std::sync::atomic::AtomicU64::new(0),
             config,
         }
     }
@@ -200,8 +206,16 @@ impl Machine {
         u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
+    #[cfg(not(loom))]
     fn now(&self) -> u64 {
         self.nanos(Instant::now())
+    }
+
+    #[cfg(loom)]
+    fn now(&self) -> u64 {
+        // Relaxed: a std atomic the model sets before it spawns its threads or after it joins
+        // them, which order the store before every load.
+        self.clock.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn instant(&self, nanos: u64) -> Instant {
@@ -782,4 +796,175 @@ impl Machine {
 
 fn nanos_of(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    //! Every interleaving of calls racing a transition, where only the second look under the
+    //! lock sees that the state moved on. Run with
+    //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p tower-breaker --release --lib loom`
+    //! (in a target directory of its own: the flag rebuilds every dependency).
+
+    use loom::sync::Arc;
+    use loom::thread;
+
+    use super::*;
+    use crate::BreakerLayer;
+
+    const OPEN_FOR: Duration = Duration::from_secs(60);
+    const PROBE_WAIT: Duration = Duration::from_secs(30);
+    /// When the model's circuit trips.
+    const TRIPPED_AT: u64 = 1_000_000_000;
+    const FAIL: Sample = Sample {
+        failure: true,
+        slow: false,
+    };
+
+    /// The transitions the hook saw. A std lock: the hook runs outside the machine's lock and
+    /// holds this one across no operation of the model.
+    type Log = std::sync::Arc<std::sync::Mutex<Vec<(State, State)>>>;
+
+    /// A circuit that trips on one failure and admits one probe at a time.
+    fn machine() -> (Arc<Machine>, Log) {
+        let log = Log::default();
+        let seen = log.clone();
+        let config = BreakerLayer::builder()
+            .name("loom")
+            .metrics(false)
+            .seed(1)
+            .consecutive_failures(1)
+            .open_time(OPEN_FOR)
+            .permitted_probes(1)
+            .max_probe_wait(PROBE_WAIT)
+            .on_transition(move |t| seen.lock().unwrap().push((t.from, t.to)))
+            .build_config()
+            .expect("a valid configuration");
+        (Arc::new(Machine::new(config)), log)
+    }
+
+    fn set_clock(m: &Machine, nanos: u64) {
+        // Relaxed: see `Machine::now`; no other thread runs yet.
+        m.clock.store(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A circuit that tripped at `TRIPPED_AT`, its open time just over: the next call probes.
+    fn open_time_over() -> (Arc<Machine>, Log) {
+        let (m, log) = machine();
+        set_clock(&m, TRIPPED_AT);
+        let call = m.admit().expect("a closed circuit admits");
+        m.complete(call.pack(), Some(FAIL), TRIPPED_AT);
+        set_clock(&m, TRIPPED_AT + nanos_of(OPEN_FOR));
+        (m, log)
+    }
+
+    /// A call made now, failing if it goes.
+    fn failing_call(m: &Machine) -> Result<Kind, Refusal> {
+        let adm = m.admit()?;
+        m.complete(adm.pack(), Some(FAIL), m.now());
+        Ok(adm.kind)
+    }
+
+    #[test]
+    fn loom_two_failures_racing_to_trip_open_the_circuit_once() {
+        loom::model(|| {
+            let (m, log) = machine();
+            set_clock(&m, TRIPPED_AT);
+            let mine = m.admit().expect("a closed circuit admits");
+            let theirs = m.admit().expect("a closed circuit admits");
+            let other = {
+                let m = m.clone();
+                thread::spawn(move || m.complete(theirs.pack(), Some(FAIL), TRIPPED_AT))
+            };
+            m.complete(mine.pack(), Some(FAIL), TRIPPED_AT);
+            other.join().unwrap();
+            // Both may pass the stale check before either trips: the second trip must see,
+            // under the lock, that the first moved the state on.
+            assert_eq!(
+                *log.lock().unwrap(),
+                [(State::Closed, State::Open)],
+                "the state moved once"
+            );
+            assert_eq!(
+                m.word.load(Ordering::Acquire),
+                EPOCH_ONE | OPEN,
+                "one epoch"
+            );
+            assert_eq!(lock(&m.inner).trips, 1, "one trip towards the backoff");
+        });
+    }
+
+    #[test]
+    fn loom_a_call_racing_a_failed_probe_is_refused_for_the_new_open_time() {
+        loom::model(|| {
+            let (m, log) = open_time_over();
+            let other = {
+                let m = m.clone();
+                thread::spawn(move || failing_call(&m))
+            };
+            let mine = failing_call(&m);
+            let theirs = other.join().unwrap();
+            // One takes the probe slot and fails it. The other is refused: half-open while the
+            // probe runs, open again after it, even when it saw the old open time over before
+            // it took the lock, and then for the whole new open time from now.
+            let mut probes = 0;
+            for result in [mine, theirs] {
+                match result {
+                    Ok(kind) => {
+                        assert_eq!(kind, Kind::Probe);
+                        probes += 1;
+                    }
+                    Err(Refusal {
+                        state: State::Open,
+                        retry_after,
+                    }) => assert_eq!(
+                        retry_after, OPEN_FOR,
+                        "refused open: the new open time from now"
+                    ),
+                    Err(Refusal {
+                        state: State::HalfOpen,
+                        retry_after,
+                    }) => assert_eq!(retry_after, PROBE_WAIT, "refused half-open: the probe wait"),
+                    Err(refusal) => panic!("{refusal:?}"),
+                }
+            }
+            assert_eq!(probes, 1, "one probe slot");
+            assert_eq!(
+                *log.lock().unwrap(),
+                [
+                    (State::Closed, State::Open),
+                    (State::Open, State::HalfOpen),
+                    (State::HalfOpen, State::Open),
+                ]
+            );
+        });
+    }
+
+    #[test]
+    fn loom_a_probe_cancelled_racing_an_admission_hands_its_slot_over_once() {
+        loom::model(|| {
+            let (m, _) = open_time_over();
+            let probe = m.admit().expect("the open time is over: a probe");
+            assert_eq!(probe.kind, Kind::Probe);
+            let canceller = {
+                let m = m.clone();
+                thread::spawn(move || m.cancel(probe))
+            };
+            let mine = m.admit();
+            canceller.join().unwrap();
+            match mine {
+                // After the cancel: the slot it gave back.
+                Ok(adm) => assert_eq!(adm.kind, Kind::Probe),
+                // Before: the slot comes back for the next call.
+                Err(refusal) => {
+                    assert_eq!(
+                        (refusal.state, refusal.retry_after),
+                        (State::HalfOpen, PROBE_WAIT)
+                    );
+                    assert_eq!(m.admit().map(|a| a.kind), Ok(Kind::Probe));
+                }
+            }
+            assert_eq!(lock(&m.inner).probes.admitted, 1, "one slot, held once");
+            assert!(m.admit().is_err(), "two probes in one slot");
+        });
+    }
 }
