@@ -57,6 +57,8 @@ macro_rules! inner {
                 InboundDeadlineLayer::builder()
                     .name("api")
                     .cap(Duration::from_secs(5))
+                    // As `tower_idempotency::stack` builds it: the deadline in the scope only.
+                    .carry_in_extensions(false)
                     .build()?,
             )
             .layer(
