@@ -271,6 +271,12 @@ impl MemoryStore {
                     && entry.expires > now
                     && matches!(entry.state, State::InFlight) =>
             {
+                if entry.expires == expires {
+                    // Renewed within the same instant: its item in the queue still matches.
+                    // Queueing it again would add an item that compaction keeps (it is
+                    // current), so the queue would grow with every such renewal.
+                    return true;
+                }
                 entry.expires = expires;
             }
             _ => return false,
@@ -519,6 +525,23 @@ mod tests {
             Claim::Acquired(fence) => fence,
             other => panic!("expected to acquire, got {other:?}"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_that_leave_the_expiry_where_it_was_queue_nothing() {
+        let store = MemoryStore::new();
+        let k = key(1);
+        let fence = acquire(&store, &k).await;
+        let queued = store.shard(&k).expiries.len();
+        // The clock has not moved: every renewal sets the expiry it already has.
+        for _ in 0..1_000 {
+            assert!(store.renew_now(&k, fence, LEASE));
+        }
+        assert_eq!(store.shard(&k).expiries.len(), queued);
+        // A renewal that moves it queues the new expiry.
+        advance(Duration::from_secs(1)).await;
+        assert!(store.renew_now(&k, fence, LEASE));
+        assert_eq!(store.shard(&k).expiries.len(), queued + 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -818,6 +841,8 @@ mod tests {
         for n in 0..20 {
             fences.push(acquire(&store, &key(n)).await);
         }
+        // Renewed a moment later, so each renewal queues its new expiry.
+        advance(Duration::from_millis(1)).await;
         for (n, fence) in (0..20).zip(&fences) {
             assert!(store.renew(&key(n), *fence, LEASE).await.unwrap());
         }
@@ -826,7 +851,7 @@ mod tests {
         }
         assert_eq!(queued(&store), (41, 1), "41 items queued for one entry");
         for _ in 0..50 {
-            // Renewals at one instant push identical items, all current: keep them apart.
+            // Each renewal moves the expiry, so each queues an item.
             advance(Duration::from_millis(1)).await;
             assert!(store.renew(&key(100), held, LEASE).await.unwrap());
             let (items, entries) = queued(&store);
