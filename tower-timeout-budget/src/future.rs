@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -105,7 +106,8 @@ where
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // The fast path, small enough to inline: a deadline and no metrics.
+        // The fast path, small enough to inline: a deadline, and no duration to record (no
+        // metrics, or counts only inside a stack that times the call once).
         if let StateProj::Running {
             fut,
             sleep,
@@ -114,14 +116,25 @@ where
             wire,
             shared,
         } = self.as_mut().project().state.project()
-            && !shared.metrics_on()
+            && !shared.records_durations()
         {
             let d = *d;
             if let Poll::Ready(res) = d.sync_scope_exact(|| fut.poll(cx)) {
-                return Poll::Ready(match res {
+                let res = match res {
                     Ok(res) => Ok(res),
-                    Err(err) => Err(inner_error(err.into(), *wire, *start, shared)),
-                });
+                    Err(err) => match wire {
+                        // The budget sent on the wire ran out: this layer's own timeout,
+                        // counted where it is made.
+                        Some(wire) => match wire_error(err.into(), *wire, *start, shared) {
+                            Ok(exceeded) => return Poll::Ready(Err(exceeded)),
+                            Err(err) => Err(err),
+                        },
+                        None => Err(err.into()),
+                    },
+                };
+                // Counted only: nothing here reads the clock.
+                shared.finished(&res, || Duration::ZERO);
+                return Poll::Ready(res);
             }
             let err = ready!(poll_timer(sleep, d, *start, shared, cx));
             return self.expire(err);
@@ -146,21 +159,6 @@ impl<F, K> ResponseFuture<F, K> {
         }
         cancel::drop_expired(Finish(self.project().state));
         Poll::Ready(Err(err))
-    }
-}
-
-/// An error from the inner service: passed on, unless the request carried a budget on the wire
-/// (`wire`) that has run out; see [`spent_on_the_wire`].
-#[inline]
-fn inner_error<K>(
-    err: BoxError,
-    wire: Option<Instant>,
-    start: Instant,
-    shared: &Shared<K>,
-) -> BoxError {
-    match wire {
-        None => err,
-        Some(wire) => wire_error(err, wire, start, shared).unwrap_or_else(|err| err),
     }
 }
 

@@ -187,12 +187,6 @@ impl<K> Shared<K> {
         Shared { name, metrics }
     }
 
-    /// Whether metrics are recorded (so the call's future reads the clock when it ends).
-    #[inline]
-    pub(crate) fn metrics_on(&self) -> bool {
-        self.metrics.is_some()
-    }
-
     /// Whether a finished call's duration is recorded (so its future reads the clock when it
     /// ends): metrics are recorded, and the handles were not registered inside
     /// [`tower_red::red::counts_only`].

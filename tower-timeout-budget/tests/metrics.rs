@@ -369,6 +369,65 @@ async fn a_transport_enforcing_the_sent_budget_is_counted_as_this_layers_timeout
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn inside_a_stack_that_times_once_the_sent_budget_running_out_is_still_one_timeout() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    // Counts only: the future takes its inline path, which must count as the timed one does.
+    let outbound = tower_red::red::counts_only(|| {
+        OutboundDeadlineLayer::builder()
+            .name("upstream")
+            .margin(20 * MS)
+            .build()
+            .expect("valid")
+    });
+    let svc = outbound.layer(service_fn(|req: http::Request<()>| async move {
+        let sent: u64 = req.headers()["x-request-timeout-ms"]
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("millis");
+        tokio::time::sleep(Duration::from_millis(sent)).await;
+        Err::<(), tower_red::BoxError>("Timeout expired".into())
+    }));
+    tower_timeout_budget::Deadline::after(500 * MS)
+        .scope(svc.clone().oneshot(http::Request::new(())))
+        .await
+        .expect_err("timed out");
+    // An error before the sent budget ran out is the inner service's, counted as an error.
+    let quick = outbound.layer(service_fn(|_req: http::Request<()>| async {
+        Err::<(), tower_red::BoxError>("refused".into())
+    }));
+    tower_timeout_budget::Deadline::after(500 * MS)
+        .scope(quick.oneshot(http::Request::new(())))
+        .await
+        .expect_err("failed");
+    let snap = snapshot(&snapshotter);
+    let labels = |outcome| {
+        [
+            ("layer", "deadline_outbound"),
+            ("name", "upstream"),
+            ("outcome", outcome),
+        ]
+    };
+    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("timeout")), 1);
+    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("error")), 1);
+    assert_eq!(
+        counter(
+            &snap,
+            names::DEADLINE_EXCEEDED_TOTAL,
+            &[("name", "upstream"), ("stage", "call")]
+        ),
+        1
+    );
+    assert_eq!(
+        histogram_len(&snap, names::REQUEST_DURATION_SECONDS, &labels("timeout")),
+        0,
+        "no duration inside a stack that times once"
+    );
+}
+
 /// An axum-like handler that answers `status`.
 fn answers(
     status: u16,
