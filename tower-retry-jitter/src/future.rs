@@ -418,15 +418,28 @@ where
                     Attempted::Done(result) => judge(&self.classifier, result),
                     Attempted::TimedOut => Verdict::Failure(FailureClass::Timeout),
                 };
-                if matches!(verdict, Verdict::Success) && self.start.red.is_none() {
-                    // The common end, nothing to count: a token budget hears of it.
+                if matches!(verdict, Verdict::Success)
+                    && (self.start.red.is_none() || !self.shared.metrics.red.records_durations())
+                {
+                    // The common end, no duration to record (nothing recorded, or counts only
+                    // inside a stack that times the call once): a token budget hears of it,
+                    // and a recording layer counts it, inline.
                     if self.retry.is_some()
                         && let Some(budget) = self.shared.policy.budget()
                     {
                         budget.record_success();
                     }
                     self.done = true;
-                    return Poll::Ready(output(attempted, None));
+                    if self.start.red.is_some()
+                        && let Attempted::Done(result) = &attempted
+                    {
+                        let metrics = &self.shared.metrics;
+                        metrics
+                            .red
+                            .record(Outcome::judged(verdict, result), Duration::ZERO);
+                        metrics.attempts(self.retry.as_ref().map_or(1, Retrying::attempts));
+                    }
+                    return Poll::Ready(output(attempted, Some(&self.shared.name)));
                 }
                 if let Some(out) = self.judged(attempted, verdict) {
                     return Poll::Ready(out);
