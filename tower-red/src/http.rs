@@ -179,6 +179,31 @@ struct LocalCache {
     series: ById<SeriesMap>,
     /// The client target this thread's last request went to, and what it resolved to.
     last_target: Option<LastTarget>,
+    /// The route (or host) this thread interned last, and its id.
+    last_route: Option<LastRoute>,
+}
+
+/// A route template (or host) as interned last on this thread, verbatim, and its id: a hot
+/// route's next request compares one string instead of hashing it into two tables. The buffer
+/// is reused, so a new route allocates only when it is longer than any before.
+struct LastRoute {
+    layer: u64,
+    route: String,
+    id: u16,
+}
+
+impl LastRoute {
+    fn remember(slot: &mut Option<LastRoute>, layer: u64, route: &str, id: u16) {
+        let last = slot.get_or_insert_with(|| LastRoute {
+            layer,
+            route: String::new(),
+            id,
+        });
+        last.layer = layer;
+        last.route.clear();
+        last.route.push_str(route);
+        last.id = id;
+    }
 }
 
 /// A client request's scheme and authority, verbatim, and the host id and port they gave.
@@ -255,12 +280,21 @@ impl Shared {
     /// this thread's cache first, so the steady state takes no lock and touches no shared line.
     fn intern(&self, s: &str) -> u16 {
         let cached = LOCAL.with(|local| {
-            let local = local.borrow();
-            local
+            let mut local = local.borrow_mut();
+            let local = &mut *local;
+            if let Some(last) = &local.last_route
+                && last.layer == self.id
+                && last.route == s
+            {
+                return Some(last.id);
+            }
+            let id = local
                 .routes
                 .get(&self.id)
                 .and_then(|routes| routes.get(s))
-                .copied()
+                .copied()?;
+            LastRoute::remember(&mut local.last_route, self.id, s, id);
+            Some(id)
         });
         if let Some(id) = cached {
             return id;
@@ -277,6 +311,7 @@ impl Shared {
                     .entry(self.id)
                     .or_default()
                     .insert(s.into(), id);
+                LastRoute::remember(&mut local.last_route, self.id, s, id);
             });
         }
         id

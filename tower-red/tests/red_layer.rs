@@ -373,3 +373,35 @@ async fn a_remembered_client_target_never_answers_for_another_layer_scheme_or_au
     assert_eq!(count(&s, name, &target("api.internal", "81")), 1, "{s:#?}");
     assert_eq!(count(&s, name, &target("api.internal", "8")), 1, "{s:#?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_remembered_route_never_answers_for_another_layer() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    // One route each: whatever the other layer interned last, each must resolve on its own.
+    let mut a = RedLayer::server().max_routes(1).layer(service_fn(app));
+    let mut b = RedLayer::server().max_routes(1).layer(service_fn(app));
+    for (which, route) in [
+        ('a', "/x"),
+        ('b', "/y"),
+        ('a', "/x"),
+        ('b', "/x"), // `a` interned `/x` last: `b` is past its cap
+        ('a', "/x"), // remembered
+        ('a', "/y"), // past `a`'s cap
+    ] {
+        let svc = if which == 'a' { &mut a } else { &mut b };
+        svc.call(request("GET", route, Some(route))).await.unwrap();
+    }
+    let s = series(&recorder);
+    let name = names::HTTP_SERVER_REQUEST_DURATION_SECONDS;
+    let route = |r| {
+        l(&[
+            ("http_request_method", "GET"),
+            ("http_response_status_code", "200"),
+            ("http_route", r),
+        ])
+    };
+    assert_eq!(count(&s, name, &route("/x")), 3, "{s:#?}");
+    assert_eq!(count(&s, name, &route("/y")), 1, "{s:#?}");
+    assert_eq!(count(&s, name, &route("_OTHER")), 2, "{s:#?}");
+}
