@@ -745,6 +745,33 @@ mod tests {
         );
     }
 
+    fn hash_of(bytes: &[u8]) -> u64 {
+        let mut hasher = KeyHasher::default();
+        hasher.write(bytes);
+        hasher.finish()
+    }
+
+    /// Route templates and hosts index the tables by this hash: strings that differ in one
+    /// byte (of a whole word or of the tail) hash apart, and so do strings that differ only by
+    /// trailing zero bytes. (Across positions FxHash's rotate-xor-multiply does collide: a
+    /// word's last byte moves only the top bits of the product.)
+    #[test]
+    fn key_hasher_tells_apart_strings_that_differ_in_one_byte_or_in_length() {
+        for len in 1..=17 {
+            for at in 0..len {
+                let mut hashes = std::collections::HashSet::new();
+                for byte in 0..=255u8 {
+                    let mut s = vec![b'r'; len];
+                    s[at] = byte;
+                    hashes.insert(hash_of(&s));
+                }
+                assert_eq!(hashes.len(), 256, "length {len}, byte {at}");
+            }
+        }
+        assert_ne!(hash_of(b"a"), hash_of(b"a\0"));
+        assert_ne!(hash_of(b"payments"), hash_of(b"payments\0"));
+    }
+
     #[test]
     fn unknown_methods_fold_into_other() {
         assert_eq!(

@@ -198,4 +198,59 @@ mod tests {
             assert_eq!(uri_host_port(&uri), by_http(&uri), "{text}");
         }
     }
+
+    /// No bracket in the userinfo, and in the host none or one `[...]` that starts it, followed
+    /// by nothing or a `:` and a port. `http` also accepts strays (`[]a`, `a[:]`, `[@:]`), for
+    /// which its `host()` and this parse disagree; no client can connect to those.
+    fn brackets_well_placed(authority: &str) -> bool {
+        let (userinfo, host) = authority.rsplit_once('@').unwrap_or(("", authority));
+        let bracket = |c: char| c == '[' || c == ']';
+        if userinfo.contains(bracket) {
+            return false;
+        }
+        if !host.contains(bracket) {
+            return true;
+        }
+        let Some(literal) = host.strip_prefix('[') else {
+            return false;
+        };
+        let Some((inside, after)) = literal.split_once(']') else {
+            return false;
+        };
+        !inside.contains(bracket)
+            && !after.contains(bracket)
+            && (after.is_empty() || after.starts_with(':'))
+    }
+
+    /// Every authority of up to five characters from the ones that shape it (digits ending a
+    /// host, `:`, a signed port, brackets, userinfo) that `http` accepts, under both default
+    /// ports: the fast path and the fallback must each give what `http` gives.
+    #[test]
+    fn host_and_port_match_http_accessors_for_every_short_authority() {
+        const ALPHABET: &[u8] = b"a1:[]@+.";
+        let mut checked = 0;
+        let mut authority = Vec::new();
+        for len in 1..=5u32 {
+            for mut n in 0..ALPHABET.len().pow(len) {
+                authority.clear();
+                for _ in 0..len {
+                    authority.push(ALPHABET[n % ALPHABET.len()]);
+                    n /= ALPHABET.len();
+                }
+                let authority = std::str::from_utf8(&authority).unwrap();
+                if !brackets_well_placed(authority) {
+                    continue;
+                }
+                for scheme in ["http", "https"] {
+                    let Ok(uri) = format!("{scheme}://{authority}/x").parse::<Uri>() else {
+                        continue;
+                    };
+                    assert_eq!(uri_host_port(&uri), by_http(&uri), "{uri}");
+                    checked += 1;
+                }
+            }
+        }
+        // Most strings are not authorities; enough are for every branch.
+        assert!(checked > 1000, "{checked}");
+    }
 }

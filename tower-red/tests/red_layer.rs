@@ -6,6 +6,7 @@ use std::time::Duration;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_red::http::RouteTemplate;
+use tower_red::parts::RequestParts;
 use tower_red::{BoxError, RedLayer, Rejection, RejectionKind, names};
 
 type Series = Vec<(String, Vec<(String, String)>, DebugValue)>;
@@ -404,4 +405,153 @@ async fn a_remembered_route_never_answers_for_another_layer() {
     assert_eq!(count(&s, name, &route("/x")), 3, "{s:#?}");
     assert_eq!(count(&s, name, &route("/y")), 1, "{s:#?}");
     assert_eq!(count(&s, name, &route("_OTHER")), 2, "{s:#?}");
+}
+
+/// A client request type of its own, as a crate other than `http` defines one: it names its
+/// host and port, counts how often it is asked for them, and names a target only when told to.
+struct Outbound {
+    method: http::Method,
+    headers: http::HeaderMap,
+    host: &'static str,
+    port: u16,
+    target: Option<&'static str>,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Outbound {
+    fn new(
+        host: &'static str,
+        port: u16,
+        target: Option<&'static str>,
+        asked: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> Outbound {
+        Outbound {
+            method: http::Method::GET,
+            headers: http::HeaderMap::new(),
+            host,
+            port,
+            target,
+            asked: asked.clone(),
+        }
+    }
+}
+
+impl RequestParts for Outbound {
+    fn method(&self) -> &http::Method {
+        &self.method
+    }
+    fn headers(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn headers_mut(&mut self) -> &mut http::HeaderMap {
+        &mut self.headers
+    }
+    fn extensions(&self) -> Option<&http::Extensions> {
+        None
+    }
+    fn extensions_mut(&mut self) -> Option<&mut http::Extensions> {
+        None
+    }
+    fn host_port(&self) -> Option<(&str, u16)> {
+        self.asked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some((self.host, self.port))
+    }
+    fn target(&self) -> Option<(&str, &str)> {
+        self.target.map(|authority| ("http", authority))
+    }
+}
+
+/// The same request through a type that keeps `RequestParts::target`'s default (no target),
+/// as reqwest's implementation does.
+struct Untargeted(Outbound);
+
+impl RequestParts for Untargeted {
+    fn method(&self) -> &http::Method {
+        self.0.method()
+    }
+    fn headers(&self) -> &http::HeaderMap {
+        self.0.headers()
+    }
+    fn headers_mut(&mut self) -> &mut http::HeaderMap {
+        self.0.headers_mut()
+    }
+    fn extensions(&self) -> Option<&http::Extensions> {
+        None
+    }
+    fn extensions_mut(&mut self) -> Option<&mut http::Extensions> {
+        None
+    }
+    fn host_port(&self) -> Option<(&str, u16)> {
+        self.0.host_port()
+    }
+}
+
+fn client_series(address: &'static str, port: &'static str) -> Vec<(String, String)> {
+    l(&[
+        ("http_request_method", "GET"),
+        ("http_response_status_code", "200"),
+        ("server_address", address),
+        ("server_port", port),
+    ])
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_type_without_a_target_names_each_request_s_own_server() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut svc = RedLayer::client().layer(service_fn(|_req: Untargeted| async {
+        Ok::<_, Infallible>(http::Response::new(()))
+    }));
+    let asked = Default::default();
+    for (host, port) in [("a.internal", 81), ("b.internal", 82), ("b.internal", 82)] {
+        let req = Untargeted(Outbound::new(host, port, None, &asked));
+        svc.ready().await.unwrap().call(req).await.unwrap();
+    }
+    let s = series(&recorder);
+    let name = names::HTTP_CLIENT_REQUEST_DURATION_SECONDS;
+    assert_eq!(
+        count(&s, name, &client_series("a.internal", "81")),
+        1,
+        "{s:#?}"
+    );
+    assert_eq!(
+        count(&s, name, &client_series("b.internal", "82")),
+        2,
+        "{s:#?}"
+    );
+    // No target, no memo: every request is asked.
+    assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_asks_a_request_for_its_host_only_when_the_target_changes() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut svc = RedLayer::client().layer(service_fn(|_req: Outbound| async {
+        Ok::<_, Infallible>(http::Response::new(()))
+    }));
+    let asked = Default::default();
+    for (host, port, target) in [
+        ("a.internal", 81, "a.internal:81"),
+        ("a.internal", 81, "a.internal:81"),
+        ("a.internal", 81, "a.internal:81"),
+        ("b.internal", 82, "b.internal:82"),
+    ] {
+        let req = Outbound::new(host, port, Some(target), &asked);
+        svc.ready().await.unwrap().call(req).await.unwrap();
+    }
+    assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 2);
+    let s = series(&recorder);
+    let name = names::HTTP_CLIENT_REQUEST_DURATION_SECONDS;
+    assert_eq!(
+        count(&s, name, &client_series("a.internal", "81")),
+        3,
+        "{s:#?}"
+    );
+    assert_eq!(
+        count(&s, name, &client_series("b.internal", "82")),
+        1,
+        "{s:#?}"
+    );
 }
