@@ -272,6 +272,24 @@ mod tests {
     }
 
     #[test]
+    fn the_last_four_numbers_are_kept_side_by_side() {
+        // Four numbers in a row, one per slot (a retry's budget, a waited request's, ...):
+        // made again, each is the value made first, not a new one.
+        let first: Vec<HeaderValue> = (1_000..1_004)
+            .map(|ms| millis_header_value(Duration::from_millis(ms)))
+            .collect();
+        for (ms, value) in (1_000..1_004).zip(&first) {
+            let again = millis_header_value(Duration::from_millis(ms));
+            assert_eq!(again, value, "{ms}");
+            assert_eq!(
+                again.as_bytes().as_ptr(),
+                value.as_bytes().as_ptr(),
+                "{ms} ms made again"
+            );
+        }
+    }
+
+    #[test]
     fn kept_values_never_answer_for_another_number_or_unit() {
         // 1, 5 and 9 share a slot; the same number in ms, in `m` and in `S` are three keys.
         for round in 0..3 {
