@@ -555,3 +555,39 @@ async fn a_client_asks_a_request_for_its_host_only_when_the_target_changes() {
         "{s:#?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_thread_caching_more_layers_than_it_keeps_starts_over_and_loses_no_sample() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    // More layers than one thread caches (64).
+    let mut layers: Vec<_> = (0..70)
+        .map(|_| RedLayer::server().layer(service_fn(app)))
+        .collect();
+    for svc in &mut layers[..64] {
+        svc.call(request("GET", "/r", Some("/r"))).await.unwrap();
+    }
+    // The 65th layer's call starts the cache over (its route is interned when it is called)
+    // while the 64th layer's series is the one this thread recorded into last; that layer's
+    // next sample must not find it where it was.
+    let pending = layers[64].call(request("GET", "/r", Some("/r")));
+    layers[63]
+        .call(request("GET", "/r", Some("/r")))
+        .await
+        .unwrap();
+    pending.await.unwrap();
+    for svc in &mut layers[65..] {
+        svc.call(request("GET", "/r", Some("/r"))).await.unwrap();
+    }
+    for svc in &mut layers {
+        svc.call(request("GET", "/r", Some("/r"))).await.unwrap();
+    }
+    let s = series(&recorder);
+    let name = names::HTTP_SERVER_REQUEST_DURATION_SECONDS;
+    let route = l(&[
+        ("http_request_method", "GET"),
+        ("http_response_status_code", "200"),
+        ("http_route", "/r"),
+    ]);
+    assert_eq!(count(&s, name, &route), 64 + 2 + 5 + 70, "{s:#?}");
+}
