@@ -325,6 +325,20 @@ async fn inbound_and_outbound_layers_record_under_their_own_labels() {
     );
 }
 
+/// A transport that gives up with its own error when the budget it was sent runs out, as
+/// tonic's `Channel` does.
+async fn transport_enforcing_the_sent_budget(
+    req: http::Request<()>,
+) -> Result<(), tower_red::BoxError> {
+    let sent: u64 = req.headers()["x-request-timeout-ms"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("millis");
+    tokio::time::sleep(Duration::from_millis(sent)).await;
+    Err("Timeout expired".into())
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_transport_enforcing_the_sent_budget_is_counted_as_this_layers_timeout() {
     let recorder = DebuggingRecorder::new();
@@ -335,16 +349,7 @@ async fn a_transport_enforcing_the_sent_budget_is_counted_as_this_layers_timeout
         .margin(20 * MS)
         .build()
         .expect("valid");
-    // Gives up with its own error when the budget it was sent runs out, as tonic's Channel does.
-    let svc = outbound.layer(service_fn(|req: http::Request<()>| async move {
-        let sent: u64 = req.headers()["x-request-timeout-ms"]
-            .to_str()
-            .expect("ascii")
-            .parse()
-            .expect("millis");
-        tokio::time::sleep(Duration::from_millis(sent)).await;
-        Err::<(), tower_red::BoxError>("Timeout expired".into())
-    }));
+    let svc = outbound.layer(service_fn(transport_enforcing_the_sent_budget));
     tower_timeout_budget::Deadline::after(500 * MS)
         .scope(svc.oneshot(http::Request::new(())))
         .await
@@ -382,15 +387,7 @@ async fn inside_a_stack_that_times_once_the_sent_budget_running_out_is_still_one
             .build()
             .expect("valid")
     });
-    let svc = outbound.layer(service_fn(|req: http::Request<()>| async move {
-        let sent: u64 = req.headers()["x-request-timeout-ms"]
-            .to_str()
-            .expect("ascii")
-            .parse()
-            .expect("millis");
-        tokio::time::sleep(Duration::from_millis(sent)).await;
-        Err::<(), tower_red::BoxError>("Timeout expired".into())
-    }));
+    let svc = outbound.layer(service_fn(transport_enforcing_the_sent_budget));
     tower_timeout_budget::Deadline::after(500 * MS)
         .scope(svc.clone().oneshot(http::Request::new(())))
         .await
