@@ -25,7 +25,7 @@ use crate::policy::{Decision, Failure, RetryState, Stop};
 use crate::pushback::Pushback;
 use crate::replay::{ReplayRequest, RetryBody};
 use crate::retry_on::ReadPushback;
-use crate::service::Shared;
+use crate::service::{Shared, Spare};
 
 /// How the retry loop gets each retry's request.
 pub trait Copies<Req> {
@@ -110,28 +110,32 @@ enum Phase {
 
 /// Everything a request that may be retried carries between attempts.
 pub(crate) struct Retrying<S, Req, K> {
-    svc: S,
+    /// The layer's spare copy of the inner service, cloned when a retry is decided.
+    spare: Arc<Spare<S>>,
     copies: K,
     /// The loop's own state, made when the first attempt fails: a call whose first attempt
-    /// succeeds writes one tag for it. Boxed: it holds a second request (the next attempt's),
-    /// and every layer above moves this future by value when its `call` returns, so keeping
-    /// it inline made every call of the stack copy ~300 bytes more at each level to save one
-    /// allocation on the path that already failed once.
-    looping: Option<Box<Looping<Req>>>,
+    /// succeeds writes one tag for it. Boxed: it holds a second request (the next attempt's)
+    /// and the service the retries go through, and every layer above moves this future by
+    /// value when its `call` returns, so keeping them inline made every call of the stack copy
+    /// hundreds of bytes more at each level to save one allocation on the path that already
+    /// failed once.
+    looping: Option<Box<Looping<S, Req>>>,
 }
 
 /// The state of a request's retries, from its first failure on.
-struct Looping<Req> {
+struct Looping<S, Req> {
     next: Option<Req>,
+    /// The service the retries are sent through, cloned from the spare at the first retry.
+    svc: Option<S>,
     state: RetryState,
     rng: SmallRng,
     phase: Phase,
 }
 
 impl<S, Req, K> Retrying<S, Req, K> {
-    pub(crate) fn new(svc: S, copies: K) -> Self {
+    pub(crate) fn new(spare: Arc<Spare<S>>, copies: K) -> Self {
         Retrying {
-            svc,
+            spare,
             copies,
             looping: None,
         }
@@ -303,7 +307,7 @@ where
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn retrying(
         attempt: S::Future,
-        svc: S,
+        spare: Arc<Spare<S>>,
         copy: Req,
         replay: R,
         mark: fn(&mut Req, u32),
@@ -316,7 +320,7 @@ where
                 run: Run {
                     shared,
                     retry: Some(Retrying {
-                        svc,
+                        spare,
                         copies: Backup {
                             req: Some(copy),
                             replay,
@@ -355,7 +359,7 @@ fn later(now: Instant, by: Duration) -> Instant {
 
 impl<S, Req, C, K> Future for ResponseFuture<S, Req, C, K>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError> + 'static,
     C: Classify<S::Response, S::Error> + ReadPushback<S::Response>,
     K: Copies<Req>,
@@ -381,7 +385,7 @@ where
 
 impl<S, Req, C, K> Run<S, Req, C, K>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError> + 'static,
     C: Classify<S::Response, S::Error> + ReadPushback<S::Response>,
     K: Copies<Req>,
@@ -546,6 +550,7 @@ where
         let looping = retry.looping.get_or_insert_with(|| {
             Box::new(Looping {
                 next: None,
+                svc: None,
                 state: RetryState::new(),
                 rng: shared.policy.rng(),
                 phase: Phase::Attempt,
@@ -639,7 +644,8 @@ where
                     looping.phase = Phase::Ready;
                 }
                 Phase::Ready | Phase::Attempt => {
-                    if let Err(err) = ready!(retry.svc.poll_ready(cx)) {
+                    let svc = looping.svc.get_or_insert_with(|| retry.spare.service());
+                    if let Err(err) = ready!(svc.poll_ready(cx)) {
                         let err: BoxError = err.into();
                         let outcome = Outcome::from_error(&*err);
                         let attempts = looping.state.attempts();
@@ -656,7 +662,7 @@ where
                         .next
                         .take()
                         .expect("a copy is made when a retry is decided");
-                    attempt.set(Some(retry.svc.call(req)));
+                    attempt.set(Some(svc.call(req)));
                     if self.start.attempt.is_some() {
                         self.start.attempt = Some(clock::now());
                     }
@@ -749,6 +755,7 @@ pin_project_lite::pin_project! {
 /// What a request waiting for its body holds.
 struct Job<S, C> {
     svc: S,
+    spare: Arc<Spare<S>>,
     parts: http::request::Parts,
     shared: Arc<Shared>,
     classifier: C,
@@ -779,6 +786,7 @@ where
 
     pub(crate) fn collecting(
         svc: S,
+        spare: Arc<Spare<S>>,
         req: http::Request<B>,
         limit: usize,
         shared: Arc<Shared>,
@@ -791,6 +799,7 @@ where
                 collect: tower_red::body::collect(body, limit),
                 job: Some(Job {
                     svc,
+                    spare,
                     parts,
                     shared,
                     classifier,
@@ -821,6 +830,7 @@ where
                     let collected = ready!(Pin::new(collect).poll(cx));
                     let Job {
                         mut svc,
+                        spare,
                         parts,
                         shared,
                         classifier,
@@ -843,7 +853,7 @@ where
                         Ok(Collected::Complete(body)) => {
                             let buffered = Buffered { parts, body };
                             let fut = svc.call(buffered.request(1));
-                            let retry = Retrying::new(svc, buffered);
+                            let retry = Retrying::new(spare, buffered);
                             ResponseFuture::new(
                                 fut,
                                 Some(Run::new(shared, Some(retry), classifier, start, None)),

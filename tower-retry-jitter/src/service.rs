@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::mem;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -69,6 +69,32 @@ impl fmt::Debug for Shared {
     }
 }
 
+/// The copy of the inner service that retries are sent through, one per service the layer
+/// built and shared by its clones: made from the service on the first call that may be retried,
+/// and cloned from only when a retry is decided. A call therefore carries one reference count
+/// into its future, not a clone of the whole inner stack (a breaker, a bulkhead and a deadline
+/// layer are ~180 bytes and five reference counts, which every layer above would copy again).
+/// The lock is taken only to clone, on the retry path.
+pub(crate) struct Spare<S>(OnceLock<Mutex<S>>);
+
+impl<S> Spare<S> {
+    fn new() -> Self {
+        Spare(OnceLock::new())
+    }
+}
+
+impl<S: Clone> Spare<S> {
+    /// A fresh clone for a retry (to be made ready before it is called).
+    pub(crate) fn service(&self) -> S {
+        self.0
+            .get()
+            .expect("the spare is made before a call that may be retried")
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// Retries failed calls to `S`: see the [crate docs](crate).
 ///
 /// `C` classifies outcomes (a [`Verdict::Failure`](tower_red::Verdict::Failure) is retried),
@@ -81,9 +107,12 @@ impl fmt::Debug for Shared {
 /// with no metrics recorder and no attempt timeout, the future is the inner future alone:
 /// no clone, no clock read, no allocation, no timer, nothing to drop. A request that may be
 /// retried is copied once before its first attempt (the original is gone once sent, and the
-/// first attempt cannot be known to succeed before it is sent), the inner service and the
-/// layer's shared state (an `Arc`: one atomic increment and one decrement) are cloned into
-/// the future, and its deadline is read; a first attempt that succeeds at once is judged
+/// first attempt cannot be known to succeed before it is sent), the layer's shared state and
+/// a handle on its spare copy of the inner service (two `Arc`s: two atomic increments and two
+/// decrements) are cloned into the future, and its deadline is read; retries are sent through
+/// clones of that spare copy, made from the inner service at the first call that could be
+/// retried (so a change made later through [`get_mut`](Retry::get_mut) reaches first
+/// attempts only); a first attempt that succeeds at once is judged
 /// inline, and the loop's own state (backoff, random number generator, next copy, timer) is
 /// made only when it fails. The clock is read once, and only when a ratio budget needs the
 /// request's deposit or a deadline needs the attempt's latency; the read is shared with the
@@ -96,6 +125,7 @@ impl fmt::Debug for Shared {
 /// that may be retried; requests that never could do not touch it.
 pub struct Retry<S, C = AnyError, P = Idempotent, R = CloneRequest> {
     inner: S,
+    spare: Arc<Spare<S>>,
     shared: Arc<Shared>,
     classifier: C,
     safety: P,
@@ -106,6 +136,7 @@ impl<S: Clone, C: Clone, P: Clone, R: Clone> Clone for Retry<S, C, P, R> {
     fn clone(&self) -> Self {
         Retry {
             inner: self.inner.clone(),
+            spare: self.spare.clone(),
             shared: self.shared.clone(),
             classifier: self.classifier.clone(),
             safety: self.safety.clone(),
@@ -148,6 +179,7 @@ impl<S, C, P, R> Retry<S, C, P, R> {
     ) -> Self {
         Retry {
             inner,
+            spare: Arc::new(Spare::new()),
             shared,
             classifier,
             safety,
@@ -175,6 +207,16 @@ impl<S, C, P, R> Retry<S, C, P, R> {
         } else {
             None
         }
+    }
+
+    /// The handle on the spare copy of the inner service, made from it on first use.
+    #[inline]
+    fn spare(&self) -> Arc<Spare<S>>
+    where
+        S: Clone,
+    {
+        self.spare.0.get_or_init(|| Mutex::new(self.inner.clone()));
+        self.spare.clone()
     }
 
     /// The start of a request: the clock read (once) when anything needs it: a RED duration,
@@ -259,7 +301,7 @@ where
             // `refused` is `None`: a copy is made only for a call that may be retried.
             return ResponseFuture::retrying(
                 fut,
-                self.inner.clone(),
+                self.spare(),
                 copy,
                 self.replay.clone(),
                 <P as RetrySafety<Req>>::mark_attempt,
@@ -320,6 +362,7 @@ where
         let svc = mem::replace(&mut self.inner, clone);
         BufferedFuture::collecting(
             svc,
+            self.spare(),
             req,
             self.replay.limit(),
             shared,

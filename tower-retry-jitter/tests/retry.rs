@@ -634,3 +634,114 @@ async fn a_reqwest_request_is_retried_through_try_clone() {
     assert_eq!(res.status(), 200);
     assert_eq!(calls.load(SeqCst), 2);
 }
+
+/// An inner service that counts its clones and fails the first `failures` calls.
+#[derive(Debug)]
+struct CountsClones {
+    clones: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+    failures: usize,
+}
+
+impl Clone for CountsClones {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, SeqCst);
+        CountsClones {
+            clones: self.clones.clone(),
+            calls: self.calls.clone(),
+            failures: self.failures,
+        }
+    }
+}
+
+impl Service<u64> for CountsClones {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u64, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, n: u64) -> Self::Future {
+        let call = self.calls.fetch_add(1, SeqCst);
+        std::future::ready(if call < self.failures {
+            Err("reset".into())
+        } else {
+            Ok(n)
+        })
+    }
+}
+
+/// A call that may be retried takes a reference to the layer's spare copy of the inner service,
+/// not a clone of it: the spare is made once, by the first such call, and cloned only when a
+/// retry is decided. Clones of the retry service share it.
+#[tokio::test(start_paused = true)]
+async fn the_inner_service_is_cloned_once_for_all_calls_and_again_only_to_retry() {
+    let clones = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let inner = CountsClones {
+        clones: clones.clone(),
+        calls: calls.clone(),
+        failures: 0,
+    };
+    let mut svc = constant(3)
+        .always_safe()
+        .build()
+        .expect("valid")
+        .layer(inner);
+    for n in 0..100 {
+        assert_eq!(
+            svc.ready().await.expect("ready").call(n).await.expect("ok"),
+            n
+        );
+    }
+    assert_eq!(calls.load(SeqCst), 100);
+    assert_eq!(clones.load(SeqCst), 1, "only the spare");
+
+    let mut copy = svc.clone();
+    assert_eq!(clones.load(SeqCst), 2, "the clone of the service");
+    assert_eq!(
+        copy.ready()
+            .await
+            .expect("ready")
+            .call(7)
+            .await
+            .expect("ok"),
+        7
+    );
+    assert_eq!(clones.load(SeqCst), 2, "the clone shares the spare");
+
+    let failing = CountsClones {
+        clones: clones.clone(),
+        calls: calls.clone(),
+        failures: 102,
+    };
+    let mut svc = constant(3)
+        .always_safe()
+        .build()
+        .expect("valid")
+        .layer(failing);
+    assert_eq!(
+        svc.ready()
+            .await
+            .expect("ready")
+            .call(9)
+            .await
+            .expect("retried"),
+        9
+    );
+    assert_eq!(
+        calls.load(SeqCst),
+        103,
+        "two failures, then the retry that succeeds"
+    );
+    assert_eq!(
+        clones.load(SeqCst),
+        4,
+        "the new layer's spare, and one clone of it for the two retries"
+    );
+}
