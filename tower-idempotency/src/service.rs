@@ -127,20 +127,8 @@ where
             *req.method(),
             Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
         );
-        let mut values = req.headers().get_all(&config.header).iter();
-        let header = match (safe, values.next()) {
-            (true, _) => None,
-            (false, None) => {
-                let required =
-                    config.required && matches!(*req.method(), Method::POST | Method::PATCH);
-                required.then_some(KeyHeader::Missing)
-            }
-            (false, Some(value)) if values.next().is_none() => Some(match key::parse(value) {
-                Ok(key) => KeyHeader::Key(key),
-                Err(invalid) => KeyHeader::Invalid(invalid),
-            }),
-            (false, Some(_)) => Some(KeyHeader::Invalid(Invalid::Repeated)),
-        };
+        // A safe method's key is never read: its headers are not searched for one.
+        let header = if safe { None } else { key_header(config, &req) };
         let Some(header) = header else {
             // No key: the inner future as it is, nothing allocated.
             let red = &config.metrics.red;
@@ -160,6 +148,23 @@ where
             req,
             header,
         )))
+    }
+}
+
+/// The key of a request with an unsafe method, as sent; `None` when it sent none and none is
+/// required.
+fn key_header<St, B>(config: &Config<St>, req: &Request<B>) -> Option<KeyHeader> {
+    let mut values = req.headers().get_all(&config.header).iter();
+    match values.next() {
+        None => {
+            let required = config.required && matches!(*req.method(), Method::POST | Method::PATCH);
+            required.then_some(KeyHeader::Missing)
+        }
+        Some(value) if values.next().is_none() => Some(match key::parse(value) {
+            Ok(key) => KeyHeader::Key(key),
+            Err(invalid) => KeyHeader::Invalid(invalid),
+        }),
+        Some(_) => Some(KeyHeader::Invalid(Invalid::Repeated)),
     }
 }
 

@@ -259,7 +259,19 @@ impl HttpStatus {
     }
 
     /// The verdict for one status code.
+    #[inline]
     pub fn classify_status(&self, status: StatusCode) -> Verdict {
+        // Every code below 400 is a success: the usual answer, decided inline by every layer
+        // of a stack that classifies it.
+        if status.as_u16() < 400 {
+            return Verdict::Success;
+        }
+        self.classify_error_status(status)
+    }
+
+    /// The verdict for a code of 400 or more.
+    #[inline(never)]
+    fn classify_error_status(&self, status: StatusCode) -> Verdict {
         let failure = Verdict::Failure(FailureClass::HttpStatus(status));
         if status.is_server_error() {
             return if self.server_errors {
