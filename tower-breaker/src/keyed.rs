@@ -195,11 +195,73 @@ impl<K: Hash + Eq + Clone, F, C> KeyedBreakerLayer<K, F, C> {
 
     /// How many keys have a live breaker.
     pub fn live_keys(&self) -> usize {
+        self.keys_handle().live_keys()
+    }
+
+    /// A handle on every live key's breaker: a readiness
+    /// [`Dependency`](tower_red::readiness::Dependency) for the whole layer.
+    pub fn keys_handle(&self) -> KeyedBreakerHandle<K> {
+        KeyedBreakerHandle {
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+/// A handle on all the live breakers of one [`KeyedBreakerLayer`], from
+/// [`KeyedBreakerLayer::keys_handle`]. Cheap to clone; it sees keys as they come and go.
+///
+/// As a readiness [`Dependency`](tower_red::readiness::Dependency) the layer is one dependency
+/// whose keys are usually replicas or hosts of one service: it is **available while any live
+/// key's breaker admits calls** (or no key is live yet), and unavailable once every live key
+/// refuses them. Its state is `closed` when no key refuses calls, `partially_open` when some
+/// do and `open` when all do; `open_for_ms` (when all refuse) is the time until the first of
+/// them may be tried again. Its counts are `keys`, `open` (keys refusing calls), `half_open`
+/// and `rejected_total` (calls refused by the live keys). To make one key critical on its own,
+/// register that key's [`KeyedBreakerLayer::handle`] instead.
+pub struct KeyedBreakerHandle<K> {
+    keys: Arc<Keys<K>>,
+}
+
+impl<K> Clone for KeyedBreakerHandle<K> {
+    fn clone(&self) -> Self {
+        KeyedBreakerHandle {
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for KeyedBreakerHandle<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyedBreakerHandle")
+            .field("name", &self.keys.config.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> KeyedBreakerHandle<K> {
+    /// The layer's name (every key's breaker has it).
+    pub fn name(&self) -> &str {
+        &self.keys.config.name
+    }
+
+    /// How many keys have a live breaker.
+    pub fn live_keys(&self) -> usize {
         self.keys
             .map
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .len()
+    }
+
+    /// A handle on each live key's breaker, taken under one read of the key map.
+    pub fn breakers(&self) -> Vec<BreakerHandle> {
+        self.keys
+            .map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|entry| BreakerHandle::new(entry.machine.clone()))
+            .collect()
     }
 }
 

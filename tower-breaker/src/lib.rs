@@ -125,7 +125,7 @@ pub use crate::config::{BreakerBuilder, BreakerConfig, GradedRecovery, OpenTime,
 pub use crate::error::{ConfigError, is_circuit_open};
 pub use crate::event::{Reason, Rejected, State, Transition};
 pub use crate::handle::BreakerHandle;
-pub use crate::keyed::{KeyedBreaker, KeyedBreakerLayer};
+pub use crate::keyed::{KeyedBreaker, KeyedBreakerHandle, KeyedBreakerLayer};
 pub use crate::layer::BreakerLayer;
 pub use crate::service::Breaker;
 pub use crate::window::Counts;

@@ -26,6 +26,22 @@ use tower_red::readiness::{Dependency, Kind, Snapshot};
 
 use crate::event::State;
 use crate::handle::BreakerHandle;
+use crate::keyed::KeyedBreakerHandle;
+
+/// A breaker's state, whether it admits calls now, and (while open) the open time left.
+fn availability(breaker: &BreakerHandle) -> (State, bool, Option<Duration>) {
+    let state = breaker.state();
+    let (available, open_for) = match state {
+        State::Open => {
+            // Read after the state: a circuit that moved on meanwhile reads zero time left.
+            let left = breaker.remaining_open_time().unwrap_or(Duration::ZERO);
+            (left.is_zero(), Some(left))
+        }
+        State::ForcedOpen => (false, None),
+        State::Closed | State::HalfOpen | State::Disabled | State::MetricsOnly => (true, None),
+    };
+    (state, available, open_for)
+}
 
 impl Dependency for BreakerHandle {
     fn name(&self) -> &str {
@@ -39,16 +55,7 @@ impl Dependency for BreakerHandle {
     /// The state, whether it refuses calls, the open time left (while open), and the window's
     /// `calls`, `failures` and `slow` calls, `consecutive_failures` and `rejected_total`.
     fn snapshot(&self) -> Snapshot {
-        let state = self.state();
-        let (available, open_for) = match state {
-            State::Open => {
-                // Read after the state: a circuit that moved on meanwhile reads zero time left.
-                let left = self.remaining_open_time().unwrap_or(Duration::ZERO);
-                (left.is_zero(), Some(left))
-            }
-            State::ForcedOpen => (false, None),
-            State::Closed | State::HalfOpen | State::Disabled | State::MetricsOnly => (true, None),
-        };
+        let (state, available, open_for) = availability(self);
         let counts = self.counts();
         let mut snapshot = Snapshot::new(state.as_str(), available);
         if let Some(left) = open_for {
@@ -63,6 +70,51 @@ impl Dependency for BreakerHandle {
                 u64::from(self.consecutive_failures()),
             )
             .with_count("rejected_total", self.rejected_calls())
+    }
+}
+
+/// The whole keyed layer as one dependency: see [`KeyedBreakerHandle`] for what it reports.
+impl<K: Send + Sync + 'static> Dependency for KeyedBreakerHandle<K> {
+    fn name(&self) -> &str {
+        KeyedBreakerHandle::name(self)
+    }
+
+    fn kind(&self) -> Kind {
+        Kind::Breaker
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let breakers = self.breakers();
+        let (mut refusing, mut half_open, mut rejected) = (0u64, 0u64, 0u64);
+        // The first time a refusing key may be tried again (`None` if all are forced open).
+        let mut next_try: Option<Duration> = None;
+        for breaker in &breakers {
+            let (state, available, open_for) = availability(breaker);
+            if !available {
+                refusing += 1;
+                if let Some(left) = open_for {
+                    next_try = Some(next_try.map_or(left, |t| t.min(left)));
+                }
+            }
+            half_open += u64::from(state == State::HalfOpen);
+            rejected += breaker.rejected_calls();
+        }
+        let keys = breakers.len() as u64;
+        let all_refuse = keys > 0 && refusing == keys;
+        let state = match refusing {
+            0 => "closed",
+            _ if all_refuse => "open",
+            _ => "partially_open",
+        };
+        let mut snapshot = Snapshot::new(state, !all_refuse);
+        if all_refuse && let Some(left) = next_try {
+            snapshot = snapshot.with_open_for(left);
+        }
+        snapshot
+            .with_count("keys", keys)
+            .with_count("open", refusing)
+            .with_count("half_open", half_open)
+            .with_count("rejected_total", rejected)
     }
 }
 
@@ -172,5 +224,102 @@ mod tests {
             (snap(&handle).state(), snap(&handle).is_available()),
             ("metrics_only", true)
         );
+    }
+
+    /// A keyed layer is one dependency, available while any live key admits calls: unready
+    /// (503) only once every key is open, and ready again when the first open time passes.
+    #[tokio::test(start_paused = true)]
+    async fn a_keyed_breaker_is_unavailable_only_while_every_live_key_refuses_calls() {
+        let layer = BreakerLayer::builder()
+            .name("replicas")
+            .consecutive_failures(1)
+            .open_time(OPEN)
+            .metrics(false)
+            .build_keyed(|req: &(u8, bool)| req.0)
+            .unwrap();
+        let keys = layer.keys_handle();
+        let readiness = tower_red::Readiness::new().critical(keys.clone());
+        assert_eq!(Dependency::name(&keys), "replicas");
+        assert_eq!(Dependency::kind(&keys), Kind::Breaker);
+        let none = Dependency::snapshot(&keys);
+        assert_eq!((none.state(), none.is_available()), ("closed", true));
+        assert_eq!(none.counts()[0], ("keys", 0));
+        assert!(readiness.report().is_ready());
+
+        let svc = tower::Layer::layer(
+            &layer,
+            service_fn(|(_, ok): (u8, bool)| async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(BoxError::from("down"))
+                }
+            }),
+        );
+        assert!(svc.clone().oneshot((1, false)).await.is_err());
+        svc.clone().oneshot((2, true)).await.unwrap();
+        let some = Dependency::snapshot(&keys);
+        assert_eq!(
+            (some.state(), some.is_available()),
+            ("partially_open", true)
+        );
+        assert_eq!(some.open_for(), None);
+        assert_eq!(
+            some.counts(),
+            [
+                ("keys", 2),
+                ("open", 1),
+                ("half_open", 0),
+                ("rejected_total", 0)
+            ]
+        );
+        assert!(readiness.report().is_ready());
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(svc.clone().oneshot((2, false)).await.is_err());
+        assert!(
+            svc.clone().oneshot((2, true)).await.is_err(),
+            "refused while open"
+        );
+        let all = Dependency::snapshot(&keys);
+        assert_eq!((all.state(), all.is_available()), ("open", false));
+        assert_eq!(
+            all.open_for(),
+            Some(OPEN - Duration::from_secs(1)),
+            "until key 1, opened first, may be tried again"
+        );
+        assert_eq!(all.counts()[1], ("open", 2));
+        assert_eq!(all.counts()[3], ("rejected_total", 1));
+        let report = readiness.report();
+        assert_eq!(report.status(), 503);
+        assert_eq!(report.entry("replicas").unwrap().snapshot().state(), "open");
+
+        tokio::time::advance(OPEN - Duration::from_secs(1)).await;
+        let due = Dependency::snapshot(&keys);
+        assert_eq!((due.state(), due.is_available()), ("partially_open", true));
+        assert!(readiness.report().is_ready());
+
+        // A probe through key 1 half-opens it; forcing key 2 open keeps it refusing.
+        layer.handle(&2).unwrap().force_open();
+        let (tx, rx) = oneshot::channel::<()>();
+        let mut rx = Some(rx);
+        let probe_svc = tower::Layer::layer(
+            &layer,
+            service_fn(move |_: (u8, bool)| {
+                let rx = rx.take().expect("one call");
+                async move { rx.await.map_err(|_| BoxError::from("gone")) }
+            }),
+        );
+        let mut probe = tokio_test::task::spawn(probe_svc.oneshot((1, true)));
+        tokio_test::assert_pending!(probe.poll());
+        let probing = Dependency::snapshot(&keys);
+        assert_eq!(
+            (probing.state(), probing.is_available()),
+            ("partially_open", true)
+        );
+        assert_eq!(probing.counts()[2], ("half_open", 1));
+        tx.send(()).unwrap();
+        probe.await.unwrap();
+        assert_eq!(Dependency::snapshot(&keys).counts()[1], ("open", 1));
     }
 }

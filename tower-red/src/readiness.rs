@@ -3,7 +3,8 @@
 //! readiness probe, a load balancer health check) stops routing to this instance.
 //!
 //! The registry lives here, in the shared core, because the layer crates depend only on
-//! `tower-red` (and `tower-timeout-budget`): `tower-breaker`'s `BreakerHandle` and
+//! `tower-red` (and `tower-timeout-budget`): `tower-breaker`'s `BreakerHandle` (one breaker) and
+//! `KeyedBreakerHandle` (every key of a keyed breaker, down only when all refuse calls) and
 //! `tower-bulkhead`'s `BulkheadHandle` implement [`Dependency`], and a [`Readiness`] holds any
 //! number of them, each marked [`critical`](Readiness::critical) or
 //! [`optional`](Readiness::optional). Anything else (a connection pool, a cache) can implement
@@ -21,6 +22,10 @@
 //!   never probe, and it would stay unready after the dependency recovered. So an instance whose
 //!   critical breaker opened is unready for the open time, then ready again to let a probe
 //!   through; a failing probe reopens it for another open time.
+//! - **A keyed breaker** (one breaker per host or route, as one dependency) is unavailable only
+//!   while every live key's breaker refuses calls by the rule above; its state reads
+//!   `partially_open` while some do. Its keys are usually replicas of one service, any of which
+//!   can serve: this is [`ReadyWhen::AnyCriticalAvailable`] within one entry.
 //! - **A bulkhead** is always available: a full bulkhead is load, not an outage, and taking a
 //!   loaded instance out of rotation moves its load onto the others, which then fill up too. Its
 //!   entry reports each partition's `in_flight`, `queued` and `limit` for dashboards and
@@ -171,8 +176,8 @@ impl Kind {
 }
 
 /// Something readiness reports on: a breaker, a bulkhead, or anything that can say whether it
-/// is available. Implemented by `tower_breaker::BreakerHandle` and
-/// `tower_bulkhead::BulkheadHandle`.
+/// is available. Implemented by `tower_breaker::BreakerHandle`,
+/// `tower_breaker::KeyedBreakerHandle` and `tower_bulkhead::BulkheadHandle`.
 ///
 /// [`snapshot`](Dependency::snapshot) is called on every report, from the task serving the
 /// readiness request: keep it to a few reads of shared state, with no I/O and no waiting.
