@@ -372,7 +372,7 @@ fn bench(c: &mut Criterion) {
 /// instructions per call are `(refs at N - refs at 0) / N`, exact whatever the load. `STACK`
 /// is `client/passthrough`, `client/ours_no_recorder`, `client/ours_prometheus`,
 /// `client/ours_prometheus_every_layer_durations`, `client/peer`, or the same `server/…`
-/// (no peer).
+/// (no peer). With `STACK_TIME` set it also prints the wall time per call, in ns.
 fn instructions(stack: &str, calls: u64) {
     // Out of line, for `--toggle-collect='*instructions::run*'`: counts only this, not the
     // recorder's install (quanta's clock calibration runs for as long as it takes).
@@ -384,7 +384,11 @@ fn instructions(stack: &str, calls: u64) {
     {
         let rt = runtime();
         warm(&rt, &mut svc, request());
-        std::hint::black_box(time_calls(&rt, &mut svc, calls, request));
+        let elapsed = std::hint::black_box(time_calls(&rt, &mut svc, calls, request));
+        if std::env::var_os("STACK_TIME").is_some() && calls > 0 {
+            // For alternating rounds of long runs (`benches/README.md`, "RED in a stack").
+            println!("{:.1}", elapsed.as_nanos() as f64 / calls as f64);
+        }
     }
     let (side, variant) = stack.split_once('/').expect("side/variant");
     if variant != "ours_no_recorder" {
