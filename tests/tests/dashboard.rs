@@ -10,7 +10,7 @@ use tower_red::names;
 const DASHBOARD: &str = include_str!("../../examples/grafana/resilience.json");
 
 /// Every metric name of `tower_red::names`, from the constants.
-const KNOWN: [&str; 25] = [
+const KNOWN: [&str; 26] = [
     names::REQUESTS_TOTAL,
     names::REQUEST_DURATION_SECONDS,
     names::BREAKER_STATE,
@@ -26,6 +26,7 @@ const KNOWN: [&str; 25] = [
     names::RETRY_STOPS_TOTAL,
     names::RETRY_REQUEST_ATTEMPTS,
     names::RETRY_BODY_OVERFLOW_TOTAL,
+    names::RETRY_DONT_RETRY_TOTAL,
     names::DEADLINE_EXCEEDED_TOTAL,
     names::DEADLINE_HEADER_INVALID_TOTAL,
     names::IDEMPOTENCY_REPLAYS_TOTAL,

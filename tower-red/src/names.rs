@@ -42,6 +42,10 @@ pub const RETRY_STOPS_TOTAL: &str = "resilience_retry_stops_total";
 pub const RETRY_REQUEST_ATTEMPTS: &str = "resilience_retry_request_attempts";
 /// Counter: requests whose body was over the retry layer's replay cap, so were sent once.
 pub const RETRY_BODY_OVERFLOW_TOTAL: &str = "resilience_retry_body_overflow_total";
+/// Counter: responses a server's `DontRetryLayer` answered with the don't-retry signal,
+/// labelled `reason` (`retry_refused`: a retry it refused; `downstream_said_stop`: a failed
+/// response after an outbound call made for it was told not to retry).
+pub const RETRY_DONT_RETRY_TOTAL: &str = "resilience_retry_dont_retry_total";
 
 /// Counter: deadlines exceeded, labelled `stage`.
 pub const DEADLINE_EXCEEDED_TOTAL: &str = "resilience_deadline_exceeded_total";

@@ -493,6 +493,11 @@ pub fn describe_metrics() {
         "Requests whose body was over the retry replay cap and were sent once."
     );
     describe_counter!(
+        names::RETRY_DONT_RETRY_TOTAL,
+        Unit::Count,
+        "Responses a server answered with the don't-retry signal, by reason."
+    );
+    describe_counter!(
         names::DEADLINE_EXCEEDED_TOTAL,
         Unit::Count,
         "Deadlines exceeded, by stage."

@@ -98,6 +98,10 @@ fn metric_names_are_pinned() {
         "resilience_retry_body_overflow_total"
     );
     assert_eq!(
+        names::RETRY_DONT_RETRY_TOTAL,
+        "resilience_retry_dont_retry_total"
+    );
+    assert_eq!(
         names::DEADLINE_EXCEEDED_TOTAL,
         "resilience_deadline_exceeded_total"
     );

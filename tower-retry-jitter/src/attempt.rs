@@ -61,10 +61,11 @@ use std::time::SystemTime;
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use metrics::SharedString;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
-use tower_red::GrpcCode;
 use tower_red::classify::refused_response;
+use tower_red::{GrpcCode, names};
 use tower_service::Service;
 
 use crate::pushback::{self, GRPC_RETRY_PUSHBACK_MS, Pushback};
@@ -196,17 +197,36 @@ impl Drop for Restore {
 /// Layer for servers: answers a retry that it refuses, or any request it fails because an
 /// outbound call was told not to retry, with the don't-retry signal. See the
 /// [module docs](self).
+///
+/// Each such answer is counted in `resilience_retry_dont_retry_total` (labels `layer="retry"`,
+/// `name`, and `reason`: `retry_refused` or `downstream_said_stop`) and logged at `debug`. The
+/// counter is looked up when an answer is given, which is rare, so a request the layer leaves
+/// alone costs no metric work at all, and the series exists once the layer has said "stop".
 #[must_use]
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone)]
 pub struct DontRetryLayer {
-    _private: (),
+    name: SharedString,
+}
+
+impl Default for DontRetryLayer {
+    fn default() -> Self {
+        DontRetryLayer::new()
+    }
 }
 
 impl DontRetryLayer {
-    /// The layer. It has nothing to configure: what counts as a refusal is fixed (see
-    /// [`DontRetry`]).
+    /// The layer, named `default`. What counts as a refusal is fixed (see [`DontRetry`]).
     pub fn new() -> Self {
-        DontRetryLayer { _private: () }
+        DontRetryLayer {
+            name: SharedString::const_str("default"),
+        }
+    }
+
+    /// Names the layer in its metric's `name` label. A `&'static str` is carried by each call
+    /// as it is; an owned name is shared (one reference count per call).
+    pub fn name(mut self, name: impl Into<SharedString>) -> Self {
+        self.name = name.into();
+        self
     }
 }
 
@@ -214,7 +234,10 @@ impl<S> Layer<S> for DontRetryLayer {
     type Service = DontRetry<S>;
 
     fn layer(&self, inner: S) -> DontRetry<S> {
-        DontRetry::new(inner)
+        DontRetry {
+            inner,
+            name: self.name.clone(),
+        }
     }
 }
 
@@ -226,15 +249,16 @@ impl<S> Layer<S> for DontRetryLayer {
 /// signal when the request is a retry ([`is_retry`]). A response that failed in any way (a
 /// 5xx, a 429, a refusal, a `grpc-status` other than `OK`) gets it when an outbound call made
 /// while serving it was told not to retry ([`note_dont_retry`]).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DontRetry<S> {
     inner: S,
+    name: SharedString,
 }
 
 impl<S> DontRetry<S> {
-    /// Wraps `inner`.
+    /// Wraps `inner`, as [`DontRetryLayer::new`] does.
     pub fn new(inner: S) -> Self {
-        DontRetry { inner }
+        DontRetryLayer::new().layer(inner)
     }
 
     tower_red::define_inner_service_accessors!();
@@ -266,6 +290,7 @@ where
             inner,
             retry,
             said_stop,
+            name: self.name.clone(),
         }
     }
 }
@@ -285,6 +310,7 @@ pin_project! {
         inner: F,
         retry: bool,
         said_stop: bool,
+        name: SharedString,
     }
 }
 
@@ -307,13 +333,15 @@ where
             other => return other,
         };
         let stop = if *this.said_stop {
-            failed(&res)
+            failed(&res).then_some(DOWNSTREAM_SAID_STOP)
         } else {
-            *this.retry && refused(&res)
+            (*this.retry && refused(&res)).then_some(RETRY_REFUSED)
         };
-        if stop {
+        if let Some(reason) = stop {
             write_dont_retry(res.headers_mut());
+            answered(this.name, reason);
             tracing::debug!(
+                name = &**this.name,
                 retry = *this.retry,
                 downstream_said_stop = *this.said_stop,
                 status = res.status().as_u16(),
@@ -331,6 +359,24 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
             .field("said_stop", &self.said_stop)
             .finish_non_exhaustive()
     }
+}
+
+/// The `reason` of a retry this server refused.
+const RETRY_REFUSED: &str = "retry_refused";
+/// The `reason` of a failure after an outbound call was told not to retry.
+const DOWNSTREAM_SAID_STOP: &str = "downstream_said_stop";
+
+/// Counts one don't-retry answer. Out of line and looked up by name: it is rare.
+#[cold]
+#[inline(never)]
+fn answered(name: &SharedString, reason: &'static str) {
+    metrics::counter!(
+        names::RETRY_DONT_RETRY_TOTAL,
+        names::label::LAYER => names::layer::RETRY,
+        names::label::NAME => name.clone(),
+        names::label::REASON => reason,
+    )
+    .increment(1);
 }
 
 fn grpc_code<B>(res: &Response<B>) -> Option<GrpcCode> {

@@ -87,7 +87,9 @@
 //! `resilience_retry_stops_total{reason}`, `resilience_retry_request_attempts`,
 //! `resilience_retry_budget_balance` and `resilience_retry_body_overflow_total`
 //! ([`tower_red::names`]); a `tracing` debug event per retry (attempt, delay, reason) and per
-//! failure not retried.
+//! failure not retried. A server's [`DontRetryLayer`](attempt::DontRetryLayer) counts its
+//! answers in `resilience_retry_dont_retry_total{reason}` (`retry_refused`,
+//! `downstream_said_stop`).
 //!
 //! The policy alone:
 //!

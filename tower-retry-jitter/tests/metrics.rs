@@ -198,3 +198,73 @@ async fn an_unsafe_failure_and_a_cancelled_call_are_counted() {
         1
     );
 }
+
+/// A server's `DontRetryLayer` counts each don't-retry answer by reason, and nothing for the
+/// requests it leaves alone: a refused first attempt, a refused retry, and a failure after an
+/// outbound call made for the request was told not to retry.
+#[test]
+fn dont_retry_answers_are_counted_by_reason() {
+    use tower::Service;
+    use tower_retry_jitter::attempt::{self, DontRetryLayer};
+
+    let recorder = DebuggingRecorder::new();
+    let layer = DontRetryLayer::new().name("orders");
+    let mut svc = layer.layer(service_fn(|req: http::Request<()>| {
+        // A request asking for it stands for a handler whose own call was told to stop.
+        if req.headers().contains_key("x-downstream-stopped") {
+            attempt::note_dont_retry();
+        }
+        std::future::ready(Ok::<_, BoxError>(
+            http::Response::builder()
+                .status(503)
+                .body(())
+                .expect("valid"),
+        ))
+    }));
+    let mut send = |req: http::Request<()>| {
+        metrics::with_local_recorder(&recorder, || {
+            let mut fut = tokio_test::task::spawn(svc.call(req));
+            match fut.poll() {
+                std::task::Poll::Ready(res) => attempt::read_dont_retry(res.expect("ok").headers()),
+                std::task::Poll::Pending => panic!("answered at once"),
+            }
+        })
+    };
+    assert!(
+        !send(http::Request::new(())),
+        "a first attempt may be retried once"
+    );
+    let mut retry = http::Request::new(());
+    attempt::write_attempt(retry.headers_mut(), 2);
+    assert!(send(retry));
+    let mut stopped = http::Request::new(());
+    stopped
+        .headers_mut()
+        .insert("x-downstream-stopped", http::HeaderValue::from_static("1"));
+    assert!(send(stopped));
+
+    let s = &snapshot(&recorder);
+    assert_eq!(
+        counter(
+            s,
+            names::RETRY_DONT_RETRY_TOTAL,
+            ("reason", "retry_refused")
+        ),
+        1
+    );
+    assert_eq!(
+        counter(
+            s,
+            names::RETRY_DONT_RETRY_TOTAL,
+            ("reason", "downstream_said_stop")
+        ),
+        1
+    );
+    assert_eq!(
+        s.iter()
+            .filter(|(key, _)| key.key().name() == names::RETRY_DONT_RETRY_TOTAL)
+            .count(),
+        2,
+        "no series for the request left alone"
+    );
+}
