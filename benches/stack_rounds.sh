@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-7}
 CALLS=${CALLS:-300000}
 CORE=${CORE:-1}
-B=$(cargo bench -p benches --features peer-metrics --bench production_stack --no-run 2>&1 |
+B=$(cargo bench -p benches --features peer-metrics,stack-time --bench production_stack --no-run 2>&1 |
   grep -o 'target/release/deps/production_stack-[0-9a-f]*' | head -1)
 STACKS="client/passthrough client/ours_prometheus client/peer server/passthrough server/ours_prometheus"
 pin=()
@@ -18,7 +18,7 @@ command -v taskset >/dev/null && pin=(taskset -c "$CORE")
 for round in $(seq "$ROUNDS"); do
   line="$round"
   for s in $STACKS; do
-    line="$line $(STACK_TIME=1 STACK_CALLS=$CALLS "${pin[@]}" "$B" "$s")"
+    line="$line $(STACK_CALLS=$CALLS "${pin[@]}" "$B" "$s")"
   done
   echo "$line"
 done | awk -v stacks="$STACKS" '
