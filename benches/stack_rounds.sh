@@ -5,12 +5,13 @@
 # Longer and steadier than criterion's 4-second samples on a noisy VM. Not run by CI.
 #
 #   ROUNDS=7 CALLS=300000 CORE=1 bash benches/stack_rounds.sh
+#   EXTRA_FEATURES=count-allocations bash benches/stack_rounds.sh   # more bench features
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-7}
 CALLS=${CALLS:-300000}
 CORE=${CORE:-1}
-B=$(cargo bench -p benches --features peer-metrics,stack-time --bench production_stack --no-run 2>&1 |
+B=$(cargo bench -p benches --features peer-metrics,stack-time${EXTRA_FEATURES:+,$EXTRA_FEATURES} --bench production_stack --no-run 2>&1 |
   grep -o 'target/release/deps/production_stack-[0-9a-f]*' | head -1)
 STACKS="client/passthrough client/ours_prometheus client/peer server/passthrough server/ours_prometheus"
 pin=()

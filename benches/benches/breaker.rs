@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use benches::{
-    Passthrough, allocations_per_call, allocations_per_u64_call, runtime, time_calls,
+    Passthrough, PerCall, allocations_per_call, allocations_per_u64_call, runtime, time_calls,
     time_calls_on_two_threads,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -234,7 +234,7 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     // Exact allocation counts per call, steady state.
-    let report = |label: &str, allocs: f64| println!("allocations per call: {label} {allocs}");
+    let report = |label: &str, allocs: PerCall| println!("allocations per call: {label} {allocs}");
     let svc = ours(true).layer(Passthrough);
     report("tower_breaker", allocations_per_u64_call(&rt, &svc));
     let svc = ours(false).layer(Passthrough);

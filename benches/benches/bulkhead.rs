@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
     // only the call itself is counted. One call runs at a time on one thread, so the borrow
     // held across the awaits is never contended.
     #[allow(clippy::await_holding_refcell_ref)]
-    fn allocs<S>(rt: &tokio::runtime::Runtime, svc: S) -> f64
+    fn allocs<S>(rt: &tokio::runtime::Runtime, svc: S) -> benches::PerCall
     where
         S: Service<u64>,
         S::Error: std::fmt::Debug,

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use benches::{allocations_per_call, runtime};
+use benches::{PerCall, allocations_per_call, runtime};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt};
@@ -135,7 +135,7 @@ where
 }
 
 /// Allocations per request of `kind` through `svc` (10,000 requests built beforehand).
-fn allocations<S>(rt: &tokio::runtime::Runtime, svc: &S, kind: Kind) -> f64
+fn allocations<S>(rt: &tokio::runtime::Runtime, svc: &S, kind: Kind) -> PerCall
 where
     S: Service<Request<String>> + Clone,
     S::Error: std::fmt::Debug,
@@ -180,7 +180,7 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
 
-    let report = |label: &str, allocs: f64| println!("allocations per call: {label} {allocs}");
+    let report = |label: &str, allocs: PerCall| println!("allocations per call: {label} {allocs}");
     report(
         "passthrough_no_key",
         allocations(&rt, &HttpPassthrough, Kind::NoKey),

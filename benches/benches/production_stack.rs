@@ -24,7 +24,7 @@ use std::future::{Ready, ready};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use benches::{allocations_per_call_in_place, runtime, time_calls};
+use benches::{PerCall, allocations_per_call_in_place, runtime, time_calls};
 use criterion::{Criterion, criterion_group};
 use http::{Request, Response, Uri};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
@@ -326,7 +326,7 @@ fn bench(c: &mut Criterion) {
 
     // Exact allocations per call, steady state, one service driven in place; the request's
     // own allocations are those of the passthrough line.
-    let report = |name: &str, per_call: f64| {
+    let report = |name: &str, per_call: PerCall| {
         println!("allocations per call: {name} {per_call}");
     };
     report(

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use benches::{Passthrough, allocations_per_call, allocations_per_u64_call, runtime, time_calls};
+use benches::{
+    Passthrough, PerCall, allocations_per_call, allocations_per_u64_call, runtime, time_calls,
+};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body::Body;
@@ -232,7 +234,7 @@ fn bench(c: &mut Criterion) {
     group.finish();
 
     // Exact allocation counts per call, steady state.
-    let report = |label: &str, allocs: f64| println!("allocations per call: {label} {allocs}");
+    let report = |label: &str, allocs: PerCall| println!("allocations per call: {label} {allocs}");
     report(
         "tower_retry_jitter",
         allocations_per_u64_call(&rt, &ours(true).layer(Passthrough)),

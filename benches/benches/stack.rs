@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use benches::{Passthrough, allocations_per_call, runtime, time_calls};
+use benches::{Passthrough, PerCall, allocations_per_call, runtime, time_calls};
 use criterion::{Criterion, criterion_group, criterion_main};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -108,7 +108,8 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
-    let report = |name: &str, per_call: f64| println!("allocations per call: {name} {per_call}");
+    let report =
+        |name: &str, per_call: PerCall| println!("allocations per call: {name} {per_call}");
     let svc = ours(false);
     report(
         "ours_metrics_off",

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use benches::{Passthrough, allocations_per_call, runtime, time_calls};
+use benches::{Passthrough, PerCall, allocations_per_call, runtime, time_calls};
 use criterion::{Criterion, criterion_group, criterion_main};
 use tower::{Layer, Service, ServiceExt};
 use tower_resilience::timelimiter::TimeLimiterLayer;
@@ -50,7 +50,8 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
-    let allocs = |name: &str, per_call: f64| println!("allocations per call: {name} {per_call}");
+    let allocs =
+        |name: &str, per_call: PerCall| println!("allocations per call: {name} {per_call}");
     allocs(
         "passthrough",
         allocations_per_call(&rt, 10_000, || Passthrough.oneshot(1)),

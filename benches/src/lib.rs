@@ -1,19 +1,62 @@
 //! Shared parts of the benchmarks: the passthrough service every layer is measured over, a
 //! current-thread runtime, and an exact allocation counter.
 //!
-//! The allocation counter wraps the system allocator for every bench binary that links this
-//! crate; counting costs a few atomic adds per allocation, the same for every contender.
+//! The allocation counter wraps the system allocator only in a build with the
+//! `count-allocations` feature; without it the allocation figures read "not counted". It is
+//! not on by default because it is not free, and not fair: each allocation and each free makes
+//! two sequentially consistent atomic adds, so a contender that allocates 70 times a call
+//! (tower-resilience's stack with its metrics) pays 280 locked instructions a call more than
+//! one that allocates twice. Timings and instruction counts come from builds without it.
 
+#[cfg(feature = "count-allocations")]
 use std::alloc::System;
 use std::convert::Infallible;
 use std::future::{Future, Ready, ready};
 use std::task::{Context, Poll};
 
+#[cfg(feature = "count-allocations")]
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tower::Service;
 
+#[cfg(feature = "count-allocations")]
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Allocations per call, as the bench binaries print them: a number in a build with the
+/// `count-allocations` feature, "not counted" in one without (the timing builds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PerCall(Option<f64>);
+
+impl PerCall {
+    /// The count, when this build counts.
+    pub fn get(self) -> Option<f64> {
+        self.0
+    }
+}
+
+impl std::fmt::Display for PerCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => std::fmt::Display::fmt(&n, f),
+            None => f.write_str("not counted (build with --features count-allocations)"),
+        }
+    }
+}
+
+/// Allocations made while `f` runs; `None` in a build that does not count.
+fn allocations_during(f: impl FnOnce()) -> Option<usize> {
+    #[cfg(feature = "count-allocations")]
+    {
+        let region = Region::new(GLOBAL);
+        f();
+        Some(region.change().allocations)
+    }
+    #[cfg(not(feature = "count-allocations"))]
+    {
+        f();
+        None
+    }
+}
 
 /// An always-ready `Service<u64>` that answers with its request: the baseline every layer's
 /// overhead is measured against.
@@ -44,20 +87,20 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// Allocations per call: runs `f` `calls` times on `rt` (after one warm-up call, so lazy
 /// one-time registrations do not count) and divides the allocations made.
-pub fn allocations_per_call<F, Fut>(rt: &tokio::runtime::Runtime, calls: u32, mut f: F) -> f64
+pub fn allocations_per_call<F, Fut>(rt: &tokio::runtime::Runtime, calls: u32, mut f: F) -> PerCall
 where
     F: FnMut() -> Fut,
     Fut: Future,
 {
     rt.block_on(f());
-    let region = Region::new(GLOBAL);
-    rt.block_on(async {
-        for _ in 0..calls {
-            f().await;
-        }
+    let allocations = allocations_during(|| {
+        rt.block_on(async {
+            for _ in 0..calls {
+                f().await;
+            }
+        });
     });
-    let stats = region.change();
-    stats.allocations as f64 / f64::from(calls)
+    PerCall(allocations.map(|n| n as f64 / f64::from(calls)))
 }
 
 /// Times `iters` sequential `ready().await` + `call().await` round trips of `svc` on `rt`: the
@@ -113,7 +156,7 @@ where
 
 /// Allocations per `ready().await` + `call(1).await` through a fresh clone of `svc`, over
 /// 10,000 calls (cloning these services is expected to allocate nothing).
-pub fn allocations_per_u64_call<S>(rt: &tokio::runtime::Runtime, svc: &S) -> f64
+pub fn allocations_per_u64_call<S>(rt: &tokio::runtime::Runtime, svc: &S) -> PerCall
 where
     S: Service<u64> + Clone,
     S::Error: std::fmt::Debug,
@@ -134,7 +177,7 @@ pub fn allocations_per_call_in_place<S, Req, F>(
     svc: &mut S,
     calls: u32,
     mut request: F,
-) -> f64
+) -> PerCall
 where
     S: Service<Req>,
     S::Error: std::fmt::Debug,
@@ -146,14 +189,14 @@ where
         let ready = svc.ready().await.expect("ready");
         std::hint::black_box(ready.call(req).await.expect("call"));
     });
-    let region = Region::new(GLOBAL);
-    rt.block_on(async {
-        for _ in 0..calls {
-            let req = request();
-            let ready = svc.ready().await.expect("ready");
-            std::hint::black_box(ready.call(req).await.expect("call"));
-        }
+    let allocations = allocations_during(|| {
+        rt.block_on(async {
+            for _ in 0..calls {
+                let req = request();
+                let ready = svc.ready().await.expect("ready");
+                std::hint::black_box(ready.call(req).await.expect("call"));
+            }
+        });
     });
-    let stats = region.change();
-    stats.allocations as f64 / f64::from(calls)
+    PerCall(allocations.map(|n| n as f64 / f64::from(calls)))
 }
