@@ -15,9 +15,11 @@
 //! [`tower_red::red::counts_only`] (`prometheus`: the outermost `RedLayer` records the one
 //! duration, the layers inside count their outcomes), and built after with every layer
 //! recording its durations (`prometheus_every_layer_durations`: each layer as if it stood
-//! alone). The request is a GET built from a static URI (no allocation of its own), so
-//! `IdempotencyKeyLayer` adds no key (it adds one to POST and PATCH only) and the retry layer
-//! copies it (a GET is safe to retry).
+//! alone). The client's request is a GET built from a static URI with no header (a reqwest GET
+//! as the caller builds it: reqwest adds its default headers below every layer; no allocation of
+//! its own), so `IdempotencyKeyLayer` adds no key (it adds one to POST and PATCH only) and the
+//! retry layer copies it (a GET is safe to retry). The server's carries the headers `curl`
+//! sends.
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
@@ -70,11 +72,23 @@ fn client_request() -> Request<String> {
     req
 }
 
-/// A server's GET as a router hands it on: the route template in its extensions (axum puts its
-/// `MatchedPath` there; one boxed map, the caller's allocations, counted in the baseline too).
+/// A server's GET as a router hands it on: the headers `curl` sends (`host`, `user-agent`,
+/// `accept`: every layer that reads headers reads these, as on the wire) and the route template
+/// in its extensions (axum puts its `MatchedPath` there). The header map and the extensions'
+/// boxed map are the caller's allocations, counted in the baseline too.
 fn server_request() -> Request<String> {
     let mut req = Request::new(String::new());
     *req.uri_mut() = Uri::from_static("/orders/7");
+    let headers = req.headers_mut();
+    headers.insert(
+        http::header::HOST,
+        http::HeaderValue::from_static("orders.internal:8080"),
+    );
+    headers.insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("curl/8.5.0"),
+    );
+    headers.insert(http::header::ACCEPT, http::HeaderValue::from_static("*/*"));
     req.extensions_mut()
         .insert(tower_red::http::RouteTemplate("/orders/{id}"));
     req

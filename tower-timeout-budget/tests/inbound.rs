@@ -105,6 +105,52 @@ async fn the_headers_are_found_among_few_or_many_others_and_the_first_value_coun
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_layer_reading_one_of_the_two_headers_finds_it_alone_or_among_others() {
+    let http_only = InboundDeadlineLayer::builder()
+        .grpc_timeout(false)
+        .margin(Duration::ZERO)
+        .build()
+        .expect("valid");
+    let grpc_only = InboundDeadlineLayer::builder()
+        .no_http_header()
+        .margin(Duration::ZERO)
+        .build()
+        .expect("valid");
+    let browser = [("host", "orders.internal"), ("accept", "*/*")];
+    for others in [&[][..], &browser[..]] {
+        let with = |header: (&'static str, &'static str)| {
+            let mut headers = others.to_vec();
+            headers.push(header);
+            headers
+        };
+        let got = seen(http_only.clone(), &with(("x-request-timeout-ms", "750")))
+            .await
+            .expect("ok");
+        assert_eq!(got.0, Some(750 * MS), "among {others:?}");
+        let got = seen(http_only.clone(), &with(("grpc-timeout", "2S")))
+            .await
+            .expect("ok");
+        assert_eq!(
+            got,
+            (None, None),
+            "grpc-timeout is not read, among {others:?}"
+        );
+        let got = seen(grpc_only.clone(), &with(("grpc-timeout", "2S")))
+            .await
+            .expect("ok");
+        assert_eq!(got.0, Some(2_000 * MS), "among {others:?}");
+        let got = seen(grpc_only.clone(), &with(("x-request-timeout-ms", "750")))
+            .await
+            .expect("ok");
+        assert_eq!(
+            got,
+            (None, None),
+            "the http header is not read, among {others:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn when_both_headers_are_sent_the_smaller_wins() {
     let headers = [("grpc-timeout", "2S"), ("x-request-timeout-ms", "900")];
     assert_eq!(
