@@ -116,37 +116,21 @@ async fn a_layer_reading_one_of_the_two_headers_finds_it_alone_or_among_others()
         .margin(Duration::ZERO)
         .build()
         .expect("valid");
-    let browser = [("host", "orders.internal"), ("accept", "*/*")];
-    for others in [&[][..], &browser[..]] {
-        let with = |header: (&'static str, &'static str)| {
+    // (layer, the one header sent, the budget it reads: `None` for the header it ignores)
+    let cases = [
+        (&http_only, ("x-request-timeout-ms", "750"), Some(750 * MS)),
+        (&http_only, ("grpc-timeout", "2S"), None),
+        (&grpc_only, ("grpc-timeout", "2S"), Some(2_000 * MS)),
+        (&grpc_only, ("x-request-timeout-ms", "750"), None),
+    ];
+    let curl = [("host", "orders.internal"), ("accept", "*/*")];
+    for others in [&[][..], &curl[..]] {
+        for (layer, header, budget) in &cases {
             let mut headers = others.to_vec();
-            headers.push(header);
-            headers
-        };
-        let got = seen(http_only.clone(), &with(("x-request-timeout-ms", "750")))
-            .await
-            .expect("ok");
-        assert_eq!(got.0, Some(750 * MS), "among {others:?}");
-        let got = seen(http_only.clone(), &with(("grpc-timeout", "2S")))
-            .await
-            .expect("ok");
-        assert_eq!(
-            got,
-            (None, None),
-            "grpc-timeout is not read, among {others:?}"
-        );
-        let got = seen(grpc_only.clone(), &with(("grpc-timeout", "2S")))
-            .await
-            .expect("ok");
-        assert_eq!(got.0, Some(2_000 * MS), "among {others:?}");
-        let got = seen(grpc_only.clone(), &with(("x-request-timeout-ms", "750")))
-            .await
-            .expect("ok");
-        assert_eq!(
-            got,
-            (None, None),
-            "the http header is not read, among {others:?}"
-        );
+            headers.push(*header);
+            let got = seen((*layer).clone(), &headers).await.expect("ok");
+            assert_eq!(got, (*budget, *budget), "{header:?} among {others:?}");
+        }
     }
 }
 
