@@ -354,24 +354,30 @@ async fn a_transport_enforcing_the_sent_budget_is_counted_as_this_layers_timeout
         .scope(svc.oneshot(http::Request::new(())))
         .await
         .expect_err("timed out");
-    let snap = snapshot(&snapshotter);
-    let labels = |outcome| {
-        [
-            ("layer", "deadline_outbound"),
-            ("name", "upstream"),
-            ("outcome", outcome),
-        ]
-    };
-    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("timeout")), 1);
-    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("error")), 0);
-    assert_eq!(
+    // (timeout, error, deadline exceeded at the call stage)
+    assert_eq!(upstream_counts(&snapshot(&snapshotter)), (1, 0, 1));
+}
+
+/// The labels of the `upstream` outbound layer's series with `outcome`.
+fn upstream(outcome: &str) -> [(&str, &str); 3] {
+    [
+        ("layer", "deadline_outbound"),
+        ("name", "upstream"),
+        ("outcome", outcome),
+    ]
+}
+
+/// The `upstream` outbound layer's timeouts, errors, and deadlines exceeded at the call stage.
+fn upstream_counts(snap: &Snapshot) -> (u64, u64, u64) {
+    (
+        counter(snap, names::REQUESTS_TOTAL, &upstream("timeout")),
+        counter(snap, names::REQUESTS_TOTAL, &upstream("error")),
         counter(
-            &snap,
+            snap,
             names::DEADLINE_EXCEEDED_TOTAL,
-            &[("name", "upstream"), ("stage", "call")]
+            &[("name", "upstream"), ("stage", "call")],
         ),
-        1
-    );
+    )
 }
 
 #[tokio::test(start_paused = true)]
@@ -401,25 +407,9 @@ async fn inside_a_stack_that_times_once_the_sent_budget_running_out_is_still_one
         .await
         .expect_err("failed");
     let snap = snapshot(&snapshotter);
-    let labels = |outcome| {
-        [
-            ("layer", "deadline_outbound"),
-            ("name", "upstream"),
-            ("outcome", outcome),
-        ]
-    };
-    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("timeout")), 1);
-    assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("error")), 1);
+    assert_eq!(upstream_counts(&snap), (1, 1, 1));
     assert_eq!(
-        counter(
-            &snap,
-            names::DEADLINE_EXCEEDED_TOTAL,
-            &[("name", "upstream"), ("stage", "call")]
-        ),
-        1
-    );
-    assert_eq!(
-        histogram_len(&snap, names::REQUEST_DURATION_SECONDS, &labels("timeout")),
+        histogram_len(&snap, names::REQUEST_DURATION_SECONDS, &upstream("timeout")),
         0,
         "no duration inside a stack that times once"
     );
