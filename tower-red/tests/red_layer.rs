@@ -496,6 +496,16 @@ fn client_series(address: &'static str, port: &'static str) -> Vec<(String, Stri
     ])
 }
 
+/// Client duration samples for `a.internal:81` and for `b.internal:82`.
+fn samples_by_target(recorder: &DebuggingRecorder) -> (usize, usize) {
+    let s = series(recorder);
+    let name = names::HTTP_CLIENT_REQUEST_DURATION_SECONDS;
+    (
+        count(&s, name, &client_series("a.internal", "81")),
+        count(&s, name, &client_series("b.internal", "82")),
+    )
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_request_type_without_a_target_names_each_request_s_own_server() {
     let recorder = DebuggingRecorder::new();
@@ -508,18 +518,7 @@ async fn a_request_type_without_a_target_names_each_request_s_own_server() {
         let req = Untargeted(Outbound::new(host, port, None, &asked));
         svc.ready().await.unwrap().call(req).await.unwrap();
     }
-    let s = series(&recorder);
-    let name = names::HTTP_CLIENT_REQUEST_DURATION_SECONDS;
-    assert_eq!(
-        count(&s, name, &client_series("a.internal", "81")),
-        1,
-        "{s:#?}"
-    );
-    assert_eq!(
-        count(&s, name, &client_series("b.internal", "82")),
-        2,
-        "{s:#?}"
-    );
+    assert_eq!(samples_by_target(&recorder), (1, 2));
     // No target, no memo: every request is asked.
     assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 3);
 }
@@ -542,18 +541,7 @@ async fn a_client_asks_a_request_for_its_host_only_when_the_target_changes() {
         svc.ready().await.unwrap().call(req).await.unwrap();
     }
     assert_eq!(asked.load(std::sync::atomic::Ordering::Relaxed), 2);
-    let s = series(&recorder);
-    let name = names::HTTP_CLIENT_REQUEST_DURATION_SECONDS;
-    assert_eq!(
-        count(&s, name, &client_series("a.internal", "81")),
-        3,
-        "{s:#?}"
-    );
-    assert_eq!(
-        count(&s, name, &client_series("b.internal", "82")),
-        1,
-        "{s:#?}"
-    );
+    assert_eq!(samples_by_target(&recorder), (3, 1));
 }
 
 #[tokio::test(start_paused = true)]
