@@ -683,16 +683,19 @@ impl Service<u64> for CountsClones {
 async fn the_inner_service_is_cloned_once_for_all_calls_and_again_only_to_retry() {
     let clones = Arc::new(AtomicUsize::new(0));
     let calls = Arc::new(AtomicUsize::new(0));
-    let inner = CountsClones {
-        clones: clones.clone(),
-        calls: calls.clone(),
-        failures: 0,
+    // A retry service over an inner one failing until `failures` calls have been made.
+    let retrying = |failures| {
+        constant(3)
+            .always_safe()
+            .build()
+            .expect("valid")
+            .layer(CountsClones {
+                clones: clones.clone(),
+                calls: calls.clone(),
+                failures,
+            })
     };
-    let mut svc = constant(3)
-        .always_safe()
-        .build()
-        .expect("valid")
-        .layer(inner);
+    let mut svc = retrying(0);
     for n in 0..100 {
         assert_eq!(
             svc.ready().await.expect("ready").call(n).await.expect("ok"),
@@ -715,16 +718,7 @@ async fn the_inner_service_is_cloned_once_for_all_calls_and_again_only_to_retry(
     );
     assert_eq!(clones.load(SeqCst), 2, "the clone shares the spare");
 
-    let failing = CountsClones {
-        clones: clones.clone(),
-        calls: calls.clone(),
-        failures: 102,
-    };
-    let mut svc = constant(3)
-        .always_safe()
-        .build()
-        .expect("valid")
-        .layer(failing);
+    let mut svc = retrying(102);
     assert_eq!(
         svc.ready()
             .await
