@@ -382,3 +382,30 @@ fn configuration_errors_name_the_layer_the_field_and_the_value() {
          must not be grpc-timeout, which has its own format"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn readiness_is_the_inner_service_s_and_so_are_its_errors() {
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<http::Request<()>, http::Response<()>, _>(lenient());
+    // Backpressure passes through: not ready while the inner service is not.
+    handle.allow(0);
+    assert!(svc.poll_ready().is_pending());
+    handle.allow(1);
+    assert!(svc.is_woken(), "woken when the inner service is ready");
+    assert!(matches!(svc.poll_ready(), std::task::Poll::Ready(Ok(()))));
+    // An inner readiness error comes out of `poll_ready`, as a `BoxError`.
+    handle.send_error("inner down");
+    match svc.poll_ready() {
+        std::task::Poll::Ready(Err(err)) => assert_eq!(err.to_string(), "inner down"),
+        other => panic!("the inner error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_service_says_what_it_is_in_debug_output() {
+    let svc = lenient().layer(tower::service_fn(|_req: http::Request<()>| async {
+        Ok::<_, Infallible>(http::Response::new(()))
+    }));
+    let debug = format!("{svc:?}");
+    assert!(debug.starts_with("InboundDeadline"), "{debug}");
+}
