@@ -676,3 +676,77 @@ async fn a_response_built_from_an_inner_refusal_is_an_inner_refusal_not_an_error
     );
     assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("error")), 0);
 }
+
+/// Every sample of the histogram `name` whose labels include every pair of `labels`.
+fn histogram_samples(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    snapshot
+        .iter()
+        .filter(|(key, ..)| key.key().name() == name)
+        .filter(|(key, ..)| {
+            labels
+                .iter()
+                .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
+        })
+        .flat_map(|(.., value)| match value {
+            DebugValue::Histogram(v) => v.iter().map(|f| f.into_inner()).collect::<Vec<_>>(),
+            other => panic!("{name} is not a histogram: {other:?}"),
+        })
+        .collect()
+}
+
+/// A handler that answers 200 after 30 ms.
+async fn slow_ok(_req: http::Request<()>) -> Result<http::Response<()>, Infallible> {
+    tokio::time::sleep(30 * MS).await;
+    Ok(http::Response::new(()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_layer_standing_alone_records_how_long_its_call_took() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let budget = TimeoutBudgetLayer::builder()
+        .name("alone")
+        .cap(2_000 * MS)
+        .build()
+        .expect("valid");
+    budget
+        .layer(service_fn(slow_ok))
+        .oneshot(http::Request::new(()))
+        .await
+        .expect("ok");
+    let inbound = InboundDeadlineLayer::builder()
+        .name("alone")
+        .build()
+        .expect("valid");
+    inbound
+        .layer(service_fn(slow_ok))
+        .oneshot(http::Request::new(()))
+        .await
+        .expect("ok");
+    let outbound = OutboundDeadlineLayer::builder()
+        .name("alone")
+        .build()
+        .expect("valid");
+    tower_timeout_budget::Deadline::after(2_000 * MS)
+        .scope(
+            outbound
+                .layer(service_fn(slow_ok))
+                .oneshot(http::Request::new(())),
+        )
+        .await
+        .expect("ok");
+    let snap = snapshot(&snapshotter);
+    for layer in [
+        names::layer::TIMEOUT,
+        names::layer::DEADLINE_INBOUND,
+        names::layer::DEADLINE_OUTBOUND,
+    ] {
+        let samples = histogram_samples(
+            &snap,
+            names::REQUEST_DURATION_SECONDS,
+            &[("layer", layer), ("name", "alone"), ("outcome", "ok")],
+        );
+        assert_eq!(samples, [0.03], "{layer}");
+    }
+}

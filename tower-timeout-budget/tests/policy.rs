@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use tokio::time::{Instant, advance};
-use tower_timeout_budget::Deadline;
 use tower_timeout_budget::wire::GrpcTimeout;
+use tower_timeout_budget::{Deadline, Stage, TimeoutBudgetLayer};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -102,4 +102,45 @@ fn an_outbound_grpc_timeout_rounds_down_to_the_finest_unit_that_fits() {
     assert_eq!((t.value(), t.unit()), (100_000, 'u'), "1 ns is dropped");
     let t = GrpcTimeout::from_duration(Duration::MAX);
     assert_eq!((t.value(), t.unit()), (99_999_999, 'H'));
+}
+
+#[test]
+fn a_rejected_header_value_says_why_and_a_stage_prints_its_label() {
+    let cases: [(&[u8], &str); 3] = [
+        (b"123456789S", "too many digits"),
+        (b"1x0m", "not an ascii digit"),
+        (
+            b"10s",
+            "missing or unknown unit (expected one of H M S m u n)",
+        ),
+    ];
+    for (raw, reason) in cases {
+        let err = GrpcTimeout::parse(raw).expect_err("invalid");
+        assert_eq!(err.reason(), reason, "{raw:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("invalid deadline header: {reason}")
+        );
+    }
+    for stage in Stage::ALL {
+        assert_eq!(stage.to_string(), stage.as_str());
+    }
+    assert_eq!(Stage::BeforeSend.to_string(), "before_send");
+}
+
+#[test]
+fn a_name_is_a_metric_label_of_at_most_64_bytes_and_the_cap_reads_back() {
+    let longest = "n".repeat(64);
+    let layer = TimeoutBudgetLayer::builder()
+        .name(longest.clone())
+        .cap(3_000 * MS)
+        .build()
+        .expect("64 bytes is a valid name");
+    assert_eq!(layer.cap(), 3_000 * MS);
+    let err = TimeoutBudgetLayer::builder()
+        .name(format!("{longest}n"))
+        .cap(3_000 * MS)
+        .build()
+        .expect_err("65 bytes");
+    assert!(err.to_string().contains("at most 64 bytes"), "{err}");
 }

@@ -99,6 +99,25 @@ async fn readiness_wait_past_the_cap_fails_the_call_with_stage_ready_without_cal
 }
 
 #[tokio::test(start_paused = true)]
+async fn once_the_readiness_wait_ran_out_the_inner_service_is_not_polled_again() {
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    handle.allow(0);
+    assert_pending!(svc.poll_ready());
+    advance(100 * MS).await;
+    assert_ready_ok!(svc.poll_ready());
+    // The call is already bound to fail at the ready stage: polling readiness again answers at
+    // once, without asking the inner service (whose error would otherwise come out here).
+    handle.send_error("inner down");
+    assert_ready_ok!(svc.poll_ready());
+    let err = svc
+        .call(http::Request::new(()))
+        .await
+        .expect_err("the wait ran out");
+    assert_eq!(stage_of(&err), Stage::Ready);
+}
+
+#[tokio::test(start_paused = true)]
 async fn readiness_limit_can_be_shorter_than_the_cap() {
     let layer = TimeoutBudgetLayer::builder()
         .cap(1_000 * MS)
