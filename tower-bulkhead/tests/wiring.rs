@@ -160,3 +160,84 @@ async fn inside_a_stack_that_times_once_a_bulkhead_still_counts_each_call_and_ea
     drop(never);
     assert_eq!(requests(&snapshotter, "cancelled"), 1);
 }
+
+/// What a `fmt` subscriber wrote, shared with the test.
+#[derive(Clone, Default)]
+struct Written(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Written {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Written {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().expect("not poisoned"))
+            .matches(needle)
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_partition_is_logged_once_per_bulkhead_and_no_partition_never() {
+    let written = Written::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let written = written.clone();
+            move || written.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = || {
+        service_fn(|_req: http::Request<()>| async { Ok::<_, Infallible>(http::Response::new(())) })
+    };
+    const WARNING: &str = "named a partition it does not have";
+
+    let plain = BulkheadLayer::builder()
+        .name("plain")
+        .max_concurrent(2)
+        .build()
+        .expect("valid");
+    let mut svc = plain.layer(app());
+    for _ in 0..3 {
+        svc.ready()
+            .await
+            .expect("ready")
+            .call(http::Request::new(()))
+            .await
+            .expect("ok");
+    }
+    assert_eq!(
+        written.count(WARNING),
+        0,
+        "an unpartitioned bulkhead names no partition"
+    );
+
+    let misnamed = BulkheadLayer::builder()
+        .name("misnamed")
+        .max_concurrent(2)
+        .partition(Partition::new("batch", 1))
+        .partition_by(|_req: &http::Request<()>| Some("no-such-partition"))
+        .build()
+        .expect("valid");
+    let mut svc = misnamed.layer(app());
+    for _ in 0..3 {
+        svc.ready()
+            .await
+            .expect("ready")
+            .call(http::Request::new(()))
+            .await
+            .expect("ok");
+    }
+    assert_eq!(written.count(WARNING), 1, "logged once for three calls");
+}
