@@ -187,6 +187,22 @@ impl Written {
     }
 }
 
+/// Three calls through `svc`, each answered.
+async fn call_three_times<S>(mut svc: S)
+where
+    S: tower::Service<http::Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    for _ in 0..3 {
+        svc.ready()
+            .await
+            .expect("ready")
+            .call(http::Request::new(()))
+            .await
+            .expect("ok");
+    }
+}
+
 #[tokio::test]
 async fn an_unknown_partition_is_logged_once_per_bulkhead_and_no_partition_never() {
     let written = Written::default();
@@ -208,15 +224,7 @@ async fn an_unknown_partition_is_logged_once_per_bulkhead_and_no_partition_never
         .max_concurrent(2)
         .build()
         .expect("valid");
-    let mut svc = plain.layer(app());
-    for _ in 0..3 {
-        svc.ready()
-            .await
-            .expect("ready")
-            .call(http::Request::new(()))
-            .await
-            .expect("ok");
-    }
+    call_three_times(plain.layer(app())).await;
     assert_eq!(
         written.count(WARNING),
         0,
@@ -230,14 +238,6 @@ async fn an_unknown_partition_is_logged_once_per_bulkhead_and_no_partition_never
         .partition_by(|_req: &http::Request<()>| Some("no-such-partition"))
         .build()
         .expect("valid");
-    let mut svc = misnamed.layer(app());
-    for _ in 0..3 {
-        svc.ready()
-            .await
-            .expect("ready")
-            .call(http::Request::new(()))
-            .await
-            .expect("ok");
-    }
+    call_three_times(misnamed.layer(app())).await;
     assert_eq!(written.count(WARNING), 1, "logged once for three calls");
 }
