@@ -85,3 +85,19 @@ async fn idle_keys_are_evicted_first() {
     assert_eq!(layer.live_keys(), 2, "keys 1 and 2 were idle");
     assert!(layer.handle(&3).is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_idle_for_exactly_the_idle_timeout_is_idle() {
+    let layer = KeyedBreakerLayer::new(config(), |req: &(u32, Call)| req.0);
+    let mut svc = layer.layer(keyed_backend());
+    for key in 1..=3 {
+        call(&mut svc, key, Call::Ok).await.unwrap();
+    }
+    tokio::time::advance(Duration::from_secs(60)).await;
+    call(&mut svc, 4, Call::Ok).await.unwrap();
+    assert_eq!(
+        layer.live_keys(),
+        1,
+        "keys 1 to 3 were idle for the whole 60 s timeout"
+    );
+}
