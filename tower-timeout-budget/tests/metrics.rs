@@ -40,19 +40,7 @@ fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
 }
 
 fn histogram_len(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> usize {
-    snapshot
-        .iter()
-        .filter(|(key, ..)| key.key().name() == name)
-        .filter(|(key, ..)| {
-            labels
-                .iter()
-                .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
-        })
-        .map(|(.., value)| match value {
-            DebugValue::Histogram(v) => v.len(),
-            other => panic!("{name} is not a histogram: {other:?}"),
-        })
-        .sum()
+    histogram_samples(snapshot, name, labels).len()
 }
 
 #[tokio::test(start_paused = true)]
@@ -700,6 +688,15 @@ async fn slow_ok(_req: http::Request<()>) -> Result<http::Response<()>, Infallib
     Ok(http::Response::new(()))
 }
 
+/// One request through `svc`, answered.
+async fn answered<S>(svc: S)
+where
+    S: tower::Service<http::Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    svc.oneshot(http::Request::new(())).await.expect("ok");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_layer_standing_alone_records_how_long_its_call_took() {
     let recorder = DebuggingRecorder::new();
@@ -710,32 +707,22 @@ async fn a_layer_standing_alone_records_how_long_its_call_took() {
         .cap(2_000 * MS)
         .build()
         .expect("valid");
-    budget
-        .layer(service_fn(slow_ok))
-        .oneshot(http::Request::new(()))
-        .await
-        .expect("ok");
     let inbound = InboundDeadlineLayer::builder()
         .name("alone")
         .build()
         .expect("valid");
-    inbound
-        .layer(service_fn(slow_ok))
-        .oneshot(http::Request::new(()))
-        .await
-        .expect("ok");
     let outbound = OutboundDeadlineLayer::builder()
         .name("alone")
         .build()
         .expect("valid");
+    // Inside one caller's deadline, which the outbound layer needs to write its header.
     tower_timeout_budget::Deadline::after(2_000 * MS)
-        .scope(
-            outbound
-                .layer(service_fn(slow_ok))
-                .oneshot(http::Request::new(())),
-        )
-        .await
-        .expect("ok");
+        .scope(async {
+            answered(budget.layer(service_fn(slow_ok))).await;
+            answered(inbound.layer(service_fn(slow_ok))).await;
+            answered(outbound.layer(service_fn(slow_ok))).await;
+        })
+        .await;
     let snap = snapshot(&snapshotter);
     for layer in [
         names::layer::TIMEOUT,
