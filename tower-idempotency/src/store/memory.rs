@@ -222,8 +222,10 @@ impl MemoryStore {
         fp: &Fingerprint,
         lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let now = Instant::now();
         let mut shard = self.shard(key);
+        // Read under the shard's lock: a clock read before it could be older than an entry
+        // another thread wrote while this one waited, and a lease would seem longer than it is.
+        let now = Instant::now();
         if let Some(entry) = shard.entries.get(key)
             && entry.expires > now
         {
@@ -262,8 +264,8 @@ impl MemoryStore {
     }
 
     fn renew_now(&self, key: &StoreKey, fence: Fence, lease: Duration) -> bool {
-        let now = Instant::now();
         let mut shard = self.shard(key);
+        let now = Instant::now(); // under the lock, as in `claim_now`
         let expires = now + lease;
         match shard.entries.get_mut(key) {
             Some(entry)
@@ -292,8 +294,8 @@ impl MemoryStore {
         record: &Record,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let now = Instant::now();
         let mut shard = self.shard(key);
+        let now = Instant::now(); // under the lock, as in `claim_now`
         let fingerprint = match shard.entries.get(key) {
             Some(entry)
                 if entry.fence == fence
@@ -340,8 +342,8 @@ impl MemoryStore {
     }
 
     fn release_now(&self, key: &StoreKey, fence: Fence) -> bool {
-        let now = Instant::now();
         let mut shard = self.shard(key);
+        let now = Instant::now(); // under the lock, as in `claim_now`
         match shard.entries.get(key) {
             Some(entry)
                 if entry.fence == fence
