@@ -474,7 +474,11 @@ impl Machine {
                 kind: Kind::Closed,
             })
         } else {
-            let step_end = (step as u64 + 1) * total / steps;
+            // The first nanosecond of the next step: rounded up, as `step` was rounded down,
+            // so a refusal in a step's last nanosecond says "in 1 ns", never "now".
+            let step_end =
+                (u128::from(step as u64 + 1) * u128::from(total)).div_ceil(u128::from(steps));
+            let step_end = u64::try_from(step_end).unwrap_or(u64::MAX);
             Err(Refusal {
                 state: State::Closed,
                 retry_after: Duration::from_nanos(step_end.saturating_sub(elapsed)),

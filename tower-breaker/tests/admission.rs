@@ -139,3 +139,43 @@ async fn the_call_that_ends_a_ramp_and_every_call_after_it_are_measured() {
     let _ = send(&mut svc, Call::Fail).await;
     assert_eq!(handle.state(), State::Open);
 }
+
+#[tokio::test(start_paused = true)]
+async fn backpressure_at_the_last_nanosecond_of_a_step_waits_for_the_next_one() {
+    // 3 s and 1 ns in three steps: the first ends 1,000,000,000.3 ns in, so the nanosecond at
+    // 1 s still belongs to it, and the refusal there must say "in a nanosecond", not "now". A
+    // waiter told "now" (on a timer tick, so its sleep is over at once) decides again, and
+    // again, each time taking the ramp's next place, until it is admitted beyond the step's
+    // share.
+    let layer = layer(
+        config()
+            .backpressure(true)
+            .graded_recovery(&[0.1, 0.5, 1.0], Duration::new(3, 1)),
+    );
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend());
+    for _ in 0..4 {
+        let _ = send(&mut svc, Call::Fail).await;
+    }
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), 200, "the probe");
+    assert_eq!(
+        send(&mut svc, Call::Ok).await.unwrap(),
+        200,
+        "the ramp's first call"
+    );
+    advance(Duration::from_secs(1)).await;
+    let mut ready = tokio_test::task::spawn(svc.ready());
+    assert!(
+        ready.poll().is_pending(),
+        "the first step's 10 % went: the second call waits for the next step"
+    );
+    advance(Duration::from_secs(10)).await;
+    assert!(
+        matches!(ready.poll(), Poll::Ready(Ok(_))),
+        "the ramp is over: admitted"
+    );
+    drop(ready);
+    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), 200);
+    assert_eq!(handle.rejected_calls(), 0, "waiting is not refusing");
+}
