@@ -9,7 +9,7 @@ mod common;
 use std::task::Poll;
 use std::time::Duration;
 
-use common::{Call, backend, send};
+use common::{Call, backend, recover, send};
 use tokio::time::{Instant, advance};
 use tokio_test::assert_pending;
 use tower::{Layer, Service, ServiceExt};
@@ -94,12 +94,7 @@ async fn backpressure_during_a_ramp_sends_the_call_it_reserved_a_place_for() {
     );
     let handle = layer.handle();
     let mut svc = layer.layer(backend());
-    for _ in 0..4 {
-        let _ = send(&mut svc, Call::Fail).await;
-    }
-    assert_eq!(handle.state(), State::Open);
-    advance(Duration::from_secs(10)).await;
-    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), 200, "the probe");
+    recover(&mut svc, Duration::from_secs(10)).await;
     assert_eq!(handle.state(), State::Closed, "ramping up");
     let start = Instant::now();
     for n in 0..10 {
@@ -121,11 +116,7 @@ async fn the_call_that_ends_a_ramp_and_every_call_after_it_are_measured() {
     let layer = layer(config().graded_recovery(&[0.5, 1.0], Duration::from_secs(20)));
     let handle = layer.handle();
     let mut svc = layer.layer(backend());
-    for _ in 0..4 {
-        let _ = send(&mut svc, Call::Fail).await;
-    }
-    advance(Duration::from_secs(10)).await;
-    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), 200, "the probe");
+    recover(&mut svc, Duration::from_secs(10)).await;
     advance(Duration::from_secs(20)).await;
     for n in 1..=3 {
         let _ = send(&mut svc, Call::Fail).await;
@@ -154,11 +145,7 @@ async fn backpressure_at_the_last_nanosecond_of_a_step_waits_for_the_next_one() 
     );
     let handle = layer.handle();
     let mut svc = layer.layer(backend());
-    for _ in 0..4 {
-        let _ = send(&mut svc, Call::Fail).await;
-    }
-    advance(Duration::from_secs(10)).await;
-    assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), 200, "the probe");
+    recover(&mut svc, Duration::from_secs(10)).await;
     assert_eq!(
         send(&mut svc, Call::Ok).await.unwrap(),
         200,

@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Call, backend, refused, send};
+use common::{Call, backend, recover, refused, send};
 use tokio::time::advance;
 use tower::{Layer, Service};
 use tower_breaker::{BreakerBuilder, BreakerLayer, OpenTime, Reason, State, Transition};
@@ -110,15 +110,6 @@ async fn the_time_window_counts_slow_calls_across_its_buckets() {
 }
 
 /// Trips, waits out the open time and closes on a good probe: a ramp starts.
-async fn recover(
-    svc: &mut impl Service<Call, Response = u16, Error = tower_red::BoxError>,
-    open: Duration,
-) {
-    calls(svc, 4, true).await;
-    advance(open).await;
-    assert_eq!(send(svc, Call::Ok).await.unwrap(), 200, "the probe");
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_graded_recovery_ends_after_its_duration_and_the_window_minimum_applies_again() {
     let open = OpenTime::exponential(Duration::from_secs(10), Duration::from_secs(100)).jitter(0.0);

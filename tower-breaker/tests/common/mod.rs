@@ -89,6 +89,19 @@ where
     svc.ready().await?.call(call).await
 }
 
+/// Trips a breaker that opens on four failures, lets its open time pass, and sends the probe
+/// that closes it again (starting a graded recovery, when one is set).
+pub async fn recover<S>(svc: &mut S, open: std::time::Duration)
+where
+    S: Service<Call, Response = u16, Error = BoxError>,
+{
+    for _ in 0..4 {
+        let _ = send(svc, Call::Fail).await;
+    }
+    tokio::time::advance(open).await;
+    assert_eq!(send(svc, Call::Ok).await.unwrap(), 200, "the probe");
+}
+
 /// Whether `err` is a breaker refusal.
 pub fn refused(result: &Result<u16, BoxError>) -> bool {
     matches!(result, Err(e) if tower_breaker::is_circuit_open(&**e))
