@@ -245,7 +245,7 @@ impl Rejection {
     /// `Retry-After` in whole seconds, rounded up so a client never comes back too early.
     pub fn retry_after_secs(&self) -> Option<u64> {
         self.retry_after
-            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            .map(|d| d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0)))
     }
 
     /// The name of the layer instance that refused, if it has one.
@@ -394,5 +394,16 @@ mod tests {
                 .retry_after_secs(),
             Some(3)
         );
+    }
+
+    #[test]
+    fn a_retry_after_too_long_for_whole_seconds_saturates_and_still_prints() {
+        let r = Rejection::new(RejectionKind::CircuitOpen).with_retry_after(Duration::MAX);
+        assert_eq!(
+            r.retry_after_secs(),
+            Some(u64::MAX),
+            "rounded up, but not past the end"
+        );
+        assert!(r.to_string().contains(&u64::MAX.to_string()), "{r}");
     }
 }

@@ -209,6 +209,31 @@ mod grpc {
     }
 
     #[tokio::test]
+    async fn a_refusal_is_marked_so_outer_layers_judge_it_a_refusal_not_a_backend_failure() {
+        use tower_red::classify::{GrpcStatus, Verdict, judge};
+        let svc = StatusLayer::new().layer(failing(|| {
+            Rejection::new(RejectionKind::BulkheadFull).into()
+        }));
+        let res = svc.oneshot(http::Request::new(())).await.unwrap();
+        assert_eq!(res.headers()["grpc-status"], "8", "resource exhausted");
+        assert_eq!(
+            res.extensions().get::<RejectionKind>(),
+            Some(&RejectionKind::BulkheadFull)
+        );
+        assert_eq!(
+            judge(&GrpcStatus::new(), &Ok::<_, BoxError>(res)),
+            Verdict::Refused(RejectionKind::BulkheadFull),
+            "as a problem+json refusal is: not the backend's resource exhaustion"
+        );
+        // A handler's own status is the backend's answer: no mark.
+        let svc = StatusLayer::new().layer(failing(|| {
+            tonic::Status::resource_exhausted("quota").into()
+        }));
+        let res = svc.oneshot(http::Request::new(())).await.unwrap();
+        assert_eq!(res.extensions().get::<RejectionKind>(), None);
+    }
+
+    #[tokio::test]
     async fn kinds_map_to_their_grpc_codes() {
         for kind in RejectionKind::ALL {
             let status = tonic::Status::from(Rejection::new(kind));

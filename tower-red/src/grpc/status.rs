@@ -109,7 +109,9 @@ pub fn status_of(err: &BoxError) -> tonic::Status {
 pub type OnError = fn(&BoxError) -> tonic::Status;
 
 /// Layer for tonic servers (`Server::builder().layer(StatusLayer::new())`): errors of the
-/// inner stack become trailers-only responses with the right `grpc-status`.
+/// inner stack become trailers-only responses with the right `grpc-status`. A response made
+/// from a [`Rejection`] carries its [`RejectionKind`](crate::RejectionKind) in its extensions,
+/// so classifiers above judge it a refusal (not the backend's status) and `RedLayer` labels it.
 #[derive(Clone, Copy)]
 #[must_use]
 pub struct StatusLayer<F = OnError> {
@@ -204,6 +206,13 @@ where
     }
 
     fn err(&self, err: BoxError) -> Self::Response {
-        (self.on_error)(&err).into_http()
+        let mut res = (self.on_error)(&err).into_http();
+        // As `ProblemLayer` does: an outer layer judges a refusal by this mark (a verdict of
+        // `Refused`, counted `inner_refusal`), not by its gRPC code, which for a full bulkhead
+        // is the same `RESOURCE_EXHAUSTED` a backend could answer.
+        if let Some(rejection) = Rejection::find(&*err) {
+            res.extensions_mut().insert(rejection.kind());
+        }
+        res
     }
 }
