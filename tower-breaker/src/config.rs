@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use tower_red::ConfigError;
 use tower_red::classify::{AnyError, GrpcStatus, HttpStatus};
+use tower_red::clock::NEVER;
 use tower_red::names;
 
 use crate::event::{Rejected, Transition};
@@ -129,7 +130,7 @@ impl OpenTime {
             OpenTime::Fixed(d) if d.is_zero() => {
                 Err(config_error("open_time", d, "must be more than zero"))
             }
-            OpenTime::Fixed(_) => Ok(()),
+            OpenTime::Fixed(d) => at_most_never("open_time", d),
             OpenTime::Exponential {
                 initial,
                 multiplier,
@@ -164,10 +165,25 @@ impl OpenTime {
                         "must be in [0, 1]",
                     ));
                 }
-                Ok(())
+                at_most_never("open_time.initial", initial)?;
+                at_most_never("open_time.max", max)
             }
         }
     }
+}
+
+/// An open time is added to clock readings (a waiter's wake-up, a refusal's `Retry-After`):
+/// it is bounded by [`NEVER`] (30 years), so none overflows. `force_open` holds a circuit open
+/// for good.
+fn at_most_never(field: &'static str, d: Duration) -> Result<(), ConfigError> {
+    if d > NEVER {
+        return Err(config_error(
+            field,
+            d,
+            "must be at most 30 years (tower_red::clock::NEVER); use BreakerHandle::force_open to hold a circuit open",
+        ));
+    }
+    Ok(())
 }
 
 impl OpenTime {
@@ -465,7 +481,9 @@ impl<C> BreakerBuilder<C> {
         self
     }
 
-    /// How long the circuit stays open: a [`Duration`] or an [`OpenTime`] (default 60 s).
+    /// How long the circuit stays open: a [`Duration`] or an [`OpenTime`] (default 60 s), more
+    /// than zero and at most 30 years ([`tower_red::clock::NEVER`]; `build` refuses more: to hold
+    /// a circuit open, use [`BreakerHandle::force_open`](crate::BreakerHandle::force_open)).
     pub fn open_time(mut self, open_time: impl Into<OpenTime>) -> Self {
         self.config.open_time = open_time.into();
         self

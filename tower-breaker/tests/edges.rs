@@ -98,3 +98,48 @@ async fn a_keyed_breaker_is_ready_when_its_inner_service_is_and_passes_on_its_er
         other => panic!("the inner error, got {other:?}"),
     }
 }
+
+/// Forced open with backpressure, a waiter sleeps for the open time: `Duration::MAX` overflowed
+/// the clock in `poll_ready` (a panic), and a growing open time past `Duration`'s range panicked
+/// when the circuit tripped. Open times are bounded by `tower_red::clock::NEVER` (30 years):
+/// `force_open` is the way to hold a circuit open.
+#[tokio::test(start_paused = true)]
+async fn an_open_time_longer_than_never_is_refused_and_never_itself_waits_without_overflow() {
+    use tower::{Layer, Service, ServiceExt};
+    use tower_red::clock::NEVER;
+    let refused = |open: OpenTime, field: &str| {
+        let err = BreakerLayer::builder()
+            .name("edge")
+            .open_time(open)
+            .build()
+            .expect_err("past NEVER");
+        assert!(err.to_string().contains(field), "{err}");
+    };
+    refused(OpenTime::Fixed(Duration::MAX), "open_time");
+    refused(OpenTime::Fixed(NEVER + MS), "open_time");
+    refused(OpenTime::exponential(MS, Duration::MAX), "open_time.max");
+    refused(
+        OpenTime::exponential(Duration::MAX, Duration::MAX),
+        "open_time.initial",
+    );
+
+    let layer = BreakerLayer::builder()
+        .name("edge")
+        .metrics(false)
+        .open_time(NEVER)
+        .backpressure(true)
+        .build()
+        .expect("NEVER is the longest open time");
+    let handle = layer.handle();
+    handle.force_open();
+    let mut svc = layer.layer(tower::service_fn(|()| async { Ok::<_, BoxError>(()) }));
+    let mut ready = tokio_test::task::spawn(svc.ready());
+    assert!(ready.poll().is_pending(), "forced open: the waiter sleeps");
+    handle.reset();
+    assert!(ready.is_woken(), "closed again: the waiter is woken");
+    let svc = match ready.poll() {
+        std::task::Poll::Ready(Ok(svc)) => svc,
+        other => panic!("closed: ready, got {:?}", other.map(|r| r.map(|_| ()))),
+    };
+    svc.call(()).await.unwrap();
+}
