@@ -154,7 +154,9 @@ impl<C, K> TimeoutBudgetBuilder<C, K> {
         self.classifier(GrpcStatus::new())
     }
 
-    /// The longest wait for the inner service's readiness, before any request is known.
+    /// The longest wait for the inner service's readiness, before any request is known: the
+    /// time waited since the last call, in all when the service was ready in between and
+    /// stopped being ready before a call (the idle time between the waits is not counted).
     /// Defaults to the default cap. The task-local deadline, when there is one, bounds it too.
     pub fn ready_timeout(mut self, limit: Duration) -> Self {
         self.ready_timeout = Some(limit);

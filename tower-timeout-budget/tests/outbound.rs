@@ -1,5 +1,7 @@
 //! Behaviour of `OutboundDeadlineLayer` on a paused clock.
 
+mod common;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -404,4 +406,31 @@ fn configuration_errors_name_the_layer_the_field_and_the_value() {
         (err.field(), err.value()),
         ("http_header", "\"not a header\"")
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readiness_wait_after_an_unused_ready_starts_at_its_own_pending() {
+    let layer = OutboundDeadlineLayer::builder()
+        .cap(100 * MS)
+        .build()
+        .expect("valid");
+    let (gate, switch) = common::gate();
+    let mut client = tower_test::mock::Spawn::new(layer.layer(gate));
+    assert!(client.poll_ready().is_pending());
+    advance(30 * MS).await;
+    switch.open();
+    assert!(client.poll_ready().is_ready());
+    // Idle in a ready cache, then not ready again: a new wait, not the end of the first one.
+    advance(500 * MS).await;
+    switch.close();
+    assert!(
+        client.poll_ready().is_pending(),
+        "the transport is not ready"
+    );
+    advance(40 * MS).await;
+    switch.open();
+    assert!(client.poll_ready().is_ready());
+    let left = client.call(http::Request::new(())).await.expect("sent");
+    // The cap counts both waits (30 + 40 ms), not the idle time between them.
+    assert_eq!(left, Some(30 * MS));
 }
