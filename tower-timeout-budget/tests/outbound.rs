@@ -146,6 +146,47 @@ async fn a_spent_budget_fails_fast_without_sending() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_budget_under_a_millisecond_is_refused_before_sending_not_sent_as_zero() {
+    let sent_anything = Arc::new(AtomicBool::new(false));
+    let flag = sent_anything.clone();
+    let client = |margin| {
+        let flag = flag.clone();
+        OutboundDeadlineLayer::builder()
+            .margin(margin)
+            .build()
+            .expect("valid")
+            .layer(service_fn(move |_req: http::Request<()>| {
+                flag.store(true, Ordering::SeqCst);
+                async { Ok::<_, Infallible>(()) }
+            }))
+    };
+    // The header counts whole milliseconds: 500 µs would go out as `0`, which the inbound
+    // layer refuses on arrival and a header like Envoy's reads as no timeout at all.
+    let err = Deadline::after(Duration::from_micros(500))
+        .scope(client(Duration::ZERO).oneshot(http::Request::new(())))
+        .await
+        .expect_err("under a millisecond to send");
+    assert_eq!(stage_of(&err), Some(Stage::BeforeSend));
+    let err = Deadline::after(Duration::from_micros(20_500))
+        .scope(client(20 * MS).oneshot(http::Request::new(())))
+        .await
+        .expect_err("under a millisecond past the margin");
+    assert_eq!(stage_of(&err), Some(Stage::BeforeSend));
+    assert!(!sent_anything.load(Ordering::SeqCst), "nothing was sent");
+    // One whole millisecond goes out; gRPC carries the same half millisecond in nanoseconds.
+    let headers = Deadline::after(MS)
+        .scope(sent(&OutboundDeadlineLayer::new(), http::Request::new(())))
+        .await
+        .expect("sent");
+    assert_eq!(headers["x-request-timeout-ms"], "1");
+    let headers = Deadline::after(Duration::from_micros(500))
+        .scope(sent(&OutboundDeadlineLayer::new(), grpc_request()))
+        .await
+        .expect("sent");
+    assert_eq!(headers["grpc-timeout"], "500000n");
+}
+
+#[tokio::test(start_paused = true)]
 async fn without_a_deadline_the_request_is_sent_unchanged() {
     let headers = sent(&OutboundDeadlineLayer::new(), http::Request::new(()))
         .await
