@@ -340,12 +340,15 @@ async fn a_transport_enforcing_the_sent_budget_is_counted_as_this_layers_timeout
         .build()
         .expect("valid");
     let svc = outbound.layer(service_fn(transport_enforcing_the_sent_budget));
-    tower_timeout_budget::Deadline::after(500 * MS)
-        .scope(svc.oneshot(http::Request::new(())))
-        .await
-        .expect_err("timed out");
+    // Whole milliseconds, and a budget the header rounds down (480.5 ms sent as `480`).
+    for budget in [500 * MS, Duration::from_micros(500_500)] {
+        tower_timeout_budget::Deadline::after(budget)
+            .scope(svc.clone().oneshot(http::Request::new(())))
+            .await
+            .expect_err("timed out");
+    }
     // (timeout, error, deadline exceeded at the call stage)
-    assert_eq!(upstream_counts(&snapshot(&snapshotter)), (1, 0, 1));
+    assert_eq!(upstream_counts(&snapshot(&snapshotter)), (2, 0, 2));
 }
 
 /// The labels of the `upstream` outbound layer's series with `outcome`.

@@ -308,6 +308,24 @@ async fn the_transport_enforcing_the_sent_budget_first_is_the_deadline_passing()
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_transport_enforcing_a_header_rounded_down_to_the_millisecond_is_the_deadline_passing()
+{
+    let layer = OutboundDeadlineLayer::builder()
+        .margin(20 * MS)
+        .build()
+        .expect("valid");
+    let client = layer.layer(tower::service_fn(enforcing_transport));
+    let start = Instant::now();
+    // 480.5 ms past the margin: the header says 480, and the transport gives up then.
+    let err = Deadline::after(Duration::from_micros(500_500))
+        .scope(client.oneshot(http::Request::new(())))
+        .await
+        .expect_err("the transport gave up");
+    assert_eq!(start.elapsed(), 480 * MS, "the transport's timer won");
+    assert_eq!(stage_of(&err), Some(Stage::Call), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn inner_errors_before_the_sent_budget_runs_out_pass_through() {
     let client =
         OutboundDeadlineLayer::new().layer(tower::service_fn(|_req: http::Request<()>| async {

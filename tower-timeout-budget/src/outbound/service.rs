@@ -149,10 +149,12 @@ where
             Propagation::Both => (true, true),
             Propagation::None => (false, false),
         };
-        // The HTTP header carries whole milliseconds, rounded down. Under one it would say `0`,
-        // which the inbound layer refuses on arrival and a header like Envoy's reads as no
-        // timeout at all (and `1` would promise more than is left): spent as well.
-        if http && wire::whole_millis(budget) == 0 {
+        // The HTTP header carries whole milliseconds, rounded down: that is the budget it sends.
+        // Under one it would say `0`, which the inbound layer refuses on arrival and a header
+        // like Envoy's reads as no timeout at all (and `1` would promise more than is left):
+        // spent as well.
+        let http_budget = http.then(|| Duration::from_millis(wire::whole_millis(budget)));
+        if http_budget.is_some_and(|b| b.is_zero()) {
             return spent();
         }
         // The smallest budget the request carries out, if any: the transport (tonic's `Channel`)
@@ -168,7 +170,7 @@ where
                 sent.to_header_value(),
             ));
         }
-        if http {
+        if let Some(budget) = http_budget {
             let sent = write_budget(
                 req.headers_mut(),
                 self.config.http_header.clone(),
