@@ -12,6 +12,7 @@ use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok
 use tower::{Layer, ServiceExt, service_fn};
 use tower_red::{BoxError, Rejection, RejectionKind};
 use tower_test::mock::Spawn;
+use tower_timeout_budget::inbound::InboundDeadlineLayer;
 use tower_timeout_budget::{Deadline, DeadlineCarrier, Stage, TimeoutBudget, TimeoutBudgetLayer};
 
 const MS: Duration = Duration::from_millis(1);
@@ -451,4 +452,27 @@ async fn the_readiness_limit_bounds_the_waits_since_the_last_call_together() {
         .await
         .expect_err("100 ms waited in all");
     assert_eq!(stage_of(&err), Stage::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_extensions_an_inner_service_reads_the_scoped_budget_not_a_later_extension() {
+    // The inbound layer stores the caller's ~10 s in the request's extensions; this layer's
+    // 100 ms stays in the task-local scope only.
+    let svc = tower::ServiceBuilder::new()
+        .layer(InboundDeadlineLayer::new())
+        .layer(
+            TimeoutBudgetLayer::builder()
+                .cap(100 * MS)
+                .carry_in_extensions(false)
+                .build()
+                .expect("valid"),
+        )
+        .service(service_fn(|req: http::Request<()>| async move {
+            Ok::<_, Infallible>(req.deadline().map(Deadline::remaining))
+        }));
+    let req = http::Request::get("/")
+        .header("x-request-timeout-ms", "10000")
+        .body(())
+        .expect("a request");
+    assert_eq!(svc.oneshot(req).await.expect("ok"), Some(100 * MS));
 }
