@@ -154,7 +154,9 @@ impl<C, K> TimeoutBudgetBuilder<C, K> {
         self.classifier(GrpcStatus::new())
     }
 
-    /// The longest wait for the inner service's readiness, before any request is known.
+    /// The longest wait for the inner service's readiness, before any request is known: the
+    /// time waited since the last call, in all when the service was ready in between and
+    /// stopped being ready before a call (the idle time between the waits is not counted).
     /// Defaults to the default cap. The task-local deadline, when there is one, bounds it too.
     pub fn ready_timeout(mut self, limit: Duration) -> Self {
         self.ready_timeout = Some(limit);
@@ -178,8 +180,11 @@ impl<C, K> TimeoutBudgetBuilder<C, K> {
     /// Whether an `http::Request`'s deadline is also stored in its extensions (default on).
     ///
     /// Every layer and service this one calls and polls in the same task reads the deadline
-    /// from the task-local scope whatever this says ([`Deadline::current`](crate::Deadline::current),
-    /// which [`DeadlineCarrier::deadline`](crate::DeadlineCarrier::deadline) falls back to). The
+    /// from the task-local scope whatever this says ([`Deadline::current`](crate::Deadline::current);
+    /// [`DeadlineCarrier::deadline`](crate::DeadlineCarrier::deadline) returns the earlier of it
+    /// and a deadline in the request's extensions, so a later one an outer layer left there does
+    /// not hide this one). Off, a `Deadline` already in the extensions is left as it was: code
+    /// that reads the extension itself (axum's `Extension<Deadline>`) sees that one. The
     /// extensions are what carries it further: to a service that moves the request to another
     /// task (`tower::buffer`, a spawned worker) and reads it there. Storing it is not free: the
     /// first value in a request's empty extensions costs 3 allocations, and every copy a retry

@@ -255,10 +255,17 @@ fn far_future(now: Instant) -> Instant {
 ///
 /// The default methods read the task-local scope and store nothing, which is right for request
 /// types without extensions (and for `reqwest::Request`, whose extensions are private);
-/// `http::Request` keeps the deadline in its extensions. Implement it for your own request type with
-/// `impl DeadlineCarrier for MyRequest {}`, or override both methods.
+/// `http::Request` keeps the deadline in its extensions too, and reads the earlier of the two.
+/// Implement it for your own request type with `impl DeadlineCarrier for MyRequest {}`, or
+/// override both methods.
 pub trait DeadlineCarrier {
-    /// The request's deadline: its own, or else the task-local one.
+    /// The request's deadline: the earlier of its own (for `http::Request`, the `Deadline` in its
+    /// extensions) and the task-local one ([`Deadline::current`]), or whichever of them there is.
+    ///
+    /// The task-local scope only ever shrinks, so the earlier one is the one that binds: a
+    /// layer that keeps its deadline in the scope alone
+    /// ([`carry_in_extensions(false)`](crate::TimeoutBudgetBuilder::carry_in_extensions)) is not
+    /// hidden by a later deadline an outer layer left in the extensions.
     #[inline]
     fn deadline(&self) -> Option<Deadline> {
         Deadline::current()
@@ -272,11 +279,13 @@ pub trait DeadlineCarrier {
 }
 
 impl<B> DeadlineCarrier for http::Request<B> {
+    /// The earlier of the `Deadline` in the request's extensions and the task-local one.
     fn deadline(&self) -> Option<Deadline> {
-        self.extensions()
-            .get::<Deadline>()
-            .copied()
-            .or_else(Deadline::current)
+        let own = self.extensions().get::<Deadline>().copied();
+        match (own, Deadline::current()) {
+            (Some(own), Some(current)) => Some(own.min(current)),
+            (own, current) => own.or(current),
+        }
     }
     /// Stores `deadline` in the request's extensions. The first value stored in a request's
     /// `http::Extensions` costs 3 allocations (the boxed map, its table, the boxed value), the
@@ -420,6 +429,18 @@ mod tests {
             .sleep_at_most(Duration::from_millis(7))
             .await;
         assert_eq!(start.elapsed(), Duration::from_millis(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http_request_reads_the_earlier_of_its_extension_and_the_scope() {
+        let near = Deadline::after(Duration::from_secs(1));
+        let far = Deadline::after(Duration::from_secs(10));
+        let mut req = http::Request::new(());
+        req.set_deadline(far);
+        assert_eq!(near.sync_scope(|| req.deadline()), Some(near));
+        req.set_deadline(near);
+        assert_eq!(far.sync_scope(|| req.deadline()), Some(near));
+        assert_eq!(req.deadline(), Some(near), "no scope: the extension");
     }
 
     #[test]

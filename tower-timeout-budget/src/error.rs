@@ -68,8 +68,9 @@ pub enum Stage {
     Ready,
     /// The budget ran out while the inner call was running (`call`).
     Call,
-    /// An outbound request's budget was spent (or left no more than the margin) before it was
-    /// sent (`before_send`); nothing was sent.
+    /// An outbound request's budget was spent (or left no more than the margin, or under a
+    /// millisecond past it for the millisecond HTTP header) before it was sent
+    /// (`before_send`); nothing was sent.
     BeforeSend,
 }
 

@@ -2,8 +2,9 @@
 //! across hops.
 //!
 //! - [`Deadline`] is the shared currency: the layers here set it, and the bulkhead, retry and
-//!   idempotency layers read it (from request extensions, or from the task-local scope set with
-//!   [`Deadline::scope`]) so that none of their waits outlives the request.
+//!   idempotency layers read it (from the task-local scope set with [`Deadline::scope`] and from
+//!   request extensions, the earlier of the two) so that none of their waits outlives the
+//!   request.
 //! - [`TimeoutBudgetLayer`] gives each request min(its deadline, start + cap), with an optional
 //!   per-request cap ([`CapFn`]), and fails the call with a [`tower_red::Rejection`] of kind
 //!   `DeadlineExceeded` (HTTP 504, gRPC `DEADLINE_EXCEEDED`) when it passes, **time spent

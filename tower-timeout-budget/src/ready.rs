@@ -9,7 +9,9 @@
 //! service (fail-fast refusals come from `call`, never from `poll_ready`). When the inner service
 //! becomes ready in time, the request's deadline is counted from the start of the wait; idle time
 //! between readiness and `call` (a ready cache such as `tower::balance` keeps ready services for
-//! later) is not charged to the request.
+//! later) is not charged to the request. A service that stops being ready again before a `call`
+//! starts a new wait at that `Pending`: every wait since the last `call` is charged and bounded
+//! by the limit together, and the idle time between them is not.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -22,8 +24,10 @@ use crate::Deadline;
 /// The readiness-wait state of one service instance; a clone starts fresh.
 #[derive(Debug, Default)]
 pub(crate) struct ReadyWait {
+    /// When the waits since the last `call` began, as if there had been no idle time between
+    /// them: the current wait's start minus the time waited before it.
     since: Option<Instant>,
-    /// How long the last wait lasted, once it ended.
+    /// How long the waits since the last `call` lasted, once the last one ended.
     waited: Option<Duration>,
     // Boxed: only allocated when a wait actually happens, and keeps the service `Unpin`.
     timer: Option<Pin<Box<Sleep>>>,
@@ -37,7 +41,8 @@ impl ReadyWait {
         self.expired
     }
 
-    /// Folds in the inner service's readiness; `limit` bounds the wait (from its start).
+    /// Folds in the inner service's readiness; `limit` bounds the time waited since the last
+    /// `call`.
     #[inline]
     pub(crate) fn after_poll<E>(
         &mut self,
@@ -64,7 +69,16 @@ impl ReadyWait {
 
     #[cold]
     fn wait<E>(&mut self, cx: &mut Context<'_>, limit: Option<Duration>) -> Poll<Result<(), E>> {
-        let since = *self.since.get_or_insert_with(Instant::now);
+        let since = match (self.since, self.waited.take()) {
+            (Some(since), None) => since,
+            // Ready after an earlier wait, never called, and not ready again: a new wait from
+            // now, carried on from what was waited before (the idle time is not charged).
+            (Some(_), Some(waited)) => {
+                let now = Instant::now();
+                *self.since.insert(now.checked_sub(waited).unwrap_or(now))
+            }
+            (None, _) => *self.since.insert(Instant::now()),
+        };
         if self.timer.is_none() {
             let own = limit.map(|limit| Deadline::after_from(since, limit));
             let bound = match (Deadline::current(), own) {

@@ -96,8 +96,8 @@ where
         let start = since.unwrap_or(now);
         let cap = self.config.cap_fn.cap(&req).unwrap_or(self.config.cap);
         let own = Deadline::after_from(start, cap);
-        // The task-local deadline bounds this call too (for request types without extensions
-        // `req.deadline()` already is it).
+        // The task-local deadline bounds this call too (the crate's carriers already count it in
+        // `req.deadline()`; one of the user's may not).
         let deadline = req.deadline().map_or(own, |d| d.min(own)).within_current();
         if deadline.instant() <= now {
             return ResponseFuture::failed(match since {

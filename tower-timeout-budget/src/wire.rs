@@ -164,15 +164,22 @@ pub fn parse_millis(bytes: &[u8]) -> Result<Duration, ParseError> {
 /// exactly its budget, the same value, and only a retry or a request that waited sends a value
 /// that must be allocated.
 pub fn millis_header_value(budget: Duration) -> HeaderValue {
-    let millis = u64::try_from(budget.as_millis())
-        .unwrap_or(u64::MAX)
-        .min(MILLIS_MAX_VALUE);
+    let millis = whole_millis(budget);
     // Unit byte 0: no unit, never a `GrpcTimeout`'s key.
     recent(millis << 8, || {
         let mut buf = [0u8; 20];
         let n = write_digits(millis, &mut buf);
         header_value(&buf[..n])
     })
+}
+
+/// The number [`millis_header_value`] writes for `budget`: whole milliseconds, rounded down and
+/// saturating at 12 digits.
+#[inline]
+pub(crate) fn whole_millis(budget: Duration) -> u64 {
+    u64::try_from(budget.as_millis())
+        .unwrap_or(u64::MAX)
+        .min(MILLIS_MAX_VALUE)
 }
 
 /// How many header values each thread keeps.

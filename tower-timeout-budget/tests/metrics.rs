@@ -1,5 +1,7 @@
 //! Metrics recorded by the layers, with a local debugging recorder.
 
+mod common;
+
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -338,12 +340,15 @@ async fn a_transport_enforcing_the_sent_budget_is_counted_as_this_layers_timeout
         .build()
         .expect("valid");
     let svc = outbound.layer(service_fn(transport_enforcing_the_sent_budget));
-    tower_timeout_budget::Deadline::after(500 * MS)
-        .scope(svc.oneshot(http::Request::new(())))
-        .await
-        .expect_err("timed out");
+    // Whole milliseconds, and a budget the header rounds down (480.5 ms sent as `480`).
+    for budget in [500 * MS, Duration::from_micros(500_500)] {
+        tower_timeout_budget::Deadline::after(budget)
+            .scope(svc.clone().oneshot(http::Request::new(())))
+            .await
+            .expect_err("timed out");
+    }
     // (timeout, error, deadline exceeded at the call stage)
-    assert_eq!(upstream_counts(&snapshot(&snapshotter)), (1, 0, 1));
+    assert_eq!(upstream_counts(&snapshot(&snapshotter)), (2, 0, 2));
 }
 
 /// The labels of the `upstream` outbound layer's series with `outcome`.
@@ -736,4 +741,41 @@ async fn a_layer_standing_alone_records_how_long_its_call_took() {
         );
         assert_eq!(samples, [0.03], "{layer}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readiness_timeout_records_the_time_waited_not_the_idle_time_before() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        TimeoutBudgetLayer::builder()
+            .cap(100 * MS)
+            .name("pool")
+            .build()
+            .expect("valid")
+    });
+    let (gate, switch) = common::gate();
+    let mut svc = tower_test::mock::Spawn::new(layer.layer(gate));
+    assert!(svc.poll_ready().is_pending());
+    advance(30 * MS).await;
+    switch.open();
+    assert!(svc.poll_ready().is_ready());
+    // Ready and unused for 500 ms, then not ready again for the 70 ms the limit has left.
+    advance(500 * MS).await;
+    switch.close();
+    // Starts the second wait (whether it says pending is `timeout_budget.rs`'s business).
+    let _ = svc.poll_ready();
+    advance(70 * MS).await;
+    assert!(svc.poll_ready().is_ready());
+    svc.call(http::Request::new(()))
+        .await
+        .expect_err("timed out waiting");
+    let snap = snapshot(&snapshotter);
+    let ready = [("name", "pool"), ("stage", "ready")];
+    assert_eq!(counter(&snap, names::DEADLINE_EXCEEDED_TOTAL, &ready), 1);
+    let timeout = [("name", "pool"), ("outcome", "timeout")];
+    assert_eq!(
+        histogram_samples(&snap, names::REQUEST_DURATION_SECONDS, &timeout),
+        [0.1]
+    );
 }

@@ -1,5 +1,7 @@
 //! Behaviour of `OutboundDeadlineLayer` on a paused clock.
 
+mod common;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -144,6 +146,47 @@ async fn a_spent_budget_fails_fast_without_sending() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_budget_under_a_millisecond_is_refused_before_sending_not_sent_as_zero() {
+    let sent_anything = Arc::new(AtomicBool::new(false));
+    let flag = sent_anything.clone();
+    let client = |margin| {
+        let flag = flag.clone();
+        OutboundDeadlineLayer::builder()
+            .margin(margin)
+            .build()
+            .expect("valid")
+            .layer(service_fn(move |_req: http::Request<()>| {
+                flag.store(true, Ordering::SeqCst);
+                async { Ok::<_, Infallible>(()) }
+            }))
+    };
+    // The header counts whole milliseconds: 500 µs would go out as `0`, which the inbound
+    // layer refuses on arrival and a header like Envoy's reads as no timeout at all.
+    let err = Deadline::after(Duration::from_micros(500))
+        .scope(client(Duration::ZERO).oneshot(http::Request::new(())))
+        .await
+        .expect_err("under a millisecond to send");
+    assert_eq!(stage_of(&err), Some(Stage::BeforeSend));
+    let err = Deadline::after(Duration::from_micros(20_500))
+        .scope(client(20 * MS).oneshot(http::Request::new(())))
+        .await
+        .expect_err("under a millisecond past the margin");
+    assert_eq!(stage_of(&err), Some(Stage::BeforeSend));
+    assert!(!sent_anything.load(Ordering::SeqCst), "nothing was sent");
+    // One whole millisecond goes out; gRPC carries the same half millisecond in nanoseconds.
+    let headers = Deadline::after(MS)
+        .scope(sent(&OutboundDeadlineLayer::new(), http::Request::new(())))
+        .await
+        .expect("sent");
+    assert_eq!(headers["x-request-timeout-ms"], "1");
+    let headers = Deadline::after(Duration::from_micros(500))
+        .scope(sent(&OutboundDeadlineLayer::new(), grpc_request()))
+        .await
+        .expect("sent");
+    assert_eq!(headers["grpc-timeout"], "500000n");
+}
+
+#[tokio::test(start_paused = true)]
 async fn without_a_deadline_the_request_is_sent_unchanged() {
     let headers = sent(&OutboundDeadlineLayer::new(), http::Request::new(()))
         .await
@@ -257,6 +300,24 @@ async fn the_transport_enforcing_the_sent_budget_first_is_the_deadline_passing()
     let client = layer.layer(tower::service_fn(enforcing_transport));
     let start = Instant::now();
     let err = Deadline::after(500 * MS)
+        .scope(client.oneshot(http::Request::new(())))
+        .await
+        .expect_err("the transport gave up");
+    assert_eq!(start.elapsed(), 480 * MS, "the transport's timer won");
+    assert_eq!(stage_of(&err), Some(Stage::Call), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_transport_enforcing_a_header_rounded_down_to_the_millisecond_is_the_deadline_passing()
+{
+    let layer = OutboundDeadlineLayer::builder()
+        .margin(20 * MS)
+        .build()
+        .expect("valid");
+    let client = layer.layer(tower::service_fn(enforcing_transport));
+    let start = Instant::now();
+    // 480.5 ms past the margin: the header says 480, and the transport gives up then.
+    let err = Deadline::after(Duration::from_micros(500_500))
         .scope(client.oneshot(http::Request::new(())))
         .await
         .expect_err("the transport gave up");
@@ -404,4 +465,31 @@ fn configuration_errors_name_the_layer_the_field_and_the_value() {
         (err.field(), err.value()),
         ("http_header", "\"not a header\"")
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readiness_wait_after_an_unused_ready_starts_at_its_own_pending() {
+    let layer = OutboundDeadlineLayer::builder()
+        .cap(100 * MS)
+        .build()
+        .expect("valid");
+    let (gate, switch) = common::gate();
+    let mut client = tower_test::mock::Spawn::new(layer.layer(gate));
+    assert!(client.poll_ready().is_pending());
+    advance(30 * MS).await;
+    switch.open();
+    assert!(client.poll_ready().is_ready());
+    // Idle in a ready cache, then not ready again: a new wait, not the end of the first one.
+    advance(500 * MS).await;
+    switch.close();
+    assert!(
+        client.poll_ready().is_pending(),
+        "the transport is not ready"
+    );
+    advance(40 * MS).await;
+    switch.open();
+    assert!(client.poll_ready().is_ready());
+    let left = client.call(http::Request::new(())).await.expect("sent");
+    // The cap counts both waits (30 + 40 ms), not the idle time between them.
+    assert_eq!(left, Some(30 * MS));
 }

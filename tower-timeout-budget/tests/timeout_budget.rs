@@ -1,5 +1,7 @@
 //! Behaviour of `TimeoutBudgetLayer` on a paused clock.
 
+mod common;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +11,9 @@ use tokio::time::{Instant, advance};
 use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok, task};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_red::{BoxError, Rejection, RejectionKind};
-use tower_timeout_budget::{Deadline, DeadlineCarrier, Stage, TimeoutBudgetLayer};
+use tower_test::mock::Spawn;
+use tower_timeout_budget::inbound::InboundDeadlineLayer;
+use tower_timeout_budget::{Deadline, DeadlineCarrier, Stage, TimeoutBudget, TimeoutBudgetLayer};
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -375,4 +379,100 @@ async fn idle_time_between_readiness_and_call_is_not_charged() {
     let _fut = svc.call(http::Request::new(()));
     let (req, _respond) = handle.next_request().await.expect("sent");
     assert_eq!(req.deadline().map(Deadline::remaining), Some(70 * MS));
+}
+
+/// `layer` over a closed [`common::Gate`], and the gate's switch.
+fn gated(layer: TimeoutBudgetLayer) -> (Spawn<TimeoutBudget<common::Gate>>, common::Switch) {
+    let (gate, switch) = common::gate();
+    (Spawn::new(layer.layer(gate)), switch)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_readiness_wait_after_an_unused_ready_starts_at_its_own_pending() {
+    let (mut svc, switch) = gated(layer(100));
+    assert_pending!(svc.poll_ready());
+    advance(30 * MS).await;
+    switch.open();
+    assert_ready_ok!(svc.poll_ready());
+    // A ready cache holds the service; no request comes, and it stops being ready.
+    advance(500 * MS).await;
+    switch.close();
+    assert_pending!(svc.poll_ready(), "the inner service is not ready");
+    advance(40 * MS).await;
+    assert_pending!(svc.poll_ready());
+    switch.open();
+    assert_ready_ok!(svc.poll_ready());
+    let left = svc
+        .call(http::Request::new(()))
+        .await
+        .expect("the inner service answers");
+    // Both waits since the last call are charged (30 + 40 ms), the idle time between them not.
+    assert_eq!(left, Some(30 * MS));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_wait_since_the_last_call_is_charged_and_the_idle_time_between_them_is_not() {
+    let (mut svc, switch) = gated(layer(100));
+    assert_pending!(svc.poll_ready());
+    advance(30 * MS).await;
+    switch.open();
+    assert_ready_ok!(svc.poll_ready());
+    advance(20 * MS).await;
+    switch.close();
+    assert_pending!(svc.poll_ready());
+    // This wait ends before the first one's limit (100 ms from its start) would have.
+    advance(20 * MS).await;
+    switch.open();
+    assert_ready_ok!(svc.poll_ready());
+    advance(500 * MS).await;
+    let left = svc
+        .call(http::Request::new(()))
+        .await
+        .expect("the inner service answers");
+    assert_eq!(left, Some(50 * MS));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_readiness_limit_bounds_the_waits_since_the_last_call_together() {
+    let (mut svc, switch) = gated(layer(100));
+    assert_pending!(svc.poll_ready());
+    advance(30 * MS).await;
+    switch.open();
+    assert_ready_ok!(svc.poll_ready());
+    advance(500 * MS).await;
+    switch.close();
+    assert_pending!(svc.poll_ready());
+    advance(69 * MS).await;
+    assert_pending!(svc.poll_ready());
+    advance(MS).await;
+    assert!(svc.is_woken());
+    assert_ready_ok!(svc.poll_ready());
+    let err = svc
+        .call(http::Request::new(()))
+        .await
+        .expect_err("100 ms waited in all");
+    assert_eq!(stage_of(&err), Stage::Ready);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_extensions_an_inner_service_reads_the_scoped_budget_not_a_later_extension() {
+    // The inbound layer stores the caller's ~10 s in the request's extensions; this layer's
+    // 100 ms stays in the task-local scope only.
+    let svc = tower::ServiceBuilder::new()
+        .layer(InboundDeadlineLayer::new())
+        .layer(
+            TimeoutBudgetLayer::builder()
+                .cap(100 * MS)
+                .carry_in_extensions(false)
+                .build()
+                .expect("valid"),
+        )
+        .service(service_fn(|req: http::Request<()>| async move {
+            Ok::<_, Infallible>(req.deadline().map(Deadline::remaining))
+        }));
+    let req = http::Request::get("/")
+        .header("x-request-timeout-ms", "10000")
+        .body(())
+        .expect("a request");
+    assert_eq!(svc.oneshot(req).await.expect("ok"), Some(100 * MS));
 }

@@ -66,7 +66,8 @@ impl Default for OutboundDeadlineBuilder {
 
 impl<K> OutboundDeadlineBuilder<K> {
     /// Subtracted from the remaining budget before it is sent, so the server gives up before
-    /// this client does (default zero). A request with no more than this left is not sent.
+    /// this client does (default zero). A request with no more than this left is not sent,
+    /// nor one whose millisecond HTTP header would say `0` (under a millisecond past it).
     pub fn margin(mut self, margin: Duration) -> Self {
         self.margin = margin;
         self

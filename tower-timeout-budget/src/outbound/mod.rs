@@ -7,7 +7,10 @@
 //!    behind [`InboundDeadlineLayer`](crate::inbound::InboundDeadlineLayer) needs no plumbing),
 //!    capped by the layer's own [`cap`](OutboundDeadlineBuilder::cap) when set;
 //! 2. fails fast with [`Stage::BeforeSend`](crate::Stage::BeforeSend), **without sending**, when
-//!    the remaining budget is no more than the margin;
+//!    the remaining budget is no more than the margin, or when the millisecond HTTP header is
+//!    to be written and remaining − margin is under one millisecond (the header would say `0`,
+//!    which [`InboundDeadlineLayer`](crate::inbound::InboundDeadlineLayer) refuses on arrival
+//!    and a header like Envoy's reads as no timeout; `1` would promise more than is left);
 //! 3. writes remaining − margin (rounded down) into `grpc-timeout` (the finest unit that fits 8
 //!    digits) for gRPC requests (`content-type: application/grpc…`), or into the millisecond
 //!    HTTP header for others ([`Propagation`] changes that); a smaller value already on the

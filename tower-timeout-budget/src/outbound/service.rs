@@ -126,13 +126,17 @@ where
             return ResponseFuture::running(self.inner.call(req), None, now, self.shared.clone());
         };
         let remaining = deadline.remaining_at(now);
-        if remaining.is_zero() || remaining <= self.config.margin {
+        // Not worth sending: the budget is spent, while waiting for readiness or before.
+        let spent = || {
             let stage = if since.is_some() {
                 Stage::Ready
             } else {
                 Stage::BeforeSend
             };
-            return ResponseFuture::failed(self.shared.exceeded(stage, since.map(|s| now - s)));
+            ResponseFuture::failed(self.shared.exceeded(stage, since.map(|s| now - s)))
+        };
+        if remaining.is_zero() || remaining <= self.config.margin {
+            return spent();
         }
         let budget = remaining - self.config.margin;
         let (grpc, http) = match self.config.propagation {
@@ -145,6 +149,14 @@ where
             Propagation::Both => (true, true),
             Propagation::None => (false, false),
         };
+        // The HTTP header carries whole milliseconds, rounded down: that is the budget it sends.
+        // Under one it would say `0`, which the inbound layer refuses on arrival and a header
+        // like Envoy's reads as no timeout at all (and `1` would promise more than is left):
+        // spent as well.
+        let http_budget = http.then(|| Duration::from_millis(wire::whole_millis(budget)));
+        if http_budget.is_some_and(|b| b.is_zero()) {
+            return spent();
+        }
         // The smallest budget the request carries out, if any: the transport (tonic's `Channel`)
         // or the server may enforce it before this layer's own timer fires.
         let mut on_wire: Option<Duration> = None;
@@ -158,7 +170,7 @@ where
                 sent.to_header_value(),
             ));
         }
-        if http {
+        if let Some(budget) = http_budget {
             let sent = write_budget(
                 req.headers_mut(),
                 self.config.http_header.clone(),
