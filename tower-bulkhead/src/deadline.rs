@@ -11,7 +11,7 @@
 //! `http::Request` whose `Deadline` extension was set by hand, or that crossed a
 //! `tower::buffer::Buffer`, which calls the inner service from another task) needs
 //! [`Builder::deadline_from_request`], which reads the request's
-//! [`DeadlineCarrier`] (then the scope).
+//! [`DeadlineCarrier`] (the earlier of its own deadline and the scope's).
 //!
 //! [`Builder::deadline_from_request`]: crate::Builder::deadline_from_request
 //!
@@ -52,8 +52,8 @@ impl<Req> DeadlineSource<Req> for FromScope {
     }
 }
 
-/// The request's own deadline ([`DeadlineCarrier::deadline`]: for `http::Request` its
-/// `Deadline` extension, else the task-local one).
+/// The request's own deadline ([`DeadlineCarrier::deadline`]: for `http::Request` the earlier
+/// of its `Deadline` extension and the task-local one).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FromRequest;
 

@@ -70,7 +70,7 @@
 //! ([`carry_in_extensions(false)`](tower_timeout_budget::TimeoutBudgetBuilder::carry_in_extensions)):
 //! the layers below, the service the stack wraps and a handler read it with
 //! [`Deadline::current`](tower_timeout_budget::Deadline::current) (which
-//! [`DeadlineCarrier::deadline`](tower_timeout_budget::DeadlineCarrier::deadline) falls back to),
+//! [`DeadlineCarrier::deadline`](tower_timeout_budget::DeadlineCarrier::deadline) also reads),
 //! and the request carries none in its extensions. Storing it there would cost 3 allocations per
 //! request, and every copy the retry makes would clone them. A handler that extracts
 //! `Extension<Deadline>`, or a service below that moves the request to another task, turns it
