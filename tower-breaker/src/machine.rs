@@ -293,26 +293,31 @@ impl Machine {
     fn admit_slow(&self, w: u64, report: bool) -> Result<Admission, Refusal> {
         let result = self.decide(w);
         if let (Err(refusal), true) = (&result, report) {
-            // Relaxed: a statistic; the RMW alone keeps it exact.
-            self.rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(
-                target: "tower_breaker",
-                breaker = &*self.config.name,
-                state = refusal.state.as_str(),
-                retry_after_ms = refusal.retry_after.as_millis() as u64,
-                "circuit breaker refused a call"
-            );
-            if !self.config.on_rejection.is_empty() {
-                let event = Rejected {
-                    state: refusal.state,
-                    retry_after: Some(refusal.retry_after),
-                };
-                for hook in &self.config.on_rejection {
-                    hook(&event);
-                }
-            }
+            self.report(refusal);
         }
         result
+    }
+
+    /// Counts a refused call (`rejected_calls`), logs it and tells the `on_rejection` hooks.
+    pub(crate) fn report(&self, refusal: &Refusal) {
+        // Relaxed: a statistic; the RMW alone keeps it exact.
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            target: "tower_breaker",
+            breaker = &*self.config.name,
+            state = refusal.state.as_str(),
+            retry_after_ms = refusal.retry_after.as_millis() as u64,
+            "circuit breaker refused a call"
+        );
+        if !self.config.on_rejection.is_empty() {
+            let event = Rejected {
+                state: refusal.state,
+                retry_after: Some(refusal.retry_after),
+            };
+            for hook in &self.config.on_rejection {
+                hook(&event);
+            }
+        }
     }
 
     fn decide(&self, mut w: u64) -> Result<Admission, Refusal> {

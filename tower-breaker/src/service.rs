@@ -121,12 +121,15 @@ impl<S, C> Breaker<S, C> {
             Err(refusal) => refusal,
             Ok(adm) => {
                 // The circuit moved on since `poll_ready`: give a probe slot back, and send
-                // the caller back for a readiness that polls the inner service.
+                // the caller back for a readiness that polls the inner service. A refusal all
+                // the same: counted and reported as the machine's own are.
                 drop(Permit::new(self.machine.clone(), adm));
-                Refusal {
+                let refusal = Refusal {
                     state: self.machine.state(),
                     retry_after: Duration::ZERO,
-                }
+                };
+                self.machine.report(&refusal);
+                refusal
             }
         };
         self.reject(refusal)

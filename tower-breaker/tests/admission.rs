@@ -166,3 +166,38 @@ async fn backpressure_at_the_last_nanosecond_of_a_step_waits_for_the_next_one() 
     assert_eq!(send(&mut svc, Call::Ok).await.unwrap(), 200);
     assert_eq!(handle.rejected_calls(), 0, "waiting is not refusing");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_refused_because_readiness_found_the_circuit_open_is_counted_as_every_refusal_is() {
+    let hooked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = hooked.clone();
+    let layer = layer(config().consecutive_failures(1).on_rejection(move |_| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }));
+    let handle = layer.handle();
+    let mut svc = layer.layer(backend());
+    let _ = send(&mut svc, Call::Fail).await;
+    assert_eq!(handle.state(), State::Open);
+    // Readiness while open: ready at once, the call will be refused.
+    svc.ready().await.unwrap();
+    // The open time ends before the call: the circuit would admit a probe now, but this call's
+    // readiness never polled the inner service, so it is refused all the same.
+    advance(Duration::from_secs(10)).await;
+    let err = svc.call(Call::Ok).await.unwrap_err();
+    assert!(tower_breaker::is_circuit_open(&*err));
+    assert_eq!(
+        handle.rejected_calls(),
+        1,
+        "counted with the breaker's refusals"
+    );
+    assert_eq!(
+        hooked.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "and seen by the on_rejection hooks"
+    );
+    assert_eq!(
+        send(&mut svc, Call::Ok).await.unwrap(),
+        200,
+        "the probe slot came back"
+    );
+}
