@@ -269,6 +269,7 @@ async fn keyed<S, St, M, B, ResB>(
 where
     M: MapRequestBody<B>,
     S: Service<Request<M::Output>, Response = Response<ResB>>,
+    S::Error: 'static,
     St: Store,
     B: Body<Data = Bytes> + Unpin,
     ResB: Body<Data = Bytes> + Unpin,
@@ -315,7 +316,7 @@ where
                 red.finish(
                     result
                         .as_ref()
-                        .map_or(Outcome::Error, crate::metrics::outcome_of),
+                        .map_or_else(crate::metrics::outcome_of_error, crate::metrics::outcome_of),
                 );
                 return result.map(|res| res.map(ResponseBody::new));
             }
@@ -426,9 +427,10 @@ where
                         Request::from_parts(parts, map.map(RequestBody::replay(collected.body())));
                     let result = inner.call(req).await;
                     red.finish(
-                        result
-                            .as_ref()
-                            .map_or(Outcome::Error, crate::metrics::outcome_of),
+                        result.as_ref().map_or_else(
+                            crate::metrics::outcome_of_error,
+                            crate::metrics::outcome_of,
+                        ),
                     );
                     return result.map(|res| res.map(ResponseBody::new));
                 }
@@ -476,7 +478,7 @@ where
     let res = match result {
         Ok(res) => res,
         Err(err) => {
-            red.finish(Outcome::Error);
+            red.finish(crate::metrics::outcome_of_error(&err));
             return Err(err);
         }
     };
