@@ -492,7 +492,8 @@ where
     let response = match collect(res_body, config.max_response_bytes).await {
         Ok(Buffered::Complete(collected)) => {
             let (data, trailers) = collected.into_parts();
-            let record = response::record(&res_parts, data.clone(), &config.deny);
+            let record =
+                response::record(&res_parts, data.clone(), trailers.as_ref(), &config.deny);
             let completed = timed(
                 &config,
                 Op::Complete,

@@ -699,3 +699,63 @@ async fn the_handler_keeps_running_while_a_renewal_waits_on_the_store() {
     // A renewal starts at 10 s and takes 5 s; the handler ends at 12 s regardless.
     assert_eq!(start.elapsed(), Duration::from_secs(12));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_carries_the_trailers_of_the_first_response() {
+    // A gRPC handler: 200 and `application/grpc`, one message, then its status in the trailers
+    // (an error among them: gRPC sends errors in trailers behind a 200).
+    for (status, message) in [("0", None), ("13", Some("internal"))] {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let svc = builder().build().unwrap().layer(tower::service_fn({
+            let runs = runs.clone();
+            move |_req: Req| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", status.parse().unwrap());
+                if let Some(message) = message {
+                    trailers.insert("grpc-message", message.parse().unwrap());
+                }
+                let body = Full::new(Bytes::from_static(b"\0\0\0\0\x02hi"))
+                    .with_trailers(std::future::ready(Some(Ok(trailers))));
+                let res = Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(body)
+                    .unwrap();
+                std::future::ready(Ok::<_, Infallible>(res))
+            }
+        }));
+        let grpc = || {
+            let mut req = post(Some("k1"), "\0\0\0\0\0");
+            req.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            req
+        };
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let res = svc.clone().oneshot(grpc()).await.unwrap();
+            let (parts, body) = res.into_parts();
+            let collected = body.collect().await.unwrap();
+            let trailers = collected.trailers().cloned();
+            answers.push((parts, collected.to_bytes(), trailers));
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "grpc-status {status}");
+        let [
+            (first, first_body, first_trailers),
+            (replay, replay_body, replay_trailers),
+        ] = <[_; 2]>::try_from(answers).unwrap();
+        assert!(first.headers.get("idempotency-replayed").is_none());
+        assert_eq!(replay.headers["idempotency-replayed"], "true");
+        assert_eq!(replay.status, StatusCode::OK);
+        assert_eq!(replay.headers["content-type"], "application/grpc");
+        assert_eq!(replay_body, first_body);
+        let first_trailers = first_trailers.expect("the first response keeps its trailers");
+        assert_eq!(first_trailers["grpc-status"], status);
+        let replay_trailers = replay_trailers.expect("the replay has the trailers");
+        assert_eq!(replay_trailers, first_trailers);
+        assert_eq!(replay_trailers["grpc-status"], status);
+        assert!(
+            replay.headers.get("grpc-status").is_none(),
+            "trailers stay trailers"
+        );
+    }
+}
