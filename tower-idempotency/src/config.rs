@@ -305,7 +305,8 @@ impl<St: Store, M> IdempotencyLayerBuilder<St, M> {
     }
 
     /// The shortest claim on a key: a claim lasts this long or the request's remaining deadline,
-    /// whichever is longer, and is renewed while the handler runs. Default 60 seconds.
+    /// whichever is longer, and is renewed while the handler runs and its response body is read.
+    /// Default 60 seconds.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self

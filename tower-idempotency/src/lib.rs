@@ -30,7 +30,7 @@
 //!
 //! **Leases and fencing.** A claim lasts the longer of the [`lease`](IdempotencyLayerBuilder::lease)
 //! and the request's remaining [`Deadline`](tower_timeout_budget::Deadline), and is renewed while
-//! the handler runs. Its [`Fence`] is in the request's extensions, for the handler's own
+//! the handler runs and its response body is read. Its [`Fence`] is in the request's extensions, for the handler's own
 //! conditional writes; the store refuses a completion from a holder whose lease lapsed. A request
 //! that is cancelled, fails or panics releases its key at once (a drop guard).
 //!

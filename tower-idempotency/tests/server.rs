@@ -1,14 +1,16 @@
 //! Behaviour of the server layer over the memory store, on a paused clock.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use tokio::time::{advance, sleep};
+use tokio::time::{Sleep, advance, sleep};
 use tower::{Service, ServiceExt};
 use tower_idempotency::store::{
     Claim, Fence, Fingerprint, MemoryStore, Record, Store, StoreError, StoreErrorKind, StoreKey,
@@ -758,4 +760,73 @@ async fn a_replay_carries_the_trailers_of_the_first_response() {
             "trailers stay trailers"
         );
     }
+}
+
+/// A response body whose one chunk comes after a sleep: the handler has answered, its body has
+/// not.
+struct LateBody {
+    sleep: Pin<Box<Sleep>>,
+    data: Option<Bytes>,
+}
+
+impl http_body::Body for LateBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        ready!(self.sleep.as_mut().poll(cx));
+        Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lease_is_renewed_while_the_response_body_is_read() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let svc = builder()
+        .lease(Duration::from_secs(1))
+        .build()
+        .unwrap()
+        .layer(tower::service_fn({
+            let runs = runs.clone();
+            move |_req: Req| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                // Headers at once, the body 5 s later: 5 leases.
+                let body = LateBody {
+                    sleep: Box::pin(sleep(Duration::from_secs(5))),
+                    data: Some(Bytes::from_static(b"created")),
+                };
+                std::future::ready(Ok::<_, Infallible>(Response::new(body)))
+            }
+        }));
+    let read = || {
+        let svc = svc.clone();
+        async move {
+            let res = svc.oneshot(post(Some("k1"), "a")).await.unwrap();
+            let status = res.status();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }
+    };
+    let first = tokio::spawn(read());
+    settle().await;
+    // Slept, not advanced: the clock moves timer by timer, so the first request's renewals
+    // fire when they are due (one jump would pass its lease before any of them).
+    sleep(Duration::from_secs(2)).await;
+    let (status, _) = read().await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "the first request still holds its key"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let (status, body) = first.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "created");
+    let (status, body) = read().await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "created", "the first response was stored");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
