@@ -13,6 +13,8 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 
 const LAYER: &str = "IdempotencyLayer";
+/// The bound on the lease, the in-flight wait and the fail-closed `Retry-After`.
+const DAY: Duration = Duration::from_secs(86_400);
 
 /// Who is calling: the principal that scopes keys, from the request head.
 pub(crate) type PrincipalFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
@@ -27,7 +29,8 @@ pub enum InFlight {
     /// behaviour). The default.
     Conflict,
     /// Wait for the first request's result and replay it, for at most this long and never past
-    /// the request's [`Deadline`](tower_timeout_budget::Deadline); then 409 as above.
+    /// the request's [`Deadline`](tower_timeout_budget::Deadline); then 409 as above. Positive
+    /// and at most a day.
     Wait(Duration),
 }
 
@@ -45,8 +48,8 @@ pub enum Oversized {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OnStoreError {
-    /// 503 with `Retry-After` (this many seconds, at least 1): no request runs without its
-    /// key checked. The default, with 1 second.
+    /// 503 with `Retry-After` (this many seconds, at least 1 and at most a day): no request runs
+    /// without its key checked. The default, with 1 second.
     FailClosed(Duration),
     /// Run the request without deduplication. Duplicates may run twice while the store is down.
     FailOpen,
@@ -302,7 +305,8 @@ impl<St: Store, M> IdempotencyLayerBuilder<St, M> {
     }
 
     /// The shortest claim on a key: a claim lasts this long or the request's remaining deadline,
-    /// whichever is longer, and is renewed while the handler runs. Default 60 seconds.
+    /// whichever is longer, and is renewed while the handler runs and its response body is read.
+    /// Default 60 seconds.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -381,7 +385,7 @@ impl<St: Store, M> IdempotencyLayerBuilder<St, M> {
                 "must be at most a year",
             ));
         }
-        if self.lease > Duration::from_secs(86_400) {
+        if self.lease > DAY {
             return Err(ConfigError::new(
                 LAYER,
                 "lease",
@@ -391,16 +395,35 @@ impl<St: Store, M> IdempotencyLayerBuilder<St, M> {
         }
         if let InFlight::Wait(max) = self.in_flight {
             positive("in_flight", max)?;
+            // Past it the wait is no bound at all (and `Duration::MAX` overflowed the clock on
+            // every keyed request).
+            if max > DAY {
+                return Err(ConfigError::new(
+                    LAYER,
+                    "in_flight",
+                    max,
+                    "the wait must be at most a day",
+                ));
+            }
         }
-        if let OnStoreError::FailClosed(retry_after) = self.on_store_error
-            && retry_after < Duration::from_secs(1)
-        {
-            return Err(ConfigError::new(
-                LAYER,
-                "on_store_error",
-                retry_after,
-                "Retry-After must be at least one second",
-            ));
+        if let OnStoreError::FailClosed(retry_after) = self.on_store_error {
+            if retry_after < Duration::from_secs(1) {
+                return Err(ConfigError::new(
+                    LAYER,
+                    "on_store_error",
+                    retry_after,
+                    "Retry-After must be at least one second",
+                ));
+            }
+            // `Duration::MAX` overflowed rounding up to whole seconds in every refusal.
+            if retry_after > DAY {
+                return Err(ConfigError::new(
+                    LAYER,
+                    "on_store_error",
+                    retry_after,
+                    "Retry-After must be at most a day",
+                ));
+            }
         }
         if self.name.is_empty() {
             return Err(ConfigError::new(LAYER, "name", "", "must not be empty"));
@@ -434,6 +457,40 @@ impl<St: Store, M> IdempotencyLayerBuilder<St, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryStore;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// The error `build` gives for one setting, or `None` when it accepts it.
+    fn refused(
+        set: impl FnOnce(IdempotencyLayerBuilder<MemoryStore>) -> IdempotencyLayerBuilder<MemoryStore>,
+    ) -> Option<ConfigError> {
+        set(IdempotencyLayer::builder(MemoryStore::new()))
+            .build()
+            .err()
+    }
+
+    #[test]
+    fn a_wait_longer_than_a_day_is_refused_naming_in_flight() {
+        assert!(refused(|b| b.in_flight(InFlight::Wait(DAY))).is_none());
+        for wait in [DAY + Duration::from_nanos(1), Duration::MAX] {
+            let err = refused(|b| b.in_flight(InFlight::Wait(wait)))
+                .unwrap_or_else(|| panic!("InFlight::Wait({wait:?}) was accepted"));
+            assert_eq!(err.field(), "in_flight");
+            assert_eq!(err.value(), format!("{wait:?}"));
+        }
+    }
+
+    #[test]
+    fn a_fail_closed_retry_after_longer_than_a_day_is_refused_naming_on_store_error() {
+        assert!(refused(|b| b.on_store_error(OnStoreError::FailClosed(DAY))).is_none());
+        for after in [DAY + Duration::from_nanos(1), Duration::MAX] {
+            let err = refused(|b| b.on_store_error(OnStoreError::FailClosed(after)))
+                .unwrap_or_else(|| panic!("OnStoreError::FailClosed({after:?}) was accepted"));
+            assert_eq!(err.field(), "on_store_error");
+            assert_eq!(err.value(), format!("{after:?}"));
+        }
+    }
 
     #[test]
     fn the_default_policy_releases_what_a_client_should_retry() {

@@ -10,7 +10,7 @@ use http::Response;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_red::clock;
-use tower_red::red::{Outcome, RedMetrics};
+use tower_red::red::RedMetrics;
 
 use crate::body::ResponseBody;
 
@@ -67,6 +67,7 @@ impl<F, ResB, E> fmt::Debug for ResponseFuture<F, ResB, E> {
 impl<F, ResB, E> Future for ResponseFuture<F, ResB, E>
 where
     F: Future<Output = Result<Response<ResB>, E>>,
+    E: 'static,
 {
     type Output = Result<Response<ResponseBody<ResB>>, E>;
 
@@ -80,7 +81,7 @@ where
                 if let Some((red, start)) = red.take() {
                     let outcome = match &result {
                         Ok(res) => crate::metrics::outcome_of(res),
-                        Err(_) => Outcome::Error,
+                        Err(err) => crate::metrics::outcome_of_error(err),
                     };
                     // No start: counted only, inside a stack that times the call once.
                     let elapsed = start.map_or(Duration::ZERO, |start| {

@@ -13,7 +13,7 @@
 //! | first with its key | runs; its response is stored for the [`ttl`](IdempotencyLayerBuilder::ttl) (24 h) |
 //! | same key, other method/path/query/content type/body | 422 problem+json |
 //! | same key while the first runs | 409 + `Retry-After` (lease left), or waits for the result ([`InFlight`]) |
-//! | same key after the first completed | the stored status, headers and body, plus `Idempotency-Replayed: true` |
+//! | same key after the first completed | the stored status, headers, body and trailers, plus `Idempotency-Replayed: true` |
 //! | the store fails | 503 + `Retry-After`, or runs undeduplicated ([`OnStoreError`]); counted |
 //!
 //! **Scope.** The store key is a SHA-256 of (prefix, principal, method, route, key): keys of two
@@ -30,7 +30,7 @@
 //!
 //! **Leases and fencing.** A claim lasts the longer of the [`lease`](IdempotencyLayerBuilder::lease)
 //! and the request's remaining [`Deadline`](tower_timeout_budget::Deadline), and is renewed while
-//! the handler runs. Its [`Fence`] is in the request's extensions, for the handler's own
+//! the handler runs and its response body is read. Its [`Fence`] is in the request's extensions, for the handler's own
 //! conditional writes; the store refuses a completion from a holder whose lease lapsed. A request
 //! that is cancelled, fails or panics releases its key at once (a drop guard).
 //!

@@ -92,6 +92,17 @@ pub(crate) fn outcome_of<B>(res: &http::Response<B>) -> Outcome {
     }
 }
 
+/// The outcome of an error from the inner service: a [`Rejection`](tower_red::Rejection) of an
+/// inner layer (a bulkhead's or breaker's `Err(BoxError)`) is that layer's, counted here as
+/// `inner_refusal`; any other error is an error. Only called on the error path.
+#[inline]
+pub(crate) fn outcome_of_error<E: 'static>(err: &E) -> Outcome {
+    match tower_red::classify::refusal_of(err) {
+        Some(_) => Outcome::InnerRefusal,
+        None => Outcome::Error,
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct Metrics {
     pub(crate) red: RedMetrics,

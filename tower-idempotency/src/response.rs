@@ -49,30 +49,52 @@ pub(crate) fn kept_headers(headers: &HeaderMap, deny: &[HeaderName]) -> Vec<(Str
         .collect()
 }
 
-/// The record of a response: its status, kept headers and whole body.
-pub(crate) fn record(parts: &Parts, body: Bytes, deny: &[HeaderName]) -> Record {
+/// The record of a response: its status, kept headers, whole body and kept trailers (after the
+/// headers, under [`Record::TRAILER_PREFIX`]).
+pub(crate) fn record(
+    parts: &Parts,
+    body: Bytes,
+    trailers: Option<&HeaderMap>,
+    deny: &[HeaderName],
+) -> Record {
+    let mut headers = kept_headers(&parts.headers, deny);
+    if let Some(trailers) = trailers {
+        headers.extend(
+            kept_headers(trailers, deny)
+                .into_iter()
+                .map(|(name, value)| (format!("{}{name}", Record::TRAILER_PREFIX), value)),
+        );
+    }
     Record {
         status: parts.status.as_u16(),
-        headers: kept_headers(&parts.headers, deny),
+        headers,
         body,
     }
 }
 
-/// The replay of a stored record, marked with `Idempotency-Replayed: true`. A header that does
-/// not parse (only possible from a foreign or corrupt entry) is skipped.
+/// The replay of a stored record, with its trailers, marked with `Idempotency-Replayed: true`. A
+/// header or trailer that does not parse (only possible from a foreign or corrupt entry) is
+/// skipped.
 pub(crate) fn replay<B>(record: Record) -> Response<ResponseBody<B>> {
-    let mut res = Response::new(ResponseBody::full(record.body, None));
-    *res.status_mut() = StatusCode::from_u16(record.status).unwrap_or(StatusCode::OK);
-    let headers = res.headers_mut();
+    let mut headers = HeaderMap::with_capacity(record.headers.len() + 1);
+    let mut trailers = HeaderMap::new();
     for (name, value) in record.headers {
+        let (map, name) = match name.strip_prefix(Record::TRAILER_PREFIX) {
+            Some(name) => (&mut trailers, name),
+            None => (&mut headers, name.as_str()),
+        };
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_bytes(&value),
         ) {
-            headers.append(name, value);
+            map.append(name, value);
         }
     }
     headers.insert(REPLAYED, HeaderValue::from_static("true"));
+    let trailers = (!trailers.is_empty()).then_some(trailers);
+    let mut res = Response::new(ResponseBody::full(record.body, trailers));
+    *res.status_mut() = StatusCode::from_u16(record.status).unwrap_or(StatusCode::OK);
+    *res.headers_mut() = headers;
     res
 }
 
@@ -146,6 +168,64 @@ mod tests {
         let kept = kept_headers(&h, &[HeaderName::from_static("x-secret")]);
         let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["content-type", "location"]);
+    }
+
+    #[test]
+    fn a_record_keeps_the_trailers_after_the_headers_under_their_prefix() {
+        let (parts, ()) = Response::builder()
+            .header("content-type", "application/grpc")
+            .header("trailer", "grpc-status")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert("x-secret", HeaderValue::from_static("s"));
+        let deny = [HeaderName::from_static("x-secret")];
+        let kept = record(&parts, Bytes::new(), Some(&trailers), &deny);
+        let names: Vec<&str> = kept.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["content-type", ":trailer:grpc-status"]);
+        let none = record(&parts, Bytes::new(), None, &deny);
+        assert_eq!(none.headers.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_replay_sends_the_stored_trailers_after_the_body() {
+        use http_body_util::BodyExt as _;
+        let record = Record {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), b"application/grpc".to_vec()),
+                (":trailer:grpc-status".into(), b"13".to_vec()),
+                (":trailer:grpc-message".into(), b"internal".to_vec()),
+                (":trailer:bad name".into(), b"v".to_vec()),
+            ],
+            body: "msg".into(),
+        };
+        let res = replay::<String>(record);
+        assert_eq!(res.headers().len(), 2, "content-type and the marker");
+        let collected = res.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers.len(), 2);
+        assert_eq!(trailers["grpc-status"], "13");
+        assert_eq!(trailers["grpc-message"], "internal");
+        assert_eq!(collected.to_bytes(), "msg");
+    }
+
+    #[tokio::test]
+    async fn a_replay_without_trailers_sends_none() {
+        use http_body_util::BodyExt as _;
+        let record = Record {
+            status: 201,
+            headers: vec![],
+            body: "done".into(),
+        };
+        let collected = replay::<String>(record)
+            .into_body()
+            .collect()
+            .await
+            .unwrap();
+        assert!(collected.trailers().is_none());
     }
 
     #[test]

@@ -269,6 +269,7 @@ async fn keyed<S, St, M, B, ResB>(
 where
     M: MapRequestBody<B>,
     S: Service<Request<M::Output>, Response = Response<ResB>>,
+    S::Error: 'static,
     St: Store,
     B: Body<Data = Bytes> + Unpin,
     ResB: Body<Data = Bytes> + Unpin,
@@ -315,7 +316,7 @@ where
                 red.finish(
                     result
                         .as_ref()
-                        .map_or(Outcome::Error, crate::metrics::outcome_of),
+                        .map_or_else(crate::metrics::outcome_of_error, crate::metrics::outcome_of),
                 );
                 return result.map(|res| res.map(ResponseBody::new));
             }
@@ -426,9 +427,10 @@ where
                         Request::from_parts(parts, map.map(RequestBody::replay(collected.body())));
                     let result = inner.call(req).await;
                     red.finish(
-                        result
-                            .as_ref()
-                            .map_or(Outcome::Error, crate::metrics::outcome_of),
+                        result.as_ref().map_or_else(
+                            crate::metrics::outcome_of_error,
+                            crate::metrics::outcome_of,
+                        ),
                     );
                     return result.map(|res| res.map(ResponseBody::new));
                 }
@@ -444,39 +446,11 @@ where
     config.metrics.decision(Decision::Executed);
     parts.extensions.insert(fence);
     let req = Request::from_parts(parts, map.map(RequestBody::replay(collected.body())));
-    let renew_every = (lease / 3).max(Duration::from_millis(1));
-    let result = {
-        let mut call = pin!(inner.call(req));
-        loop {
-            tokio::select! {
-                biased;
-                result = call.as_mut() => break result,
-                () = tokio::time::sleep(renew_every) => {}
-            }
-            // The handler keeps running while the store answers.
-            let mut renew = pin!(timed(
-                &config,
-                Op::Renew,
-                config.store.renew(&store_key, fence, lease),
-            ));
-            tokio::select! {
-                biased;
-                result = call.as_mut() => break result,
-                renewed = renew.as_mut() => {
-                    if let Ok(false) = renewed {
-                        tracing::warn!(
-                            fence = fence.get(),
-                            "idempotency lease lost while the handler ran: its response will not be stored"
-                        );
-                    }
-                }
-            }
-        }
-    };
+    let result = renewing(&config, &store_key, fence, lease, inner.call(req)).await;
     let res = match result {
         Ok(res) => res,
         Err(err) => {
-            red.finish(Outcome::Error);
+            red.finish(crate::metrics::outcome_of_error(&err));
             return Err(err);
         }
     };
@@ -487,10 +461,21 @@ where
         red.finish(outcome);
         return Ok(Response::from_parts(res_parts, ResponseBody::new(res_body)));
     }
-    let response = match collect(res_body, config.max_response_bytes).await {
+    // The key stays held until the response is stored: a body that streams for longer than a
+    // lease would otherwise let a duplicate claim it and run the handler again.
+    let collected = renewing(
+        &config,
+        &store_key,
+        fence,
+        lease,
+        collect(res_body, config.max_response_bytes),
+    )
+    .await;
+    let response = match collected {
         Ok(Buffered::Complete(collected)) => {
             let (data, trailers) = collected.into_parts();
-            let record = response::record(&res_parts, data.clone(), &config.deny);
+            let record =
+                response::record(&res_parts, data.clone(), trailers.as_ref(), &config.deny);
             let completed = timed(
                 &config,
                 Op::Complete,
@@ -528,6 +513,47 @@ where
     drop(claimed);
     red.finish(outcome);
     Ok(response)
+}
+
+/// Drives `work` (the handler's call, then the read of its body) while renewing the claim every
+/// third of its lease. Work that is done on its first poll arms no timer.
+async fn renewing<St: Store, F: Future>(
+    config: &Config<St>,
+    key: &StoreKey,
+    fence: Fence,
+    lease: Duration,
+    work: F,
+) -> F::Output {
+    let mut work = pin!(work);
+    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await {
+        return out;
+    }
+    let renew_every = (lease / 3).max(Duration::from_millis(1));
+    loop {
+        tokio::select! {
+            biased;
+            out = work.as_mut() => return out,
+            () = tokio::time::sleep(renew_every) => {}
+        }
+        // The work goes on while the store answers.
+        let mut renew = pin!(timed(
+            config,
+            Op::Renew,
+            config.store.renew(key, fence, lease),
+        ));
+        tokio::select! {
+            biased;
+            out = work.as_mut() => return out,
+            renewed = renew.as_mut() => {
+                if let Ok(false) = renewed {
+                    tracing::warn!(
+                        fence = fence.get(),
+                        "idempotency lease lost before the response was complete: it will not be stored"
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn mismatch<B>(name: &Arc<str>) -> Response<ResponseBody<B>> {

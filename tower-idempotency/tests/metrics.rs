@@ -8,10 +8,12 @@ use http::{Request, Response};
 use http_body_util::Full;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tower::ServiceExt;
-use tower_idempotency::store::MemoryStore;
-use tower_idempotency::{IdempotencyLayer, RequestBody};
+use tower_idempotency::store::{
+    Claim, Fence, Fingerprint, MemoryStore, Record, Store, StoreError, StoreErrorKind, StoreKey,
+};
+use tower_idempotency::{IdempotencyLayer, OnStoreError, Oversized, RequestBody};
 use tower_layer::Layer;
-use tower_red::names;
+use tower_red::{BoxError, Rejection, RejectionKind, names};
 
 type Snapshot = [(
     metrics_util::CompositeKey,
@@ -159,4 +161,100 @@ async fn a_refusal_from_an_inner_layer_is_counted_as_inner_refusal_not_error() {
     };
     assert_eq!(outcome("inner_refusal"), 2);
     assert_eq!(outcome("error"), 0);
+}
+
+/// A store whose every operation fails.
+#[derive(Clone)]
+struct Down;
+
+impl Store for Down {
+    async fn claim(&self, _: &StoreKey, _: &Fingerprint, _: Duration) -> Result<Claim, StoreError> {
+        Err(StoreError::new(StoreErrorKind::Unavailable))
+    }
+    async fn renew(&self, _: &StoreKey, _: Fence, _: Duration) -> Result<bool, StoreError> {
+        Err(StoreError::new(StoreErrorKind::Unavailable))
+    }
+    async fn complete(
+        &self,
+        _: &StoreKey,
+        _: Fence,
+        _: &Record,
+        _: Duration,
+    ) -> Result<bool, StoreError> {
+        Err(StoreError::new(StoreErrorKind::Unavailable))
+    }
+    async fn release(&self, _: &StoreKey, _: Fence) -> Result<bool, StoreError> {
+        Err(StoreError::new(StoreErrorKind::Unavailable))
+    }
+}
+
+/// An inner bulkhead that refuses every call with `Err(BoxError)` holding its `Rejection`, as
+/// `tower-bulkhead` and `tower-breaker` do; that layer counted the refusal itself.
+fn refusing() -> impl tower::Service<
+    Request<RequestBody<Full<Bytes>>>,
+    Response = Response<Full<Bytes>>,
+    Error = BoxError,
+    Future: Send,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(|_req: Request<RequestBody<Full<Bytes>>>| async {
+        Err::<Response<Full<Bytes>>, _>(Rejection::new(RejectionKind::BulkheadFull).into())
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inner_layers_refusal_error_is_counted_as_inner_refusal_not_error() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (layer, fail_open) = metrics::with_local_recorder(&recorder, || {
+        let layer = IdempotencyLayer::builder(MemoryStore::new())
+            .name("inner-refusal-error")
+            .max_request_bytes(4)
+            .oversized(Oversized::PassThrough)
+            .build()
+            .unwrap();
+        let fail_open = IdempotencyLayer::builder(Down)
+            .name("inner-refusal-error-fail-open")
+            .on_store_error(OnStoreError::FailOpen)
+            .build()
+            .unwrap();
+        (layer, fail_open)
+    });
+    let svc = layer.layer(refusing());
+    let requests = [
+        post("k1", "a"),                                   // keyed, run
+        post("k2", "over four bytes"),                     // keyed, over the cap, passed through
+        Request::post("/").body(Full::default()).unwrap(), // no key
+    ];
+    for req in requests {
+        let err = svc.clone().oneshot(req).await.unwrap_err();
+        assert!(
+            Rejection::find(&*err).is_some(),
+            "the refusal goes up as it is"
+        );
+    }
+    let err = fail_open
+        .layer(refusing())
+        .oneshot(post("k3", "a"))
+        .await
+        .unwrap_err();
+    assert!(Rejection::find(&*err).is_some());
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let outcome = |name, outcome| {
+        counter(
+            &snapshot,
+            names::REQUESTS_TOTAL,
+            &[("name", name), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(outcome("inner-refusal-error", "inner_refusal"), 3);
+    assert_eq!(outcome("inner-refusal-error", "error"), 0);
+    assert_eq!(
+        outcome("inner-refusal-error-fail-open", "inner_refusal"),
+        1,
+        "the store is down, the request ran"
+    );
+    assert_eq!(outcome("inner-refusal-error-fail-open", "error"), 0);
 }

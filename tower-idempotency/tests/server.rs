@@ -1,14 +1,16 @@
 //! Behaviour of the server layer over the memory store, on a paused clock.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use tokio::time::{advance, sleep};
+use tokio::time::{Sleep, advance, sleep};
 use tower::{Service, ServiceExt};
 use tower_idempotency::store::{
     Claim, Fence, Fingerprint, MemoryStore, Record, Store, StoreError, StoreErrorKind, StoreKey,
@@ -698,4 +700,133 @@ async fn the_handler_keeps_running_while_a_renewal_waits_on_the_store() {
     assert_eq!(status, StatusCode::CREATED);
     // A renewal starts at 10 s and takes 5 s; the handler ends at 12 s regardless.
     assert_eq!(start.elapsed(), Duration::from_secs(12));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_carries_the_trailers_of_the_first_response() {
+    // A gRPC handler: 200 and `application/grpc`, one message, then its status in the trailers
+    // (an error among them: gRPC sends errors in trailers behind a 200).
+    for (status, message) in [("0", None), ("13", Some("internal"))] {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let svc = builder().build().unwrap().layer(tower::service_fn({
+            let runs = runs.clone();
+            move |_req: Req| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", status.parse().unwrap());
+                if let Some(message) = message {
+                    trailers.insert("grpc-message", message.parse().unwrap());
+                }
+                let body = Full::new(Bytes::from_static(b"\0\0\0\0\x02hi"))
+                    .with_trailers(std::future::ready(Some(Ok(trailers))));
+                let res = Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(body)
+                    .unwrap();
+                std::future::ready(Ok::<_, Infallible>(res))
+            }
+        }));
+        let grpc = || {
+            let mut req = post(Some("k1"), "\0\0\0\0\0");
+            req.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            req
+        };
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            let res = svc.clone().oneshot(grpc()).await.unwrap();
+            let (parts, body) = res.into_parts();
+            let collected = body.collect().await.unwrap();
+            let trailers = collected.trailers().cloned();
+            answers.push((parts, collected.to_bytes(), trailers));
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "grpc-status {status}");
+        let [
+            (first, first_body, first_trailers),
+            (replay, replay_body, replay_trailers),
+        ] = <[_; 2]>::try_from(answers).unwrap();
+        assert!(first.headers.get("idempotency-replayed").is_none());
+        assert_eq!(replay.headers["idempotency-replayed"], "true");
+        assert_eq!(replay.status, StatusCode::OK);
+        assert_eq!(replay.headers["content-type"], "application/grpc");
+        assert_eq!(replay_body, first_body);
+        let first_trailers = first_trailers.expect("the first response keeps its trailers");
+        assert_eq!(first_trailers["grpc-status"], status);
+        let replay_trailers = replay_trailers.expect("the replay has the trailers");
+        assert_eq!(replay_trailers, first_trailers);
+        assert_eq!(replay_trailers["grpc-status"], status);
+        assert!(
+            replay.headers.get("grpc-status").is_none(),
+            "trailers stay trailers"
+        );
+    }
+}
+
+/// A response body whose one chunk comes after a sleep: the handler has answered, its body has
+/// not.
+struct LateBody {
+    sleep: Pin<Box<Sleep>>,
+    data: Option<Bytes>,
+}
+
+impl http_body::Body for LateBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        ready!(self.sleep.as_mut().poll(cx));
+        Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lease_is_renewed_while_the_response_body_is_read() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let svc = builder()
+        .lease(Duration::from_secs(1))
+        .build()
+        .unwrap()
+        .layer(tower::service_fn({
+            let runs = runs.clone();
+            move |_req: Req| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                // Headers at once, the body 5 s later: 5 leases.
+                let body = LateBody {
+                    sleep: Box::pin(sleep(Duration::from_secs(5))),
+                    data: Some(Bytes::from_static(b"created")),
+                };
+                std::future::ready(Ok::<_, Infallible>(Response::new(body)))
+            }
+        }));
+    let read = || {
+        let svc = svc.clone();
+        async move {
+            let res = svc.oneshot(post(Some("k1"), "a")).await.unwrap();
+            let status = res.status();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }
+    };
+    let first = tokio::spawn(read());
+    settle().await;
+    // Slept, not advanced: the clock moves timer by timer, so the first request's renewals
+    // fire when they are due (one jump would pass its lease before any of them).
+    sleep(Duration::from_secs(2)).await;
+    let (status, _) = read().await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "the first request still holds its key"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let (status, body) = first.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "created");
+    let (status, body) = read().await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "created", "the first response was stored");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }

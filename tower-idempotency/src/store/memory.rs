@@ -375,10 +375,13 @@ impl Shard {
 
     fn insert(&mut self, key: StoreKey, entry: Entry) {
         self.bytes += entry.size();
-        self.push_expiry(entry.expires, key, entry.fence);
+        let (expires, fence) = (entry.expires, entry.fence);
         if let Some(old) = self.entries.insert(key, entry) {
             self.bytes -= old.size();
         }
+        // Queued after the entry is in the map: a compaction this push triggers keeps only the
+        // items of entries in the map, and would drop the new entry's own item before it.
+        self.push_expiry(expires, key, fence);
     }
 
     fn push_expiry(&mut self, expires: Instant, key: StoreKey, fence: Fence) {
@@ -523,7 +526,11 @@ mod tests {
     }
 
     async fn acquire(store: &MemoryStore, k: &StoreKey) -> Fence {
-        match store.claim(k, &fp(1), LEASE).await.unwrap() {
+        acquire_for(store, k, LEASE).await
+    }
+
+    async fn acquire_for(store: &MemoryStore, k: &StoreKey, lease: Duration) -> Fence {
+        match store.claim(k, &fp(1), lease).await.unwrap() {
             Claim::Acquired(fence) => fence,
             other => panic!("expected to acquire, got {other:?}"),
         }
@@ -698,6 +705,40 @@ mod tests {
         advance(LEASE).await;
         acquire(&store, &key(3)).await;
         assert_eq!(store.len(), 1, "expired claims were evicted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_whose_expiry_item_triggers_compaction_can_still_be_evicted_early() {
+        let store = MemoryStore::builder()
+            .max_entries(2)
+            .shards(1)
+            .build()
+            .unwrap();
+        // A claim held for an hour stays at the front of the queue, so no claim pops the stale
+        // items that the claims released behind it leave.
+        acquire_for(&store, &key(1_000), Duration::from_secs(3600)).await;
+        for n in 0..16 {
+            let fence = acquire(&store, &key(n)).await;
+            assert!(store.release(&key(n), fence).await.unwrap());
+        }
+        // The completion's expiry item is the one that pushes the queue past its bound.
+        let fence = acquire(&store, &key(100)).await;
+        assert!(
+            store
+                .complete(&key(100), fence, &record("c"), TTL)
+                .await
+                .unwrap()
+        );
+        // Full: the completed entry closest to expiry (the only one) makes room.
+        let fence = acquire(&store, &key(200)).await;
+        assert!(store.release(&key(200), fence).await.unwrap());
+        assert!(
+            matches!(
+                store.claim(&key(100), &fp(1), LEASE).await.unwrap(),
+                Claim::Acquired(_)
+            ),
+            "the completed entry was evicted early"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -223,15 +223,19 @@ impl Fence {
 /// A stored response, replayed to later requests with the same key and fingerprint.
 ///
 /// Header names are lowercase; hop-by-hop headers, `Set-Cookie` and the configured deny list are
-/// already removed when the layer builds a record. [`Record::encode`] is the exact byte form a
-/// remote store keeps.
+/// already removed when the layer builds a record. The response's trailers (gRPC's
+/// `grpc-status` among them) are kept in `headers` too, after the headers, each name prefixed
+/// with [`Record::TRAILER_PREFIX`]. [`Record::encode`] is the exact byte form a remote store keeps.
 ///
 /// ```
 /// use tower_idempotency::store::Record;
 ///
 /// let record = Record {
-///     status: 201,
-///     headers: vec![("content-type".into(), b"text/plain".to_vec())],
+///     status: 200,
+///     headers: vec![
+///         ("content-type".into(), b"application/grpc".to_vec()),
+///         (format!("{}grpc-status", Record::TRAILER_PREFIX), b"0".to_vec()),
+///     ],
 ///     body: "created".into(),
 /// };
 /// let bytes = record.encode();
@@ -242,7 +246,8 @@ impl Fence {
 pub struct Record {
     /// The HTTP status code, 100 to 999.
     pub status: u16,
-    /// Header names (lowercase) and values, in response order; a name may repeat.
+    /// Header names (lowercase) and values, in response order; a name may repeat. Then the
+    /// trailers, in order, each name prefixed with [`Record::TRAILER_PREFIX`].
     pub headers: Vec<(String, Vec<u8>)>,
     /// The whole response body.
     pub body: Bytes,
@@ -253,6 +258,15 @@ const RECORD_MAGIC: [u8; 3] = *b"TIR";
 const RECORD_VERSION: u8 = 1;
 
 impl Record {
+    /// The prefix of a trailer's name in [`Record::headers`]: `:trailer:grpc-status` is the
+    /// trailer `grpc-status`.
+    ///
+    /// No header name can start with `:`, so a trailer is never taken for a header, and the
+    /// encoding is unchanged: a record with trailers reads as before, and a reader that does not
+    /// know the prefix (an earlier version of this crate, during a rolling deploy) skips these
+    /// names as invalid and replays the response without its trailers.
+    pub const TRAILER_PREFIX: &'static str = ":trailer:";
+
     /// The length of [`Record::encode`]'s output, without encoding; stores bound entries by it.
     pub fn encoded_len(&self) -> usize {
         let headers: usize = self
@@ -569,7 +583,7 @@ mod tests {
             100u16..=999,
             proptest::collection::vec(
                 (
-                    "[a-z-]{1,20}",
+                    "(:trailer:)?[a-z-]{1,20}",
                     proptest::collection::vec(any::<u8>(), 0..40),
                 ),
                 0..8,
@@ -605,6 +619,40 @@ mod tests {
             longer.push(extra);
             prop_assert!(Record::decode(&longer).is_err());
         }
+    }
+
+    #[test]
+    fn a_record_with_trailers_and_one_without_round_trip() {
+        let without = Record {
+            status: 200,
+            headers: vec![("content-type".into(), b"application/grpc".to_vec())],
+            body: Bytes::from_static(b"\0\0\0\0\x02hi"),
+        };
+        let mut with = without.clone();
+        with.headers.push((
+            format!("{}grpc-status", Record::TRAILER_PREFIX),
+            b"0".to_vec(),
+        ));
+        for record in [without, with] {
+            let bytes = record.encode();
+            assert_eq!(bytes.len(), record.encoded_len());
+            assert_eq!(Record::decode(&bytes), Ok(record));
+        }
+    }
+
+    #[test]
+    fn a_record_encoded_before_trailers_were_kept_still_decodes() {
+        // The bytes an earlier version wrote (pinned): the format did not change.
+        let old = b"TIR\x01\x00\xc9\x00\x01\x00\x0ccontent-type\x00\x00\x00\x0atext/plain\
+                    \x00\x00\x00\x00\x00\x00\x00\x07created";
+        assert_eq!(
+            Record::decode(old),
+            Ok(Record {
+                status: 201,
+                headers: vec![("content-type".into(), b"text/plain".to_vec())],
+                body: Bytes::from_static(b"created"),
+            })
+        );
     }
 
     #[test]
