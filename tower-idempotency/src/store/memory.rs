@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 use tower_red::ConfigError;
+use tower_red::clock::NEVER;
 
 use super::{Claim, Fence, Fingerprint, Record, Store, StoreError, StoreErrorKind, StoreKey};
 
@@ -176,6 +177,13 @@ impl Default for MemoryStore {
     }
 }
 
+/// `now + d`, with `d` bounded by [`NEVER`] (30 years): a lease or TTL too long for the clock
+/// holds its entry that long rather than overflow it. The layer bounds both well below; a
+/// caller using the store directly may not.
+fn later(now: Instant, d: Duration) -> Instant {
+    now + d.min(NEVER)
+}
+
 impl MemoryStore {
     /// A store with the default bounds (100,000 entries, 256 MiB, 16 shards).
     pub fn new() -> Self {
@@ -250,7 +258,7 @@ impl MemoryStore {
         // Relaxed: only the counter's own order matters (each value handed out once, increasing);
         // the entry it guards is published under the shard's mutex.
         let fence = Fence(self.inner.next_fence.fetch_add(1, Ordering::Relaxed));
-        let expires = now + lease;
+        let expires = later(now, lease);
         shard.insert(
             *key,
             Entry {
@@ -266,7 +274,7 @@ impl MemoryStore {
     fn renew_now(&self, key: &StoreKey, fence: Fence, lease: Duration) -> bool {
         let mut shard = self.shard(key);
         let now = Instant::now(); // under the lock, as in `claim_now`
-        let expires = now + lease;
+        let expires = later(now, lease);
         match shard.entries.get_mut(key) {
             Some(entry)
                 if entry.fence == fence
@@ -314,7 +322,7 @@ impl MemoryStore {
         shard.remove(key);
         let room = shard.make_room(now, size, self.inner.shard_entries, self.inner.shard_bytes);
         let (expires, state) = match room {
-            Ok(()) => (now + ttl, State::Completed(record.clone())),
+            Ok(()) => (later(now, ttl), State::Completed(record.clone())),
             // Put the claim back as it was, so its holder can still release it.
             Err(err) => {
                 shard.insert(
@@ -551,6 +559,27 @@ mod tests {
         advance(Duration::from_secs(1)).await;
         assert!(store.renew_now(&k, fence, LEASE));
         assert_eq!(store.shard(&k).expiries.len(), queued + 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_or_ttl_too_long_for_the_clock_is_held_for_thirty_years_not_a_panic() {
+        let store = MemoryStore::new();
+        let fence = match store.claim(&key(1), &fp(1), Duration::MAX).await.unwrap() {
+            Claim::Acquired(fence) => fence,
+            other => panic!("a free key: {other:?}"),
+        };
+        assert!(store.renew(&key(1), fence, Duration::MAX).await.unwrap());
+        assert!(
+            store
+                .complete(&key(1), fence, &record("kept"), Duration::MAX)
+                .await
+                .unwrap()
+        );
+        advance(Duration::from_secs(86_400 * 365)).await;
+        assert!(matches!(
+            store.claim(&key(1), &fp(1), LEASE).await.unwrap(),
+            Claim::Completed { .. }
+        ));
     }
 
     #[tokio::test(start_paused = true)]
