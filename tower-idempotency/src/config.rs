@@ -59,14 +59,25 @@ pub enum OnStoreError {
 #[derive(Clone, Copy)]
 #[non_exhaustive]
 pub enum StorePolicy {
-    /// Store everything but 5xx, 408, 409 and 429, which a client is expected to retry. The
-    /// default.
+    /// Store everything but 5xx, 408, 409 and 429, which a client is expected to retry, and the
+    /// gRPC statuses that stand for them (`grpc-status` in the headers of a trailers-only
+    /// response, or in the trailers): `CANCELLED`, `UNKNOWN`, `DEADLINE_EXCEEDED`,
+    /// `RESOURCE_EXHAUSTED`, `ABORTED`, `UNIMPLEMENTED`, `INTERNAL`, `UNAVAILABLE` and
+    /// `DATA_LOSS`. The default.
     Retryable,
     /// Store every response, errors included (Stripe's behaviour).
     Everything,
-    /// Store the responses whose status this function accepts.
+    /// Store the responses whose HTTP status this function accepts (a gRPC status is not
+    /// passed to it).
     Custom(fn(StatusCode) -> bool),
 }
+
+/// The gRPC codes [`StorePolicy::Retryable`] does not store, as bits: those of its HTTP
+/// statuses in gRPC's own mapping (`UNKNOWN`, `INTERNAL`, `DATA_LOSS` 500, `UNIMPLEMENTED` 501,
+/// `UNAVAILABLE` 503, `DEADLINE_EXCEEDED` 504, `ABORTED` 409, `RESOURCE_EXHAUSTED` 429), and
+/// `CANCELLED`, a call that never finished. `ALREADY_EXISTS` (also 409 there) is an answer.
+const RETRYABLE_GRPC: u32 =
+    1 << 1 | 1 << 2 | 1 << 4 | 1 << 8 | 1 << 10 | 1 << 12 | 1 << 13 | 1 << 14 | 1 << 15;
 
 impl StorePolicy {
     pub(crate) fn stores(self, status: StatusCode) -> bool {
@@ -79,6 +90,19 @@ impl StorePolicy {
             }
             StorePolicy::Everything => true,
             StorePolicy::Custom(f) => f(status),
+        }
+    }
+
+    /// Whether a response whose `grpc-status` (in its headers or its trailers) is `status` is
+    /// stored; `None` (not gRPC) is.
+    pub(crate) fn stores_grpc(self, status: Option<&http::HeaderValue>) -> bool {
+        let Some(status) = status else { return true };
+        match self {
+            StorePolicy::Retryable => !std::str::from_utf8(status.as_bytes())
+                .ok()
+                .and_then(|code| code.parse::<u32>().ok())
+                .is_some_and(|code| code < 32 && RETRYABLE_GRPC & (1 << code) != 0),
+            StorePolicy::Everything | StorePolicy::Custom(_) => true,
         }
     }
 }
@@ -503,5 +527,28 @@ mod tests {
         }
         assert!(StorePolicy::Everything.stores(StatusCode::INTERNAL_SERVER_ERROR));
         assert!(!StorePolicy::Custom(|s| s == StatusCode::OK).stores(StatusCode::CREATED));
+    }
+
+    #[test]
+    fn the_default_policy_releases_the_grpc_statuses_a_client_should_retry() {
+        let grpc = |p: StorePolicy, v: &'static str| {
+            p.stores_grpc(Some(&http::HeaderValue::from_static(v)))
+        };
+        let released = [1, 2, 4, 8, 10, 12, 13, 14, 15];
+        for code in 0..=16 {
+            let value: &'static str = Box::leak(code.to_string().into_boxed_str());
+            assert_eq!(
+                grpc(StorePolicy::Retryable, value),
+                !released.contains(&code),
+                "grpc-status {code}"
+            );
+            assert!(grpc(StorePolicy::Everything, value), "{code}");
+            assert!(grpc(StorePolicy::Custom(|_| false), value), "{code}");
+        }
+        // Not a gRPC status: stored as the HTTP status decides.
+        for value in ["", "x", "99", "4294967296", "-1"] {
+            assert!(grpc(StorePolicy::Retryable, value), "{value:?}");
+        }
+        assert!(StorePolicy::Retryable.stores_grpc(None));
     }
 }

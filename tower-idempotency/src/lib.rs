@@ -21,8 +21,9 @@
 //! same hash. Set a [`principal`](IdempotencyLayerBuilder::principal): without one, every caller
 //! shares one key space (see its docs for the risk).
 //!
-//! **What is stored** ([`StorePolicy`]): by default every response but 5xx, 408, 409 and 429,
-//! which release the key so the client may retry; [`StorePolicy::Everything`] is Stripe's
+//! **What is stored** ([`StorePolicy`]): by default every response but 5xx, 408, 409 and 429
+//! (and the gRPC statuses that stand for them, in the headers or the trailers), which release
+//! the key so the client may retry; [`StorePolicy::Everything`] is Stripe's
 //! behaviour. Hop-by-hop headers, `Set-Cookie`, `Content-Length` and a deny list are never
 //! stored. A response over [`max_response_bytes`](IdempotencyLayerBuilder::max_response_bytes)
 //! streams to its client unstored and releases the key (a retry runs again; size the cap for your

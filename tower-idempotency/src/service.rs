@@ -12,6 +12,7 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower_red::RejectionKind;
 use tower_red::body::{Buffered, collect};
+use tower_red::classify::GRPC_STATUS_HEADER;
 use tower_red::clock;
 use tower_red::red::Outcome;
 use tower_service::Service;
@@ -456,7 +457,11 @@ where
     };
     let outcome = crate::metrics::outcome_of(&res);
     let (res_parts, res_body) = res.into_parts();
-    if !config.policy.stores(res_parts.status) {
+    if !(config.policy.stores(res_parts.status)
+        && config
+            .policy
+            .stores_grpc(res_parts.headers.get(GRPC_STATUS_HEADER)))
+    {
         drop(claimed);
         red.finish(outcome);
         return Ok(Response::from_parts(res_parts, ResponseBody::new(res_body)));
@@ -472,6 +477,16 @@ where
     )
     .await;
     let response = match collected {
+        Ok(Buffered::Complete(collected))
+            if !config
+                .policy
+                .stores_grpc(collected.trailers().and_then(|t| t.get(GRPC_STATUS_HEADER))) =>
+        {
+            // A gRPC error in the trailers that a client is expected to retry: the guard
+            // releases the key, as for a 5xx.
+            let (data, trailers) = collected.into_parts();
+            Response::from_parts(res_parts, ResponseBody::full(data, trailers))
+        }
         Ok(Buffered::Complete(collected)) => {
             let (data, trailers) = collected.into_parts();
             let record =

@@ -704,39 +704,67 @@ async fn the_handler_keeps_running_while_a_renewal_waits_on_the_store() {
     assert_eq!(start.elapsed(), Duration::from_secs(12));
 }
 
+/// A gRPC handler counting its runs: 200 and `application/grpc`, one message, then `status`
+/// in the trailers (gRPC sends errors in trailers behind a 200), or, with `trailers_only`, in
+/// the headers of an empty response (how gRPC answers an error before any message).
+fn grpc_handler(
+    status: &'static str,
+    message: Option<&'static str>,
+    trailers_only: bool,
+) -> (
+    Arc<AtomicUsize>,
+    impl Service<
+        Req,
+        Response = Response<impl http_body::Body<Data = Bytes, Error = Infallible>>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static,
+) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let handler = tower::service_fn({
+        let runs = runs.clone();
+        move |_req: Req| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let mut status_fields = http::HeaderMap::new();
+            status_fields.insert("grpc-status", status.parse().unwrap());
+            if let Some(message) = message {
+                status_fields.insert("grpc-message", message.parse().unwrap());
+            }
+            let mut res = Response::builder().header("content-type", "application/grpc");
+            let (data, trailers) = if trailers_only {
+                res.headers_mut().unwrap().extend(status_fields);
+                (Bytes::new(), None)
+            } else {
+                (
+                    Bytes::from_static(b"\0\0\0\0\x02hi"),
+                    Some(Ok(status_fields)),
+                )
+            };
+            let body = Full::new(data).with_trailers(std::future::ready(trailers));
+            std::future::ready(Ok::<_, Infallible>(res.body(body).unwrap()))
+        }
+    });
+    (runs, handler)
+}
+
+fn grpc_request() -> Request<Full<Bytes>> {
+    let mut req = post(Some("k1"), "\0\0\0\0\0");
+    req.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    req
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_replay_carries_the_trailers_of_the_first_response() {
-    // A gRPC handler: 200 and `application/grpc`, one message, then its status in the trailers
-    // (an error among them: gRPC sends errors in trailers behind a 200).
-    for (status, message) in [("0", None), ("13", Some("internal"))] {
-        let runs = Arc::new(AtomicUsize::new(0));
-        let svc = builder().build().unwrap().layer(tower::service_fn({
-            let runs = runs.clone();
-            move |_req: Req| {
-                runs.fetch_add(1, Ordering::SeqCst);
-                let mut trailers = http::HeaderMap::new();
-                trailers.insert("grpc-status", status.parse().unwrap());
-                if let Some(message) = message {
-                    trailers.insert("grpc-message", message.parse().unwrap());
-                }
-                let body = Full::new(Bytes::from_static(b"\0\0\0\0\x02hi"))
-                    .with_trailers(std::future::ready(Some(Ok(trailers))));
-                let res = Response::builder()
-                    .header("content-type", "application/grpc")
-                    .body(body)
-                    .unwrap();
-                std::future::ready(Ok::<_, Infallible>(res))
-            }
-        }));
-        let grpc = || {
-            let mut req = post(Some("k1"), "\0\0\0\0\0");
-            req.headers_mut()
-                .insert("content-type", "application/grpc".parse().unwrap());
-            req
-        };
+    // A success, and an error that is the request's answer (not worth retrying): both stored.
+    for (status, message) in [("0", None), ("5", Some("no such account"))] {
+        let (runs, handler) = grpc_handler(status, message, false);
+        let svc = builder().build().unwrap().layer(handler);
         let mut answers = Vec::new();
         for _ in 0..2 {
-            let res = svc.clone().oneshot(grpc()).await.unwrap();
+            let res = svc.clone().oneshot(grpc_request()).await.unwrap();
             let (parts, body) = res.into_parts();
             let collected = body.collect().await.unwrap();
             let trailers = collected.trailers().cloned();
@@ -762,6 +790,46 @@ async fn a_replay_carries_the_trailers_of_the_first_response() {
             "trailers stay trailers"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grpc_error_a_client_is_expected_to_retry_releases_the_key_as_a_5xx_does() {
+    // The gRPC codes of `StorePolicy::Retryable`'s HTTP statuses (5xx, 408, 409, 429), and a
+    // cancelled call; in trailers after a message, and in a trailers-only response.
+    for code in ["1", "2", "4", "8", "10", "12", "13", "14", "15"] {
+        for trailers_only in [false, true] {
+            let (runs, handler) = grpc_handler(code, Some("try again"), trailers_only);
+            let svc = builder().build().unwrap().layer(handler);
+            for _ in 0..2 {
+                let res = svc.clone().oneshot(grpc_request()).await.unwrap();
+                let collected = res.into_body().collect().await.unwrap();
+                let status = collected
+                    .trailers()
+                    .and_then(|t| t.get("grpc-status"))
+                    .cloned();
+                if !trailers_only {
+                    assert_eq!(status.unwrap(), code, "the caller gets the status");
+                }
+            }
+            assert_eq!(
+                runs.load(Ordering::SeqCst),
+                2,
+                "grpc-status {code} (trailers only: {trailers_only}): not stored, the retry runs"
+            );
+        }
+    }
+    // The policy that stores everything keeps them too.
+    let (runs, handler) = grpc_handler("14", None, false);
+    let svc = builder()
+        .store_policy(StorePolicy::Everything)
+        .build()
+        .unwrap()
+        .layer(handler);
+    for _ in 0..2 {
+        let res = svc.clone().oneshot(grpc_request()).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "stored: replayed");
 }
 
 /// A response body whose one chunk comes after a sleep: the handler has answered, its body has
