@@ -259,7 +259,11 @@ impl<S, Req> Queued<S, Req> {
                 ));
             }
             ready!(this.sleep.as_mut().poll(cx));
-            let now = clock::now();
+            // A fired timer means its instant has come, even when the shared clock reading is
+            // older (an outer layer read it earlier in this poll, or on a thread that ran
+            // before the timer's); a timer re-armed for an instant already due fires at once,
+            // so trusting the older reading spun here.
+            let now = clock::now().max(this.sleep.deadline());
             let part = this.waiter.partition();
             let reason = if now >= *this.wait_end {
                 Reason::QueueTimeout

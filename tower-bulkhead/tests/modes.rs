@@ -10,6 +10,7 @@ use support::{Backend, Job, reason};
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::{Layer, Service, ServiceExt};
 use tower_bulkhead::{Bulkhead, BulkheadLayer, DEFAULT_PARTITION, Reason};
+use tower_red::clock::{self, Scope};
 
 const D: &str = DEFAULT_PARTITION;
 
@@ -116,6 +117,49 @@ async fn the_queue_wait_ends_at_max_wait() {
         tower_red::GrpcCode::ResourceExhausted
     );
     assert_eq!(backend.started(), vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fired_queue_timer_refuses_the_call_under_an_older_shared_clock_reading() {
+    let mut svc = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(4, ms(100))
+        .deadline_from_request()
+        .build()
+        .unwrap()
+        .layer(Backend::default());
+    // Teach the bulkhead that a call takes about 100 ms.
+    svc.ready()
+        .await
+        .unwrap()
+        .call(Job::new(0, 100))
+        .await
+        .unwrap();
+    let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 1_000)));
+    assert_pending!(a.poll());
+    // One waiter whose timer is its queue wait, one whose timer is its shed point (150 ms
+    // left, 100 ms of service: 50 ms from now).
+    let mut b = task::spawn(svc.ready().await.unwrap().call(Job::new(2, 10)));
+    let mut c = task::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Job::new(3, 10).deadline_in(150)),
+    );
+    assert_pending!(b.poll());
+    assert_pending!(c.poll());
+
+    // An outer layer read the clock before the timers fired, and its scope is still open: the
+    // bulkhead reads that older instant. A fired timer must still end the wait (it spun,
+    // re-arming a timer already due, until tokio's budget forced it to yield).
+    let _outer = Scope::enter();
+    let _ = clock::now();
+    advance(50).await;
+    let err = assert_ready!(c.poll()).unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::Deadline));
+    advance(50).await;
+    let err = assert_ready!(b.poll()).unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::QueueTimeout));
 }
 
 #[tokio::test(start_paused = true)]
