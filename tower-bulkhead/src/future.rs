@@ -248,7 +248,8 @@ impl<S, Req> Queued<S, Req> {
     ) -> Poll<Result<Granted<S, Req>, BoxError>> {
         let mut this = self.project();
         loop {
-            if let Poll::Ready(permit) = this.waiter.poll_granted(cx) {
+            let timer = this.sleep.deadline();
+            if let Poll::Ready(permit) = this.waiter.poll_granted(Some(timer), cx) {
                 return Poll::Ready(Self::granted(
                     this.waiter,
                     permit,
@@ -257,6 +258,15 @@ impl<S, Req> Queued<S, Req> {
                     *this.enqueued,
                     *this.deadline,
                 ));
+            }
+            // A finished call may have grown the service-time estimate, moving the shed point
+            // before the timer. Read after the queue's lock: a call that grew it earlier is
+            // seen here, a later one sees the timer just registered and wakes us.
+            let at = wake_at(this.waiter.partition(), *this.wait_end, *this.deadline);
+            if at < timer {
+                // Fires at once, on the next pass, if `at` has passed.
+                this.sleep.as_mut().reset(at);
+                continue;
             }
             ready!(this.sleep.as_mut().poll(cx));
             // A fired timer means its instant has come, even when the shared clock reading is
