@@ -292,10 +292,11 @@ impl<P, H, C, D> Builder<P, H, C, D> {
         self
     }
 
-    /// Sheds a queued call as soon as its remaining deadline is shorter than the recently
+    /// Sheds a queued call as soon as its remaining deadline is no longer than the recently
     /// observed service time of its partition (an exponentially weighted mean), instead of
-    /// letting it wait for a permit it could not use in time. On by default; applies to
-    /// partitions with a queue.
+    /// letting it wait for a permit it could not use in time: when it arrives, when its
+    /// remaining time reaches the estimate, and when a finished call grows the estimate past
+    /// its remaining time. On by default; applies to partitions with a queue.
     pub fn shed_on_deadline(mut self, on: bool) -> Self {
         self.shed_on_deadline = on;
         self

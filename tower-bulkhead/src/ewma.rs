@@ -31,17 +31,22 @@ impl ServiceTime {
         }
     }
 
-    /// Adds one sample.
-    pub(crate) fn record(&self, sample: Duration) {
+    /// Adds one sample; returns the new mean when it grew (the first sample always does).
+    pub(crate) fn record(&self, sample: Duration) -> Option<Duration> {
         let sample = u64::try_from(sample.as_nanos()).unwrap_or(u64::MAX).max(1);
         // Relaxed (see `get`). Racing updates may lose a sample, which an estimate can afford.
+        // A waiter that must see a grown mean does: the caller then makes a read-modify-write
+        // of the permit counter (`Permits::wake_late`), and a waiter ordered after it by that
+        // word or the queue's lock reads this store or a later one (write-read coherence).
         let old = self.nanos.load(Relaxed);
         let new = if old == 0 {
             sample
         } else {
             (old as f64 + (sample as f64 - old as f64) * WEIGHT) as u64
-        };
-        self.nanos.store(new.max(1), Relaxed);
+        }
+        .max(1);
+        self.nanos.store(new, Relaxed);
+        (new > old).then(|| Duration::from_nanos(new))
     }
 }
 
@@ -53,11 +58,14 @@ mod tests {
     fn the_first_sample_is_the_mean_and_later_ones_weigh_a_fifth() {
         let ewma = ServiceTime::default();
         assert_eq!(ewma.get(), None);
-        ewma.record(Duration::from_millis(100));
-        assert_eq!(ewma.get(), Some(Duration::from_millis(100)));
-        ewma.record(Duration::from_millis(200));
-        assert_eq!(ewma.get(), Some(Duration::from_millis(120)));
-        ewma.record(Duration::ZERO);
+        let first = Some(Duration::from_millis(100));
+        assert_eq!(ewma.record(Duration::from_millis(100)), first, "it grew");
+        assert_eq!(ewma.get(), first);
+        let grown = Some(Duration::from_millis(120));
+        assert_eq!(ewma.record(Duration::from_millis(200)), grown);
+        assert_eq!(ewma.get(), grown);
+        assert_eq!(ewma.record(Duration::from_millis(120)), None, "it stayed");
+        assert_eq!(ewma.record(Duration::ZERO), None, "it shrank");
         assert!(
             ewma.get().is_some(),
             "a zero sample never reads as no sample"

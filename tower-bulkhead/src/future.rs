@@ -248,7 +248,8 @@ impl<S, Req> Queued<S, Req> {
     ) -> Poll<Result<Granted<S, Req>, BoxError>> {
         let mut this = self.project();
         loop {
-            if let Poll::Ready(permit) = this.waiter.poll_granted(cx) {
+            let timer = this.sleep.deadline();
+            if let Poll::Ready(permit) = this.waiter.poll_granted(Some(timer), cx) {
                 return Poll::Ready(Self::granted(
                     this.waiter,
                     permit,
@@ -258,8 +259,21 @@ impl<S, Req> Queued<S, Req> {
                     *this.deadline,
                 ));
             }
+            // A finished call may have grown the service-time estimate, moving the shed point
+            // before the timer. Read after the queue's lock: a call that grew it earlier is
+            // seen here, a later one sees the timer just registered and wakes us.
+            let at = wake_at(this.waiter.partition(), *this.wait_end, *this.deadline);
+            if at < timer {
+                // Fires at once, on the next pass, if `at` has passed.
+                this.sleep.as_mut().reset(at);
+                continue;
+            }
             ready!(this.sleep.as_mut().poll(cx));
-            let now = clock::now();
+            // A fired timer means its instant has come, even when the shared clock reading is
+            // older (an outer layer read it earlier in this poll, or on a thread that ran
+            // before the timer's); a timer re-armed for an instant already due fires at once,
+            // so trusting the older reading spun here.
+            let now = clock::now().max(this.sleep.deadline());
             let part = this.waiter.partition();
             let reason = if now >= *this.wait_end {
                 Reason::QueueTimeout

@@ -9,8 +9,8 @@
 //!
 //! - **Partitions** give classes of requests (say critical and background) their own limits and
 //!   queues from one layer, so slow background work never takes capacity from critical work.
-//! - **Deadline-aware admission** sheds a queued call as soon as its remaining deadline is
-//!   shorter than the recently observed service time.
+//! - **Deadline-aware admission** sheds a queued call as soon as its remaining deadline is no
+//!   longer than the recently observed service time, also when a slow call grows that estimate.
 //! - **HTTP bodies**: [`Builder::hold_permit_until_body_end`] keeps the permit until a streamed
 //!   response body ends, not just its head.
 //! - **Cancellation**: dropping a future returns its permit or queue place at once.

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::adaptive::Aimd;
 use crate::error::Reason;
 use crate::ewma::ServiceTime;
@@ -141,9 +143,16 @@ impl PartitionState {
         })
     }
 
-    /// Joins the back of the queue (bounded by `max_len` when given).
-    pub(crate) fn enqueue(self: &Arc<Self>, max_len: Option<usize>) -> Enqueued {
-        match self.permits.enqueue(max_len, &self.metrics) {
+    /// Joins the back of the queue (bounded by `max_len` when given). A waiter with a
+    /// `deadline` in a partition that sheds on deadlines is woken when a grown service-time
+    /// estimate makes its timer late (see [`PartitionState::observe`]).
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        max_len: Option<usize>,
+        deadline: Option<Instant>,
+    ) -> Enqueued {
+        let deadline = deadline.filter(|_| self.shed_on_deadline);
+        match self.permits.enqueue(max_len, deadline, &self.metrics) {
             Enqueue::Granted => Enqueued::Granted(Permit {
                 part: Arc::clone(self),
             }),
@@ -187,8 +196,16 @@ impl PartitionState {
     /// Feeds a call that reached the backend into the service-time average and the adaptive
     /// limit. Refusals of inner layers are never fed (they say nothing about the backend).
     pub(crate) fn observe(&self, service: Duration, signal: Signal) {
-        if self.shed_on_deadline {
-            self.service_time.record(service);
+        if self.shed_on_deadline
+            && let Some(grown) = self.service_time.record(service)
+        {
+            // Every queued deadline's shed point moved earlier: wake the waiters whose timers
+            // are now late, to be shed at once or to set their timers earlier.
+            self.permits.wake_late(|deadline, timer| {
+                deadline
+                    .checked_sub(grown)
+                    .is_some_and(|shed_at| shed_at < timer)
+            });
         }
         let Some(aimd) = &self.adaptive else { return };
         let failed = match signal {
@@ -275,12 +292,18 @@ impl Waiter {
         &self.part
     }
 
-    /// Ready with the permit once this waiter reaches the front and a permit is free.
-    pub(crate) fn poll_granted(&mut self, cx: &mut Context<'_>) -> Poll<Permit> {
+    /// Ready with the permit once this waiter reaches the front and a permit is free; until
+    /// then the waker of the latest poll is the one woken, and `timer` (the instant the
+    /// waiter's timer is set for) says when a grown service-time estimate makes it late.
+    pub(crate) fn poll_granted(
+        &mut self,
+        timer: Option<Instant>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Permit> {
         if self.done {
             return Poll::Pending;
         }
-        match self.part.permits.poll_granted(self.id, cx) {
+        match self.part.permits.poll_granted(self.id, timer, cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(()) => {
                 self.done = true;
@@ -337,16 +360,16 @@ mod tests {
     fn a_granted_waiter_dropped_unpolled_passes_the_permit_on() {
         let p = part(1, None);
         let held = p.try_acquire().expect("free");
-        let Enqueued::Waiting(first) = p.enqueue(Some(8)) else {
+        let Enqueued::Waiting(first) = p.enqueue(Some(8), None) else {
             panic!("expected to wait")
         };
-        let Enqueued::Waiting(mut second) = p.enqueue(Some(8)) else {
+        let Enqueued::Waiting(mut second) = p.enqueue(Some(8), None) else {
             panic!("expected to wait")
         };
         drop(held);
         drop(first);
         let mut cx = Context::from_waker(Waker::noop());
-        let permit = second.poll_granted(&mut cx);
+        let permit = second.poll_granted(None, &mut cx);
         assert!(permit.is_ready());
         assert_eq!(p.in_flight(), 1);
         drop(permit);

@@ -18,12 +18,17 @@
 //! releaser's `fetch_sub` returns a non-zero queue count, so it grants). The limit lives in its
 //! own word; whoever raises it follows with a read-modify-write of the counter word
 //! (`fetch_add(0)`, acquire-release), which either sees the waiter or synchronises with the
-//! enqueuer's increment so the enqueuer reads the new limit. The loom models at the bottom
-//! check these races under `cfg(loom)`.
+//! enqueuer's increment so the enqueuer reads the new limit. The same read-modify-write
+//! starts [`Permits::wake_late`], so a grown service-time estimate is never lost either: it
+//! either finds the waiter in the queue (whose timer it then checks under the lock) or the
+//! waiter, enqueued after it, reads the grown estimate. The loom models at the bottom check
+//! these races under `cfg(loom)`.
 
 use std::sync::PoisonError;
 use std::sync::atomic::Ordering::{AcqRel, Acquire};
 use std::task::{Context, Poll};
+
+use tokio::time::Instant;
 
 use crate::queue::{WaitQueue, WakeList};
 use crate::sync::{AtomicU64, AtomicUsize, Mutex};
@@ -141,15 +146,21 @@ impl Permits {
         }
     }
 
-    /// Joins the back of the queue (bounded by `max_len` when given).
-    pub(crate) fn enqueue(&self, max_len: Option<usize>, obs: &impl Observer) -> Enqueue {
+    /// Joins the back of the queue (bounded by `max_len` when given), watched by
+    /// [`Permits::wake_late`] when it has a `deadline`.
+    pub(crate) fn enqueue(
+        &self,
+        max_len: Option<usize>,
+        deadline: Option<Instant>,
+        obs: &impl Observer,
+    ) -> Enqueue {
         let mut wake = WakeList::new();
         let mut queue = self.lock();
         let max_len = max_len.unwrap_or(MAX_LIMIT).min(MAX_LIMIT);
         if queue.len() >= max_len {
             return Enqueue::QueueFull;
         }
-        let id = queue.push();
+        let id = queue.push(deadline);
         self.state.fetch_add(ONE_QUEUED, AcqRel);
         // A permit may have been freed since the fast path looked.
         self.grant_locked(&mut queue, &mut wake, obs);
@@ -218,12 +229,46 @@ impl Permits {
         }
     }
 
-    /// Ready once waiter `id` was granted its permit; registers the waker otherwise.
-    pub(crate) fn poll_granted(&self, id: u64, cx: &mut Context<'_>) -> Poll<()> {
-        if self.lock().register(id, cx.waker()) {
+    /// Ready once waiter `id` was granted its permit; registers the waker otherwise, and for
+    /// a watched waiter the instant its `timer` is set for.
+    pub(crate) fn poll_granted(
+        &self,
+        id: u64,
+        timer: Option<Instant>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        if self.lock().register(id, cx.waker(), timer) {
             Poll::Pending
         } else {
             Poll::Ready(())
+        }
+    }
+
+    /// Wakes, outside the lock, the watched waiters whose deadline and timer `late` says are
+    /// late; called after the caller changed what `late` reads (a grown service-time estimate).
+    /// Without waiters, one read-modify-write of the counter word and no lock.
+    #[inline]
+    pub(crate) fn wake_late(&self, late: impl Fn(Instant, Instant) -> bool) {
+        // A read-modify-write, not a load: it either sees a waiter, or is ordered before that
+        // waiter's enqueue, which then synchronises with it and reads what the caller wrote
+        // before this call. A plain load could miss both ways (store buffering).
+        if queued_of(self.state.fetch_add(0, AcqRel)) != 0 {
+            self.wake_late_locked(late);
+        }
+    }
+
+    #[cold]
+    fn wake_late_locked(&self, late: impl Fn(Instant, Instant) -> bool) {
+        let mut wake = WakeList::new();
+        let mut after = None;
+        loop {
+            let mut queue = self.lock();
+            after = queue.take_late(after, &mut wake, &late);
+            drop(queue);
+            wake.wake_all();
+            if after.is_none() {
+                return;
+            }
         }
     }
 
@@ -308,16 +353,16 @@ mod tests {
     fn released_permits_go_to_waiters_in_order() {
         let p = Permits::new(1, 8);
         assert!(p.try_acquire(&()));
-        let first = waiting(p.enqueue(Some(8), &()));
-        let second = waiting(p.enqueue(Some(8), &()));
-        assert!(p.poll_granted(first, &mut cx()).is_pending());
+        let first = waiting(p.enqueue(Some(8), None, &()));
+        let second = waiting(p.enqueue(Some(8), None, &()));
+        assert!(p.poll_granted(first, None, &mut cx()).is_pending());
         assert!(!p.try_acquire(&()), "the fast path does not jump the queue");
         p.release(&());
-        assert!(p.poll_granted(second, &mut cx()).is_pending());
-        assert!(p.poll_granted(first, &mut cx()).is_ready());
+        assert!(p.poll_granted(second, None, &mut cx()).is_pending());
+        assert!(p.poll_granted(first, None, &mut cx()).is_ready());
         assert_eq!((p.in_flight(), p.queued()), (1, 1));
         p.release(&());
-        assert!(p.poll_granted(second, &mut cx()).is_ready());
+        assert!(p.poll_granted(second, None, &mut cx()).is_ready());
         assert_eq!((p.in_flight(), p.queued()), (1, 0));
     }
 
@@ -325,14 +370,14 @@ mod tests {
     fn a_waiter_granted_before_it_gave_up_holds_a_permit() {
         let p = Permits::new(1, 8);
         assert!(p.try_acquire(&()));
-        let first = waiting(p.enqueue(None, &()));
+        let first = waiting(p.enqueue(None, None, &()));
         p.release(&());
         assert!(
             p.cancel(first, &()),
             "granted: the caller now holds the permit"
         );
         assert_eq!(p.in_flight(), 1);
-        let second = waiting(p.enqueue(None, &()));
+        let second = waiting(p.enqueue(None, None, &()));
         assert!(!p.cancel(second, &()));
         assert_eq!((p.in_flight(), p.queued()), (1, 0));
     }
@@ -341,8 +386,8 @@ mod tests {
     fn the_queue_bound_is_enforced() {
         let p = Permits::new(1, 1);
         assert!(p.try_acquire(&()));
-        let _w = waiting(p.enqueue(Some(1), &()));
-        assert_eq!(p.enqueue(Some(1), &()), Enqueue::QueueFull);
+        let _w = waiting(p.enqueue(Some(1), None, &()));
+        assert_eq!(p.enqueue(Some(1), None, &()), Enqueue::QueueFull);
     }
 
     #[test]
@@ -353,10 +398,10 @@ mod tests {
         assert_eq!(p.set_limit(1, &()), 2);
         assert_eq!(p.in_flight(), 2, "calls in flight keep their permits");
         p.release(&());
-        let w = waiting(p.enqueue(None, &()));
+        let w = waiting(p.enqueue(None, None, &()));
         assert!(p.update_limit(1, 2, &()));
         assert!(!p.update_limit(1, 3, &()), "someone else moved it");
-        assert!(p.poll_granted(w, &mut cx()).is_ready());
+        assert!(p.poll_granted(w, None, &mut cx()).is_ready());
         assert_eq!(p.in_flight(), 2);
     }
 
@@ -364,10 +409,12 @@ mod tests {
     fn many_waiters_are_all_granted_past_one_wake_list() {
         let p = Permits::new(1, 0);
         assert!(p.try_acquire(&()));
-        let ids: Vec<_> = (0..20).map(|_| waiting(p.enqueue(None, &()))).collect();
+        let ids: Vec<_> = (0..20)
+            .map(|_| waiting(p.enqueue(None, None, &())))
+            .collect();
         p.set_limit(21, &());
         for id in ids {
-            assert!(p.poll_granted(id, &mut cx()).is_ready());
+            assert!(p.poll_granted(id, None, &mut cx()).is_ready());
         }
         assert_eq!((p.in_flight(), p.queued()), (21, 0));
     }
@@ -389,7 +436,7 @@ mod tests {
             for (i, op) in ops.into_iter().enumerate() {
                 match op {
                     0 => if p.try_acquire(&()) { held += 1 },
-                    1 => match p.enqueue(None, &()) {
+                    1 => match p.enqueue(None, None, &()) {
                         Enqueue::Granted => held += 1,
                         Enqueue::Waiting(id) => waiters.push_back(id),
                         Enqueue::QueueFull => unreachable!(),
@@ -408,7 +455,7 @@ mod tests {
                 let mut pending_seen = false;
                 let mut still = VecDeque::new();
                 while let Some(id) = waiters.pop_front() {
-                    if p.poll_granted(id, &mut cx()).is_ready() {
+                    if p.poll_granted(id, None, &mut cx()).is_ready() {
                         proptest::prop_assert!(!pending_seen, "granted out of order");
                         held += 1;
                     } else {
@@ -435,8 +482,9 @@ mod tests {
 }
 
 /// Models of the permit protocol for loom: every interleaving (up to `LOOM_MAX_PREEMPTIONS`)
-/// of a release, an enqueue, a cancellation and a limit change. A lost wakeup shows as a
-/// deadlock (a waiter blocked forever beside a free permit), a leak as a wrong final count.
+/// of a release, an enqueue, a cancellation, a limit change and a grown service-time estimate.
+/// A lost wakeup shows as a deadlock (a waiter blocked forever beside a free permit, or behind
+/// a timer the estimate made late), a leak as a wrong final count.
 #[cfg(all(test, loom))]
 mod loom_models {
     use super::*;
@@ -446,12 +494,12 @@ mod loom_models {
 
     /// Waits until waiter `id` is granted: loom reports a deadlock if nothing ever wakes it.
     fn wait(p: &Permits, id: u64) {
-        loom::future::block_on(poll_fn(|cx| p.poll_granted(id, cx)));
+        loom::future::block_on(poll_fn(|cx| p.poll_granted(id, None, cx)));
     }
 
     fn acquire_or_wait(p: &Permits) {
         if !p.try_acquire(&()) {
-            match p.enqueue(None, &()) {
+            match p.enqueue(None, None, &()) {
                 Enqueue::Granted => {}
                 Enqueue::Waiting(id) => wait(p, id),
                 Enqueue::QueueFull => unreachable!("unbounded"),
@@ -499,7 +547,7 @@ mod loom_models {
         loom::model(|| {
             let p = Arc::new(Permits::new(1, 1));
             assert!(p.try_acquire(&()));
-            let id = match p.enqueue(None, &()) {
+            let id = match p.enqueue(None, None, &()) {
                 Enqueue::Waiting(id) => id,
                 other => panic!("expected to wait, got {other:?}"),
             };
@@ -528,6 +576,56 @@ mod loom_models {
             acquire_or_wait(&p);
             raiser.join().unwrap();
             assert_eq!((p.in_flight(), p.queued()), (2, 0));
+        });
+    }
+
+    #[test]
+    fn loom_a_grown_estimate_racing_a_waiter_wakes_it_or_is_read_by_it() {
+        use crate::sync::AtomicU64;
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::task::Poll;
+        use std::time::Duration;
+
+        loom::model(|| {
+            let p = Arc::new(Permits::new(1, 1));
+            assert!(p.try_acquire(&()));
+            let deadline = Instant::now() + Duration::from_secs(1);
+            let shed_at = move |ms: u64| deadline - Duration::from_millis(ms);
+            // The service-time estimate in ms, relaxed as `ServiceTime` keeps it.
+            let estimate = Arc::new(AtomicU64::new(100));
+            let completer = {
+                let (p, estimate) = (p.clone(), estimate.clone());
+                thread::spawn(move || {
+                    estimate.store(300, Relaxed);
+                    p.wake_late(|deadline, timer| deadline - Duration::from_millis(300) < timer);
+                })
+            };
+            // The waiter, as `Queued::poll_permit`: enqueued while the estimate grows, it
+            // registers its timer, then reads the estimate and sets its timer earlier if the
+            // shed point moved; it stays pending until its timer is the grown shed point.
+            let id = match p.enqueue(None, Some(deadline), &()) {
+                Enqueue::Waiting(id) => id,
+                other => panic!("expected to wait, got {other:?}"),
+            };
+            let mut timer = shed_at(estimate.load(Relaxed));
+            loom::future::block_on(poll_fn(|cx| {
+                loop {
+                    assert!(p.poll_granted(id, Some(timer), cx).is_pending());
+                    let at = shed_at(estimate.load(Relaxed));
+                    if at >= timer {
+                        break;
+                    }
+                    timer = at;
+                }
+                if timer == shed_at(300) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }));
+            completer.join().unwrap();
+            assert!(!p.cancel(id, &()));
+            assert_eq!((p.in_flight(), p.queued()), (1, 0));
         });
     }
 

@@ -12,6 +12,7 @@ use tower_red::BoxError;
 use tower_red::classify::{AnyError, Classify};
 use tower_red::clock::{self, NEVER, Scope};
 use tower_service::Service;
+use tower_timeout_budget::Deadline;
 
 use crate::body::{OnResponse, Release};
 use crate::config::{Partitioner, Unpartitioned};
@@ -162,7 +163,7 @@ impl<S, P, H, C: Clone, D> Bulkhead<S, P, H, C, D> {
             let part = &self.shared.partitions[0];
             match part.try_acquire() {
                 Some(permit) => self.reserved = Some(permit),
-                None => match part.enqueue(None) {
+                None => match part.enqueue(None, None) {
                     Enqueued::Granted(permit) => self.reserved = Some(permit),
                     Enqueued::Waiting(waiter) => self.waiting = Some(waiter),
                     // An unbounded queue is never full; were it, failing the call beats
@@ -172,7 +173,7 @@ impl<S, P, H, C: Clone, D> Bulkhead<S, P, H, C, D> {
             }
         }
         if let Some(waiter) = self.waiting.as_mut() {
-            let permit = ready!(waiter.poll_granted(cx));
+            let permit = ready!(waiter.poll_granted(None, cx));
             self.waiting = None;
             self.reserved = Some(permit);
         }
@@ -215,7 +216,7 @@ impl<S, P, H, C: Clone, D> Bulkhead<S, P, H, C, D> {
         if doomed(part, deadline, now) {
             return ResponseFuture::rejected(part.reject(Reason::Deadline, None), classifier);
         }
-        match part.enqueue(Some(max_len)) {
+        match part.enqueue(Some(max_len), deadline.map(Deadline::instant)) {
             Enqueued::QueueFull => {
                 ResponseFuture::rejected(part.reject(Reason::QueueFull, None), classifier)
             }

@@ -10,6 +10,7 @@ use support::{Backend, Job, reason};
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::{Layer, Service, ServiceExt};
 use tower_bulkhead::{Bulkhead, BulkheadLayer, DEFAULT_PARTITION, Reason};
+use tower_red::clock::{self, Scope};
 
 const D: &str = DEFAULT_PARTITION;
 
@@ -116,6 +117,49 @@ async fn the_queue_wait_ends_at_max_wait() {
         tower_red::GrpcCode::ResourceExhausted
     );
     assert_eq!(backend.started(), vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fired_queue_timer_refuses_the_call_under_an_older_shared_clock_reading() {
+    let mut svc = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(4, ms(100))
+        .deadline_from_request()
+        .build()
+        .unwrap()
+        .layer(Backend::default());
+    // Teach the bulkhead that a call takes about 100 ms.
+    svc.ready()
+        .await
+        .unwrap()
+        .call(Job::new(0, 100))
+        .await
+        .unwrap();
+    let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 1_000)));
+    assert_pending!(a.poll());
+    // One waiter whose timer is its queue wait, one whose timer is its shed point (150 ms
+    // left, 100 ms of service: 50 ms from now).
+    let mut b = task::spawn(svc.ready().await.unwrap().call(Job::new(2, 10)));
+    let mut c = task::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Job::new(3, 10).deadline_in(150)),
+    );
+    assert_pending!(b.poll());
+    assert_pending!(c.poll());
+
+    // An outer layer read the clock before the timers fired, and its scope is still open: the
+    // bulkhead reads that older instant. A fired timer must still end the wait (it spun,
+    // re-arming a timer already due, until tokio's budget forced it to yield).
+    let _outer = Scope::enter();
+    let _ = clock::now();
+    advance(50).await;
+    let err = assert_ready!(c.poll()).unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::Deadline));
+    advance(50).await;
+    let err = assert_ready!(b.poll()).unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::QueueTimeout));
 }
 
 #[tokio::test(start_paused = true)]
@@ -352,6 +396,132 @@ async fn deadline_aware_admission_sheds_calls_that_cannot_finish_in_time() {
     advance(50).await;
     let err = assert_ready!(waiting.poll()).unwrap_err();
     assert_eq!(reason(&err), Some(Reason::Deadline));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grown_service_time_estimate_sheds_queued_calls_as_soon_as_it_dooms_them() {
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(8, ms(10_000))
+        .deadline_from_request()
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = layer.layer(Backend::default());
+    // Teach the bulkhead that a call takes about 100 ms.
+    for id in 0..3 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Job::new(id, 100))
+            .await
+            .unwrap();
+    }
+    let mut busy = task::spawn(svc.ready().await.unwrap().call(Job::new(10, 1_000)));
+    assert_pending!(busy.poll());
+    let mut first = task::spawn(svc.ready().await.unwrap().call(Job::new(11, 1_000)));
+    assert_pending!(first.poll());
+    advance(800).await;
+    // 400 ms left: shed 100 ms before the deadline, at +1,100 ms.
+    let mut doomed = task::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Job::new(12, 100).deadline_in(400)),
+    );
+    assert_pending!(doomed.poll());
+    // 700 ms left: shed at +1,400 ms.
+    let mut later = task::spawn(
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Job::new(13, 100).deadline_in(700)),
+    );
+    assert_pending!(later.poll());
+    let mut patient = task::spawn(svc.ready().await.unwrap().call(Job::new(14, 100)));
+    assert_pending!(patient.poll());
+    assert_eq!(handle.queued(D), Some(4));
+
+    // The busy call took 1,000 ms: the estimate grows to 100 + 900 / 5 = 280 ms, and its
+    // permit goes to the first waiter.
+    advance(200).await;
+    assert_ready_ok!(busy.poll());
+    // 200 ms left is no longer enough: shed now, not at the old shed point 100 ms later.
+    assert!(
+        doomed.is_woken(),
+        "the grown estimate wakes the doomed waiter"
+    );
+    let err = assert_ready!(doomed.poll()).unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::Deadline));
+    // 500 ms left is enough for now, but the shed point moved to 280 ms before the deadline.
+    assert!(later.is_woken());
+    assert_pending!(later.poll());
+    assert!(!patient.is_woken(), "a waiter without a deadline sleeps on");
+    assert_eq!(handle.queued(D), Some(2));
+    advance(219).await;
+    assert_pending!(later.poll());
+    advance(1).await;
+    let err = assert_ready!(later.poll()).unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::Deadline));
+    assert_eq!(handle.queued(D), Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grown_service_time_estimate_wakes_only_the_waiters_whose_timers_it_made_late() {
+    let layer = BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(8, ms(420))
+        .deadline_from_request()
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(Backend::default());
+    for id in 0..3 {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Job::new(id, 100))
+            .await
+            .unwrap();
+    }
+    let mut busy = task::spawn(svc.ready().await.unwrap().call(Job::new(10, 1_000)));
+    assert_pending!(busy.poll());
+    advance(800).await;
+    // Every wait ends at +1,220 ms. The first waiter has no deadline and gets the next permit.
+    let mut first = task::spawn(svc.call(Job::new(11, 1_000)));
+    assert_pending!(first.poll());
+    // With 100 ms of service, shed points at +1,300, +1,400 and +1,600 ms: each timer is set
+    // for the end of the wait.
+    let mut calls: Vec<_> = [600, 700, 900]
+        .into_iter()
+        .map(|left| {
+            let mut call = task::spawn(svc.call(Job::new(left, 100).deadline_in(left)));
+            assert_pending!(call.poll());
+            call
+        })
+        .collect();
+
+    // With 280 ms the shed points move to +1,120, +1,220 and +1,420 ms.
+    advance(200).await;
+    assert_ready_ok!(busy.poll());
+    assert!(first.is_woken(), "granted");
+    let woken: Vec<bool> = calls.iter().map(|c| c.is_woken()).collect();
+    assert_eq!(
+        woken,
+        [true, false, false],
+        "only a timer later than the new shed point is late"
+    );
+    for call in &mut calls {
+        assert_pending!(call.poll());
+    }
+    advance(120).await;
+    let err = assert_ready!(calls[0].poll()).unwrap_err();
+    assert_eq!(reason(&err), Some(Reason::Deadline));
+    assert_pending!(calls[1].poll());
+    advance(100).await;
+    for call in &mut calls[1..] {
+        let err = assert_ready!(call.poll()).unwrap_err();
+        assert_eq!(reason(&err), Some(Reason::QueueTimeout));
+    }
 }
 
 #[tokio::test(start_paused = true)]
