@@ -163,7 +163,9 @@ pin_project_lite::pin_project! {
     /// deadline mark, so the layers inside count a timeout.
     ///
     /// A call with nothing to judge, count or retry (it cannot be retried, no metrics
-    /// recorder, no attempt timeout) is the attempt's future alone: polling it polls the
+    /// recorder, no attempt timeout, not made for a request a
+    /// [`DontRetryLayer`](crate::attempt::DontRetryLayer) serves) is the attempt's future
+    /// alone: polling it polls the
     /// attempt. A call that may be retried whose first attempt succeeds is judged inline; a
     /// failure, a timer or a retry go out of line.
     pub struct ResponseFuture<S, Req, C, K>
@@ -524,6 +526,20 @@ where
             Attempted::TimedOut => Outcome::Timeout,
         };
         let attempts = retry.as_ref().map_or(1, Retrying::attempts);
+        // Read on every failed attempt, retried or not: a server serving this task hears of a
+        // "don't retry", whatever ends the retries (the signal, the last attempt, a request
+        // that may not be retried).
+        let pushback = match &attempted {
+            Attempted::Done(_) if matches!(verdict, Verdict::Success) => Pushback::Absent,
+            Attempted::Done(Ok(res)) => classifier.pushback(res),
+            Attempted::Done(Err(err)) => refusal_of(err)
+                .and_then(Rejection::retry_after)
+                .map_or(Pushback::Absent, Pushback::Delay),
+            Attempted::TimedOut => Pushback::Absent,
+        };
+        if pushback == Pushback::Stop {
+            crate::attempt::note_dont_retry();
+        }
         let Some((class, reason)) = retryable else {
             return Some(finish(shared, start, attempts, done, attempted, outcome));
         };
@@ -537,13 +553,6 @@ where
         let latency = start
             .attempt
             .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
-        let pushback = match &attempted {
-            Attempted::Done(Ok(res)) => classifier.pushback(res),
-            Attempted::Done(Err(err)) => refusal_of(err)
-                .and_then(Rejection::retry_after)
-                .map_or(Pushback::Absent, Pushback::Delay),
-            Attempted::TimedOut => Pushback::Absent,
-        };
         let failure = Failure::new(class)
             .with_pushback(pushback)
             .with_latency(latency);
@@ -594,10 +603,6 @@ where
                 }
             }
             Decision::Stop(stop) => {
-                if stop == Stop::Pushback {
-                    // Told not to retry: a server serving this task hears of it.
-                    crate::attempt::note_dont_retry();
-                }
                 if stop == Stop::Budget {
                     outcome = Outcome::BudgetExhausted;
                     if let Some(budget) = budget {

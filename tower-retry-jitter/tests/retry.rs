@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_red::{BoxError, Rejection, RejectionKind};
+use tower_retry_jitter::attempt::{self, DontRetry};
 use tower_retry_jitter::{Jitter, RetryBody, RetryBudget, RetryLayer, RetryOn};
 use tower_timeout_budget::Deadline;
 
@@ -249,6 +250,99 @@ async fn a_dont_retry_signal_stops_the_retries() {
         .oneshot(get)
         .await;
     assert_eq!(res.expect("a response").status(), 503);
+    assert_eq!(calls.load(SeqCst), 1);
+}
+
+fn get() -> http::Request<()> {
+    http::Request::get("/").body(()).expect("valid")
+}
+
+/// Whether a server (a `DontRetry` whose handler calls `client` with `req`, then answers 502
+/// whatever it got) tells its own caller not to retry.
+async fn server_says_stop<S>(client: S, req: http::Request<()>) -> bool
+where
+    S: Service<http::Request<()>, Response = http::Response<()>, Error = BoxError> + Clone,
+{
+    let server = DontRetry::new(service_fn(move |_: http::Request<()>| {
+        let (client, req) = (client.clone(), req.clone());
+        async move {
+            client.oneshot(req).await?;
+            HttpResult::Ok(status(502))
+        }
+    }));
+    let res = server.oneshot(get()).await.expect("a response");
+    attempt::read_dont_retry(res.headers())
+}
+
+/// The `attempt` module's promise with two nested stacks: the bottom server refuses the
+/// retry of its caller (the client, 2 attempts) with "don't retry", on that client's last
+/// attempt; the middle server, whose handler made that call, passes the stop up, so the
+/// caller above does not retry it and the bottom sees 2 attempts, not 2 × 2.
+#[tokio::test(start_paused = true)]
+async fn a_stop_heard_on_the_last_attempt_travels_up() {
+    let (backend, calls) = backend(vec![status(503)]);
+    let client = constant(2)
+        .retry_on(RetryOn::new())
+        .build()
+        .expect("valid")
+        .layer(DontRetry::new(backend));
+    let middle = DontRetry::new(service_fn(move |_: http::Request<()>| {
+        let client = client.clone();
+        async move {
+            let res = client.oneshot(get()).await?;
+            assert_eq!(res.status(), 503);
+            HttpResult::Ok(status(502))
+        }
+    }));
+    let above = constant(2)
+        .retry_on(RetryOn::new())
+        .build()
+        .expect("valid")
+        .layer(middle);
+    let res = above.oneshot(get()).await.expect("a response");
+    assert_eq!(res.status(), 502);
+    assert!(attempt::read_dont_retry(res.headers()));
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+/// A request the client cannot retry (an unsafe POST, one attempt allowed; quiet, with its
+/// attempt's future alone, or judged for an attempt timeout), or a refusal it does not retry:
+/// the backend's "don't retry" still reaches the server the call was made for.
+#[tokio::test(start_paused = true)]
+async fn a_stop_on_a_call_that_is_not_retried_travels_up() {
+    let stop = || with_header(503, "x-retry-pushback", "stop");
+    let post = || http::Request::post("/orders").body(()).expect("valid");
+    let http = |attempts| constant(attempts).retry_on(RetryOn::new());
+
+    let (svc, calls) = backend(vec![stop()]);
+    let client = http(3).build().expect("valid").layer(svc);
+    assert!(server_says_stop(client, post()).await, "an unsafe POST");
+    assert_eq!(calls.load(SeqCst), 1);
+
+    let (svc, calls) = backend(vec![stop()]);
+    let client = http(1).build().expect("valid").layer(svc);
+    assert!(server_says_stop(client, get()).await, "one attempt allowed");
+    assert_eq!(calls.load(SeqCst), 1);
+
+    let (svc, calls) = backend(vec![stop()]);
+    let client = http(3)
+        .attempt_timeout(Duration::from_secs(1))
+        .build()
+        .expect("valid")
+        .layer(svc);
+    assert!(
+        server_says_stop(client, post()).await,
+        "an unsafe POST, timed"
+    );
+    assert_eq!(calls.load(SeqCst), 1);
+
+    let mut refusal = stop();
+    refusal
+        .extensions_mut()
+        .insert(Rejection::new(RejectionKind::LoadShed).kind());
+    let (svc, calls) = backend(vec![refusal]);
+    let client = http(3).build().expect("valid").layer(svc);
+    assert!(server_says_stop(client, get()).await, "a refusal");
     assert_eq!(calls.load(SeqCst), 1);
 }
 
