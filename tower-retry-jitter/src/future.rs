@@ -730,13 +730,29 @@ fn finish<T, E: Into<BoxError>>(
 pin_project_lite::pin_project! {
     /// The future of a [`Retry`](crate::Retry) built with
     /// [`buffer_body`](crate::config::RetryLayerBuilder::buffer_body): reads the request body
-    /// (up to the cap), then runs the retry loop.
+    /// (up to the cap), then runs the retry loop. Dropped while it reads the body, it is
+    /// counted as a [`ResponseFuture`] dropped mid-attempt is: `cancelled`, or `timeout` when
+    /// a deadline enforcer outside dropped it.
     pub struct BufferedFuture<S, B, C>
     where
         S: Service<http::Request<RetryBody<B>>>,
     {
         #[pin]
         state: BufState<S, B, C>,
+    }
+
+    impl<S, B, C> PinnedDrop for BufferedFuture<S, B, C>
+    where
+        S: Service<http::Request<RetryBody<B>>>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            // Once the body is read, the retry loop's own drop counts the call.
+            if let BufStateProj::Collecting { job: Some(job), .. } = this.project().state.project()
+                && let Some(start) = job.start.red
+            {
+                cancelled(&job.shared, start);
+            }
+        }
     }
 }
 

@@ -268,3 +268,53 @@ fn dont_retry_answers_are_counted_by_reason() {
         "no series for the request left alone"
     );
 }
+
+/// A request body that never yields a frame: an upload still in progress.
+struct Uploading;
+
+impl http_body::Body for Uploading {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        std::task::Poll::Pending
+    }
+}
+
+/// With `buffer_body`, a call dropped while its body is read is counted as every other dropped
+/// call of the layer: `cancelled`, or `timeout` when a deadline enforcer dropped it.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_while_its_body_is_read_is_counted() {
+    let recorder = DebuggingRecorder::new();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        RetryLayer::builder()
+            .name("orders")
+            .no_budget()
+            .buffer_body(1024)
+            .build()
+            .expect("valid")
+    });
+    let svc = layer.layer(service_fn(
+        |_: http::Request<tower_retry_jitter::RetryBody<Uploading>>| async {
+            Ok::<_, BoxError>(http::Response::new(()))
+        },
+    ));
+    let put = || http::Request::put("/doc").body(Uploading).expect("valid");
+
+    let mut left = tokio_test::task::spawn(svc.clone().oneshot(put()));
+    tokio_test::assert_pending!(left.poll());
+    drop(left);
+    let mut expired = tokio_test::task::spawn(svc.oneshot(put()));
+    tokio_test::assert_pending!(expired.poll());
+    tower_red::cancel::drop_expired(expired);
+
+    let s = &snapshot(&recorder);
+    assert_eq!(
+        counter(s, names::REQUESTS_TOTAL, ("outcome", "cancelled")),
+        1
+    );
+    assert_eq!(counter(s, names::REQUESTS_TOTAL, ("outcome", "timeout")), 1);
+}
