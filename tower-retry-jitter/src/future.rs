@@ -130,6 +130,9 @@ struct Looping<S, Req> {
     state: RetryState,
     rng: SmallRng,
     phase: Phase,
+    /// The retry the budget paid for (the class it was paid for, and when) while it is not
+    /// yet sent: given back if it never is.
+    paid: Option<(FailureClass, Instant)>,
 }
 
 impl<S, Req, K> Retrying<S, Req, K> {
@@ -234,11 +237,32 @@ impl<S, Req, C, K> Run<S, Req, C, K> {
 impl<S, Req, C, K> Drop for Run<S, Req, C, K> {
     #[inline]
     fn drop(&mut self) {
-        if !self.done
-            && let Some(start) = self.start.red
-        {
+        if !self.done {
+            self.dropped();
+        }
+    }
+}
+
+impl<S, Req, C, K> Run<S, Req, C, K> {
+    /// A call dropped before it ended: counted, and a retry paid for but not sent given back.
+    #[cold]
+    #[inline(never)]
+    fn dropped(&mut self) {
+        if let Some(start) = self.start.red {
             cancelled(&self.shared, start);
         }
+        if let Some(looping) = self.retry.as_mut().and_then(|r| r.looping.as_mut()) {
+            refund(&self.shared, looping.paid.take());
+        }
+    }
+}
+
+/// Gives back to the budget a retry it paid for that is not sent after all.
+#[cold]
+fn refund(shared: &Shared, paid: Option<(FailureClass, Instant)>) {
+    if let (Some(budget), Some((class, at))) = (shared.policy.budget(), paid) {
+        budget.refund(class, at);
+        shared.metrics.balance(budget.balance(clock::now()));
     }
 }
 
@@ -563,6 +587,7 @@ where
                 state: RetryState::new(),
                 rng: shared.policy.rng(),
                 phase: Phase::Attempt,
+                paid: None,
             })
         });
         let decision = shared.policy.decide(
@@ -575,11 +600,13 @@ where
         let budget = shared.policy.budget();
         let stop = match decision {
             Decision::Retry(delay) => {
+                let paid = budget.is_some().then_some((class, now));
                 let attempt = looping.state.attempts();
                 let last = attempt >= shared.policy.max_attempts();
                 match retry.copies.next(attempt, last) {
                     Some(req) => {
                         looping.next = Some(req);
+                        looping.paid = paid;
                         shared.metrics.retried(reason);
                         if let Some(budget) = budget {
                             shared.metrics.balance(budget.balance(now));
@@ -599,7 +626,10 @@ where
                         }
                         None
                     }
-                    None => Some(StopReason::NotReplayable),
+                    None => {
+                        refund(shared, paid);
+                        Some(StopReason::NotReplayable)
+                    }
                 }
             }
             Decision::Stop(stop) => {
@@ -651,6 +681,7 @@ where
                 Phase::Ready | Phase::Attempt => {
                     let svc = looping.svc.get_or_insert_with(|| retry.spare.service());
                     if let Err(err) = ready!(svc.poll_ready(cx)) {
+                        refund(&self.shared, looping.paid.take());
                         let err: BoxError = err.into();
                         let outcome = Outcome::from_error(&*err);
                         let attempts = looping.state.attempts();
@@ -668,6 +699,7 @@ where
                         .take()
                         .expect("a copy is made when a retry is decided");
                     attempt.set(Some(svc.call(req)));
+                    looping.paid = None;
                     if self.start.attempt.is_some() {
                         self.start.attempt = Some(clock::now());
                     }

@@ -833,3 +833,114 @@ async fn the_inner_service_is_cloned_once_for_all_calls_and_again_only_to_retry(
         "the new layer's spare, and one clone of it for the two retries"
     );
 }
+
+/// A quota of one retry after a 503 (the AWS SDKs' cost: 14 tokens).
+fn one_retry_quota() -> RetryBudget {
+    RetryBudget::builder().quota(14).build().expect("valid")
+}
+
+/// Copies a request once (the copy made before its first attempt), then cannot.
+#[derive(Clone)]
+struct CopiesOnce(Arc<AtomicUsize>);
+
+impl tower_retry_jitter::ReplayRequest<http::Request<()>> for CopiesOnce {
+    fn replay(&self, req: &http::Request<()>) -> Option<http::Request<()>> {
+        (self.0.fetch_add(1, SeqCst) == 0).then(|| req.clone())
+    }
+}
+
+/// A service whose clones (the ones retries are sent through) fail to become ready.
+struct ClonesFailReady {
+    original: bool,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Clone for ClonesFailReady {
+    fn clone(&self) -> Self {
+        ClonesFailReady {
+            original: false,
+            calls: self.calls.clone(),
+        }
+    }
+}
+
+impl Service<http::Request<()>> for ClonesFailReady {
+    type Response = http::Response<()>;
+    type Error = BoxError;
+    type Future = std::future::Ready<HttpResult>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(if self.original {
+            Ok(())
+        } else {
+            Err("connection pool closed".into())
+        })
+    }
+
+    fn call(&mut self, _: http::Request<()>) -> Self::Future {
+        self.calls.fetch_add(1, SeqCst);
+        std::future::ready(Ok(status(503)))
+    }
+}
+
+/// The budget pays only for retries that go (the `policy` module's promise): a retry decided,
+/// paid for and then never sent (the caller left during its backoff, the request could not be
+/// copied again, the service failed to become ready) is given back.
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_is_never_sent_is_given_back_to_the_budget() {
+    // Dropped in the backoff (Retry-After: 1), with a quota and with a ratio budget.
+    for (kind, budget, full) in [
+        ("quota", one_retry_quota(), 14.0),
+        ("ratio", tight_budget(), 1.0),
+    ] {
+        let (svc, calls) = backend(vec![with_header(503, "retry-after", "1")]);
+        let mut svc = http_layer()
+            .budget(budget.clone())
+            .build()
+            .expect("valid")
+            .layer(svc);
+        svc.ready().await.expect("ready");
+        let mut fut = tokio_test::task::spawn(svc.call(get()));
+        tokio_test::assert_pending!(fut.poll());
+        assert_eq!(calls.load(SeqCst), 1);
+        assert_eq!(budget.balance(Instant::now()), 0.0, "{kind}: paid for");
+        drop(fut);
+        assert_eq!(budget.balance(Instant::now()), full, "{kind}: given back");
+    }
+
+    // The request cannot be copied for its retry.
+    let budget = one_retry_quota();
+    let (svc, calls) = backend(vec![status(503)]);
+    let res = http_layer()
+        .budget(budget.clone())
+        .replay(CopiesOnce(Arc::new(AtomicUsize::new(0))))
+        .build()
+        .expect("valid")
+        .layer(svc)
+        .oneshot(get())
+        .await;
+    assert_eq!(res.expect("a response").status(), 503);
+    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(budget.balance(Instant::now()), 14.0, "not replayable");
+
+    // The service the retry goes through fails to become ready.
+    let budget = one_retry_quota();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let err = http_layer()
+        .budget(budget.clone())
+        .build()
+        .expect("valid")
+        .layer(ClonesFailReady {
+            original: true,
+            calls: calls.clone(),
+        })
+        .oneshot(get())
+        .await
+        .expect_err("not ready");
+    assert_eq!(err.to_string(), "connection pool closed");
+    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(budget.balance(Instant::now()), 14.0, "not ready");
+}
