@@ -21,7 +21,9 @@
 //!   the one that sheds, is what the SRE book allows.
 //! - **The signal travels up.** A server whose own outbound call was told "don't retry" has
 //!   an overloaded dependency: retrying it from above only multiplies the load below. The
-//!   retry layer calls [`note_dont_retry`] when it stops on the signal; inside a
+//!   retry layer calls [`note_dont_retry`] when a failed attempt carries the signal,
+//!   whatever ends its retries (the signal, its last attempt, a request it may not retry);
+//!   inside a
 //!   [`DontRetryLayer`] that lands in the task-local scope of the inbound request, and a
 //!   failed response to it carries the signal too, first attempt or not. So with two nested
 //!   stacks the bottom sees two attempts, not the product of both stacks' attempts.
@@ -172,7 +174,8 @@ thread_local! {
 }
 
 /// Reports that an outbound call made while serving the current inbound request was told
-/// not to retry (the retry layer calls it when it stops on [`read_dont_retry`]). Inside a
+/// not to retry (the retry layer calls it when a failed attempt says [`read_dont_retry`],
+/// retried or not). Inside a
 /// [`DontRetryLayer`]'s scope, the failed response to that inbound request then carries the
 /// signal on; returns whether there was such a scope.
 pub fn note_dont_retry() -> bool {
@@ -183,6 +186,13 @@ pub fn note_dont_retry() -> bool {
         }
         inside
     })
+}
+
+/// Whether this runs inside a [`DontRetryLayer`]'s scope: an outbound call made here must
+/// have its failures judged, so a "don't retry" on them can travel up ([`note_dont_retry`]).
+#[inline]
+pub(crate) fn serving() -> bool {
+    HOP.with(|hop| hop.get().is_some())
 }
 
 /// Restores the enclosing scope when a poll ends, unwinding included.

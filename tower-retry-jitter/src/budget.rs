@@ -320,6 +320,25 @@ impl RetryBudget {
         }
     }
 
+    /// Gives back a retry that [`try_retry`](Self::try_retry)`(class, paid_at)` paid for and
+    /// that was not sent after all (its caller left during the backoff, the request could not
+    /// be copied again, the service failed to become ready): the budget pays only for retries
+    /// that go. A ratio budget gives the withdrawal back to the time slice it was taken from
+    /// while a bucket still counts that slice (once the slice has expired, so has the
+    /// withdrawal); a quota gets the tokens back, up to its maximum; gRPC throttling takes
+    /// nothing for a retry, so it gives nothing back.
+    #[inline]
+    pub fn refund(&self, class: FailureClass, paid_at: Instant) {
+        match &self.inner.kind {
+            Kind::Ratio(w) => w.refund_in(
+                i64::from(self.inner.cost.of(class)) * MILLI,
+                self.slice(w, paid_at),
+            ),
+            Kind::Throttle(_) => {}
+            Kind::Quota(t) => t.refund(i64::from(self.inner.cost.of(class)) * MILLI),
+        }
+    }
+
     /// What is left at `now`: retries for a ratio budget (the reserve included), tokens for
     /// the others. For the balance gauge
     /// ([`RETRY_BUDGET_BALANCE`](tower_red::names::RETRY_BUDGET_BALANCE)).
@@ -531,6 +550,19 @@ impl RatioWindow {
         true
     }
 
+    /// Gives `cost` back to `slice` while its bucket still counts it; a bucket that moved on
+    /// to a later slice expired the withdrawal with the old one. A refund racing the bucket's
+    /// reset for a later slice counts in that slice, as a deposit racing it does.
+    fn refund_in(&self, cost: i64, slice: u64) {
+        // The ring's length is a power of two.
+        let mask = self.buckets.len() as u64 - 1;
+        let bucket = &self.buckets[(slice & mask) as usize];
+        if bucket.stamp.load(Ordering::Acquire) == slice + 1 {
+            // SeqCst, as a withdrawal's take and its undo.
+            bucket.net.fetch_add(cost, Ordering::SeqCst);
+        }
+    }
+
     /// The reserve plus the net of every bucket of the window ending in `slice`.
     fn balance(&self, slice: u64) -> i64 {
         let oldest = (slice + 1).saturating_sub(self.window - 1);
@@ -614,6 +646,16 @@ impl Tokens {
             });
     }
 
+    /// Gives back `cost` withdrawn for a retry that was not sent, up to `max`.
+    fn refund(&self, cost: i64) {
+        // Relaxed: a single RMW, so no concurrent update is lost; nothing is published.
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some((t + cost).min(self.max))
+            });
+    }
+
     /// A6: retries are allowed while `tokens > max / 2`.
     fn above_half(&self) -> bool {
         // Relaxed: A6 decides on the count as last seen; nothing is published through it.
@@ -691,6 +733,54 @@ mod tests {
         assert!(budget.try_retry(FailureClass::Error, now));
         assert!(budget.try_retry(FailureClass::Error, now));
         assert!(!budget.try_retry(FailureClass::Error, now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refund_gives_back_a_withdrawal_while_its_slice_counts() {
+        let budget = ratio(0, 2 * MILLI, 10);
+        let paid = at(&budget, 3 * WIDTH);
+        assert!(budget.try_retry(FailureClass::Error, paid));
+        assert!(budget.try_retry(FailureClass::Error, paid));
+        // Given back later in the window, to the slice it was taken from.
+        budget.refund(FailureClass::Error, paid);
+        assert_eq!(budget.balance(at(&budget, 12 * WIDTH)), 1.0);
+        assert_eq!(
+            budget.balance(at(&budget, 13 * WIDTH)),
+            2.0,
+            "the other withdrawal has expired with slice 3"
+        );
+        // Once the slice's bucket counts a later slice, the withdrawal expired with it: a
+        // refund then gives nothing.
+        let later = at(&budget, 20 * WIDTH);
+        assert!(budget.try_retry(FailureClass::Error, later));
+        let ring = 16; // ten buckets, rounded up to a power of two
+        budget.record_request(at(&budget, (3 + ring) * WIDTH));
+        budget.refund(FailureClass::Error, paid);
+        assert_eq!(budget.balance(later), 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refund_gives_a_quota_its_cost_back_and_throttling_nothing() {
+        let quota = RetryBudget::quota(20 * MILLI, MILLI, RetryCost::AWS_2026);
+        let now = Instant::now();
+        let unavailable = FailureClass::HttpStatus(http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(quota.try_retry(unavailable, now));
+        assert_eq!(quota.balance(now), 6.0);
+        quota.refund(unavailable, now);
+        assert_eq!(quota.balance(now), 20.0);
+        // Never above the maximum.
+        quota.refund(unavailable, now);
+        assert_eq!(quota.balance(now), 20.0);
+
+        let throttle = RetryBudget::throttle(10 * MILLI, 100, RetryCost::default());
+        throttle.record_failure(FailureClass::Error);
+        assert!(throttle.try_retry(FailureClass::Error, now));
+        throttle.refund(FailureClass::Error, now);
+        assert_eq!(
+            throttle.balance(now),
+            9.0,
+            "a failure's charge is not a retry's"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -130,6 +130,9 @@ struct Looping<S, Req> {
     state: RetryState,
     rng: SmallRng,
     phase: Phase,
+    /// The retry the budget paid for (the class it was paid for, and when) while it is not
+    /// yet sent: given back if it never is.
+    paid: Option<(FailureClass, Instant)>,
 }
 
 impl<S, Req, K> Retrying<S, Req, K> {
@@ -163,7 +166,9 @@ pin_project_lite::pin_project! {
     /// deadline mark, so the layers inside count a timeout.
     ///
     /// A call with nothing to judge, count or retry (it cannot be retried, no metrics
-    /// recorder, no attempt timeout) is the attempt's future alone: polling it polls the
+    /// recorder, no attempt timeout, not made for a request a
+    /// [`DontRetryLayer`](crate::attempt::DontRetryLayer) serves) is the attempt's future
+    /// alone: polling it polls the
     /// attempt. A call that may be retried whose first attempt succeeds is judged inline; a
     /// failure, a timer or a retry go out of line.
     pub struct ResponseFuture<S, Req, C, K>
@@ -232,11 +237,32 @@ impl<S, Req, C, K> Run<S, Req, C, K> {
 impl<S, Req, C, K> Drop for Run<S, Req, C, K> {
     #[inline]
     fn drop(&mut self) {
-        if !self.done
-            && let Some(start) = self.start.red
-        {
+        if !self.done {
+            self.dropped();
+        }
+    }
+}
+
+impl<S, Req, C, K> Run<S, Req, C, K> {
+    /// A call dropped before it ended: counted, and a retry paid for but not sent given back.
+    #[cold]
+    #[inline(never)]
+    fn dropped(&mut self) {
+        if let Some(start) = self.start.red {
             cancelled(&self.shared, start);
         }
+        if let Some(looping) = self.retry.as_mut().and_then(|r| r.looping.as_mut()) {
+            refund(&self.shared, looping.paid.take());
+        }
+    }
+}
+
+/// Gives back to the budget a retry it paid for that is not sent after all.
+#[cold]
+fn refund(shared: &Shared, paid: Option<(FailureClass, Instant)>) {
+    if let (Some(budget), Some((class, at))) = (shared.policy.budget(), paid) {
+        budget.refund(class, at);
+        shared.metrics.balance(budget.balance(clock::now()));
     }
 }
 
@@ -524,6 +550,20 @@ where
             Attempted::TimedOut => Outcome::Timeout,
         };
         let attempts = retry.as_ref().map_or(1, Retrying::attempts);
+        // Read on every failed attempt, retried or not: a server serving this task hears of a
+        // "don't retry", whatever ends the retries (the signal, the last attempt, a request
+        // that may not be retried).
+        let pushback = match &attempted {
+            Attempted::Done(_) if matches!(verdict, Verdict::Success) => Pushback::Absent,
+            Attempted::Done(Ok(res)) => classifier.pushback(res),
+            Attempted::Done(Err(err)) => refusal_of(err)
+                .and_then(Rejection::retry_after)
+                .map_or(Pushback::Absent, Pushback::Delay),
+            Attempted::TimedOut => Pushback::Absent,
+        };
+        if pushback == Pushback::Stop {
+            crate::attempt::note_dont_retry();
+        }
         let Some((class, reason)) = retryable else {
             return Some(finish(shared, start, attempts, done, attempted, outcome));
         };
@@ -537,13 +577,6 @@ where
         let latency = start
             .attempt
             .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
-        let pushback = match &attempted {
-            Attempted::Done(Ok(res)) => classifier.pushback(res),
-            Attempted::Done(Err(err)) => refusal_of(err)
-                .and_then(Rejection::retry_after)
-                .map_or(Pushback::Absent, Pushback::Delay),
-            Attempted::TimedOut => Pushback::Absent,
-        };
         let failure = Failure::new(class)
             .with_pushback(pushback)
             .with_latency(latency);
@@ -554,6 +587,7 @@ where
                 state: RetryState::new(),
                 rng: shared.policy.rng(),
                 phase: Phase::Attempt,
+                paid: None,
             })
         });
         let decision = shared.policy.decide(
@@ -566,11 +600,13 @@ where
         let budget = shared.policy.budget();
         let stop = match decision {
             Decision::Retry(delay) => {
+                let paid = budget.is_some().then_some((class, now));
                 let attempt = looping.state.attempts();
                 let last = attempt >= shared.policy.max_attempts();
                 match retry.copies.next(attempt, last) {
                     Some(req) => {
                         looping.next = Some(req);
+                        looping.paid = paid;
                         shared.metrics.retried(reason);
                         if let Some(budget) = budget {
                             shared.metrics.balance(budget.balance(now));
@@ -590,14 +626,13 @@ where
                         }
                         None
                     }
-                    None => Some(StopReason::NotReplayable),
+                    None => {
+                        refund(shared, paid);
+                        Some(StopReason::NotReplayable)
+                    }
                 }
             }
             Decision::Stop(stop) => {
-                if stop == Stop::Pushback {
-                    // Told not to retry: a server serving this task hears of it.
-                    crate::attempt::note_dont_retry();
-                }
                 if stop == Stop::Budget {
                     outcome = Outcome::BudgetExhausted;
                     if let Some(budget) = budget {
@@ -646,6 +681,7 @@ where
                 Phase::Ready | Phase::Attempt => {
                     let svc = looping.svc.get_or_insert_with(|| retry.spare.service());
                     if let Err(err) = ready!(svc.poll_ready(cx)) {
+                        refund(&self.shared, looping.paid.take());
                         let err: BoxError = err.into();
                         let outcome = Outcome::from_error(&*err);
                         let attempts = looping.state.attempts();
@@ -663,6 +699,7 @@ where
                         .take()
                         .expect("a copy is made when a retry is decided");
                     attempt.set(Some(svc.call(req)));
+                    looping.paid = None;
                     if self.start.attempt.is_some() {
                         self.start.attempt = Some(clock::now());
                     }
@@ -725,13 +762,29 @@ fn finish<T, E: Into<BoxError>>(
 pin_project_lite::pin_project! {
     /// The future of a [`Retry`](crate::Retry) built with
     /// [`buffer_body`](crate::config::RetryLayerBuilder::buffer_body): reads the request body
-    /// (up to the cap), then runs the retry loop.
+    /// (up to the cap), then runs the retry loop. Dropped while it reads the body, it is
+    /// counted as a [`ResponseFuture`] dropped mid-attempt is: `cancelled`, or `timeout` when
+    /// a deadline enforcer outside dropped it.
     pub struct BufferedFuture<S, B, C>
     where
         S: Service<http::Request<RetryBody<B>>>,
     {
         #[pin]
         state: BufState<S, B, C>,
+    }
+
+    impl<S, B, C> PinnedDrop for BufferedFuture<S, B, C>
+    where
+        S: Service<http::Request<RetryBody<B>>>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            // Once the body is read, the retry loop's own drop counts the call.
+            if let BufStateProj::Collecting { job: Some(job), .. } = this.project().state.project()
+                && let Some(start) = job.start.red
+            {
+                cancelled(&job.shared, start);
+            }
+        }
     }
 }
 

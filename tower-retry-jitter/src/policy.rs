@@ -9,7 +9,10 @@
 //! 3. **Deadline**: no sleep and no attempt starts that cannot finish before the request's
 //!    deadline, judged by the latency of the attempt that just failed ([`Stop::Deadline`]).
 //! 4. **Budget**: asked last, so a retry stopped for any other reason is never paid for
-//!    ([`Stop::Budget`]).
+//!    ([`Stop::Budget`]). A retry decided but then not sent (its caller left during the
+//!    backoff, the request could not be copied, the service failed to become ready) is given
+//!    back with [`RetryBudget::refund`], as the retry layer does: the budget pays only for
+//!    retries that go.
 //!
 //! Pure: the time, the deadline and the random numbers are passed in, and a decision takes no
 //! lock and allocates nothing.
@@ -222,7 +225,9 @@ impl RetryPolicy {
 
     /// Decides what follows the failed attempt `failure` at `now`, for a request with this
     /// `deadline` (if any); see the [module docs](self) for the order of the checks. On
-    /// [`Decision::Retry`] the state counts the next attempt and the budget has paid for it.
+    /// [`Decision::Retry`] the state counts the next attempt and the budget has paid for it;
+    /// if that attempt is not sent after all, give it back with
+    /// [`RetryBudget::refund`]`(failure.class(), now)`.
     pub fn decide<R: Rng + ?Sized>(
         &self,
         state: &mut RetryState,

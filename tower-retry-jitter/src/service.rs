@@ -104,7 +104,9 @@ impl<S: Clone> Spare<S> {
 /// # Cost of a call that is not retried
 ///
 /// For a request that cannot be retried (not safe, not copyable, or one attempt allowed),
-/// with no metrics recorder and no attempt timeout, the future is the inner future alone:
+/// with no metrics recorder and no attempt timeout, and not made while serving a request
+/// behind a [`DontRetryLayer`](crate::attempt::DontRetryLayer) (whose failures are judged, so
+/// a "don't retry" on them travels up), the future is the inner future alone:
 /// no clone, no clock read, no allocation, no timer, nothing to drop. A request that may be
 /// retried is copied once before its first attempt (the original is gone once sent, and the
 /// first attempt cannot be known to succeed before it is sent), the layer's shared state and
@@ -276,7 +278,8 @@ where
     fn call(&mut self, mut req: Req) -> Self::Future {
         <P as RetrySafety<Req>>::mark_attempt(&mut req, 1);
         let mut refused = self.refuse(&req);
-        if refused.is_some() && self.shared.quiet {
+        // A call made for a server's request is judged: a "don't retry" it hears travels up.
+        if refused.is_some() && self.shared.quiet && !crate::attempt::serving() {
             // Nothing to judge, count, time or retry: the attempt's future is the call's.
             return ResponseFuture::new(self.inner.call(req), None);
         }
@@ -310,7 +313,10 @@ where
                 start,
             );
         }
-        let run = (start.red.is_some() || self.shared.attempt_timeout.is_some()).then(|| {
+        let run = (start.red.is_some()
+            || self.shared.attempt_timeout.is_some()
+            || crate::attempt::serving())
+        .then(|| {
             Run::new(
                 self.shared.clone(),
                 None,

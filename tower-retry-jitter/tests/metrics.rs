@@ -105,6 +105,11 @@ async fn retries_stops_attempts_and_the_budget_are_counted() {
         1
     );
     assert_eq!(counter(s, names::REQUESTS_TOTAL, ("outcome", "error")), 0);
+    assert_eq!(
+        counter(s, names::REQUESTS_TOTAL, ("outcome", "cancelled")),
+        0,
+        "a call that ended is not counted again when its future is dropped"
+    );
     match value(s, names::RETRY_REQUEST_ATTEMPTS, None) {
         Some(DebugValue::Histogram(h)) => {
             let mut h: Vec<f64> = h.into_iter().map(|v| v.into_inner()).collect();
@@ -267,4 +272,186 @@ fn dont_retry_answers_are_counted_by_reason() {
         2,
         "no series for the request left alone"
     );
+}
+
+/// A request body that never yields a frame: an upload still in progress.
+struct Uploading;
+
+impl http_body::Body for Uploading {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        std::task::Poll::Pending
+    }
+}
+
+/// With `buffer_body`, a call dropped while its body is read is counted as every other dropped
+/// call of the layer: `cancelled`, or `timeout` when a deadline enforcer dropped it.
+#[tokio::test(start_paused = true)]
+async fn a_call_dropped_while_its_body_is_read_is_counted() {
+    let recorder = DebuggingRecorder::new();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        RetryLayer::builder()
+            .name("orders")
+            .no_budget()
+            .buffer_body(1024)
+            .build()
+            .expect("valid")
+    });
+    let svc = layer.layer(service_fn(
+        |_: http::Request<tower_retry_jitter::RetryBody<Uploading>>| async {
+            Ok::<_, BoxError>(http::Response::new(()))
+        },
+    ));
+    let put = || http::Request::put("/doc").body(Uploading).expect("valid");
+
+    let mut left = tokio_test::task::spawn(svc.clone().oneshot(put()));
+    tokio_test::assert_pending!(left.poll());
+    drop(left);
+    let mut expired = tokio_test::task::spawn(svc.oneshot(put()));
+    tokio_test::assert_pending!(expired.poll());
+    tower_red::cancel::drop_expired(expired);
+
+    let s = &snapshot(&recorder);
+    assert_eq!(
+        counter(s, names::REQUESTS_TOTAL, ("outcome", "cancelled")),
+        1
+    );
+    assert_eq!(counter(s, names::REQUESTS_TOTAL, ("outcome", "timeout")), 1);
+}
+
+/// The samples of the histogram `name` of the layer named `orders`.
+fn samples(s: &Snapshot, name: &str) -> Vec<f64> {
+    match value(s, name, None) {
+        Some(DebugValue::Histogram(h)) => h.into_iter().map(|v| v.into_inner()).collect(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_succeeds_records_its_duration() {
+    let recorder = DebuggingRecorder::new();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        RetryLayer::builder()
+            .name("orders")
+            .no_budget()
+            .always_safe()
+            .build()
+            .expect("valid")
+    });
+    let svc = layer.layer(service_fn(|n: u64| async move {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        Ok::<u64, BoxError>(n)
+    }));
+    assert_eq!(svc.oneshot(1).await.expect("ok"), 1);
+    let s = &snapshot(&recorder);
+    assert_eq!(counter(s, names::REQUESTS_TOTAL, ("outcome", "ok")), 1);
+    assert_eq!(samples(s, names::REQUEST_DURATION_SECONDS), [0.25]);
+}
+
+/// Each retry is counted by the failure that prompted it (an attempt timeout, an HTTP status,
+/// a gRPC status), and the budget's balance gauge follows the retries it paid for.
+#[tokio::test(start_paused = true)]
+async fn retries_are_counted_by_the_failure_that_prompted_them() {
+    let recorder = DebuggingRecorder::new();
+    let budget = RetryBudget::builder()
+        .ratio(0.0)
+        .min_per_second(10)
+        .window(Duration::from_secs(1))
+        .buckets(1)
+        .build()
+        .expect("valid");
+    let layer = metrics::with_local_recorder(&recorder, || {
+        RetryLayer::builder()
+            .name("orders")
+            .max_attempts(4)
+            .base(Duration::from_millis(10))
+            .jitter(Jitter::None)
+            .budget(budget)
+            .attempt_timeout(Duration::from_millis(100))
+            .retry_on(tower_retry_jitter::RetryOn::new())
+            .build()
+            .expect("valid")
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = layer.layer(service_fn(move |_: http::Request<()>| {
+        let i = c.fetch_add(1, SeqCst);
+        async move {
+            let res = http::Response::builder();
+            let res = match i {
+                // Too slow: cut by the attempt timeout.
+                0 => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    res.status(200)
+                }
+                1 => res.status(503),
+                2 => res.status(200).header("grpc-status", "14"),
+                _ => res.status(200),
+            };
+            Ok::<_, BoxError>(res.body(()).expect("valid"))
+        }
+    }));
+    let get = http::Request::get("/").body(()).expect("valid");
+    assert_eq!(
+        svc.oneshot(get).await.expect("the fourth attempt").status(),
+        200
+    );
+    assert_eq!(calls.load(SeqCst), 4);
+
+    let s = &snapshot(&recorder);
+    for (reason, retries) in [
+        ("timeout", 1),
+        ("http_status", 1),
+        ("grpc_status", 1),
+        ("error", 0),
+        ("other", 0),
+    ] {
+        assert_eq!(
+            counter(s, names::RETRY_ATTEMPTS_TOTAL, ("reason", reason)),
+            retries,
+            "{reason}"
+        );
+    }
+    match value(s, names::RETRY_BUDGET_BALANCE, None) {
+        Some(DebugValue::Gauge(g)) => assert_eq!(g.into_inner(), 7.0, "10 - 3 retries"),
+        other => panic!("balance: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_over_the_cap_is_counted() {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tower_retry_jitter::RetryBody;
+
+    let recorder = DebuggingRecorder::new();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        RetryLayer::builder()
+            .name("orders")
+            .no_budget()
+            .buffer_body(4)
+            .build()
+            .expect("valid")
+    });
+    let svc = layer.layer(service_fn(
+        |_: http::Request<RetryBody<Full<Bytes>>>| async {
+            Ok::<_, BoxError>(http::Response::new(()))
+        },
+    ));
+    for body in ["four", "five!"] {
+        let put = http::Request::put("/doc")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .expect("valid");
+        svc.clone().oneshot(put).await.expect("ok");
+    }
+    let s = &snapshot(&recorder);
+    match value(s, names::RETRY_BODY_OVERFLOW_TOTAL, None) {
+        Some(DebugValue::Counter(n)) => assert_eq!(n, 1),
+        other => panic!("overflow: {other:?}"),
+    }
 }

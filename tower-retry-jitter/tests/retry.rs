@@ -9,7 +9,8 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_red::{BoxError, Rejection, RejectionKind};
-use tower_retry_jitter::{Jitter, RetryBody, RetryBudget, RetryLayer, RetryOn};
+use tower_retry_jitter::attempt::{self, DontRetry};
+use tower_retry_jitter::{BufferBody, Jitter, RetryBody, RetryBudget, RetryLayer, RetryOn};
 use tower_timeout_budget::Deadline;
 
 type HttpResult = Result<http::Response<()>, BoxError>;
@@ -252,6 +253,99 @@ async fn a_dont_retry_signal_stops_the_retries() {
     assert_eq!(calls.load(SeqCst), 1);
 }
 
+fn get() -> http::Request<()> {
+    http::Request::get("/").body(()).expect("valid")
+}
+
+/// Whether a server (a `DontRetry` whose handler calls `client` with `req`, then answers 502
+/// whatever it got) tells its own caller not to retry.
+async fn server_says_stop<S>(client: S, req: http::Request<()>) -> bool
+where
+    S: Service<http::Request<()>, Response = http::Response<()>, Error = BoxError> + Clone,
+{
+    let server = DontRetry::new(service_fn(move |_: http::Request<()>| {
+        let (client, req) = (client.clone(), req.clone());
+        async move {
+            client.oneshot(req).await?;
+            HttpResult::Ok(status(502))
+        }
+    }));
+    let res = server.oneshot(get()).await.expect("a response");
+    attempt::read_dont_retry(res.headers())
+}
+
+/// The `attempt` module's promise with two nested stacks: the bottom server refuses the
+/// retry of its caller (the client, 2 attempts) with "don't retry", on that client's last
+/// attempt; the middle server, whose handler made that call, passes the stop up, so the
+/// caller above does not retry it and the bottom sees 2 attempts, not 2 × 2.
+#[tokio::test(start_paused = true)]
+async fn a_stop_heard_on_the_last_attempt_travels_up() {
+    let (backend, calls) = backend(vec![status(503)]);
+    let client = constant(2)
+        .retry_on(RetryOn::new())
+        .build()
+        .expect("valid")
+        .layer(DontRetry::new(backend));
+    let middle = DontRetry::new(service_fn(move |_: http::Request<()>| {
+        let client = client.clone();
+        async move {
+            let res = client.oneshot(get()).await?;
+            assert_eq!(res.status(), 503);
+            HttpResult::Ok(status(502))
+        }
+    }));
+    let above = constant(2)
+        .retry_on(RetryOn::new())
+        .build()
+        .expect("valid")
+        .layer(middle);
+    let res = above.oneshot(get()).await.expect("a response");
+    assert_eq!(res.status(), 502);
+    assert!(attempt::read_dont_retry(res.headers()));
+    assert_eq!(calls.load(SeqCst), 2);
+}
+
+/// A request the client cannot retry (an unsafe POST, one attempt allowed; quiet, with its
+/// attempt's future alone, or judged for an attempt timeout), or a refusal it does not retry:
+/// the backend's "don't retry" still reaches the server the call was made for.
+#[tokio::test(start_paused = true)]
+async fn a_stop_on_a_call_that_is_not_retried_travels_up() {
+    let stop = || with_header(503, "x-retry-pushback", "stop");
+    let post = || http::Request::post("/orders").body(()).expect("valid");
+    let http = |attempts| constant(attempts).retry_on(RetryOn::new());
+
+    let (svc, calls) = backend(vec![stop()]);
+    let client = http(3).build().expect("valid").layer(svc);
+    assert!(server_says_stop(client, post()).await, "an unsafe POST");
+    assert_eq!(calls.load(SeqCst), 1);
+
+    let (svc, calls) = backend(vec![stop()]);
+    let client = http(1).build().expect("valid").layer(svc);
+    assert!(server_says_stop(client, get()).await, "one attempt allowed");
+    assert_eq!(calls.load(SeqCst), 1);
+
+    let (svc, calls) = backend(vec![stop()]);
+    let client = http(3)
+        .attempt_timeout(Duration::from_secs(1))
+        .build()
+        .expect("valid")
+        .layer(svc);
+    assert!(
+        server_says_stop(client, post()).await,
+        "an unsafe POST, timed"
+    );
+    assert_eq!(calls.load(SeqCst), 1);
+
+    let mut refusal = stop();
+    refusal
+        .extensions_mut()
+        .insert(Rejection::new(RejectionKind::LoadShed).kind());
+    let (svc, calls) = backend(vec![refusal]);
+    let client = http(3).build().expect("valid").layer(svc);
+    assert!(server_says_stop(client, get()).await, "a refusal");
+    assert_eq!(calls.load(SeqCst), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_pushback_over_the_cap_returns_the_response_as_it_was() {
     let (svc, calls) = backend(vec![with_header(503, "retry-after", "60"), status(200)]);
@@ -444,11 +538,14 @@ fn bad_layer_settings_name_their_field() {
         "base"
     );
     let layer = RetryLayer::builder()
+        .name("orders")
         .max_attempts(5)
         .build()
         .expect("valid");
     assert_eq!(layer.policy().max_attempts(), 5);
+    assert_eq!(layer.name(), "orders");
     assert_eq!(RetryLayer::new().policy().max_attempts(), 3);
+    assert_eq!(RetryLayer::new().name(), "default");
 }
 
 fn tight_budget() -> RetryBudget {
@@ -737,5 +834,329 @@ async fn the_inner_service_is_cloned_once_for_all_calls_and_again_only_to_retry(
         clones.load(SeqCst),
         4,
         "the new layer's spare, and one clone of it for the two retries"
+    );
+}
+
+/// A quota of one retry after a 503 (the AWS SDKs' cost: 14 tokens).
+fn one_retry_quota() -> RetryBudget {
+    RetryBudget::builder().quota(14).build().expect("valid")
+}
+
+/// Copies a request once (the copy made before its first attempt), then cannot.
+#[derive(Clone)]
+struct CopiesOnce(Arc<AtomicUsize>);
+
+impl tower_retry_jitter::ReplayRequest<http::Request<()>> for CopiesOnce {
+    fn replay(&self, req: &http::Request<()>) -> Option<http::Request<()>> {
+        (self.0.fetch_add(1, SeqCst) == 0).then(|| req.clone())
+    }
+}
+
+/// A service whose clones (the ones retries are sent through) fail to become ready.
+struct ClonesFailReady {
+    original: bool,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Clone for ClonesFailReady {
+    fn clone(&self) -> Self {
+        ClonesFailReady {
+            original: false,
+            calls: self.calls.clone(),
+        }
+    }
+}
+
+impl Service<http::Request<()>> for ClonesFailReady {
+    type Response = http::Response<()>;
+    type Error = BoxError;
+    type Future = std::future::Ready<HttpResult>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(if self.original {
+            Ok(())
+        } else {
+            Err("connection pool closed".into())
+        })
+    }
+
+    fn call(&mut self, _: http::Request<()>) -> Self::Future {
+        self.calls.fetch_add(1, SeqCst);
+        std::future::ready(Ok(status(503)))
+    }
+}
+
+/// The budget pays only for retries that go (the `policy` module's promise): a retry decided,
+/// paid for and then never sent (the caller left during its backoff, the request could not be
+/// copied again, the service failed to become ready) is given back.
+#[tokio::test(start_paused = true)]
+async fn a_retry_that_is_never_sent_is_given_back_to_the_budget() {
+    // Dropped in the backoff (Retry-After: 1), with a quota and with a ratio budget.
+    for (kind, budget, full) in [
+        ("quota", one_retry_quota(), 14.0),
+        ("ratio", tight_budget(), 1.0),
+    ] {
+        let (svc, calls) = backend(vec![with_header(503, "retry-after", "1")]);
+        let mut svc = http_layer()
+            .budget(budget.clone())
+            .build()
+            .expect("valid")
+            .layer(svc);
+        svc.ready().await.expect("ready");
+        let mut fut = tokio_test::task::spawn(svc.call(get()));
+        tokio_test::assert_pending!(fut.poll());
+        assert_eq!(calls.load(SeqCst), 1);
+        assert_eq!(budget.balance(Instant::now()), 0.0, "{kind}: paid for");
+        drop(fut);
+        assert_eq!(budget.balance(Instant::now()), full, "{kind}: given back");
+    }
+
+    // The request cannot be copied for its retry.
+    let budget = one_retry_quota();
+    let (svc, calls) = backend(vec![status(503)]);
+    let res = http_layer()
+        .budget(budget.clone())
+        .replay(CopiesOnce(Arc::new(AtomicUsize::new(0))))
+        .build()
+        .expect("valid")
+        .layer(svc)
+        .oneshot(get())
+        .await;
+    assert_eq!(res.expect("a response").status(), 503);
+    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(budget.balance(Instant::now()), 14.0, "not replayable");
+
+    // The service the retry goes through fails to become ready.
+    let budget = one_retry_quota();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let err = http_layer()
+        .budget(budget.clone())
+        .build()
+        .expect("valid")
+        .layer(ClonesFailReady {
+            original: true,
+            calls: calls.clone(),
+        })
+        .oneshot(get())
+        .await
+        .expect_err("not ready");
+    assert_eq!(err.to_string(), "connection pool closed");
+    assert_eq!(calls.load(SeqCst), 1);
+    assert_eq!(budget.balance(Instant::now()), 14.0, "not ready");
+}
+
+/// What the inner service sees of a request body: whether it is a replay, whether it is at its
+/// end, and its exact size if known.
+type BodySeen = (bool, bool, Option<u64>);
+
+#[tokio::test(start_paused = true)]
+async fn the_inner_service_sees_what_each_body_is() {
+    use http_body::Body;
+
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<BodySeen>::new()));
+    let s = seen.clone();
+    let inner = service_fn(move |req: http::Request<RetryBody<Full<Bytes>>>| {
+        let body = req.body();
+        let seen = (
+            body.is_replay(),
+            body.is_end_stream(),
+            body.size_hint().exact(),
+        );
+        s.lock().expect("not poisoned").push(seen);
+        async { HttpResult::Ok(status(200)) }
+    });
+    let svc = http_layer()
+        .buffer_body(16)
+        .build()
+        .expect("valid")
+        .layer(inner);
+    let req = |method: http::Method, body: &'static str| {
+        http::Request::builder()
+            .method(method)
+            .uri("/doc")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .expect("valid")
+    };
+    for req in [
+        req(http::Method::PUT, "sixteen bytes!!!"),
+        req(http::Method::PUT, ""),
+        req(http::Method::PUT, "seventeen bytes!!"),
+        req(http::Method::POST, "a post"),
+    ] {
+        svc.clone().oneshot(req).await.expect("ok");
+    }
+    assert_eq!(
+        *seen.lock().expect("not poisoned"),
+        [
+            (true, false, Some(16)),  // replayed from the buffer
+            (true, true, Some(0)),    // an empty one, at its end already
+            (false, false, Some(17)), // over the cap: sent once
+            (false, false, Some(6)),  // never retried (an unsafe POST): as it came
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_body_buffer_replays_up_to_64_kib() {
+    for (len, attempts) in [(64 * 1024, 3), (64 * 1024 + 1, 1)] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let svc = http_layer()
+            .replay(BufferBody::default())
+            .build()
+            .expect("valid")
+            .layer(service_fn(
+                move |_: http::Request<RetryBody<Full<Bytes>>>| {
+                    c.fetch_add(1, SeqCst);
+                    async { HttpResult::Ok(status(503)) }
+                },
+            ));
+        let put = http::Request::put("/doc")
+            .body(Full::new(Bytes::from(vec![7; len])))
+            .expect("valid");
+        assert_eq!(svc.oneshot(put).await.expect("a response").status(), 503);
+        assert_eq!(calls.load(SeqCst), attempts, "{len} bytes");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_buffered_request_is_not_retried_past_its_deadline() {
+    // As `no_retry_that_cannot_finish_before_the_deadline`, with a buffered body: attempts of
+    // 40 ms, a backoff of 10 ms, a deadline 100 ms away, so a third attempt cannot fit.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let svc = constant(5)
+        .retry_on(RetryOn::new())
+        .buffer_body(16)
+        .build()
+        .expect("valid")
+        .layer(service_fn(
+            move |_: http::Request<RetryBody<Full<Bytes>>>| {
+                c.fetch_add(1, SeqCst);
+                async {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                    HttpResult::Ok(status(503))
+                }
+            },
+        ));
+    let start = Instant::now();
+    let put = http::Request::put("/doc")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .expect("valid");
+    let deadline = Deadline::after(Duration::from_millis(100));
+    let res = deadline.scope(svc.oneshot(put)).await;
+    assert_eq!(res.expect("a response").status(), 503);
+    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!(start.elapsed(), Duration::from_millis(90));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_timeout_past_the_end_of_time_never_fires() {
+    // `Duration::MAX` from now is not an instant: the timeout is armed for "never" instead.
+    let svc = constant(3)
+        .always_safe()
+        .attempt_timeout(Duration::MAX)
+        .build()
+        .expect("valid")
+        .layer(service_fn(|n: u64| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<u64, BoxError>(n)
+        }));
+    let start = Instant::now();
+    assert_eq!(svc.oneshot(5).await.expect("not cut"), 5);
+    assert_eq!(start.elapsed(), Duration::from_secs(3600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_cannot_be_retried_deposits_nothing_in_a_ratio_budget() {
+    // One retry per request, no floor: only requests that may be retried pay for retries.
+    let budget = RetryBudget::builder()
+        .ratio(1.0)
+        .min_per_second(0)
+        .window(Duration::from_secs(1))
+        .buckets(1)
+        .build()
+        .expect("valid");
+    let svc = constant(3)
+        .budget(budget.clone())
+        .safe_if(|n: &u64| *n != 0)
+        // Timed, so a call that cannot be retried still runs the layer's own future.
+        .attempt_timeout(Duration::from_secs(1))
+        .build()
+        .expect("valid")
+        .layer(service_fn(|n: u64| async move { Ok::<u64, BoxError>(n) }));
+    for _ in 0..5 {
+        svc.clone().oneshot(0).await.expect("ok");
+    }
+    assert_eq!(budget.balance(Instant::now()), 0.0);
+    svc.oneshot(1).await.expect("ok");
+    assert_eq!(budget.balance(Instant::now()), 1.0);
+}
+
+#[tokio::test]
+async fn readiness_is_the_inner_services() {
+    use tokio_test::{assert_pending, assert_ready_ok};
+
+    let layer = http_layer().build().expect("valid");
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<http::Request<()>, http::Response<()>, _>(layer);
+    handle.allow(0);
+    assert_pending!(svc.poll_ready::<http::Request<()>>());
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready::<http::Request<()>>());
+
+    type Buffered = http::Request<RetryBody<Full<Bytes>>>;
+    let layer = http_layer().buffer_body(16).build().expect("valid");
+    let (mut svc, mut handle) =
+        tower_test::mock::spawn_layer::<Buffered, http::Response<()>, _>(layer);
+    handle.allow(0);
+    assert_pending!(svc.poll_ready::<http::Request<Full<Bytes>>>());
+    handle.allow(1);
+    assert_ready_ok!(svc.poll_ready::<http::Request<Full<Bytes>>>());
+}
+
+#[cfg(feature = "reqwest")]
+#[tokio::test(start_paused = true)]
+async fn a_reqwest_post_is_not_retried_and_each_retry_carries_its_number() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let svc = constant(3)
+        .retry_on(RetryOn::new())
+        .reqwest()
+        .build()
+        .expect("valid")
+        .layer(service_fn(move |req: reqwest::Request| {
+            let attempt = tower_retry_jitter::attempt::read_attempt(req.headers());
+            s.lock()
+                .expect("not poisoned")
+                .push((req.method().clone(), attempt));
+            async {
+                let res = http::Response::builder()
+                    .status(503)
+                    .body("")
+                    .expect("valid");
+                Ok::<_, BoxError>(reqwest::Response::from(res))
+            }
+        }));
+    let url = || "http://127.0.0.1:1/doc".parse().expect("a url");
+    for method in [http::Method::POST, http::Method::PUT] {
+        let res = svc
+            .clone()
+            .oneshot(reqwest::Request::new(method, url()))
+            .await;
+        assert_eq!(res.expect("a response").status(), 503);
+    }
+    use http::Method;
+    assert_eq!(
+        *seen.lock().expect("not poisoned"),
+        [
+            (Method::POST, 1),
+            (Method::PUT, 1),
+            (Method::PUT, 2),
+            (Method::PUT, 3)
+        ]
     );
 }
