@@ -1227,6 +1227,49 @@ mod loom_models {
     }
 
     #[test]
+    fn loom_a_refunded_retry_is_taken_once_more_at_most_and_the_balance_adds_up() {
+        loom::model(|| {
+            // Exactly one retry; one thread takes it and gives it back (never sent), the other
+            // tries to take it.
+            let w = Arc::new(RatioWindow::new(100, 0, 10, 1));
+            for _ in 0..10 {
+                w.deposit(0);
+            }
+            let other = {
+                let w = w.clone();
+                thread::spawn(move || w.withdraw(MILLI, 0))
+            };
+            let mine = w.withdraw(MILLI, 0);
+            if mine {
+                w.refund_in(MILLI, 0);
+            }
+            let theirs = other.join().unwrap();
+            assert_eq!(
+                w.balance(0),
+                MILLI - i64::from(theirs) * MILLI,
+                "a refund gives back what it took, no more"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_a_token_refund_racing_a_credit_never_passes_the_maximum() {
+        loom::model(|| {
+            // 5 of at most 5, a credit of 3; 3 taken for a retry that is never sent, then
+            // given back while a success credits 3.
+            let t = Arc::new(Tokens::new(5 * MILLI, 3 * MILLI));
+            assert!(t.withdraw(3 * MILLI));
+            let other = {
+                let t = t.clone();
+                thread::spawn(move || t.credit())
+            };
+            t.refund(3 * MILLI);
+            other.join().unwrap();
+            assert_eq!(t.tokens(), 5 * MILLI, "full, and never past the maximum");
+        });
+    }
+
+    #[test]
     fn loom_racing_token_withdrawals_never_overdraw() {
         loom::model(|| {
             let t = Arc::new(Tokens::new(5 * MILLI, MILLI));
