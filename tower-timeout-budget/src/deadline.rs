@@ -280,11 +280,13 @@ pub trait DeadlineCarrier {
 
 impl<B> DeadlineCarrier for http::Request<B> {
     /// The earlier of the `Deadline` in the request's extensions and the task-local one.
+    #[inline]
     fn deadline(&self) -> Option<Deadline> {
-        let own = self.extensions().get::<Deadline>().copied();
-        match (own, Deadline::current()) {
-            (Some(own), Some(current)) => Some(own.min(current)),
-            (own, current) => own.or(current),
+        let current = Deadline::current();
+        match self.extensions().get::<Deadline>() {
+            // Extensions without a deadline (a stack's requests carry none): the scope's.
+            None => current,
+            Some(&own) => Some(current.map_or(own, |current| own.min(current))),
         }
     }
     /// Stores `deadline` in the request's extensions. The first value stored in a request's

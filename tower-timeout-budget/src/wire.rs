@@ -164,7 +164,13 @@ pub fn parse_millis(bytes: &[u8]) -> Result<Duration, ParseError> {
 /// exactly its budget, the same value, and only a retry or a request that waited sends a value
 /// that must be allocated.
 pub fn millis_header_value(budget: Duration) -> HeaderValue {
-    let millis = whole_millis(budget);
+    millis_value(whole_millis(budget))
+}
+
+/// The header value of `millis` ([`whole_millis`] of a budget), from this thread's recent values
+/// when one was made for it.
+#[inline]
+pub(crate) fn millis_value(millis: u64) -> HeaderValue {
     // Unit byte 0: no unit, never a `GrpcTimeout`'s key.
     recent(millis << 8, || {
         let mut buf = [0u8; 20];

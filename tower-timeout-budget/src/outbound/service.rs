@@ -153,8 +153,8 @@ where
         // Under one it would say `0`, which the inbound layer refuses on arrival and a header
         // like Envoy's reads as no timeout at all (and `1` would promise more than is left):
         // spent as well.
-        let http_budget = http.then(|| Duration::from_millis(wire::whole_millis(budget)));
-        if http_budget.is_some_and(|b| b.is_zero()) {
+        let http_millis = http.then(|| wire::whole_millis(budget));
+        if http_millis == Some(0) {
             return spent();
         }
         // The smallest budget the request carries out, if any: the transport (tonic's `Channel`)
@@ -170,13 +170,13 @@ where
                 sent.to_header_value(),
             ));
         }
-        if let Some(budget) = http_budget {
+        if let Some(millis) = http_millis {
             let sent = write_budget(
                 req.headers_mut(),
                 self.config.http_header.clone(),
-                budget,
+                Duration::from_millis(millis),
                 |b| wire::parse_millis(b).ok(),
-                wire::millis_header_value(budget),
+                wire::millis_value(millis),
             );
             on_wire = Some(on_wire.map_or(sent, |w| w.min(sent)));
         }
