@@ -23,6 +23,34 @@ use tower_retry_jitter::{BufferBody, Jitter, RetryBody, RetryOn};
 fn assert_send_sync_static<T: Send + Sync + 'static>(_: &T) {}
 
 #[test]
+fn an_attempt_timeout_set_on_the_retry_is_checked_as_the_stacks_own() {
+    // Set in `.retry(..)` rather than with `.attempt_timeout(..)`: the same invariants hold.
+    let err = ClientStack::builder("payments")
+        .http_status()
+        .total_budget(Duration::from_millis(800))
+        .retry(|r| r.attempt_timeout(Duration::from_millis(1_500)))
+        .breaker(|b| b.count_window(20))
+        .build()
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("attempt_timeout = 1.5s"), "{msg}");
+    assert!(msg.contains("total budget (800ms)"), "{msg}");
+    // And the breaker's window is held against it, not against the total budget.
+    let err = ClientStack::builder("payments")
+        .http_status()
+        .total_budget(Duration::from_secs(10))
+        .retry(|r| r.attempt_timeout(Duration::from_secs(3)))
+        .breaker(|b| b.time_window(Duration::from_secs(5), 5))
+        .build()
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("= 5s") && msg.contains("attempt timeout (3s"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn an_attempt_timeout_longer_than_the_budget_is_refused_naming_both() {
     let err = ClientStack::builder("payments")
         .http_status()

@@ -79,6 +79,12 @@ impl<C, P, R> RetryLayer<C, P, R> {
     pub fn name(&self) -> &str {
         &self.shared.name
     }
+
+    /// The bound on each attempt, if one was set
+    /// ([`RetryLayerBuilder::attempt_timeout`](crate::RetryLayerBuilder::attempt_timeout)).
+    pub fn attempt_timeout(&self) -> Option<std::time::Duration> {
+        self.shared.attempt_timeout
+    }
 }
 
 impl<S, C: Clone, P: Clone, R: Clone> Layer<S> for RetryLayer<C, P, R> {

@@ -60,23 +60,49 @@ pub(crate) fn worst_delay(backoff: &Backoff, retry: u32) -> Duration {
     match backoff.jitter() {
         Jitter::Grpc => base.mul_f64(1.2).min(backoff.cap()),
         Jitter::Decorrelated => {
-            let grown = (0..=retry).fold(backoff.base(), |d, _| d.saturating_mul(3));
+            let mut grown = backoff.base();
+            for _ in 0..=retry {
+                // Past the cap (or nothing to grow), more steps change nothing.
+                if grown >= backoff.cap() || grown.is_zero() {
+                    break;
+                }
+                grown = grown.saturating_mul(3);
+            }
             grown.min(backoff.cap())
         }
         _ => base,
     }
 }
 
-/// The retries' summed worst-case delays must leave time inside the total budget.
+/// From this retry on, every worst-case delay is the same: an exponential backoff reaches its
+/// cap within `MAX_STEPS_TO_CAP` (10,000) multiplications or has a multiplier of 1 (the same
+/// delay each time), and a decorrelated one triples from at least 1 ns, so it passes any cap
+/// (at most `u64::MAX` ns) within 41 steps.
+const CONSTANT_FROM: u32 = 10_000 + 64;
+
+/// The retries' summed worst-case delays must leave time inside the total budget: summed until
+/// they reach it (the error names the sum so far, which already reaches it).
 pub(crate) fn delays_within_budget(
     backoff: &Backoff,
     max_attempts: u32,
     total: Duration,
 ) -> Result<(), ConfigError> {
     let retries = max_attempts.saturating_sub(1);
-    let sum = (0..retries).fold(Duration::ZERO, |sum, r| {
-        sum.saturating_add(worst_delay(backoff, r))
-    });
+    let mut sum = Duration::ZERO;
+    for r in 0..retries {
+        let delay = worst_delay(backoff, r);
+        // The worst delays never decrease and stop growing within `CONSTANT_FROM` retries (at
+        // the cap, or at once with a multiplier of 1): the rest are summed at once, so any
+        // number of attempts is judged without a loop over them.
+        if delay >= backoff.cap() || r >= CONSTANT_FROM {
+            sum = sum.saturating_add(delay.saturating_mul(retries - r));
+            break;
+        }
+        sum = sum.saturating_add(delay);
+        if sum >= total {
+            break;
+        }
+    }
     if retries > 0 && sum >= total {
         return Err(ConfigError::new(
             STACK,
@@ -215,5 +241,46 @@ mod tests {
         assert!(msg.contains("700ms") && msg.contains("3 retries"), "{msg}");
         // One attempt never sleeps.
         assert!(delays_within_budget(&full, 1, Duration::from_millis(1)).is_ok());
+    }
+
+    #[test]
+    fn any_number_of_attempts_is_judged_at_once_in_every_jitter_mode() {
+        // u32::MAX attempts: a loop over every retry (and, with decorrelated jitter, over every
+        // retry before it) would not end; the delays stop growing at the cap, so the rest are
+        // summed at once.
+        for jitter in [
+            Jitter::None,
+            Jitter::Full,
+            Jitter::Equal,
+            Jitter::Grpc,
+            Jitter::Decorrelated,
+        ] {
+            let b = backoff(100, 1_000, jitter);
+            let err = delays_within_budget(&b, u32::MAX, Duration::from_secs(3600)).unwrap_err();
+            assert!(err.to_string().contains("4294967294 retries"), "{err}");
+        }
+        // A constant delay (multiplier 1) never reaches a cap above it: summed at once too.
+        let constant = Backoff::builder()
+            .base(Duration::from_millis(1))
+            .cap(Duration::from_millis(10))
+            .multiplier(1.0)
+            .jitter(Jitter::None)
+            .build()
+            .unwrap();
+        assert!(delays_within_budget(&constant, u32::MAX, Duration::from_secs(3600)).is_err());
+        // 1 ms · 99 retries leaves time in 100 ms; 100 retries do not.
+        assert!(delays_within_budget(&constant, 100, Duration::from_millis(100)).is_ok());
+        assert!(delays_within_budget(&constant, 101, Duration::from_millis(100)).is_err());
+        // Past `CONSTANT_FROM` retries the rest are summed at once: the same total as one by one.
+        let tiny = Backoff::builder()
+            .base(Duration::from_nanos(1))
+            .cap(Duration::from_nanos(10))
+            .multiplier(1.0)
+            .jitter(Jitter::None)
+            .build()
+            .unwrap();
+        let n = 2 * CONSTANT_FROM;
+        assert!(delays_within_budget(&tiny, n + 1, Duration::from_nanos(u64::from(n) + 1)).is_ok());
+        assert!(delays_within_budget(&tiny, n + 1, Duration::from_nanos(u64::from(n))).is_err());
     }
 }

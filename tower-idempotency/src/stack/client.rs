@@ -208,8 +208,9 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
         self
     }
 
-    /// Tunes the retry (attempts, backoff, budget): the stack sets its name, classifier,
-    /// replay and attempt timeout.
+    /// Tunes the retry (attempts, backoff, budget): the stack sets its name, classifier and
+    /// replay, and its [`attempt_timeout`](Self::attempt_timeout) when one is set. An attempt
+    /// timeout set here instead is checked as the stack's own.
     pub fn retry(
         mut self,
         tweak: impl FnOnce(RetryLayerBuilder) -> RetryLayerBuilder + Send + 'static,
@@ -298,16 +299,11 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
                 "must be positive: no call could finish",
             ));
         }
-        let (per_attempt, per_attempt_name) = match attempt_timeout {
-            Some(attempt) => {
-                check::attempt_within_budget(attempt, total_budget)?;
-                (attempt, "attempt timeout")
-            }
-            None => (total_budget, "total budget"),
-        };
+        if let Some(attempt) = attempt_timeout {
+            check::attempt_within_budget(attempt, total_budget)?;
+        }
         let retry_classifier = retry_on.resolve(&classifier)?;
         let breaker_config = breaker(BreakerLayer::builder().name(&name)).build_config()?;
-        check::window_holds_two_timeouts(breaker_config.window(), per_attempt, per_attempt_name)?;
         // The outermost layer records the call's one duration: built outside `counts_only`.
         let red = RedLayer::client();
         counts_only(|| {
@@ -316,6 +312,19 @@ impl<K, RK, R, F, P> ClientStackBuilder<K, RK, R, F, P> {
                 retry = retry.attempt_timeout(attempt);
             }
             let retry = retry.replay(replay).classifier(retry_classifier).build()?;
+            // The stack's attempt timeout, or one set in `.retry(..)`: checked alike.
+            let (per_attempt, per_attempt_name) = match retry.attempt_timeout() {
+                Some(attempt) => {
+                    check::attempt_within_budget(attempt, total_budget)?;
+                    (attempt, "attempt timeout")
+                }
+                None => (total_budget, "total budget"),
+            };
+            check::window_holds_two_timeouts(
+                breaker_config.window(),
+                per_attempt,
+                per_attempt_name,
+            )?;
             let policy = retry.policy();
             check::delays_within_budget(policy.backoff(), policy.max_attempts(), total_budget)?;
             let fallback = fallback.make(&name, classifier.clone())?;
