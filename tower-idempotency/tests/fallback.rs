@@ -608,6 +608,85 @@ async fn a_custom_key_separates_callers_and_long_keys_are_not_cached() {
     assert!(send(&svc, get("/feed")).await.is_err(), "no user, no key");
 }
 
+/// A layer whose key leaves the method out, as many custom keys do: user and path.
+fn keyed_by_user_and_path(
+    backend: &Backend,
+) -> impl Service<Request<()>, Response = Response<FallbackBody<TestBody>>, Error = BoxError> + Clone
+{
+    FallbackLayer::builder()
+        .stale_on_error(stale(60))
+        .key(|req| {
+            let user = req.headers().get("x-user")?.to_str().ok()?;
+            Some(format!("{user} {}", req.path()))
+        })
+        .build()
+        .unwrap()
+        .layer(backend.service())
+}
+
+fn as_alice(method: http::Method) -> Request<()> {
+    Request::builder()
+        .method(method)
+        .uri("/feed")
+        .header("x-user", "alice")
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_post_is_never_answered_from_a_get_entry_whatever_the_key() {
+    let backend = Backend::new();
+    let svc = keyed_by_user_and_path(&backend);
+    backend.set(Reply::Ok("alice's feed"));
+    read(&svc, as_alice(http::Method::GET)).await;
+    backend.set(Reply::Error);
+    match send(&svc, as_alice(http::Method::POST)).await {
+        Err(err) => assert_eq!(err.to_string(), "connection refused"),
+        Ok(res) => {
+            let (status, marker) = (res.status(), marker(&res).map(str::to_owned));
+            panic!(
+                "the POST never ran, yet it got {status} {marker:?} {:?}",
+                body(res).await
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_success_is_not_stored_and_keeps_the_get_entry() {
+    let backend = Backend::new();
+    let svc = keyed_by_user_and_path(&backend);
+    backend.set(Reply::Ok("alice's feed"));
+    read(&svc, as_alice(http::Method::GET)).await;
+    backend.set(Reply::Ok("order created"));
+    read(&svc, as_alice(http::Method::POST)).await;
+    backend.set(Reply::Error);
+    let res = send(&svc, as_alice(http::Method::GET)).await.unwrap();
+    assert_eq!(marker(&res), Some("stale"));
+    assert_eq!(body(res).await, "alice's feed");
+    assert!(
+        send(&svc, as_alice(http::Method::POST)).await.is_err(),
+        "no POST entry: a failed POST is never told it succeeded"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_answer_is_kept_apart_and_never_served_to_a_get() {
+    let backend = Backend::new();
+    let svc = keyed_by_user_and_path(&backend);
+    backend.set(Reply::Ok("alice's feed"));
+    read(&svc, as_alice(http::Method::GET)).await;
+    backend.set(Reply::Ok(""));
+    read(&svc, as_alice(http::Method::HEAD)).await;
+    backend.set(Reply::Error);
+    let res = send(&svc, as_alice(http::Method::GET)).await.unwrap();
+    assert_eq!(marker(&res), Some("stale"));
+    assert_eq!(body(res).await, "alice's feed", "not the HEAD's empty body");
+    let res = send(&svc, as_alice(http::Method::HEAD)).await.unwrap();
+    assert_eq!(marker(&res), Some("stale"), "a HEAD from the HEAD's entry");
+    assert_eq!(body(res).await, "");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_function_may_decline_and_the_failure_goes_on() {
     let backend = Backend::new();

@@ -10,12 +10,13 @@ use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
-use super::stale::Stale;
+use super::stale::{Read, Stale};
 
 /// Where a response on its way to the caller is kept once its body has ended: made by the layer
 /// for a success it may store, handed to [`FallbackResponse::tee`](super::exchange::FallbackResponse::tee).
 pub struct Sink {
     stale: Arc<Stale>,
+    read: Read,
     key: String,
     status: StatusCode,
     headers: HeaderMap,
@@ -36,6 +37,7 @@ impl fmt::Debug for Sink {
 impl Sink {
     pub(crate) fn new(
         stale: Arc<Stale>,
+        read: Read,
         key: String,
         status: StatusCode,
         headers: HeaderMap,
@@ -43,6 +45,7 @@ impl Sink {
     ) -> Self {
         Sink {
             stale,
+            read,
             key,
             status,
             headers,
@@ -83,8 +86,14 @@ impl Sink {
                 all.freeze()
             }
         };
-        self.stale
-            .insert(&self.key, self.status, self.headers, body, self.arrived);
+        self.stale.insert(
+            self.read,
+            &self.key,
+            self.status,
+            self.headers,
+            body,
+            self.arrived,
+        );
     }
 }
 

@@ -334,6 +334,15 @@ impl<C> FallbackLayerBuilder<C> {
     /// The stale store's key: `None` means the request is neither stored nor answered from the
     /// store. Default [`default_key`]. A key longer than [`max_key_bytes`](Self::max_key_bytes)
     /// is treated as `None`. Whatever varies the answer (a user, a language) must be in it.
+    ///
+    /// It is called for `GET` and `HEAD` requests only: no other method is stored or answered
+    /// from the store, whatever a key would be. The store keeps a `GET`'s and a `HEAD`'s entries
+    /// apart and answers each request only from an entry of its own method, so the key need not
+    /// name the method. Unsafe methods are left out on purpose, not only when the key forgets
+    /// the method: a stale `200` would tell a caller that its `POST` succeeded when it never
+    /// ran, and a key that cannot see the body cannot tell one `POST` read call (GraphQL)
+    /// from another; gRPC answers end in trailers and are never stored anyway. Answer such
+    /// calls with [`from_fn`](Self::from_fn), which sees the method.
     pub fn key<F>(mut self, f: F) -> Self
     where
         F: Fn(&RequestView<'_>) -> Option<String> + Send + Sync + 'static,

@@ -1,19 +1,40 @@
 //! The stale store: the last good response per key, bounded in age, entries and bytes.
 //!
 //! Plain Rust, no Tower: the service only calls [`Stale::insert`] after a success and
-//! [`Stale::get`] when it must answer in place of a call. One `std::sync::Mutex` guards the map;
-//! its critical sections are a hash lookup, an insert and the evictions it forces, with the key,
-//! headers and body prepared before the lock is taken.
+//! [`Stale::get`] when it must answer in place of a call. Entries are kept per [`Read`] (GET or
+//! HEAD) and key, so an entry only ever answers a request of its own method. One
+//! `std::sync::Mutex` guards the maps; its critical sections are a hash lookup, an insert and
+//! the evictions it forces, with the key, headers and body prepared before the lock is taken.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use tokio::time::Instant;
 
 use super::config::StaleConfig;
+
+/// The methods the store keeps, each apart: GET, and HEAD (whose empty body must never answer a
+/// GET). Unsafe methods are never stored: a stale success would tell the caller that a POST
+/// succeeded when it never ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Read {
+    Get,
+    Head,
+}
+
+impl Read {
+    /// The read `method` is, or `None` for any other method.
+    pub(crate) fn of(method: &Method) -> Option<Read> {
+        match *method {
+            Method::GET => Some(Read::Get),
+            Method::HEAD => Some(Read::Head),
+            _ => None,
+        }
+    }
+}
 
 /// A response held for stale-on-error.
 #[derive(Debug, Clone)]
@@ -35,24 +56,37 @@ pub(crate) struct Hit {
 
 #[derive(Debug, Default)]
 struct Entries {
-    map: HashMap<Arc<str>, Entry>,
+    /// One map per [`Read`]: a key the key function gave a GET and a HEAD alike is two entries.
+    maps: [HashMap<Arc<str>, Entry>; 2],
     /// Keys by insertion order (`seq`): the first is the oldest, evicted first.
-    order: BTreeMap<u64, Arc<str>>,
+    order: BTreeMap<u64, (Read, Arc<str>)>,
     next: u64,
     bytes: usize,
 }
 
 impl Entries {
+    fn map(&self, read: Read) -> &HashMap<Arc<str>, Entry> {
+        &self.maps[read as usize]
+    }
+
+    fn map_mut(&mut self, read: Read) -> &mut HashMap<Arc<str>, Entry> {
+        &mut self.maps[read as usize]
+    }
+
+    fn len(&self) -> usize {
+        self.maps.iter().map(HashMap::len).sum()
+    }
+
     fn remove_oldest(&mut self) {
-        if let Some((_, key)) = self.order.pop_first()
-            && let Some(old) = self.map.remove(&key)
+        if let Some((_, (read, key))) = self.order.pop_first()
+            && let Some(old) = self.map_mut(read).remove(&key)
         {
             self.bytes -= old.size;
         }
     }
 
-    fn remove(&mut self, key: &str) {
-        if let Some(old) = self.map.remove(key) {
+    fn remove(&mut self, read: Read, key: &str) {
+        if let Some(old) = self.map_mut(read).remove(key) {
             self.order.remove(&old.seq);
             self.bytes -= old.size;
         }
@@ -89,11 +123,12 @@ impl Stale {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps `body` as the last good response for `key`, received at `stored_at`, replacing the
-    /// previous one; evicts expired entries, then the oldest, until the bounds hold. Returns
-    /// whether it was kept (an entry larger than `max_bytes` on its own is not).
+    /// Keeps `body` as the last good response to a `read` for `key`, received at `stored_at`,
+    /// replacing the previous one; evicts expired entries, then the oldest, until the bounds
+    /// hold. Returns whether it was kept (an entry larger than `max_bytes` on its own is not).
     pub(crate) fn insert(
         &self,
+        read: Read,
         key: &str,
         status: StatusCode,
         headers: HeaderMap,
@@ -107,13 +142,13 @@ impl Stale {
         let key: Arc<str> = Arc::from(key);
         let max_age = self.config.max_age;
         let mut entries = self.lock();
-        entries.remove(&key);
-        while let Some((_, oldest)) = entries.order.first_key_value() {
+        entries.remove(read, &key);
+        while let Some((_, (oldest_read, oldest))) = entries.order.first_key_value() {
             let expired = entries
-                .map
+                .map(*oldest_read)
                 .get(oldest)
                 .is_none_or(|e| stored_at.saturating_duration_since(e.stored_at) > max_age);
-            let full = entries.map.len() >= self.config.max_entries
+            let full = entries.len() >= self.config.max_entries
                 || entries.bytes + size > self.config.max_bytes;
             if !(expired || full) {
                 break;
@@ -123,8 +158,8 @@ impl Stale {
         let seq = entries.next;
         entries.next += 1;
         entries.bytes += size;
-        entries.order.insert(seq, key.clone());
-        entries.map.insert(
+        entries.order.insert(seq, (read, key.clone()));
+        entries.map_mut(read).insert(
             key,
             Entry {
                 status,
@@ -143,14 +178,14 @@ impl Stale {
         self.config.max_entry_bytes
     }
 
-    /// The entry for `key` if it has been held for at most `max_age` at `now`; an older one is
-    /// removed and never served.
-    pub(crate) fn get(&self, key: &str, now: Instant) -> Option<Hit> {
+    /// The entry of a `read` for `key` (never one of the other method) if it has been held for
+    /// at most `max_age` at `now`; an older one is removed and never served.
+    pub(crate) fn get(&self, read: Read, key: &str, now: Instant) -> Option<Hit> {
         let mut entries = self.lock();
-        let entry = entries.map.get(key)?;
+        let entry = entries.map(read).get(key)?;
         let age = now.saturating_duration_since(entry.stored_at);
         if age > self.config.max_age {
-            entries.remove(key);
+            entries.remove(read, key);
             return None;
         }
         Some(Hit {
@@ -163,7 +198,7 @@ impl Stale {
     #[cfg(test)]
     pub(crate) fn usage(&self) -> (usize, usize) {
         let entries = self.lock();
-        (entries.map.len(), entries.bytes)
+        (entries.len(), entries.bytes)
     }
 }
 
@@ -181,7 +216,14 @@ mod tests {
     }
 
     fn put(stale: &Stale, key: &str, body: &'static str, at: Instant) -> bool {
-        stale.insert(key, StatusCode::OK, HeaderMap::new(), Bytes::from(body), at)
+        stale.insert(
+            Read::Get,
+            key,
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from(body),
+            at,
+        )
     }
 
     #[test]
@@ -190,14 +232,18 @@ mod tests {
         let t0 = Instant::now();
         assert!(put(&stale, "a", "one", t0));
         let hit = stale
-            .get("a", t0 + Duration::from_secs(10))
+            .get(Read::Get, "a", t0 + Duration::from_secs(10))
             .expect("at max_age");
         assert_eq!(hit.entry.body, "one");
         assert_eq!(hit.age, Duration::from_secs(10));
-        assert!(stale.get("a", t0 + Duration::from_millis(10_001)).is_none());
+        assert!(
+            stale
+                .get(Read::Get, "a", t0 + Duration::from_millis(10_001))
+                .is_none()
+        );
         // The expired entry is gone, not just hidden.
         assert_eq!(stale.usage(), (0, 0));
-        assert!(stale.get("a", t0).is_none());
+        assert!(stale.get(Read::Get, "a", t0).is_none());
     }
 
     #[test]
@@ -207,6 +253,7 @@ mod tests {
         headers.insert("etag", http::HeaderValue::from_static("\"v1\""));
         headers.insert("x-a", http::HeaderValue::from_static("1"));
         assert!(stale.insert(
+            Read::Get,
             "k",
             StatusCode::OK,
             headers,
@@ -217,15 +264,32 @@ mod tests {
     }
 
     #[test]
+    fn a_get_and_a_head_of_one_key_are_two_entries_each_served_to_its_own_method() {
+        let stale = Stale::new(config());
+        let t0 = Instant::now();
+        let put_as = |read, body: &'static str| {
+            let (status, headers) = (StatusCode::OK, HeaderMap::new());
+            stale.insert(read, "k", status, headers, Bytes::from(body), t0)
+        };
+        assert!(put_as(Read::Get, "page"));
+        assert!(stale.get(Read::Head, "k", t0).is_none());
+        assert!(put_as(Read::Head, ""));
+        assert_eq!(stale.get(Read::Get, "k", t0).unwrap().entry.body, "page");
+        assert_eq!(stale.get(Read::Head, "k", t0).unwrap().entry.body, "");
+        assert_eq!(stale.usage(), (2, 1 + 4 + 1));
+        assert_eq!(Read::of(&Method::POST), None);
+    }
+
+    #[test]
     fn the_oldest_entry_is_evicted_past_max_entries() {
         let stale = Stale::new(config());
         let t0 = Instant::now();
         put(&stale, "a", "1", t0);
         put(&stale, "b", "2", t0);
         put(&stale, "c", "3", t0);
-        assert!(stale.get("a", t0).is_none());
-        assert!(stale.get("b", t0).is_some());
-        assert!(stale.get("c", t0).is_some());
+        assert!(stale.get(Read::Get, "a", t0).is_none());
+        assert!(stale.get(Read::Get, "b", t0).is_some());
+        assert!(stale.get(Read::Get, "c", t0).is_some());
         assert_eq!(stale.usage(), (2, 4));
     }
 
@@ -239,10 +303,10 @@ mod tests {
         assert_eq!(stale.usage(), (2, 1 + 5 + 1 + 1));
         // "b" is now the oldest: a third key evicts it, not the refreshed "a".
         put(&stale, "c", "y", t0 + Duration::from_secs(2));
-        assert!(stale.get("b", t0).is_none());
+        assert!(stale.get(Read::Get, "b", t0).is_none());
         assert_eq!(
             stale
-                .get("a", t0 + Duration::from_secs(2))
+                .get(Read::Get, "a", t0 + Duration::from_secs(2))
                 .unwrap()
                 .entry
                 .body,
@@ -262,7 +326,7 @@ mod tests {
         assert!(put(&stale, "a", "1234", t0)); // 5 bytes
         assert!(put(&stale, "b", "1234", t0)); // 10
         assert!(put(&stale, "c", "12", t0)); // evicts a
-        assert!(stale.get("a", t0).is_none());
+        assert!(stale.get(Read::Get, "a", t0).is_none());
         assert_eq!(stale.usage(), (2, 8));
         assert!(
             !put(&stale, "d", "1234567890", t0),
@@ -295,7 +359,9 @@ mod tests {
         // An entry exactly max_age old is still servable, so a new one does not evict it.
         assert!(put(&stale, "c", "1", t0 + Duration::from_secs(10)));
         assert!(
-            stale.get("a", t0 + Duration::from_secs(10)).is_none(),
+            stale
+                .get(Read::Get, "a", t0 + Duration::from_secs(10))
+                .is_none(),
             "evicted for bytes"
         );
         let young = Stale::new(StaleConfig {
