@@ -687,6 +687,69 @@ async fn a_head_answer_is_kept_apart_and_never_served_to_a_get() {
     assert_eq!(body(res).await, "");
 }
 
+/// A backend that answers with the host it was asked for (the URI's authority, else `Host`),
+/// until `down` is set.
+fn virtual_hosts(
+    down: &Arc<std::sync::atomic::AtomicBool>,
+) -> impl Service<Request<()>, Response = Response<FallbackBody<TestBody>>, Error = BoxError> + Clone
+{
+    let down = down.clone();
+    let backend = tower::service_fn(move |req: Request<()>| {
+        let down = down.load(std::sync::atomic::Ordering::Relaxed);
+        let host = match req.uri().authority() {
+            Some(authority) => authority.to_string(),
+            None => req.headers()["host"].to_str().unwrap().to_owned(),
+        };
+        async move {
+            if down {
+                return Err(BoxError::from("connection refused"));
+            }
+            Ok(Response::new(TestBody::Full(Some(Bytes::from(host)))))
+        }
+    });
+    FallbackLayer::builder()
+        .stale_on_error(stale(60))
+        .build()
+        .unwrap()
+        .layer(backend)
+}
+
+/// A request as an HTTP/1.1 server sees it: a path, and the host in `Host`.
+fn get_on(host: &str, path: &str) -> Request<()> {
+    Request::get(path).header("host", host).body(()).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_key_tells_virtual_hosts_apart_by_their_host_header() {
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let svc = virtual_hosts(&down);
+    assert_eq!(read(&svc, get_on("a.example", "/feed")).await, "a.example");
+    down.store(true, std::sync::atomic::Ordering::Relaxed);
+    match send(&svc, get_on("b.example", "/feed")).await {
+        Err(err) => assert_eq!(err.to_string(), "connection refused"),
+        Ok(res) => panic!(
+            "b.example was answered from a.example's entry: {:?}",
+            body(res).await
+        ),
+    }
+    let res = send(&svc, get_on("a.example", "/feed")).await.unwrap();
+    assert_eq!(marker(&res), Some("stale"));
+    assert_eq!(body(res).await, "a.example");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http2_and_an_http1_request_for_one_target_share_an_entry() {
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let svc = virtual_hosts(&down);
+    // HTTP/2: the authority is in the URI, and there is no `Host`.
+    assert_eq!(read(&svc, get("https://a.example/feed")).await, "a.example");
+    down.store(true, std::sync::atomic::Ordering::Relaxed);
+    // HTTP/1.1: a path and `Host`, whose case does not matter (RFC 3986 §3.2.2).
+    let res = send(&svc, get_on("A.Example", "/feed")).await.unwrap();
+    assert_eq!(marker(&res), Some("stale"));
+    assert_eq!(body(res).await, "a.example");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_function_may_decline_and_the_failure_goes_on() {
     let backend = Backend::new();

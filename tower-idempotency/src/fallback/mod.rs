@@ -42,8 +42,8 @@
 //! the evictions it forces) when a body ends or a fallback is served.
 //!
 //! **The key** ([`key`](FallbackLayerBuilder::key), by default [`default_key`]: method,
-//! authority and path and query of `GET` and `HEAD` requests that carry no `Authorization` or
-//! `Cookie`). Only `GET` and `HEAD` requests are stored or answered from the store, whatever the
+//! authority (the URI's, else the `Host` header, so virtual hosts never share an entry) and path
+//! and query of `GET` and `HEAD` requests that carry no `Authorization` or `Cookie`). Only `GET` and `HEAD` requests are stored or answered from the store, whatever the
 //! key function returns (it is not even called for other methods), and each only from an entry
 //! of its own method: a key that leaves the method out never answers a `POST` from a `GET`'s
 //! entry, nor a `GET` with a `HEAD`'s empty body. Other methods can still get the function's
