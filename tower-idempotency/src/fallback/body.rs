@@ -73,7 +73,9 @@ impl Sink {
         true
     }
 
-    /// Stores the whole body: the body ended.
+    /// Stores the whole body: the body ended (now). The entry's age counts from its headers'
+    /// arrival, so the store refuses it if that is already longer than `max_age` ago, or if a
+    /// younger answer for the key is there.
     pub(crate) fn finish(mut self) {
         let body = match self.chunks.len() {
             0 => Bytes::new(),
@@ -93,6 +95,7 @@ impl Sink {
             self.headers,
             body,
             self.arrived,
+            Instant::now(),
         );
     }
 }

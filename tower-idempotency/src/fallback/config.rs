@@ -180,10 +180,12 @@ impl FallbackContext {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StaleConfig {
-    /// The longest an entry is served after it was stored (default 60 s). Checked when it would
-    /// be served: an older entry is dropped, never served.
+    /// The longest an entry is served after its headers arrived (default 60 s). Checked when
+    /// it would be served (an older entry is dropped, never served) and when its body ends (a
+    /// body that ends later than this after its headers is not stored).
     pub max_age: Duration,
-    /// The most entries held (default 1,000); the oldest goes first.
+    /// The most entries held (default 1,000); the oldest (by when its headers arrived) goes
+    /// first.
     pub max_entries: usize,
     /// The most bytes held in all (keys, headers and bodies; default 16 MiB); the oldest goes
     /// first.

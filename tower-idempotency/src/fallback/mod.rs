@@ -35,11 +35,16 @@
 //! its body is kept as it streams (reference-counted chunks, joined once at the end) and stored
 //! when it ends, if it is at most [`max_entry_bytes`](StaleConfig::max_entry_bytes) (a larger
 //! one is forgotten as soon as it is known to be larger). A body that fails, or that the caller
-//! drops before its end, stores nothing: there is never a half entry. Hop-by-hop headers,
+//! drops before its end, stores nothing: there is never a half entry. An entry's age counts
+//! from when its headers arrived, not when its body ended: a body that ends more than
+//! [`max_age`](StaleConfig::max_age) after its headers is not stored (it could never be
+//! served), and an entry never replaces a younger one for its key (a slow body that ends after
+//! a later answer leaves that answer in place); neither evicts anything. Hop-by-hop headers,
 //! `Set-Cookie` and `Content-Length` are not kept, and a body with trailers is not stored (so
-//! neither is a gRPC response). The store is bounded by entries and bytes (oldest evicted
-//! first) and by age; one `std::sync::Mutex` guards it, held for one hash lookup or insert (and
-//! the evictions it forces) when a body ends or a fallback is served.
+//! neither is a gRPC response). The store is bounded by entries and bytes (oldest by age
+//! evicted first, so a new entry older than every entry held is not kept when the store is
+//! full) and by age; one `std::sync::Mutex` guards it, held for one hash lookup or
+//! insert (and the evictions it forces) when a body ends or a fallback is served.
 //!
 //! **The key** ([`key`](FallbackLayerBuilder::key), by default [`default_key`]: method,
 //! authority (the URI's, else the `Host` header, so virtual hosts never share an entry) and path

@@ -58,8 +58,9 @@ pub(crate) struct Hit {
 struct Entries {
     /// One map per [`Read`]: a key the key function gave a GET and a HEAD alike is two entries.
     maps: [HashMap<Arc<str>, Entry>; 2],
-    /// Keys by insertion order (`seq`): the first is the oldest, evicted first.
-    order: BTreeMap<u64, (Read, Arc<str>)>,
+    /// Keys by age (`stored_at`, then `seq` among equals): the first is the oldest, evicted
+    /// first. Not insertion order: a slow body ends after younger answers.
+    order: BTreeMap<(Instant, u64), (Read, Arc<str>)>,
     next: u64,
     bytes: usize,
 }
@@ -87,7 +88,7 @@ impl Entries {
 
     fn remove(&mut self, read: Read, key: &str) {
         if let Some(old) = self.map_mut(read).remove(key) {
-            self.order.remove(&old.seq);
+            self.order.remove(&(old.stored_at, old.seq));
             self.bytes -= old.size;
         }
     }
@@ -123,9 +124,15 @@ impl Stale {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps `body` as the last good response to a `read` for `key`, received at `stored_at`,
-    /// replacing the previous one; evicts expired entries, then the oldest, until the bounds
-    /// hold. Returns whether it was kept (an entry larger than `max_bytes` on its own is not).
+    /// Keeps `body`, whose headers arrived at `stored_at` and whose body ended at `now`, as the
+    /// last good response to a `read` for `key`, replacing the previous one unless that one is
+    /// younger; evicts expired entries, then the oldest, until the bounds hold. Returns whether
+    /// it was kept: not an entry larger than `max_bytes` on its own, nor one already older than
+    /// `max_age` (it could never be served), nor one older than the entry it would replace (a
+    /// slow body must not overwrite a later answer), each leaving the store as it was; nor one
+    /// that the bounds would evict first, being older than every entry held (it evicts only
+    /// expired entries and its key's older one).
+    #[allow(clippy::too_many_arguments)] // the entry's parts, moved in, and its two instants
     pub(crate) fn insert(
         &self,
         read: Read,
@@ -134,31 +141,41 @@ impl Stale {
         headers: HeaderMap,
         body: Bytes,
         stored_at: Instant,
+        now: Instant,
     ) -> bool {
         let size = size_of(key, &headers, &body);
-        if size > self.config.max_bytes || body.len() > self.config.max_entry_bytes {
+        let max_age = self.config.max_age;
+        if size > self.config.max_bytes
+            || body.len() > self.config.max_entry_bytes
+            || now.saturating_duration_since(stored_at) > max_age
+        {
             return false;
         }
         let key: Arc<str> = Arc::from(key);
-        let max_age = self.config.max_age;
         let mut entries = self.lock();
+        if let Some(newer) = entries.map(read).get(&key)
+            && newer.stored_at > stored_at
+        {
+            return false;
+        }
         entries.remove(read, &key);
-        while let Some((_, (oldest_read, oldest))) = entries.order.first_key_value() {
-            let expired = entries
-                .map(*oldest_read)
-                .get(oldest)
-                .is_none_or(|e| stored_at.saturating_duration_since(e.stored_at) > max_age);
+        while let Some((&(oldest_at, _), _)) = entries.order.first_key_value() {
+            let expired = now.saturating_duration_since(oldest_at) > max_age;
             let full = entries.len() >= self.config.max_entries
                 || entries.bytes + size > self.config.max_bytes;
             if !(expired || full) {
                 break;
+            }
+            if !expired && oldest_at > stored_at {
+                // Oldest first: the new entry would be the one to go.
+                return false;
             }
             entries.remove_oldest();
         }
         let seq = entries.next;
         entries.next += 1;
         entries.bytes += size;
-        entries.order.insert(seq, (read, key.clone()));
+        entries.order.insert((stored_at, seq), (read, key.clone()));
         entries.map_mut(read).insert(
             key,
             Entry {
@@ -215,14 +232,28 @@ mod tests {
         }
     }
 
+    /// Stores `body` for a GET of `key`, its headers and its end both at `at`.
     fn put(stale: &Stale, key: &str, body: &'static str, at: Instant) -> bool {
+        put_slow(stale, key, body, at, at)
+    }
+
+    /// Stores `body` for a GET of `key`, its headers at `stored_at` and its end at `now`.
+    fn put_slow(
+        stale: &Stale,
+        key: &str,
+        body: &'static str,
+        stored_at: Instant,
+        now: Instant,
+    ) -> bool {
+        let (status, headers) = (StatusCode::OK, HeaderMap::new());
         stale.insert(
             Read::Get,
             key,
-            StatusCode::OK,
-            HeaderMap::new(),
+            status,
+            headers,
             Bytes::from(body),
-            at,
+            stored_at,
+            now,
         )
     }
 
@@ -258,7 +289,8 @@ mod tests {
             StatusCode::OK,
             headers,
             Bytes::from("body"),
-            Instant::now()
+            Instant::now(),
+            Instant::now(),
         ));
         assert_eq!(stale.usage(), (1, 1 + (4 + 4) + (3 + 1) + 4));
     }
@@ -269,7 +301,7 @@ mod tests {
         let t0 = Instant::now();
         let put_as = |read, body: &'static str| {
             let (status, headers) = (StatusCode::OK, HeaderMap::new());
-            stale.insert(read, "k", status, headers, Bytes::from(body), t0)
+            stale.insert(read, "k", status, headers, Bytes::from(body), t0, t0)
         };
         assert!(put_as(Read::Get, "page"));
         assert!(stale.get(Read::Head, "k", t0).is_none());
@@ -371,6 +403,72 @@ mod tests {
         put(&young, "a", "1", t0);
         put(&young, "b", "2", t0 + Duration::from_secs(10));
         assert_eq!(young.usage(), (2, 4));
+    }
+
+    #[test]
+    fn an_older_entry_never_replaces_a_younger_one() {
+        let stale = Stale::new(config());
+        let t0 = Instant::now();
+        let secs = |n| t0 + Duration::from_secs(n);
+        assert!(put_slow(&stale, "k", "young", secs(5), secs(5)));
+        assert!(
+            !put_slow(&stale, "k", "old", t0, secs(8)),
+            "its headers came first, its body last"
+        );
+        let hit = stale.get(Read::Get, "k", secs(8)).unwrap();
+        assert_eq!(
+            (hit.entry.body, hit.age),
+            ("young".into(), Duration::from_secs(3))
+        );
+        assert!(put_slow(&stale, "k", "same age", secs(5), secs(9)));
+        assert!(put_slow(&stale, "k", "younger", secs(6), secs(9)));
+        assert_eq!(stale.usage(), (1, 1 + 7));
+    }
+
+    #[test]
+    fn an_entry_already_older_than_max_age_is_refused_and_evicts_nothing() {
+        let stale = Stale::new(StaleConfig {
+            max_entries: 1,
+            ..config()
+        });
+        let t0 = Instant::now();
+        let secs = |n| t0 + Duration::from_secs(n);
+        assert!(!put_slow(&stale, "slow", "late", t0, secs(11)), "into room");
+        assert_eq!(stale.usage(), (0, 0));
+        assert!(put_slow(&stale, "menu", "kept", secs(5), secs(5)));
+        assert!(!put_slow(&stale, "slow", "late", t0, secs(11)));
+        assert_eq!(stale.usage(), (1, 4 + 4));
+        assert!(stale.get(Read::Get, "menu", secs(11)).is_some());
+        // Exactly max_age old when its body ends: still servable, so kept.
+        let edge = Stale::new(config());
+        assert!(put_slow(&edge, "edge", "x", secs(1), secs(11)));
+    }
+
+    #[test]
+    fn the_oldest_answer_is_evicted_first_whatever_order_bodies_end_in() {
+        let stale = Stale::new(config());
+        let t0 = Instant::now();
+        let secs = |n| t0 + Duration::from_secs(n);
+        assert!(put_slow(&stale, "young", "1", secs(5), secs(5)));
+        assert!(put_slow(&stale, "old", "2", t0, secs(8)));
+        // max_entries is 2: the third evicts "old", whose body ended last.
+        assert!(put_slow(&stale, "third", "3", secs(8), secs(8)));
+        assert!(stale.get(Read::Get, "old", secs(8)).is_none());
+        assert!(stale.get(Read::Get, "young", secs(8)).is_some());
+        // Older than every entry held when the store is full: it would go first, so it is not
+        // kept, and evicts nothing.
+        assert!(!put_slow(&stale, "older", "4", secs(2), secs(9)));
+        assert_eq!(stale.usage(), (2, 6 + 6));
+        // An entry expired by the time a new one's body ends goes, even one whose body ended
+        // after a younger one's.
+        let sweep = Stale::new(StaleConfig {
+            max_entries: 10,
+            ..config()
+        });
+        assert!(put_slow(&sweep, "young", "1", secs(5), secs(5)));
+        assert!(put_slow(&sweep, "old", "2", secs(1), secs(8)));
+        assert!(put_slow(&sweep, "new", "3", secs(6), secs(12)));
+        assert_eq!(sweep.usage(), (2, 6 + 4));
     }
 
     #[test]
