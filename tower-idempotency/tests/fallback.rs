@@ -11,6 +11,7 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use tokio::sync::mpsc;
 use tokio::time::advance;
 use tower::{Service, ServiceExt};
 use tower_idempotency::fallback::{
@@ -28,6 +29,8 @@ enum TestBody {
     WithTrailers(Option<Bytes>, bool),
     /// One chunk, then an error.
     ThenFails(Option<Bytes>),
+    /// Chunks as the test sends them; the end when it drops the sender.
+    Channel(mpsc::Receiver<Bytes>),
 }
 
 impl Body for TestBody {
@@ -62,6 +65,7 @@ impl Body for TestBody {
                 Some(d) => Ok(Frame::data(d)),
                 None => Err("connection reset".into()),
             })),
+            TestBody::Channel(rx) => rx.poll_recv(_cx).map(|d| d.map(|d| Ok(Frame::data(d)))),
         }
     }
 }
@@ -84,6 +88,8 @@ enum Reply {
     /// Headers and a first chunk, then the body stalls.
     Stalls,
     BodyFails,
+    /// Headers at once, then the body the test feeds (see [`Backend::streams`]).
+    Streams(Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>),
 }
 
 #[derive(Clone)]
@@ -96,6 +102,14 @@ impl Backend {
 
     fn set(&self, reply: Reply) {
         *self.0.lock().unwrap() = reply;
+    }
+
+    /// The next call answers headers at once and a body fed through the returned sender,
+    /// which ends when the sender is dropped.
+    fn streams(&self) -> mpsc::Sender<Bytes> {
+        let (tx, rx) = mpsc::channel(4);
+        self.set(Reply::Streams(Arc::new(Mutex::new(Some(rx)))));
+        tx
     }
 
     fn service(
@@ -146,6 +160,10 @@ impl Backend {
                     Reply::BodyFails => Ok(Response::new(TestBody::ThenFails(Some(Bytes::from(
                         "part",
                     ))))),
+                    Reply::Streams(rx) => {
+                        let rx = rx.lock().unwrap().take().expect("one call per stream");
+                        Ok(Response::new(TestBody::Channel(rx)))
+                    }
                 }
             }
         })
@@ -606,6 +624,230 @@ async fn a_custom_key_separates_callers_and_long_keys_are_not_cached() {
     assert!(send(&svc, as_user("bob")).await.is_err());
     assert!(send(&svc, as_user("a-very-long-name")).await.is_err());
     assert!(send(&svc, get("/feed")).await.is_err(), "no user, no key");
+}
+
+/// A layer whose key leaves the method out, as many custom keys do: user and path.
+fn keyed_by_user_and_path(
+    backend: &Backend,
+) -> impl Service<Request<()>, Response = Response<FallbackBody<TestBody>>, Error = BoxError> + Clone
+{
+    FallbackLayer::builder()
+        .stale_on_error(stale(60))
+        .key(|req| {
+            let user = req.headers().get("x-user")?.to_str().ok()?;
+            Some(format!("{user} {}", req.path()))
+        })
+        .build()
+        .unwrap()
+        .layer(backend.service())
+}
+
+fn as_alice(method: http::Method) -> Request<()> {
+    Request::builder()
+        .method(method)
+        .uri("/feed")
+        .header("x-user", "alice")
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_post_is_never_answered_from_a_get_entry_whatever_the_key() {
+    let backend = Backend::new();
+    let svc = keyed_by_user_and_path(&backend);
+    backend.set(Reply::Ok("alice's feed"));
+    read(&svc, as_alice(http::Method::GET)).await;
+    backend.set(Reply::Error);
+    match send(&svc, as_alice(http::Method::POST)).await {
+        Err(err) => assert_eq!(err.to_string(), "connection refused"),
+        Ok(res) => {
+            let (status, marker) = (res.status(), marker(&res).map(str::to_owned));
+            panic!(
+                "the POST never ran, yet it got {status} {marker:?} {:?}",
+                body(res).await
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_post_success_is_not_stored_and_keeps_the_get_entry() {
+    let backend = Backend::new();
+    let svc = keyed_by_user_and_path(&backend);
+    backend.set(Reply::Ok("alice's feed"));
+    read(&svc, as_alice(http::Method::GET)).await;
+    backend.set(Reply::Ok("order created"));
+    read(&svc, as_alice(http::Method::POST)).await;
+    backend.set(Reply::Error);
+    let res = send(&svc, as_alice(http::Method::GET)).await.unwrap();
+    assert_eq!(marker(&res), Some("stale"));
+    assert_eq!(body(res).await, "alice's feed");
+    assert!(
+        send(&svc, as_alice(http::Method::POST)).await.is_err(),
+        "no POST entry: a failed POST is never told it succeeded"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_answer_is_kept_apart_and_never_served_to_a_get() {
+    let backend = Backend::new();
+    let svc = keyed_by_user_and_path(&backend);
+    backend.set(Reply::Ok("alice's feed"));
+    read(&svc, as_alice(http::Method::GET)).await;
+    backend.set(Reply::Ok(""));
+    read(&svc, as_alice(http::Method::HEAD)).await;
+    backend.set(Reply::Error);
+    let res = send(&svc, as_alice(http::Method::GET)).await.unwrap();
+    assert_eq!(marker(&res), Some("stale"));
+    assert_eq!(body(res).await, "alice's feed", "not the HEAD's empty body");
+    let res = send(&svc, as_alice(http::Method::HEAD)).await.unwrap();
+    assert_eq!(marker(&res), Some("stale"), "a HEAD from the HEAD's entry");
+    assert_eq!(body(res).await, "");
+}
+
+/// A backend that answers with the host it was asked for (the URI's authority, else `Host`),
+/// until `down` is set.
+fn virtual_hosts(
+    down: &Arc<std::sync::atomic::AtomicBool>,
+) -> impl Service<Request<()>, Response = Response<FallbackBody<TestBody>>, Error = BoxError> + Clone
+{
+    let down = down.clone();
+    let backend = tower::service_fn(move |req: Request<()>| {
+        let down = down.load(std::sync::atomic::Ordering::Relaxed);
+        let host = match req.uri().authority() {
+            Some(authority) => authority.to_string(),
+            None => req.headers()["host"].to_str().unwrap().to_owned(),
+        };
+        async move {
+            if down {
+                return Err(BoxError::from("connection refused"));
+            }
+            Ok(Response::new(TestBody::Full(Some(Bytes::from(host)))))
+        }
+    });
+    FallbackLayer::builder()
+        .stale_on_error(stale(60))
+        .build()
+        .unwrap()
+        .layer(backend)
+}
+
+/// A request as an HTTP/1.1 server sees it: a path, and the host in `Host`.
+fn get_on(host: &str, path: &str) -> Request<()> {
+    Request::get(path).header("host", host).body(()).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_default_key_tells_virtual_hosts_apart_by_their_host_header() {
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let svc = virtual_hosts(&down);
+    assert_eq!(read(&svc, get_on("a.example", "/feed")).await, "a.example");
+    down.store(true, std::sync::atomic::Ordering::Relaxed);
+    match send(&svc, get_on("b.example", "/feed")).await {
+        Err(err) => assert_eq!(err.to_string(), "connection refused"),
+        Ok(res) => panic!(
+            "b.example was answered from a.example's entry: {:?}",
+            body(res).await
+        ),
+    }
+    let res = send(&svc, get_on("a.example", "/feed")).await.unwrap();
+    assert_eq!(marker(&res), Some("stale"));
+    assert_eq!(body(res).await, "a.example");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_http2_and_an_http1_request_for_one_target_share_an_entry() {
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let svc = virtual_hosts(&down);
+    // HTTP/2: the authority is in the URI, and there is no `Host`.
+    assert_eq!(read(&svc, get("https://a.example/feed")).await, "a.example");
+    down.store(true, std::sync::atomic::Ordering::Relaxed);
+    // HTTP/1.1: a path and `Host`, whose case does not matter (RFC 3986 §3.2.2).
+    let res = send(&svc, get_on("A.Example", "/feed")).await.unwrap();
+    assert_eq!(marker(&res), Some("stale"));
+    assert_eq!(body(res).await, "a.example");
+}
+
+/// The `Age` and body of the stale answer to a GET of `path`, or a panic saying what came.
+async fn stale_answer<S>(svc: &S, path: &str) -> (String, String)
+where
+    S: Service<Request<()>, Response = Response<FallbackBody<TestBody>>, Error = BoxError> + Clone,
+{
+    match send(svc, get(path)).await {
+        Ok(res) if marker(&res) == Some("stale") => {
+            let age = res.headers()["age"].to_str().unwrap().to_owned();
+            (age, body(res).await)
+        }
+        Ok(res) => panic!("{path}: not a stale answer: {:?}", res.headers()),
+        Err(err) => panic!("{path}: no stale answer: {err}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_older_response_whose_body_ends_last_never_replaces_a_newer_one() {
+    let backend = Backend::new();
+    let svc = FallbackLayer::builder()
+        .stale_on_error(stale(10))
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    // t=0: A's headers arrive; its body streams slowly.
+    let feed = backend.streams();
+    let a = send(&svc, get("/feed")).await.unwrap();
+    feed.send(Bytes::from("A, from t=0")).await.unwrap();
+    // t=5: B, asked later, completes first.
+    advance(Duration::from_secs(5)).await;
+    backend.set(Reply::Ok("B, from t=5"));
+    read(&svc, get("/feed")).await;
+    // t=8: A's body ends.
+    advance(Duration::from_secs(3)).await;
+    drop(feed);
+    assert_eq!(body(a).await, "A, from t=0");
+
+    backend.set(Reply::Error);
+    assert_eq!(
+        stale_answer(&svc, "/feed").await,
+        ("3".to_owned(), "B, from t=5".to_owned()),
+        "the newer answer, not the one whose body ended last"
+    );
+    advance(Duration::from_secs(3)).await; // t=11: A would be too old, B is not
+    assert_eq!(
+        stale_answer(&svc, "/feed").await,
+        ("6".to_owned(), "B, from t=5".to_owned())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_ends_after_max_age_is_not_stored_and_evicts_nothing() {
+    let backend = Backend::new();
+    let svc = FallbackLayer::builder()
+        .stale_on_error(StaleConfig {
+            max_entries: 1,
+            ..stale(10)
+        })
+        .build()
+        .unwrap()
+        .layer(backend.service());
+    // t=0: /slow's headers; its body takes 11 s, longer than max_age.
+    let slow = backend.streams();
+    let res = send(&svc, get("/slow")).await.unwrap();
+    slow.send(Bytes::from("slow")).await.unwrap();
+    // t=5: /menu is stored, the only entry max_entries allows.
+    advance(Duration::from_secs(5)).await;
+    backend.set(Reply::Ok("menu"));
+    read(&svc, get("/menu")).await;
+    // t=11: /slow's body ends, 11 s after its headers.
+    advance(Duration::from_secs(6)).await;
+    drop(slow);
+    assert_eq!(body(res).await, "slow");
+
+    backend.set(Reply::Error);
+    assert_eq!(
+        stale_answer(&svc, "/menu").await,
+        ("6".to_owned(), "menu".to_owned()),
+        "/menu's entry, 6 s old, is still there"
+    );
+    assert!(send(&svc, get("/slow")).await.is_err());
 }
 
 #[tokio::test(start_paused = true)]

@@ -81,4 +81,15 @@ fn a_request_the_layer_cannot_store_costs_no_allocation() {
         with_stale,
         vec![request(http::Method::POST), request(http::Method::DELETE)],
     );
+    // Nor do they when a key function would key them: it is only called for GET and HEAD.
+    let keyed = FallbackLayer::builder()
+        .stale_on_error(StaleConfig::default())
+        .key(|req| Some(req.path().to_owned()))
+        .build()
+        .expect("valid")
+        .layer(backend());
+    calls_allocate_nothing(
+        keyed,
+        vec![request(http::Method::POST), request(http::Method::DELETE)],
+    );
 }

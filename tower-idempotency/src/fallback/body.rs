@@ -10,12 +10,13 @@ use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
-use super::stale::Stale;
+use super::stale::{Read, Stale};
 
 /// Where a response on its way to the caller is kept once its body has ended: made by the layer
 /// for a success it may store, handed to [`FallbackResponse::tee`](super::exchange::FallbackResponse::tee).
 pub struct Sink {
     stale: Arc<Stale>,
+    read: Read,
     key: String,
     status: StatusCode,
     headers: HeaderMap,
@@ -36,6 +37,7 @@ impl fmt::Debug for Sink {
 impl Sink {
     pub(crate) fn new(
         stale: Arc<Stale>,
+        read: Read,
         key: String,
         status: StatusCode,
         headers: HeaderMap,
@@ -43,6 +45,7 @@ impl Sink {
     ) -> Self {
         Sink {
             stale,
+            read,
             key,
             status,
             headers,
@@ -70,7 +73,9 @@ impl Sink {
         true
     }
 
-    /// Stores the whole body: the body ended.
+    /// Stores the whole body: the body ended (now). The entry's age counts from its headers'
+    /// arrival, so the store refuses it if that is already longer than `max_age` ago, or if a
+    /// younger answer for the key is there.
     pub(crate) fn finish(mut self) {
         let body = match self.chunks.len() {
             0 => Bytes::new(),
@@ -83,8 +88,15 @@ impl Sink {
                 all.freeze()
             }
         };
-        self.stale
-            .insert(&self.key, self.status, self.headers, body, self.arrived);
+        self.stale.insert(
+            self.read,
+            &self.key,
+            self.status,
+            self.headers,
+            body,
+            self.arrived,
+            Instant::now(),
+        );
     }
 }
 

@@ -180,10 +180,12 @@ impl FallbackContext {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StaleConfig {
-    /// The longest an entry is served after it was stored (default 60 s). Checked when it would
-    /// be served: an older entry is dropped, never served.
+    /// The longest an entry is served after its headers arrived (default 60 s). Checked when
+    /// it would be served (an older entry is dropped, never served) and when its body ends (a
+    /// body that ends later than this after its headers is not stored).
     pub max_age: Duration,
-    /// The most entries held (default 1,000); the oldest goes first.
+    /// The most entries held (default 1,000); the oldest (by when its headers arrived) goes
+    /// first.
     pub max_entries: usize,
     /// The most bytes held in all (keys, headers and bodies; default 16 MiB); the oldest goes
     /// first.
@@ -214,7 +216,26 @@ const DEFAULT_MAX_KEY_BYTES: usize = 1024;
 
 /// The default stale key: `GET` and `HEAD` requests without `Authorization` or `Cookie`
 /// (RFC 9111 §3.5: a shared cache does not reuse answers to authenticated requests), keyed by
-/// method, authority (when the URI has one) and path and query.
+/// method, [authority](RequestView::authority) and path and query: the target URI, host
+/// included (RFC 9111 §2), so virtual hosts never share an entry. The authority is the URI's,
+/// else the `Host` header (an HTTP/1.1 server's request), in lower case (RFC 3986 §3.2.2), so
+/// an HTTP/1.1 and an HTTP/2 request for one target share an entry. A request whose `Host`
+/// header is not text is not cached.
+///
+/// ```
+/// use http::{HeaderMap, HeaderValue, Method};
+/// use tower_idempotency::fallback::{RequestView, default_key};
+///
+/// // HTTP/1.1: the URI is a path, the host is in `Host`.
+/// let mut host = HeaderMap::new();
+/// host.insert("host", HeaderValue::from_static("A.example"));
+/// let http1 = RequestView::new(&Method::GET, None, "/feed", Some("p=2"), &host);
+/// assert_eq!(default_key(&http1).as_deref(), Some("GET a.example/feed?p=2"));
+/// // HTTP/2: the host is the URI's authority.
+/// let none = HeaderMap::new();
+/// let http2 = RequestView::new(&Method::GET, Some("a.example"), "/feed", Some("p=2"), &none);
+/// assert_eq!(default_key(&http1), default_key(&http2));
+/// ```
 pub fn default_key(req: &RequestView<'_>) -> Option<String> {
     if !matches!(*req.method(), Method::GET | Method::HEAD)
         || req.headers().contains_key(http::header::AUTHORIZATION)
@@ -222,7 +243,12 @@ pub fn default_key(req: &RequestView<'_>) -> Option<String> {
     {
         return None;
     }
-    let authority = req.authority().unwrap_or("");
+    let authority = match req.authority() {
+        Some(authority) => authority,
+        // A `Host` that is not text cannot be told from another one: not cached.
+        None if req.headers().contains_key(http::header::HOST) => return None,
+        None => "",
+    };
     let query = req.query();
     let mut key = String::with_capacity(
         req.method().as_str().len()
@@ -233,7 +259,9 @@ pub fn default_key(req: &RequestView<'_>) -> Option<String> {
     );
     key.push_str(req.method().as_str());
     key.push(' ');
+    let start = key.len();
     key.push_str(authority);
+    key[start..].make_ascii_lowercase();
     key.push_str(req.path());
     if let Some(query) = query {
         key.push('?');
@@ -334,6 +362,15 @@ impl<C> FallbackLayerBuilder<C> {
     /// The stale store's key: `None` means the request is neither stored nor answered from the
     /// store. Default [`default_key`]. A key longer than [`max_key_bytes`](Self::max_key_bytes)
     /// is treated as `None`. Whatever varies the answer (a user, a language) must be in it.
+    ///
+    /// It is called for `GET` and `HEAD` requests only: no other method is stored or answered
+    /// from the store, whatever a key would be. The store keeps a `GET`'s and a `HEAD`'s entries
+    /// apart and answers each request only from an entry of its own method, so the key need not
+    /// name the method. Unsafe methods are left out on purpose, not only when the key forgets
+    /// the method: a stale `200` would tell a caller that its `POST` succeeded when it never
+    /// ran, and a key that cannot see the body cannot tell one `POST` read call (GraphQL)
+    /// from another; gRPC answers end in trailers and are never stored anyway. Answer such
+    /// calls with [`from_fn`](Self::from_fn), which sees the method.
     pub fn key<F>(mut self, f: F) -> Self
     where
         F: Fn(&RequestView<'_>) -> Option<String> + Send + Sync + 'static,
@@ -485,6 +522,33 @@ mod tests {
             headers.insert(header, http::HeaderValue::from_static("x"));
             assert_eq!(key(Method::GET, "/a", &headers), None, "{header}");
         }
+    }
+
+    #[test]
+    fn the_default_key_takes_the_host_header_when_the_uri_has_no_authority() {
+        let host = |value: &'static [u8]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                http::header::HOST,
+                http::HeaderValue::from_bytes(value).unwrap(),
+            );
+            headers
+        };
+        let a = host(b"a.example:8080");
+        assert_eq!(
+            key(Method::GET, "/a", &a).as_deref(),
+            Some("GET a.example:8080/a")
+        );
+        assert_eq!(
+            key(Method::GET, "/a", &host(b"A.Example")).as_deref(),
+            Some("GET a.example/a")
+        );
+        // The URI's authority comes first (RFC 9112 §3.2.2), in lower case too.
+        assert_eq!(
+            key(Method::GET, "http://B.example/a", &a).as_deref(),
+            Some("GET b.example/a")
+        );
+        assert_eq!(key(Method::GET, "/a", &host(b"caf\xe9")), None);
     }
 
     #[test]

@@ -19,7 +19,8 @@ pub struct RequestView<'a> {
 }
 
 impl<'a> RequestView<'a> {
-    /// A view of a request's parts (for key functions under test, or other request types).
+    /// A view of a request's parts (for key functions under test, or other request types);
+    /// `authority` is the URI's (without it, [`authority`](Self::authority) reads `Host`).
     pub fn new(
         method: &'a Method,
         authority: Option<&'a str>,
@@ -41,9 +42,15 @@ impl<'a> RequestView<'a> {
         self.method
     }
 
-    /// `host[:port]` when the URI is absolute (client requests), else `None`.
+    /// `host[:port]` the request is for, as sent: the URI's authority when it has one (client
+    /// requests, HTTP/2 servers, an HTTP/1.1 absolute-form target), else the `Host` header (an
+    /// HTTP/1.1 server's request, whose URI is a path; RFC 9112 §3.2.2 gives the URI's
+    /// authority precedence). `None` when there is neither, or the `Host` header is not text.
     pub fn authority(&self) -> Option<&'a str> {
-        self.authority
+        self.authority.or_else(|| {
+            let host = self.headers.get(http::header::HOST)?;
+            host.to_str().ok()
+        })
     }
 
     /// The path.

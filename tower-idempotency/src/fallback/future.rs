@@ -17,6 +17,7 @@ use super::body::Sink;
 use super::config::{FallbackContext, Reason};
 use super::exchange::FallbackResponse;
 use super::layer::{RedGuard, Shared, passed};
+use super::stale::Read;
 use super::{FALLBACK, FUNCTION, STALE};
 
 pin_project! {
@@ -27,7 +28,8 @@ pin_project! {
         #[pin]
         fut: F,
         shared: Arc<Shared<C>>,
-        key: Option<String>,
+        // Set only for a GET or a HEAD with a key: the store keeps nothing else.
+        key: Option<(Read, String)>,
         target: Option<(Method, Uri)>,
         guard: RedGuard,
     }
@@ -37,7 +39,7 @@ impl<F, C> ResponseFuture<F, C> {
     pub(crate) fn new(
         fut: F,
         shared: Arc<Shared<C>>,
-        key: Option<String>,
+        key: Option<(Read, String)>,
         target: Option<(Method, Uri)>,
         guard: RedGuard,
     ) -> Self {
@@ -77,10 +79,16 @@ where
         let result = match (reason, result) {
             (None, Ok(res)) => {
                 let res = match (this.key.take(), shared.stale.as_ref()) {
-                    (Some(key), Some(stale)) if storable(&res) => {
+                    (Some((read, key)), Some(stale)) if storable(&res) => {
                         let headers = kept(res.headers());
-                        let sink =
-                            Sink::new(stale.clone(), key, res.status(), headers, Instant::now());
+                        let sink = Sink::new(
+                            stale.clone(),
+                            read,
+                            key,
+                            res.status(),
+                            headers,
+                            Instant::now(),
+                        );
                         res.tee(sink)
                     }
                     _ => res.pass(),
@@ -92,7 +100,7 @@ where
         };
         if let Some(reason) = reason.filter(|r| shared.when.matches(*r))
             && let Some(res) =
-                answer::<C, Res>(shared, this.key.as_deref(), reason, this.target.take())
+                answer::<C, Res>(shared, this.key.as_ref(), reason, this.target.take())
         {
             this.guard.finish(Outcome::Fallback);
             return Poll::Ready(Ok(res));
@@ -102,10 +110,11 @@ where
     }
 }
 
-/// The stale entry for `key` (if young enough), else the function's answer.
+/// The stale entry for `key` of the request's method (if young enough), else the function's
+/// answer.
 fn answer<C, Res: FallbackResponse>(
     shared: &Shared<C>,
-    key: Option<&str>,
+    key: Option<&(Read, String)>,
     reason: Reason,
     target: Option<(Method, Uri)>,
 ) -> Option<Res::Output> {
@@ -113,7 +122,7 @@ fn answer<C, Res: FallbackResponse>(
         .stale
         .as_ref()
         .zip(key)
-        .and_then(|(stale, key)| stale.get(key, Instant::now()));
+        .and_then(|(stale, (read, key))| stale.get(*read, key, Instant::now()));
     if let Some(hit) = hit {
         let mut res = Response::new(hit.entry.body);
         *res.status_mut() = hit.entry.status;

@@ -14,7 +14,7 @@ use tower_service::Service;
 use super::config::{FallbackFn, FallbackLayerBuilder, KeyFn, Reason, When};
 use super::exchange::{FallbackRequest, FallbackResponse};
 use super::future::ResponseFuture;
-use super::stale::Stale;
+use super::stale::{Read, Stale};
 
 /// What every clone of one layer shares.
 pub(crate) struct Shared<C> {
@@ -108,7 +108,7 @@ impl fmt::Debug for RedGuard {
 }
 
 /// Answers in place of a call that an inner layer refused or that failed: from the last good
-/// response for the same key (stale-on-error), else from a function, else the original
+/// response for the same method and key (stale-on-error), else from a function, else the original
 /// refusal or failure goes on. See the [module docs](super).
 #[must_use]
 pub struct FallbackLayer<C = AnyError> {
@@ -206,9 +206,13 @@ where
         let shared = &self.shared;
         let _scope = clock::Scope::enter();
         let guard = RedGuard::new(&shared.red);
-        // The key is computed only when there is a store: no allocation otherwise.
+        // The key is computed only when there is a store and the request is a GET or a HEAD
+        // (nothing else is stored, whatever the key function says): no allocation otherwise.
         let key = shared.stale.as_ref().and_then(|_| {
-            (shared.key)(&req.view()).filter(|key| key.len() <= shared.max_key_bytes)
+            let view = req.view();
+            let read = Read::of(view.method())?;
+            let key = (shared.key)(&view).filter(|key| key.len() <= shared.max_key_bytes)?;
+            Some((read, key))
         });
         let target = (shared.function.is_some() || key.is_some()).then(|| {
             let view = req.view();

@@ -19,9 +19,10 @@
 //! **The answer**, first that applies:
 //!
 //! 1. **Stale** ([`stale_on_error`](FallbackLayerBuilder::stale_on_error)): the last good
-//!    response stored under the request's [key](FallbackLayerBuilder::key), if it was stored at
-//!    most [`max_age`](StaleConfig::max_age) ago (checked when it would be served: an older
-//!    one is dropped, never served). Marked `x-fallback: stale` ([`FALLBACK`]), with an `Age`
+//!    response to a request of the same method (`GET` or `HEAD`) stored under the request's
+//!    [key](FallbackLayerBuilder::key), if it was stored at most
+//!    [`max_age`](StaleConfig::max_age) ago (checked when it would be served: an older one is
+//!    dropped, never served). Marked `x-fallback: stale` ([`FALLBACK`]), with an `Age`
 //!    header in seconds (RFC 9111 §5.1: the `Age` it came with plus the time it was held).
 //! 2. **Function** ([`from_fn`](FallbackLayerBuilder::from_fn)): whatever it returns, marked
 //!    `x-fallback: function`; it sees the [`Reason`], method and URI, and may return `None`.
@@ -34,17 +35,26 @@
 //! its body is kept as it streams (reference-counted chunks, joined once at the end) and stored
 //! when it ends, if it is at most [`max_entry_bytes`](StaleConfig::max_entry_bytes) (a larger
 //! one is forgotten as soon as it is known to be larger). A body that fails, or that the caller
-//! drops before its end, stores nothing: there is never a half entry. Hop-by-hop headers,
+//! drops before its end, stores nothing: there is never a half entry. An entry's age counts
+//! from when its headers arrived, not when its body ended: a body that ends more than
+//! [`max_age`](StaleConfig::max_age) after its headers is not stored (it could never be
+//! served), and an entry never replaces a younger one for its key (a slow body that ends after
+//! a later answer leaves that answer in place); neither evicts anything. Hop-by-hop headers,
 //! `Set-Cookie` and `Content-Length` are not kept, and a body with trailers is not stored (so
-//! neither is a gRPC response). The store is bounded by entries and bytes (oldest evicted
-//! first) and by age; one `std::sync::Mutex` guards it, held for one hash lookup or insert (and
-//! the evictions it forces) when a body ends or a fallback is served.
+//! neither is a gRPC response). The store is bounded by entries and bytes (oldest by age
+//! evicted first, so a new entry older than every entry held is not kept when the store is
+//! full) and by age; one `std::sync::Mutex` guards it, held for one hash lookup or
+//! insert (and the evictions it forces) when a body ends or a fallback is served.
 //!
-//! **The default key** ([`default_key`]): method, authority and path and query of `GET` and
-//! `HEAD` requests that carry no `Authorization` or `Cookie`; other requests are never stored
-//! nor served from the store. Keys over [`max_key_bytes`](FallbackLayerBuilder::max_key_bytes)
-//! are not cached. A request without a key costs no allocation: the inner future, one classifier
-//! call and one counter (a stored success costs its key, its kept headers and the chunk list).
+//! **The key** ([`key`](FallbackLayerBuilder::key), by default [`default_key`]: method,
+//! authority (the URI's, else the `Host` header, so virtual hosts never share an entry) and path
+//! and query of `GET` and `HEAD` requests that carry no `Authorization` or `Cookie`). Only `GET` and `HEAD` requests are stored or answered from the store, whatever the
+//! key function returns (it is not even called for other methods), and each only from an entry
+//! of its own method: a key that leaves the method out never answers a `POST` from a `GET`'s
+//! entry, nor a `GET` with a `HEAD`'s empty body. Other methods can still get the function's
+//! answer. Keys over [`max_key_bytes`](FallbackLayerBuilder::max_key_bytes) are not cached. A
+//! request without a key costs no allocation: the inner future, one classifier call and one
+//! counter (a stored success costs its key, its kept headers and the chunk list).
 //!
 //! **Where it goes.** Above the layers whose refusals it answers (breaker, bulkhead, inbound
 //! deadline) and below RED, so RED sees the answer the caller got and the breaker still sees
