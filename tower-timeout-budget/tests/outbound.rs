@@ -187,6 +187,28 @@ async fn a_budget_under_a_millisecond_is_refused_before_sending_not_sent_as_zero
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_grpc_budget_no_longer_than_the_margin_is_refused_before_sending() {
+    // gRPC carries nanoseconds, so no rounding refuses it: the margin alone must. With 20 ms
+    // kept back, 20 ms or less left would go out as `0n`.
+    let layer = OutboundDeadlineLayer::builder()
+        .margin(20 * MS)
+        .build()
+        .expect("valid");
+    for left in [10 * MS, 20 * MS] {
+        let err = Deadline::after(left)
+            .scope(sent(&layer, grpc_request()))
+            .await
+            .expect_err("nothing left past the margin");
+        assert_eq!(stage_of(&err), Some(Stage::BeforeSend), "{left:?}");
+    }
+    let headers = Deadline::after(21 * MS)
+        .scope(sent(&layer, grpc_request()))
+        .await
+        .expect("1 ms past the margin");
+    assert_eq!(headers["grpc-timeout"], "1000000n");
+}
+
+#[tokio::test(start_paused = true)]
 async fn without_a_deadline_the_request_is_sent_unchanged() {
     let headers = sent(&OutboundDeadlineLayer::new(), http::Request::new(()))
         .await
