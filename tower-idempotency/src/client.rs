@@ -36,10 +36,10 @@ impl KeyedRequest for reqwest::Request {
     }
 }
 
-/// Adds an `Idempotency-Key` (a fresh UUID v7) to every POST and PATCH that has none, so a retry
-/// layer below it may retry them and every attempt carries the same key. Put it **above** the
-/// retry layer: it runs once per logical request, and the retries below reuse the request with
-/// its key. A request that already has a key keeps it.
+/// Adds an `Idempotency-Key` (a fresh UUID v7, quoted: the draft's Structured Field String) to
+/// every POST and PATCH that has none, so a retry layer below it may retry them and every attempt
+/// carries the same key. Put it **above** the retry layer: it runs once per logical request, and
+/// the retries below reuse the request with its key. A request that already has a key keeps it.
 ///
 /// ```
 /// use tower::{ServiceBuilder, ServiceExt};
@@ -52,7 +52,9 @@ impl KeyedRequest for reqwest::Request {
 ///         Ok::<_, std::convert::Infallible>(req.headers().get("idempotency-key").cloned())
 ///     });
 /// let key = svc.oneshot(http::Request::post("/orders").body(()).unwrap()).await.unwrap();
-/// assert_eq!(key.unwrap().len(), 36);
+/// let key = key.unwrap();
+/// assert_eq!(key.len(), 38); // "0193…", quotes included
+/// assert!(key.as_bytes().starts_with(b"\"") && key.as_bytes().ends_with(b"\""));
 /// # }
 /// ```
 #[derive(Clone, Debug)]
@@ -109,11 +111,14 @@ impl<S> IdempotencyKey<S> {
     tower_red::define_inner_service_accessors!();
 }
 
-/// A fresh key: a UUID v7 (time-ordered, 74 random bits), as its 36-character hyphenated text.
+/// A fresh key: a UUID v7 (time-ordered, 74 random bits), as its 36-character hyphenated text
+/// in a Structured Field String (quoted, RFC 9651), as the draft defines the header.
 fn fresh_key() -> HeaderValue {
-    let mut buf = uuid::Uuid::encode_buffer();
-    let text = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(text).expect("a hyphenated UUID is a valid header value")
+    let mut buf = [b'"'; 38];
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf[1..37]);
+    HeaderValue::from_bytes(&buf).expect("a quoted hyphenated UUID is a valid header value")
 }
 
 impl<S, R> Service<R> for IdempotencyKey<S>
@@ -160,8 +165,16 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(a, b);
-        let uuid = uuid::Uuid::parse_str(a.to_str().unwrap()).unwrap();
+        // A Structured Field String (RFC 9651), as the draft defines the header: quoted.
+        let text = a.to_str().unwrap();
+        let unquoted = text
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("not an sf-string: {text}"));
+        let uuid = uuid::Uuid::parse_str(unquoted).unwrap();
         assert_eq!(uuid.get_version_num(), 7);
+        // Our own server layer reads it as the same key.
+        assert_eq!(crate::key::parse(&a).unwrap(), unquoted.as_bytes());
     }
 
     #[tokio::test]
