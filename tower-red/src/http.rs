@@ -8,8 +8,10 @@
 //! rejections, also when [`ProblemLayer`](crate::problem::ProblemLayer) turned them into
 //! responses; the status code for other server errors; `_OTHER` for other errors) and, on the
 //! client side, `server_address` and `server_port`. An in-flight gauge per method counts active
-//! requests. Routes and hosts are capped ([`RedLayer::max_routes`]); past the cap they are
-//! labelled `_OTHER`, so no input can grow the number of series without bound.
+//! requests. Routes, and a client's targets (host and port together), are capped
+//! ([`RedLayer::max_routes`]); past the cap they are labelled `_OTHER` (a client's with no
+//! port), and every status past 599 is labelled `_OTHER`, so no input can grow the number of
+//! series without bound.
 //!
 //! Route ids and series handles are cached per thread after their first use: the steady state
 //! takes no lock, touches no map shared between cores, takes one clock pair shared with the
@@ -69,6 +71,8 @@ const METHODS: [&str; 10] = [
 const OTHER: &str = "_OTHER";
 const NO_ID: u16 = 0;
 const OTHER_ID: u16 = u16::MAX;
+/// The status every response past 599 is recorded as (labelled `_OTHER`).
+const STATUS_OTHER: u16 = 600;
 const ERROR_OTHER: u8 = RejectionKind::ALL.len() as u8 + 1;
 const ERROR_STATUS: u8 = ERROR_OTHER + 1;
 
@@ -118,6 +122,7 @@ impl Key {
     fn route(self) -> u16 {
         ((self.0 >> 20) & 0xffff) as u16
     }
+    #[cfg(test)]
     fn port(self) -> u16 {
         ((self.0 >> 36) & 0xffff) as u16
     }
@@ -355,9 +360,9 @@ impl Shared {
                 return hit;
             }
         }
-        let (id, port) = req
-            .host_port()
-            .map_or((NO_ID, 0), |(host, port)| (self.intern(host), port));
+        let (id, port) = req.host_port().map_or((NO_ID, 0), |(host, port)| {
+            (self.intern_target(host, port), port)
+        });
         if let Some((scheme, authority)) = target
             && id != OTHER_ID
         {
@@ -380,6 +385,37 @@ impl Shared {
             });
         }
         (id, port)
+    }
+
+    /// A client's target, host and port together, in the capped table: past the cap a new
+    /// host *or port* is `_OTHER`, so a client calling URLs from its users (any port) grows no
+    /// series without bound. Written as `host port` (a host has no space) in a buffer on the
+    /// stack, so a target already in the table costs no allocation.
+    fn intern_target(&self, host: &str, port: u16) -> u16 {
+        const MAX: usize = 256;
+        let mut buf = [0u8; MAX + 6];
+        if host.len() > MAX {
+            return self.intern(&format!("{host} {port}"));
+        }
+        buf[..host.len()].copy_from_slice(host.as_bytes());
+        buf[host.len()] = b' ';
+        let mut end = host.len() + 1;
+        let mut div = 10_000;
+        let mut started = false;
+        while div > 0 {
+            let digit = (port / div % 10) as u8;
+            if digit != 0 || started || div == 1 {
+                buf[end] = b'0' + digit;
+                end += 1;
+                started = true;
+            }
+            div /= 10;
+        }
+        // Valid UTF-8: `host` was a `&str`, the rest ASCII.
+        match std::str::from_utf8(&buf[..end]) {
+            Ok(target) => self.intern(target),
+            Err(_) => OTHER_ID,
+        }
     }
 
     fn intern_shared(&self, s: &str) -> u16 {
@@ -463,11 +499,17 @@ impl Shared {
             label::HTTP_REQUEST_METHOD,
             METHODS[key.method()],
         ));
-        if key.status() != 0 {
-            labels.push(Label::new(
+        match key.status() {
+            0 => {}
+            // Every status past 599 (hyper takes up to 999) in one series.
+            STATUS_OTHER => labels.push(Label::from_static_parts(
                 label::HTTP_RESPONSE_STATUS_CODE,
-                key.status().to_string(),
-            ));
+                OTHER,
+            )),
+            status => labels.push(Label::new(
+                label::HTTP_RESPONSE_STATUS_CODE,
+                status.to_string(),
+            )),
         }
         let route = match key.route() {
             NO_ID => None,
@@ -499,9 +541,15 @@ impl Shared {
                 names::HTTP_SERVER_REQUEST_DURATION_SECONDS
             }
             Side::Client => {
-                if let Some(host) = route {
-                    labels.push(Label::new(label::SERVER_ADDRESS, host.to_string()));
-                    labels.push(Label::new(label::SERVER_PORT, key.port().to_string()));
+                // `host port` as interned; `_OTHER` (past the cap) has no port.
+                if let Some(target) = route {
+                    match target.rsplit_once(' ') {
+                        Some((host, port)) => {
+                            labels.push(Label::new(label::SERVER_ADDRESS, host.to_string()));
+                            labels.push(Label::new(label::SERVER_PORT, port.to_string()));
+                        }
+                        None => labels.push(Label::new(label::SERVER_ADDRESS, target.to_string())),
+                    }
                 }
                 names::HTTP_CLIENT_REQUEST_DURATION_SECONDS
             }
@@ -548,8 +596,9 @@ impl RedLayer {
         }
     }
 
-    /// Caps the number of distinct route templates (server) or hosts (client) that become
-    /// labels; later ones are labelled `_OTHER`. The cap is at most 65,534.
+    /// Caps the number of distinct route templates (server) or targets, a host and port
+    /// together (client), that become labels; later ones are labelled `_OTHER`. The cap is at
+    /// most 65,534.
     ///
     /// What a request costs depends on which side of the cap its route is. A route that got
     /// an id (one of the first `max` seen) is cached per thread after its first use there: no
@@ -737,13 +786,19 @@ where
                     .and_then(|e| e.get::<RejectionKind>())
                     .map(|k| kind_index(*k));
                 (
-                    status.as_u16(),
+                    status.as_u16().min(STATUS_OTHER),
                     rejected.unwrap_or(if failed { ERROR_STATUS } else { 0 }),
                 )
             }
             Err(err) => (0, error_index(err)),
         };
-        let key = Key::new(guard.method, status, error, guard.route, guard.port);
+        // Past the cap a target is `_OTHER` whatever its port: one series, one key.
+        let port = if guard.route == OTHER_ID {
+            0
+        } else {
+            guard.port
+        };
+        let key = Key::new(guard.method, status, error, guard.route, port);
         guard.shared.record(key, elapsed.as_secs_f64());
         poll
     }

@@ -370,9 +370,69 @@ async fn a_remembered_client_target_never_answers_for_another_layer_scheme_or_au
     // Both layers write the same series names: the counts add up over `a` and `b`.
     assert_eq!(count(&s, name, &target("other", "80")), 2, "{s:#?}");
     assert_eq!(count(&s, name, &target("other", "443")), 2, "{s:#?}");
-    assert_eq!(count(&s, name, &target("_OTHER", "81")), 1, "{s:#?}");
+    // Past the cap: `_OTHER`, with no port (the port is capped with its host).
+    let past_the_cap = l(&[
+        ("http_request_method", "GET"),
+        ("http_response_status_code", "200"),
+        ("server_address", "_OTHER"),
+    ]);
+    assert_eq!(count(&s, name, &past_the_cap), 1, "{s:#?}");
     assert_eq!(count(&s, name, &target("api.internal", "81")), 1, "{s:#?}");
     assert_eq!(count(&s, name, &target("api.internal", "8")), 1, "{s:#?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_s_ports_and_odd_statuses_grow_no_series_past_the_cap() {
+    // A client that calls URLs from its users (webhooks, link previews) sees any port, and a
+    // server may answer any status from 100 to 999: neither may grow the series without bound.
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200));
+    let answer = status.clone();
+    let mut svc =
+        RedLayer::client()
+            .max_routes(2)
+            .layer(service_fn(move |_req: http::Request<()>| {
+                let code = answer.load(std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    Ok::<_, Infallible>(http::Response::builder().status(code).body(()).unwrap())
+                }
+            }));
+    for port in 1..=300u16 {
+        let req = http::Request::get(format!("http://evil.example:{port}/"))
+            .body(())
+            .unwrap();
+        svc.ready().await.unwrap().call(req).await.unwrap();
+    }
+    for code in 600..=999u16 {
+        status.store(code, std::sync::atomic::Ordering::Relaxed);
+        let req = http::Request::get("http://evil.example:1/")
+            .body(())
+            .unwrap();
+        svc.ready().await.unwrap().call(req).await.unwrap();
+    }
+    let s = series(&recorder);
+    let durations: Vec<_> = s
+        .iter()
+        .filter(|(name, ..)| name == names::HTTP_CLIENT_REQUEST_DURATION_SECONDS)
+        .collect();
+    // Two host-and-port targets by name, the rest `_OTHER` (with no port); 200 and one bucket
+    // for every status past 599.
+    assert!(
+        durations.len() <= 2 * 3 + 2,
+        "{} series: {durations:#?}",
+        durations.len()
+    );
+    let other = l(&[
+        ("http_request_method", "GET"),
+        ("http_response_status_code", "200"),
+        ("server_address", "_OTHER"),
+    ]);
+    assert_eq!(
+        count(&s, names::HTTP_CLIENT_REQUEST_DURATION_SECONDS, &other),
+        298,
+        "{s:#?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
