@@ -506,6 +506,17 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_of_a_day_is_the_longest_and_a_ttl_of_a_year() {
+        assert!(refused(|b| b.lease(DAY)).is_none());
+        let err = refused(|b| b.lease(DAY + Duration::from_nanos(1))).expect("past a day");
+        assert_eq!(err.field(), "lease");
+        let year = Duration::from_secs(365 * 86_400);
+        assert!(refused(|b| b.ttl(year)).is_none());
+        let err = refused(|b| b.ttl(year + Duration::from_nanos(1))).expect("past a year");
+        assert_eq!(err.field(), "ttl");
+    }
+
+    #[test]
     fn a_fail_closed_retry_after_longer_than_a_day_is_refused_naming_on_store_error() {
         assert!(refused(|b| b.on_store_error(OnStoreError::FailClosed(DAY))).is_none());
         for after in [DAY + Duration::from_nanos(1), Duration::MAX] {
@@ -546,7 +557,7 @@ mod tests {
             assert!(grpc(StorePolicy::Custom(|_| false), value), "{code}");
         }
         // Not a gRPC status: stored as the HTTP status decides.
-        for value in ["", "x", "99", "4294967296", "-1"] {
+        for value in ["", "x", "31", "32", "99", "4294967296", "-1"] {
             assert!(grpc(StorePolicy::Retryable, value), "{value:?}");
         }
         assert!(StorePolicy::Retryable.stores_grpc(None));
