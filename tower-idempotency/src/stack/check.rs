@@ -74,12 +74,6 @@ pub(crate) fn worst_delay(backoff: &Backoff, retry: u32) -> Duration {
     }
 }
 
-/// From this retry on, every worst-case delay is the same: an exponential backoff reaches its
-/// cap within `MAX_STEPS_TO_CAP` (10,000) multiplications or has a multiplier of 1 (the same
-/// delay each time), and a decorrelated one triples from at least 1 ns, so it passes any cap
-/// (at most `u64::MAX` ns) within 41 steps.
-const CONSTANT_FROM: u32 = 10_000 + 64;
-
 /// The retries' summed worst-case delays must leave time inside the total budget: summed until
 /// they reach it (the error names the sum so far, which already reaches it).
 pub(crate) fn delays_within_budget(
@@ -91,10 +85,13 @@ pub(crate) fn delays_within_budget(
     let mut sum = Duration::ZERO;
     for r in 0..retries {
         let delay = worst_delay(backoff, r);
-        // The worst delays never decrease and stop growing within `CONSTANT_FROM` retries (at
-        // the cap, or at once with a multiplier of 1): the rest are summed at once, so any
-        // number of attempts is judged without a loop over them.
-        if delay >= backoff.cap() || r >= CONSTANT_FROM {
+        // The worst delays never decrease, and once one is at the cap, or with a multiplier of
+        // 1 (decorrelated jitter aside, which ignores it), the rest are the same: summed at
+        // once. An exponential backoff reaches its cap within 10,000 multiplications (its
+        // builder refuses more) and a decorrelated one triples from at least 1 ns, so the loop
+        // ends within 10,000 retries whatever `max_attempts` is.
+        let constant = backoff.multiplier() == 1.0 && backoff.jitter() != Jitter::Decorrelated;
+        if delay >= backoff.cap() || constant {
             sum = sum.saturating_add(delay.saturating_mul(retries - r));
             break;
         }
@@ -271,7 +268,8 @@ mod tests {
         // 1 ms · 99 retries leaves time in 100 ms; 100 retries do not.
         assert!(delays_within_budget(&constant, 100, Duration::from_millis(100)).is_ok());
         assert!(delays_within_budget(&constant, 101, Duration::from_millis(100)).is_err());
-        // Past `CONSTANT_FROM` retries the rest are summed at once: the same total as one by one.
+        // A constant delay below its cap: the rest are summed at once, the same total as one by
+        // one.
         let tiny = Backoff::builder()
             .base(Duration::from_nanos(1))
             .cap(Duration::from_nanos(10))
@@ -279,7 +277,7 @@ mod tests {
             .jitter(Jitter::None)
             .build()
             .unwrap();
-        let n = 2 * CONSTANT_FROM;
+        let n = 20_000u32;
         assert!(delays_within_budget(&tiny, n + 1, Duration::from_nanos(u64::from(n) + 1)).is_ok());
         assert!(delays_within_budget(&tiny, n + 1, Duration::from_nanos(u64::from(n))).is_err());
     }
