@@ -60,14 +60,8 @@ pub(crate) fn worst_delay(backoff: &Backoff, retry: u32) -> Duration {
     match backoff.jitter() {
         Jitter::Grpc => base.mul_f64(1.2).min(backoff.cap()),
         Jitter::Decorrelated => {
-            let mut grown = backoff.base();
-            for _ in 0..=retry {
-                // Past the cap (or nothing to grow), more steps change nothing.
-                if grown >= backoff.cap() || grown.is_zero() {
-                    break;
-                }
-                grown = grown.saturating_mul(3);
-            }
+            // At most ~41 steps: `delays_within_budget` stops asking once a delay is at the cap.
+            let grown = (0..=retry).fold(backoff.base(), |d, _| d.saturating_mul(3));
             grown.min(backoff.cap())
         }
         _ => base,
@@ -255,6 +249,11 @@ mod tests {
             let b = backoff(100, 1_000, jitter);
             let err = delays_within_budget(&b, u32::MAX, Duration::from_secs(3600)).unwrap_err();
             assert!(err.to_string().contains("4294967294 retries"), "{err}");
+            // A budget no sum reaches: the tail at the cap is still summed at once.
+            assert!(
+                delays_within_budget(&b, u32::MAX, Duration::MAX).is_ok(),
+                "{jitter:?}"
+            );
         }
         // A constant delay (multiplier 1) never reaches a cap above it: summed at once too.
         let constant = Backoff::builder()
