@@ -754,12 +754,8 @@ async fn a_readiness_timeout_records_the_time_waited_not_the_idle_time_before() 
             .build()
             .expect("valid")
     });
-    let (gate, switch) = common::gate();
-    let mut svc = tower_test::mock::Spawn::new(layer.layer(gate));
-    assert!(svc.poll_ready().is_pending());
-    advance(30 * MS).await;
-    switch.open();
-    assert!(svc.poll_ready().is_ready());
+    let (mut svc, switch) = common::gated(layer);
+    common::wait_then_open(&mut svc, &switch, 30 * MS).await;
     // Ready and unused for 500 ms, then not ready again for the 70 ms the limit has left.
     advance(500 * MS).await;
     switch.close();

@@ -495,12 +495,8 @@ async fn a_readiness_wait_after_an_unused_ready_starts_at_its_own_pending() {
         .cap(100 * MS)
         .build()
         .expect("valid");
-    let (gate, switch) = common::gate();
-    let mut client = tower_test::mock::Spawn::new(layer.layer(gate));
-    assert!(client.poll_ready().is_pending());
-    advance(30 * MS).await;
-    switch.open();
-    assert!(client.poll_ready().is_ready());
+    let (mut client, switch) = common::gated(layer);
+    common::wait_then_open(&mut client, &switch, 30 * MS).await;
     // Idle in a ready cache, then not ready again: a new wait, not the end of the first one.
     advance(500 * MS).await;
     switch.close();

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::time::{Instant, advance};
 use tokio_test::{assert_pending, assert_ready, assert_ready_err, assert_ready_ok, task};
-use tower::{Layer, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_red::{BoxError, Rejection, RejectionKind};
-use tower_test::mock::Spawn;
+use tower_test::mock::{Handle, Mock, Spawn};
 use tower_timeout_budget::inbound::InboundDeadlineLayer;
 use tower_timeout_budget::{Deadline, DeadlineCarrier, Stage, TimeoutBudget, TimeoutBudgetLayer};
 
@@ -27,6 +27,28 @@ fn layer(cap_ms: u64) -> TimeoutBudgetLayer {
     TimeoutBudgetLayer::new(Duration::from_millis(cap_ms)).expect("valid cap")
 }
 
+/// `layer` over a `tower_test` mock of `http::Request<()>`, and the mock's handle.
+fn mocked(
+    layer: TimeoutBudgetLayer,
+) -> (
+    Spawn<TimeoutBudget<Mock<http::Request<()>, ()>>>,
+    Handle<http::Request<()>, ()>,
+) {
+    tower_test::mock::spawn_layer(layer)
+}
+
+/// Calls `svc` with an empty request, which must fail at the ready stage (`why` it should); the
+/// error.
+async fn call_fails_at_ready<S>(svc: &mut Spawn<S>, why: &str) -> BoxError
+where
+    S: Service<http::Request<()>, Error = BoxError>,
+    S::Response: std::fmt::Debug,
+{
+    let err = svc.call(http::Request::new(())).await.expect_err(why);
+    assert_eq!(stage_of(&err), Stage::Ready);
+    err
+}
+
 #[tokio::test(start_paused = true)]
 async fn call_that_finishes_in_time_passes_through() {
     let svc = layer(100).layer(service_fn(|req: u64| async move {
@@ -38,8 +60,7 @@ async fn call_that_finishes_in_time_passes_through() {
 
 #[tokio::test(start_paused = true)]
 async fn call_fails_exactly_when_the_cap_passes_with_stage_call() {
-    let (mut svc, mut handle) =
-        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    let (mut svc, mut handle) = mocked(layer(100));
     assert_ready_ok!(svc.poll_ready());
     let mut fut = task::spawn(svc.call(http::Request::new(())));
     let (_req, _respond) = handle
@@ -58,8 +79,7 @@ async fn call_fails_exactly_when_the_cap_passes_with_stage_call() {
 
 #[tokio::test(start_paused = true)]
 async fn time_waiting_for_readiness_counts_against_the_budget() {
-    let (mut svc, mut handle) =
-        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    let (mut svc, mut handle) = mocked(layer(100));
     handle.allow(0);
     assert_pending!(svc.poll_ready());
     advance(60 * MS).await;
@@ -77,8 +97,7 @@ async fn time_waiting_for_readiness_counts_against_the_budget() {
 
 #[tokio::test(start_paused = true)]
 async fn readiness_wait_past_the_cap_fails_the_call_with_stage_ready_without_calling_inner() {
-    let (mut svc, mut handle) =
-        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    let (mut svc, mut handle) = mocked(layer(100));
     handle.allow(0);
     assert_pending!(svc.poll_ready());
     advance(99 * MS).await;
@@ -87,11 +106,7 @@ async fn readiness_wait_past_the_cap_fails_the_call_with_stage_ready_without_cal
     assert!(svc.is_woken());
     // Refusals come from `call`, never from `poll_ready`.
     assert_ready_ok!(svc.poll_ready());
-    let err = svc
-        .call(http::Request::new(()))
-        .await
-        .expect_err("the wait ran out");
-    assert_eq!(stage_of(&err), Stage::Ready);
+    let err = call_fails_at_ready(&mut svc, "the wait ran out").await;
     assert_eq!(
         Rejection::find_in(&err).map(Rejection::detail),
         Some("waiting for readiness")
@@ -104,8 +119,7 @@ async fn readiness_wait_past_the_cap_fails_the_call_with_stage_ready_without_cal
 
 #[tokio::test(start_paused = true)]
 async fn once_the_readiness_wait_ran_out_the_inner_service_is_not_polled_again() {
-    let (mut svc, mut handle) =
-        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    let (mut svc, mut handle) = mocked(layer(100));
     handle.allow(0);
     assert_pending!(svc.poll_ready());
     advance(100 * MS).await;
@@ -114,11 +128,7 @@ async fn once_the_readiness_wait_ran_out_the_inner_service_is_not_polled_again()
     // once, without asking the inner service (whose error would otherwise come out here).
     handle.send_error("inner down");
     assert_ready_ok!(svc.poll_ready());
-    let err = svc
-        .call(http::Request::new(()))
-        .await
-        .expect_err("the wait ran out");
-    assert_eq!(stage_of(&err), Stage::Ready);
+    call_fails_at_ready(&mut svc, "the wait ran out").await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -128,32 +138,23 @@ async fn readiness_limit_can_be_shorter_than_the_cap() {
         .ready_timeout(10 * MS)
         .build()
         .expect("valid");
-    let (mut svc, mut handle) = tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer);
+    let (mut svc, mut handle) = mocked(layer);
     handle.allow(0);
     assert_pending!(svc.poll_ready());
     advance(10 * MS).await;
     assert_ready_ok!(svc.poll_ready());
-    let err = svc
-        .call(http::Request::new(()))
-        .await
-        .expect_err("the wait ran out");
-    assert_eq!(stage_of(&err), Stage::Ready);
+    call_fails_at_ready(&mut svc, "the wait ran out").await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn task_local_deadline_bounds_the_readiness_wait() {
-    let (mut svc, mut handle) =
-        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(10_000));
+    let (mut svc, mut handle) = mocked(layer(10_000));
     handle.allow(0);
     let outer = Deadline::after(20 * MS);
     outer.sync_scope(|| assert_pending!(svc.poll_ready()));
     advance(20 * MS).await;
     assert_ready_ok!(outer.sync_scope(|| svc.poll_ready()));
-    let err = svc
-        .call(http::Request::new(()))
-        .await
-        .expect_err("the outer deadline passed");
-    assert_eq!(stage_of(&err), Stage::Ready);
+    call_fails_at_ready(&mut svc, "the outer deadline passed").await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -258,8 +259,7 @@ async fn inner_errors_pass_through_untouched() {
 
 #[tokio::test(start_paused = true)]
 async fn inner_readiness_errors_pass_through() {
-    let (mut svc, mut handle) =
-        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    let (mut svc, mut handle) = mocked(layer(100));
     handle.send_error("not ready");
     let err = assert_ready_err!(svc.poll_ready());
     assert_eq!(err.to_string(), "not ready");
@@ -267,8 +267,7 @@ async fn inner_readiness_errors_pass_through() {
 
 #[tokio::test(start_paused = true)]
 async fn a_clone_does_not_inherit_a_readiness_wait() {
-    let (mut svc, mut handle) =
-        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    let (mut svc, mut handle) = mocked(layer(100));
     handle.allow(0);
     assert_pending!(svc.poll_ready());
     advance(100 * MS).await;
@@ -285,17 +284,12 @@ async fn a_clone_does_not_inherit_a_readiness_wait() {
     respond.send_response(());
     assert_ready!(fut.poll()).expect("the clone's call succeeds");
     // The original still fails its own call.
-    let err = svc
-        .call(http::Request::new(()))
-        .await
-        .expect_err("its wait ran out");
-    assert_eq!(stage_of(&err), Stage::Ready);
+    call_fails_at_ready(&mut svc, "its wait ran out").await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_next_call_starts_a_fresh_budget() {
-    let (mut svc, mut handle) =
-        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    let (mut svc, mut handle) = mocked(layer(100));
     handle.allow(0);
     assert_pending!(svc.poll_ready());
     advance(30 * MS).await;
@@ -367,8 +361,7 @@ fn the_stack_is_send_sync_and_static() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_time_between_readiness_and_call_is_not_charged() {
-    let (mut svc, mut handle) =
-        tower_test::mock::spawn_layer::<http::Request<()>, (), _>(layer(100));
+    let (mut svc, mut handle) = mocked(layer(100));
     handle.allow(0);
     assert_pending!(svc.poll_ready());
     advance(30 * MS).await;
@@ -381,19 +374,17 @@ async fn idle_time_between_readiness_and_call_is_not_charged() {
     assert_eq!(req.deadline().map(Deadline::remaining), Some(70 * MS));
 }
 
-/// `layer` over a closed [`common::Gate`], and the gate's switch.
-fn gated(layer: TimeoutBudgetLayer) -> (Spawn<TimeoutBudget<common::Gate>>, common::Switch) {
-    let (gate, switch) = common::gate();
-    (Spawn::new(layer.layer(gate)), switch)
+/// Calls `svc` with an empty request, which the gate behind it answers with the budget left.
+async fn budget_left_in_call(svc: &mut Spawn<TimeoutBudget<common::Gate>>) -> Option<Duration> {
+    svc.call(http::Request::new(()))
+        .await
+        .expect("the inner service answers")
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_readiness_wait_after_an_unused_ready_starts_at_its_own_pending() {
-    let (mut svc, switch) = gated(layer(100));
-    assert_pending!(svc.poll_ready());
-    advance(30 * MS).await;
-    switch.open();
-    assert_ready_ok!(svc.poll_ready());
+    let (mut svc, switch) = common::gated(layer(100));
+    common::wait_then_open(&mut svc, &switch, 30 * MS).await;
     // A ready cache holds the service; no request comes, and it stops being ready.
     advance(500 * MS).await;
     switch.close();
@@ -402,21 +393,15 @@ async fn a_readiness_wait_after_an_unused_ready_starts_at_its_own_pending() {
     assert_pending!(svc.poll_ready());
     switch.open();
     assert_ready_ok!(svc.poll_ready());
-    let left = svc
-        .call(http::Request::new(()))
-        .await
-        .expect("the inner service answers");
+    let left = budget_left_in_call(&mut svc).await;
     // Both waits since the last call are charged (30 + 40 ms), the idle time between them not.
     assert_eq!(left, Some(30 * MS));
 }
 
 #[tokio::test(start_paused = true)]
 async fn every_wait_since_the_last_call_is_charged_and_the_idle_time_between_them_is_not() {
-    let (mut svc, switch) = gated(layer(100));
-    assert_pending!(svc.poll_ready());
-    advance(30 * MS).await;
-    switch.open();
-    assert_ready_ok!(svc.poll_ready());
+    let (mut svc, switch) = common::gated(layer(100));
+    common::wait_then_open(&mut svc, &switch, 30 * MS).await;
     advance(20 * MS).await;
     switch.close();
     assert_pending!(svc.poll_ready());
@@ -425,20 +410,14 @@ async fn every_wait_since_the_last_call_is_charged_and_the_idle_time_between_the
     switch.open();
     assert_ready_ok!(svc.poll_ready());
     advance(500 * MS).await;
-    let left = svc
-        .call(http::Request::new(()))
-        .await
-        .expect("the inner service answers");
+    let left = budget_left_in_call(&mut svc).await;
     assert_eq!(left, Some(50 * MS));
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_readiness_limit_bounds_the_waits_since_the_last_call_together() {
-    let (mut svc, switch) = gated(layer(100));
-    assert_pending!(svc.poll_ready());
-    advance(30 * MS).await;
-    switch.open();
-    assert_ready_ok!(svc.poll_ready());
+    let (mut svc, switch) = common::gated(layer(100));
+    common::wait_then_open(&mut svc, &switch, 30 * MS).await;
     advance(500 * MS).await;
     switch.close();
     assert_pending!(svc.poll_ready());
@@ -447,11 +426,7 @@ async fn the_readiness_limit_bounds_the_waits_since_the_last_call_together() {
     advance(MS).await;
     assert!(svc.is_woken());
     assert_ready_ok!(svc.poll_ready());
-    let err = svc
-        .call(http::Request::new(()))
-        .await
-        .expect_err("100 ms waited in all");
-    assert_eq!(stage_of(&err), Stage::Ready);
+    call_fails_at_ready(&mut svc, "100 ms waited in all").await;
 }
 
 #[tokio::test(start_paused = true)]

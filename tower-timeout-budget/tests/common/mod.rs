@@ -1,4 +1,5 @@
-//! Shared test helpers: an inner service whose readiness the test switches on and off.
+//! Shared test helpers: an inner service whose readiness the test switches on and off, and the
+//! first readiness wait the tests put a layer over it through.
 #![allow(dead_code, unreachable_pub)]
 
 use std::convert::Infallible;
@@ -8,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tower::Service;
+use tokio::time::advance;
+use tokio_test::{assert_pending, assert_ready_ok};
+use tower::{Layer, Service};
+use tower_test::mock::Spawn;
 use tower_timeout_budget::{Deadline, DeadlineCarrier};
 
 /// Opens and closes a [`Gate`].
@@ -56,4 +60,23 @@ impl Service<http::Request<()>> for Gate {
     fn call(&mut self, req: http::Request<()>) -> Self::Future {
         ready(Ok(req.deadline().map(Deadline::remaining)))
     }
+}
+
+/// `layer` over a closed [`Gate`], polled by hand, and the gate's switch.
+pub fn gated<L: Layer<Gate>>(layer: L) -> (Spawn<L::Service>, Switch) {
+    let (gate, switch) = gate();
+    (Spawn::new(layer.layer(gate)), switch)
+}
+
+/// A first readiness wait of `wait`: `svc` (over a closed gate) is pending, `wait` passes, the
+/// gate opens and `svc` is ready.
+pub async fn wait_then_open<S>(svc: &mut Spawn<S>, switch: &Switch, wait: Duration)
+where
+    S: Service<http::Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    assert_pending!(svc.poll_ready());
+    advance(wait).await;
+    switch.open();
+    assert_ready_ok!(svc.poll_ready());
 }
