@@ -24,21 +24,46 @@ fn snapshot(snapshotter: &Snapshotter) -> Snapshot {
     snapshotter.snapshot().into_vec()
 }
 
-/// The value of the counter `name` whose labels include every pair of `labels`.
-fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
+/// The values of the series `name` whose labels include every pair of `labels`.
+fn matching<'a>(
+    snapshot: &'a Snapshot,
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = &'a DebugValue> {
     snapshot
         .iter()
-        .filter(|(key, ..)| key.key().name() == name)
-        .filter(|(key, ..)| {
+        .filter(move |(key, ..)| key.key().name() == name)
+        .filter(move |(key, ..)| {
             labels
                 .iter()
                 .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
         })
-        .map(|(.., value)| match value {
+        .map(|(.., value)| value)
+}
+
+/// The value of the counter `name` whose labels include every pair of `labels`.
+fn counter(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> u64 {
+    matching(snapshot, name, labels)
+        .map(|value| match value {
             DebugValue::Counter(n) => *n,
             other => panic!("{name} is not a counter: {other:?}"),
         })
         .sum()
+}
+
+/// A timeout layer with `cap`, named `name`, registering its series with `recorder`.
+fn budget_layer_recorded_by(
+    recorder: &DebuggingRecorder,
+    cap: Duration,
+    name: &'static str,
+) -> TimeoutBudgetLayer {
+    metrics::with_local_recorder(recorder, || {
+        TimeoutBudgetLayer::builder()
+            .cap(cap)
+            .name(name)
+            .build()
+            .expect("valid")
+    })
 }
 
 fn histogram_len(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> usize {
@@ -49,13 +74,7 @@ fn histogram_len(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> us
 async fn red_and_deadline_exceeded_counts_by_stage() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let layer = metrics::with_local_recorder(&recorder, || {
-        TimeoutBudgetLayer::builder()
-            .cap(100 * MS)
-            .name("checkout")
-            .build()
-            .expect("valid")
-    });
+    let layer = budget_layer_recorded_by(&recorder, 100 * MS, "checkout");
     let svc = layer.layer(service_fn(|slow: bool| async move {
         if slow {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -86,13 +105,7 @@ async fn red_and_deadline_exceeded_counts_by_stage() {
 async fn readiness_timeouts_are_counted_under_stage_ready() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let layer = metrics::with_local_recorder(&recorder, || {
-        TimeoutBudgetLayer::builder()
-            .cap(10 * MS)
-            .name("pool")
-            .build()
-            .expect("valid")
-    });
+    let layer = budget_layer_recorded_by(&recorder, 10 * MS, "pool");
     let (mut svc, mut handle) = tower_test::mock::spawn_layer::<u64, (), _>(layer);
     handle.allow(0);
     assert!(svc.poll_ready().is_pending());
@@ -351,13 +364,14 @@ async fn a_transport_enforcing_the_sent_budget_is_counted_as_this_layers_timeout
     assert_eq!(upstream_counts(&snapshot(&snapshotter)), (2, 0, 2));
 }
 
+/// The labels of a RED series: the layer's kind, its name, and the `outcome`.
+fn red<'a>(layer: &'a str, name: &'a str, outcome: &'a str) -> [(&'a str, &'a str); 3] {
+    [("layer", layer), ("name", name), ("outcome", outcome)]
+}
+
 /// The labels of the `upstream` outbound layer's series with `outcome`.
 fn upstream(outcome: &str) -> [(&str, &str); 3] {
-    [
-        ("layer", "deadline_outbound"),
-        ("name", "upstream"),
-        ("outcome", outcome),
-    ]
+    red("deadline_outbound", "upstream", outcome)
 }
 
 /// The `upstream` outbound layer's timeouts, errors, and deadlines exceeded at the call stage.
@@ -452,13 +466,7 @@ async fn an_inbound_layer_judging_http_status_counts_a_500_as_an_error() {
             .expect("a response");
     }
     let snap = snapshot(&snapshotter);
-    let labels = |name, outcome| {
-        [
-            ("layer", "deadline_inbound"),
-            ("name", name),
-            ("outcome", outcome),
-        ]
-    };
+    let labels = |name, outcome| red("deadline_inbound", name, outcome);
     // 5xx fail, 2xx and 4xx succeed: as the breaker and bulkhead of the stack judge them.
     assert_eq!(
         counter(&snap, names::REQUESTS_TOTAL, &labels("edge", "error")),
@@ -527,13 +535,7 @@ async fn the_classifier_judges_only_finished_calls_never_this_layers_or_inner_re
     svc.clone().oneshot(1).await.expect_err("timed out");
     svc.clone().oneshot(2).await.expect_err("refused below");
     let snap = snapshot(&snapshotter);
-    let labels = |outcome| {
-        [
-            ("layer", "timeout"),
-            ("name", "judged"),
-            ("outcome", outcome),
-        ]
-    };
+    let labels = |outcome| red("timeout", "judged", outcome);
     assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("error")), 1);
     assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("timeout")), 1);
     assert_eq!(
@@ -622,13 +624,7 @@ async fn an_outbound_layer_judging_grpc_status_counts_unavailable_as_an_error() 
             .expect("a response");
     }
     let snap = snapshot(&snapshotter);
-    let labels = |outcome| {
-        [
-            ("layer", "deadline_outbound"),
-            ("name", "upstream"),
-            ("outcome", outcome),
-        ]
-    };
+    let labels = |outcome| red("deadline_outbound", "upstream", outcome);
     // UNAVAILABLE fails; OK and NOT_FOUND (the caller's problem) do not.
     assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("error")), 1);
     assert_eq!(counter(&snap, names::REQUESTS_TOTAL, &labels("ok")), 2);
@@ -656,13 +652,7 @@ async fn a_response_built_from_an_inner_refusal_is_an_inner_refusal_not_an_error
         .expect("a response");
     assert_eq!(res.status(), 503);
     let snap = snapshot(&snapshotter);
-    let labels = |outcome| {
-        [
-            ("layer", "deadline_inbound"),
-            ("name", "edge"),
-            ("outcome", outcome),
-        ]
-    };
+    let labels = |outcome| red("deadline_inbound", "edge", outcome);
     assert_eq!(
         counter(&snap, names::REQUESTS_TOTAL, &labels("inner_refusal")),
         1
@@ -672,15 +662,8 @@ async fn a_response_built_from_an_inner_refusal_is_an_inner_refusal_not_an_error
 
 /// Every sample of the histogram `name` whose labels include every pair of `labels`.
 fn histogram_samples(snapshot: &Snapshot, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
-    snapshot
-        .iter()
-        .filter(|(key, ..)| key.key().name() == name)
-        .filter(|(key, ..)| {
-            labels
-                .iter()
-                .all(|(k, v)| key.key().labels().any(|l| l.key() == *k && l.value() == *v))
-        })
-        .flat_map(|(.., value)| match value {
+    matching(snapshot, name, labels)
+        .flat_map(|value| match value {
             DebugValue::Histogram(v) => v.iter().map(|f| f.into_inner()).collect::<Vec<_>>(),
             other => panic!("{name} is not a histogram: {other:?}"),
         })
@@ -747,13 +730,7 @@ async fn a_layer_standing_alone_records_how_long_its_call_took() {
 async fn a_readiness_timeout_records_the_time_waited_not_the_idle_time_before() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let layer = metrics::with_local_recorder(&recorder, || {
-        TimeoutBudgetLayer::builder()
-            .cap(100 * MS)
-            .name("pool")
-            .build()
-            .expect("valid")
-    });
+    let layer = budget_layer_recorded_by(&recorder, 100 * MS, "pool");
     let (mut svc, switch) = common::gated(layer);
     common::wait_then_open(&mut svc, &switch, 30 * MS).await;
     // Ready and unused for 500 ms, then not ready again for the 70 ms the limit has left.
