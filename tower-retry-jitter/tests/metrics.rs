@@ -48,16 +48,37 @@ fn counter(s: &Snapshot, name: &str, label: (&str, &str)) -> u64 {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn retries_stops_attempts_and_the_budget_are_counted() {
-    let recorder = DebuggingRecorder::new();
-    let budget = RetryBudget::builder()
+/// The samples of the histogram `name` of the layer named `orders`.
+fn samples(s: &Snapshot, name: &str) -> Vec<f64> {
+    match value(s, name, None) {
+        Some(DebugValue::Histogram(h)) => h.into_iter().map(|v| v.into_inner()).collect(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+/// The value of the gauge `name` of the layer named `orders`.
+fn gauge(s: &Snapshot, name: &str) -> f64 {
+    match value(s, name, None) {
+        Some(DebugValue::Gauge(g)) => g.into_inner(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+/// A budget of `n` retries a second that requests earn nothing towards.
+fn retries_a_second(n: u32) -> RetryBudget {
+    RetryBudget::builder()
         .ratio(0.0)
-        .min_per_second(2)
+        .min_per_second(n)
         .window(Duration::from_secs(1))
         .buckets(1)
         .build()
-        .expect("valid");
+        .expect("valid")
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stops_attempts_and_the_budget_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let budget = retries_a_second(2);
     let layer = metrics::with_local_recorder(&recorder, || {
         RetryLayer::builder()
             .name("orders")
@@ -110,18 +131,10 @@ async fn retries_stops_attempts_and_the_budget_are_counted() {
         0,
         "a call that ended is not counted again when its future is dropped"
     );
-    match value(s, names::RETRY_REQUEST_ATTEMPTS, None) {
-        Some(DebugValue::Histogram(h)) => {
-            let mut h: Vec<f64> = h.into_iter().map(|v| v.into_inner()).collect();
-            h.sort_by(f64::total_cmp);
-            assert_eq!(h, [1.0, 3.0]);
-        }
-        other => panic!("attempts: {other:?}"),
-    }
-    match value(s, names::RETRY_BUDGET_BALANCE, None) {
-        Some(DebugValue::Gauge(g)) => assert_eq!(g.into_inner(), 0.0),
-        other => panic!("balance: {other:?}"),
-    }
+    let mut attempts = samples(s, names::RETRY_REQUEST_ATTEMPTS);
+    attempts.sort_by(f64::total_cmp);
+    assert_eq!(attempts, [1.0, 3.0]);
+    assert_eq!(gauge(s, names::RETRY_BUDGET_BALANCE), 0.0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -159,13 +172,7 @@ async fn inside_a_stack_only_retried_requests_take_an_attempts_sample() {
     let s = &snapshot(&recorder);
     // Every request is counted; the first-attempt ones are the requests the histogram lacks.
     assert_eq!(counter(s, names::REQUESTS_TOTAL, ("outcome", "ok")), 3);
-    match value(s, names::RETRY_REQUEST_ATTEMPTS, None) {
-        Some(DebugValue::Histogram(h)) => {
-            let h: Vec<f64> = h.into_iter().map(|v| v.into_inner()).collect();
-            assert_eq!(h, [2.0]);
-        }
-        other => panic!("attempts: {other:?}"),
-    }
+    assert_eq!(samples(s, names::RETRY_REQUEST_ATTEMPTS), [2.0]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -324,14 +331,6 @@ async fn a_call_dropped_while_its_body_is_read_is_counted() {
     assert_eq!(counter(s, names::REQUESTS_TOTAL, ("outcome", "timeout")), 1);
 }
 
-/// The samples of the histogram `name` of the layer named `orders`.
-fn samples(s: &Snapshot, name: &str) -> Vec<f64> {
-    match value(s, name, None) {
-        Some(DebugValue::Histogram(h)) => h.into_iter().map(|v| v.into_inner()).collect(),
-        other => panic!("{name}: {other:?}"),
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_call_that_succeeds_records_its_duration() {
     let recorder = DebuggingRecorder::new();
@@ -358,13 +357,7 @@ async fn a_call_that_succeeds_records_its_duration() {
 #[tokio::test(start_paused = true)]
 async fn retries_are_counted_by_the_failure_that_prompted_them() {
     let recorder = DebuggingRecorder::new();
-    let budget = RetryBudget::builder()
-        .ratio(0.0)
-        .min_per_second(10)
-        .window(Duration::from_secs(1))
-        .buckets(1)
-        .build()
-        .expect("valid");
+    let budget = retries_a_second(10);
     let layer = metrics::with_local_recorder(&recorder, || {
         RetryLayer::builder()
             .name("orders")
@@ -417,10 +410,7 @@ async fn retries_are_counted_by_the_failure_that_prompted_them() {
             "{reason}"
         );
     }
-    match value(s, names::RETRY_BUDGET_BALANCE, None) {
-        Some(DebugValue::Gauge(g)) => assert_eq!(g.into_inner(), 7.0, "10 - 3 retries"),
-        other => panic!("balance: {other:?}"),
-    }
+    assert_eq!(gauge(s, names::RETRY_BUDGET_BALANCE), 7.0, "10 - 3 retries");
 }
 
 #[tokio::test(start_paused = true)]
