@@ -27,11 +27,14 @@ fn layer(cap_ms: u64) -> TimeoutBudgetLayer {
     TimeoutBudgetLayer::new(Duration::from_millis(cap_ms)).expect("valid cap")
 }
 
+/// A `tower_test` mock of `http::Request<()>` answering `()`.
+type MockHttp = Mock<http::Request<()>, ()>;
+
 /// `layer` over a `tower_test` mock of `http::Request<()>`, and the mock's handle.
 fn mocked(
     layer: TimeoutBudgetLayer,
 ) -> (
-    Spawn<TimeoutBudget<Mock<http::Request<()>, ()>>>,
+    Spawn<TimeoutBudget<MockHttp>>,
     Handle<http::Request<()>, ()>,
 ) {
     tower_test::mock::spawn_layer(layer)
