@@ -28,8 +28,11 @@ fn first_field(req: &(u32, Call)) -> u32 {
     req.0
 }
 
+/// How a `(key, call)` request names its key.
+type KeyFn = fn(&(u32, Call)) -> u32;
+
 /// A keyed breaker over [`config`], one breaker per request's first field.
-fn keyed_by_first_field() -> KeyedBreakerLayer<u32, fn(&(u32, Call)) -> u32> {
+fn keyed_by_first_field() -> KeyedBreakerLayer<u32, KeyFn> {
     KeyedBreakerLayer::new(config(), first_field)
 }
 
