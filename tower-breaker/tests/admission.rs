@@ -9,7 +9,7 @@ mod common;
 use std::task::Poll;
 use std::time::Duration;
 
-use common::{Call, backend, recover, send};
+use common::{Call, backend, recover, recover_and_send_the_ramps_first_call, send};
 use tokio::time::{Instant, advance};
 use tokio_test::assert_pending;
 use tower::{Layer, Service, ServiceExt};
@@ -145,12 +145,7 @@ async fn backpressure_at_the_last_nanosecond_of_a_step_waits_for_the_next_one() 
     );
     let handle = layer.handle();
     let mut svc = layer.layer(backend());
-    recover(&mut svc, Duration::from_secs(10)).await;
-    assert_eq!(
-        send(&mut svc, Call::Ok).await.unwrap(),
-        200,
-        "the ramp's first call"
-    );
+    recover_and_send_the_ramps_first_call(&mut svc, Duration::from_secs(10)).await;
     advance(Duration::from_secs(1)).await;
     let mut ready = tokio_test::task::spawn(svc.ready());
     assert!(

@@ -23,6 +23,19 @@ fn config() -> BreakerConfig {
         .unwrap()
 }
 
+/// The first field of a `(key, call)` request: its key.
+fn first_field(req: &(u32, Call)) -> u32 {
+    req.0
+}
+
+/// How a `(key, call)` request names its key.
+type KeyFn = fn(&(u32, Call)) -> u32;
+
+/// A keyed breaker over [`config`], one breaker per request's first field.
+fn keyed_by_first_field() -> KeyedBreakerLayer<u32, KeyFn> {
+    KeyedBreakerLayer::new(config(), first_field)
+}
+
 async fn call(
     svc: &mut impl Service<(u32, Call), Response = u16, Error = tower_red::BoxError>,
     key: u32,
@@ -33,7 +46,7 @@ async fn call(
 
 #[tokio::test(start_paused = true)]
 async fn each_key_has_its_own_breaker() {
-    let layer = KeyedBreakerLayer::new(config(), |req: &(u32, Call)| req.0);
+    let layer = keyed_by_first_field();
     let mut svc = layer.layer(keyed_backend());
     let mut other = svc.clone();
     call(&mut svc, 1, Call::Fail).await.unwrap_err();
@@ -53,7 +66,7 @@ async fn each_key_has_its_own_breaker() {
 
 #[tokio::test(start_paused = true)]
 async fn live_keys_are_bounded_and_the_least_recently_used_closed_key_goes() {
-    let layer = KeyedBreakerLayer::new(config(), |req: &(u32, Call)| req.0);
+    let layer = keyed_by_first_field();
     let mut svc = layer.layer(keyed_backend());
     // Key 1 is open: it must outlive closed keys.
     call(&mut svc, 1, Call::Fail).await.unwrap_err();
@@ -74,7 +87,7 @@ async fn live_keys_are_bounded_and_the_least_recently_used_closed_key_goes() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_keys_are_evicted_first() {
-    let layer = KeyedBreakerLayer::new(config(), |req: &(u32, Call)| req.0);
+    let layer = keyed_by_first_field();
     let mut svc = layer.layer(keyed_backend());
     for key in 1..=3 {
         call(&mut svc, key, Call::Ok).await.unwrap();
@@ -88,7 +101,7 @@ async fn idle_keys_are_evicted_first() {
 
 #[tokio::test(start_paused = true)]
 async fn a_key_idle_for_exactly_the_idle_timeout_is_idle() {
-    let layer = KeyedBreakerLayer::new(config(), |req: &(u32, Call)| req.0);
+    let layer = keyed_by_first_field();
     let mut svc = layer.layer(keyed_backend());
     for key in 1..=3 {
         call(&mut svc, key, Call::Ok).await.unwrap();

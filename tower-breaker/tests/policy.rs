@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Call, backend, recover, refused, send};
+use common::{Call, backend, recover, recover_and_send_the_ramps_first_call, refused, send};
 use tokio::time::advance;
 use tower::{Layer, Service};
 use tower_breaker::{BreakerBuilder, BreakerLayer, OpenTime, Reason, State, Transition};
@@ -212,12 +212,7 @@ async fn jitter_shortens_the_open_time_below_its_step() {
 async fn a_refusal_during_the_ramp_says_when_the_next_step_begins() {
     let layer = layer(config().graded_recovery(&[0.1, 0.5, 1.0], Duration::from_secs(30)));
     let mut svc = layer.layer(backend());
-    recover(&mut svc, Duration::from_secs(10)).await;
-    assert_eq!(
-        send(&mut svc, Call::Ok).await.unwrap(),
-        200,
-        "the ramp's first call"
-    );
+    recover_and_send_the_ramps_first_call(&mut svc, Duration::from_secs(10)).await;
     advance(Duration::from_secs(4)).await;
     let refusal = send(&mut svc, Call::Ok).await;
     let err = refusal

@@ -3,13 +3,18 @@
 
 mod support;
 
+use std::fmt::Debug;
 use std::num::NonZeroUsize;
+use std::ops::Range;
 use std::time::Duration;
 
 use support::{Backend, Job, reason};
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::{Layer, Service, ServiceExt};
-use tower_bulkhead::{Bulkhead, BulkheadLayer, DEFAULT_PARTITION, Reason};
+use tower_bulkhead::{
+    Bulkhead, BulkheadLayer, DEFAULT_PARTITION, FromRequest, OnResponse, Reason, Unpartitioned,
+};
+use tower_red::classify::AnyError;
 use tower_red::clock::{self, Scope};
 
 const D: &str = DEFAULT_PARTITION;
@@ -20,6 +25,57 @@ fn ms(n: u64) -> Duration {
 
 async fn advance(n: u64) {
     tokio::time::advance(ms(n)).await;
+}
+
+/// One permit, a queue of `queue` waiting at most `max_wait_ms`, deadlines read from the `Job`.
+fn one_permit_with_request_deadlines(
+    queue: usize,
+    max_wait_ms: u64,
+) -> BulkheadLayer<Unpartitioned, OnResponse, AnyError, FromRequest> {
+    BulkheadLayer::builder()
+        .max_concurrent(1)
+        .queue(queue, ms(max_wait_ms))
+        .deadline_from_request()
+        .build()
+        .unwrap()
+}
+
+/// Runs the jobs `ids`, each `work_ms` long, one after another to completion.
+async fn run_in_turn<S>(svc: &mut S, ids: Range<u64>, work_ms: u64)
+where
+    S: Service<Job>,
+    S::Error: Debug,
+{
+    for id in ids {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Job::new(id, work_ms))
+            .await
+            .unwrap();
+    }
+}
+
+/// Calls `svc` with `job` once it is ready, spawned, and checks the first poll is pending.
+async fn spawn_pending<S>(svc: &mut S, job: Job) -> task::Spawn<S::Future>
+where
+    S: Service<Job>,
+    S::Response: Debug,
+    S::Error: Debug,
+{
+    let mut call = task::spawn(svc.ready().await.unwrap().call(job));
+    assert_pending!(call.poll());
+    call
+}
+
+/// The error of calling `svc` with `job` once it is ready.
+async fn call_err<S>(svc: &mut S, job: Job) -> S::Error
+where
+    S: Service<Job>,
+    S::Response: Debug,
+    S::Error: Debug,
+{
+    svc.ready().await.unwrap().call(job).await.unwrap_err()
 }
 
 #[tokio::test(start_paused = true)]
@@ -33,13 +89,7 @@ async fn rejects_at_once_when_full_by_default() {
     assert_pending!(b.poll());
     assert_eq!(handle.in_flight(D), Some(2));
 
-    let err = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Job::new(3, 100))
-        .await
-        .unwrap_err();
+    let err = call_err(&mut svc, Job::new(3, 100)).await;
     assert_eq!(reason(&err), Some(Reason::Full));
     let rejection = tower_red::Rejection::find_in(&err).unwrap();
     assert_eq!(rejection.reason(), Some("full"));
@@ -121,22 +171,10 @@ async fn the_queue_wait_ends_at_max_wait() {
 
 #[tokio::test(start_paused = true)]
 async fn a_fired_queue_timer_refuses_the_call_under_an_older_shared_clock_reading() {
-    let mut svc = BulkheadLayer::builder()
-        .max_concurrent(1)
-        .queue(4, ms(100))
-        .deadline_from_request()
-        .build()
-        .unwrap()
-        .layer(Backend::default());
+    let mut svc = one_permit_with_request_deadlines(4, 100).layer(Backend::default());
     // Teach the bulkhead that a call takes about 100 ms.
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Job::new(0, 100))
-        .await
-        .unwrap();
-    let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 1_000)));
-    assert_pending!(a.poll());
+    run_in_turn(&mut svc, 0..1, 100).await;
+    let _a = spawn_pending(&mut svc, Job::new(1, 1_000)).await;
     // One waiter whose timer is its queue wait, one whose timer is its shed point (150 ms
     // left, 100 ms of service: 50 ms from now).
     let mut b = task::spawn(svc.ready().await.unwrap().call(Job::new(2, 10)));
@@ -164,23 +202,10 @@ async fn a_fired_queue_timer_refuses_the_call_under_an_older_shared_clock_readin
 
 #[tokio::test(start_paused = true)]
 async fn the_queue_wait_never_outlives_the_deadline() {
-    let mut svc = BulkheadLayer::builder()
-        .max_concurrent(1)
-        .queue(4, ms(1_000))
-        // `Job` carries its deadline itself, not in the task-local scope.
-        .deadline_from_request()
-        .build()
-        .unwrap()
-        .layer(Backend::default());
-    let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 5_000)));
-    assert_pending!(a.poll());
-    let mut b = task::spawn(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Job::new(2, 10).deadline_in(40)),
-    );
-    assert_pending!(b.poll());
+    // `Job` carries its deadline itself, not in the task-local scope.
+    let mut svc = one_permit_with_request_deadlines(4, 1_000).layer(Backend::default());
+    let _a = spawn_pending(&mut svc, Job::new(1, 5_000)).await;
+    let mut b = spawn_pending(&mut svc, Job::new(2, 10).deadline_in(40)).await;
     advance(39).await;
     assert_pending!(b.poll());
     advance(1).await;
@@ -191,7 +216,7 @@ async fn the_queue_wait_never_outlives_the_deadline() {
     let mut expired = Job::new(3, 10).deadline_in(5);
     advance(5).await;
     expired.id = 3;
-    let err = svc.ready().await.unwrap().call(expired).await.unwrap_err();
+    let err = call_err(&mut svc, expired).await;
     assert_eq!(reason(&err), Some(Reason::Deadline));
 }
 
@@ -207,13 +232,7 @@ async fn a_full_queue_rejects() {
     let mut b = task::spawn(svc.ready().await.unwrap().call(Job::new(2, 100)));
     assert_pending!(a.poll());
     assert_pending!(b.poll());
-    let err = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Job::new(3, 100))
-        .await
-        .unwrap_err();
+    let err = call_err(&mut svc, Job::new(3, 100)).await;
     assert_eq!(reason(&err), Some(Reason::QueueFull));
 }
 
@@ -228,9 +247,7 @@ async fn waiters_are_served_in_arrival_order() {
         .layer(backend.clone());
     let mut calls = Vec::new();
     for id in 0..10 {
-        let mut call = task::spawn(svc.ready().await.unwrap().call(Job::new(id, 10 + id)));
-        assert_pending!(call.poll());
-        calls.push(call);
+        calls.push(spawn_pending(&mut svc, Job::new(id, 10 + id)).await);
     }
     // Poll the waiters in reverse so that polling order cannot explain the result.
     let mut done = [false; 10];
@@ -267,8 +284,7 @@ async fn dropping_a_queued_call_gives_its_place_back_at_once() {
     drop(b);
     assert_eq!(handle.queued(D), Some(1));
     // The freed place takes a new waiter, behind c.
-    let mut d = task::spawn(svc.ready().await.unwrap().call(Job::new(4, 100)));
-    assert_pending!(d.poll());
+    let mut d = spawn_pending(&mut svc, Job::new(4, 100)).await;
     advance(100).await;
     assert_ready_ok!(a.poll());
     assert_pending!(c.poll());
@@ -313,8 +329,7 @@ async fn a_rejected_call_holds_nothing() {
     let layer = BulkheadLayer::builder().max_concurrent(1).build().unwrap();
     let handle = layer.handle();
     let mut svc = layer.layer(Backend::default());
-    let mut a = task::spawn(svc.ready().await.unwrap().call(Job::new(1, 10)));
-    assert_pending!(a.poll());
+    let a = spawn_pending(&mut svc, Job::new(1, 10)).await;
     let rejected = svc.ready().await.unwrap().call(Job::new(2, 10));
     drop(rejected);
     drop(a);
@@ -324,43 +339,17 @@ async fn a_rejected_call_holds_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn deadline_aware_admission_sheds_calls_that_cannot_finish_in_time() {
-    let layer = BulkheadLayer::builder()
-        .max_concurrent(1)
-        .queue(8, ms(10_000))
-        .deadline_from_request()
-        .build()
-        .unwrap();
-    let mut svc = layer.layer(Backend::default());
+    let mut svc = one_permit_with_request_deadlines(8, 10_000).layer(Backend::default());
     // Teach the bulkhead that a call takes about 100 ms.
-    for id in 0..3 {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Job::new(id, 100))
-            .await
-            .unwrap();
-    }
-    let mut busy = task::spawn(svc.ready().await.unwrap().call(Job::new(10, 1_000)));
-    assert_pending!(busy.poll());
+    run_in_turn(&mut svc, 0..3, 100).await;
+    let _busy = spawn_pending(&mut svc, Job::new(10, 1_000)).await;
 
     // 50 ms left cannot fit a 100 ms call: shed without queueing.
-    let err = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(Job::new(11, 100).deadline_in(50))
-        .await
-        .unwrap_err();
+    let err = call_err(&mut svc, Job::new(11, 100).deadline_in(50)).await;
     assert_eq!(reason(&err), Some(Reason::Deadline));
 
     // 150 ms left: it may wait, but only until 100 ms remain, not until the deadline.
-    let mut waiting = task::spawn(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Job::new(12, 100).deadline_in(150)),
-    );
-    assert_pending!(waiting.poll());
+    let mut waiting = spawn_pending(&mut svc, Job::new(12, 100).deadline_in(150)).await;
     advance(49).await;
     assert_pending!(waiting.poll());
     advance(1).await;
@@ -376,23 +365,9 @@ async fn deadline_aware_admission_sheds_calls_that_cannot_finish_in_time() {
         .build()
         .unwrap()
         .layer(Backend::default());
-    plain
-        .ready()
-        .await
-        .unwrap()
-        .call(Job::new(0, 100))
-        .await
-        .unwrap();
-    let mut busy = task::spawn(plain.ready().await.unwrap().call(Job::new(1, 1_000)));
-    assert_pending!(busy.poll());
-    let mut waiting = task::spawn(
-        plain
-            .ready()
-            .await
-            .unwrap()
-            .call(Job::new(2, 100).deadline_in(50)),
-    );
-    assert_pending!(waiting.poll());
+    run_in_turn(&mut plain, 0..1, 100).await;
+    let _busy = spawn_pending(&mut plain, Job::new(1, 1_000)).await;
+    let mut waiting = spawn_pending(&mut plain, Job::new(2, 100).deadline_in(50)).await;
     advance(50).await;
     let err = assert_ready!(waiting.poll()).unwrap_err();
     assert_eq!(reason(&err), Some(Reason::Deadline));
@@ -400,46 +375,19 @@ async fn deadline_aware_admission_sheds_calls_that_cannot_finish_in_time() {
 
 #[tokio::test(start_paused = true)]
 async fn a_grown_service_time_estimate_sheds_queued_calls_as_soon_as_it_dooms_them() {
-    let layer = BulkheadLayer::builder()
-        .max_concurrent(1)
-        .queue(8, ms(10_000))
-        .deadline_from_request()
-        .build()
-        .unwrap();
+    let layer = one_permit_with_request_deadlines(8, 10_000);
     let handle = layer.handle();
     let mut svc = layer.layer(Backend::default());
     // Teach the bulkhead that a call takes about 100 ms.
-    for id in 0..3 {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Job::new(id, 100))
-            .await
-            .unwrap();
-    }
-    let mut busy = task::spawn(svc.ready().await.unwrap().call(Job::new(10, 1_000)));
-    assert_pending!(busy.poll());
-    let mut first = task::spawn(svc.ready().await.unwrap().call(Job::new(11, 1_000)));
-    assert_pending!(first.poll());
+    run_in_turn(&mut svc, 0..3, 100).await;
+    let mut busy = spawn_pending(&mut svc, Job::new(10, 1_000)).await;
+    let _first = spawn_pending(&mut svc, Job::new(11, 1_000)).await;
     advance(800).await;
     // 400 ms left: shed 100 ms before the deadline, at +1,100 ms.
-    let mut doomed = task::spawn(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Job::new(12, 100).deadline_in(400)),
-    );
-    assert_pending!(doomed.poll());
+    let mut doomed = spawn_pending(&mut svc, Job::new(12, 100).deadline_in(400)).await;
     // 700 ms left: shed at +1,400 ms.
-    let mut later = task::spawn(
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Job::new(13, 100).deadline_in(700)),
-    );
-    assert_pending!(later.poll());
-    let mut patient = task::spawn(svc.ready().await.unwrap().call(Job::new(14, 100)));
-    assert_pending!(patient.poll());
+    let mut later = spawn_pending(&mut svc, Job::new(13, 100).deadline_in(700)).await;
+    let patient = spawn_pending(&mut svc, Job::new(14, 100)).await;
     assert_eq!(handle.queued(D), Some(4));
 
     // The busy call took 1,000 ms: the estimate grows to 100 + 900 / 5 = 280 ms, and its
@@ -468,23 +416,9 @@ async fn a_grown_service_time_estimate_sheds_queued_calls_as_soon_as_it_dooms_th
 
 #[tokio::test(start_paused = true)]
 async fn a_grown_service_time_estimate_wakes_only_the_waiters_whose_timers_it_made_late() {
-    let layer = BulkheadLayer::builder()
-        .max_concurrent(1)
-        .queue(8, ms(420))
-        .deadline_from_request()
-        .build()
-        .unwrap();
-    let mut svc = layer.layer(Backend::default());
-    for id in 0..3 {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Job::new(id, 100))
-            .await
-            .unwrap();
-    }
-    let mut busy = task::spawn(svc.ready().await.unwrap().call(Job::new(10, 1_000)));
-    assert_pending!(busy.poll());
+    let mut svc = one_permit_with_request_deadlines(8, 420).layer(Backend::default());
+    run_in_turn(&mut svc, 0..3, 100).await;
+    let mut busy = spawn_pending(&mut svc, Job::new(10, 1_000)).await;
     advance(800).await;
     // Every wait ends at +1,220 ms. The first waiter has no deadline and gets the next permit.
     let mut first = task::spawn(svc.call(Job::new(11, 1_000)));
@@ -604,8 +538,7 @@ async fn limits_change_at_run_time_without_touching_calls_in_flight() {
     assert_pending!(b.poll());
 
     handle.set_limit(D, 1).unwrap();
-    let mut c = task::spawn(svc.ready().await.unwrap().call(Job::new(3, 10)));
-    assert_pending!(c.poll());
+    let mut c = spawn_pending(&mut svc, Job::new(3, 10)).await;
     advance(100).await;
     assert_ready_ok!(a.poll());
     assert_pending!(c.poll());
@@ -636,14 +569,7 @@ async fn the_adaptive_limit_backs_off_on_failures_and_grows_when_busy() {
     let handle = layer.handle();
     let mut svc = layer.layer(Backend::default());
     // Slow calls count as drops.
-    for id in 0..3 {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Job::new(id, 100))
-            .await
-            .unwrap();
-    }
+    run_in_turn(&mut svc, 0..3, 100).await;
     assert_eq!(handle.limit(D), Some(7)); // 10 → 9 → 8 → 7
     // Fast calls while at least half the limit is busy grow it by one each.
     let mut calls: Vec<_> = (0..4)

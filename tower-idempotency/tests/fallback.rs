@@ -208,6 +208,14 @@ fn stale(max_age_secs: u64) -> StaleConfig {
     }
 }
 
+/// A layer that answers failures only from its stale store, configured by `config`.
+fn stale_only_layer(config: StaleConfig) -> FallbackLayer {
+    FallbackLayer::builder()
+        .stale_on_error(config)
+        .build()
+        .unwrap()
+}
+
 /// The function answers with what it saw.
 fn describe(ctx: &FallbackContext) -> Option<Response<Bytes>> {
     Some(Response::new(Bytes::from(format!(
@@ -249,10 +257,7 @@ async fn the_function_answers_every_refusal_kind_that_means_unavailable() {
 #[tokio::test(start_paused = true)]
 async fn the_last_good_response_answers_every_refusal_kind_that_means_unavailable() {
     let backend = Backend::new();
-    let layer = FallbackLayer::builder()
-        .stale_on_error(stale(60))
-        .build()
-        .unwrap();
+    let layer = stale_only_layer(stale(60));
     let svc = layer.layer(backend.service());
     let fresh = send(&svc, get("/menu")).await.unwrap();
     assert_eq!(marker(&fresh), None);
@@ -287,10 +292,7 @@ async fn a_deadline_spent_before_sending_or_during_the_call_is_answered() {
 #[tokio::test(start_paused = true)]
 async fn a_refusal_already_turned_into_a_problem_response_is_answered() {
     let backend = Backend::new();
-    let layer = FallbackLayer::builder()
-        .stale_on_error(stale(60))
-        .build()
-        .unwrap();
+    let layer = stale_only_layer(stale(60));
     let svc = layer.layer(backend.service());
     read(&svc, get("/menu")).await;
     backend.set(Reply::Problem(
@@ -382,10 +384,7 @@ async fn a_failure_the_classifier_sees_is_answered_from_the_store() {
 #[tokio::test(start_paused = true)]
 async fn with_the_default_classifier_only_errors_are_failures() {
     let backend = Backend::new();
-    let layer = FallbackLayer::builder()
-        .stale_on_error(stale(60))
-        .build()
-        .unwrap();
+    let layer = stale_only_layer(stale(60));
     let svc = layer.layer(backend.service());
     read(&svc, get("/menu")).await;
     backend.set(Reply::Status(500));
@@ -447,11 +446,7 @@ async fn an_entry_older_than_max_age_is_never_served() {
 #[tokio::test(start_paused = true)]
 async fn the_age_header_adds_the_age_the_response_came_with() {
     let backend = Backend::new();
-    let svc = FallbackLayer::builder()
-        .stale_on_error(stale(60))
-        .build()
-        .unwrap()
-        .layer(backend.service());
+    let svc = stale_only_layer(stale(60)).layer(backend.service());
     backend.set(Reply::Header("age", "100", "cached upstream"));
     read(&svc, get("/menu")).await;
     advance(Duration::from_secs(3)).await;
@@ -463,14 +458,11 @@ async fn the_age_header_adds_the_age_the_response_came_with() {
 #[tokio::test(start_paused = true)]
 async fn the_entry_bound_evicts_the_oldest_entry() {
     let backend = Backend::new();
-    let svc = FallbackLayer::builder()
-        .stale_on_error(StaleConfig {
-            max_entries: 2,
-            ..stale(60)
-        })
-        .build()
-        .unwrap()
-        .layer(backend.service());
+    let svc = stale_only_layer(StaleConfig {
+        max_entries: 2,
+        ..stale(60)
+    })
+    .layer(backend.service());
     for path in ["/a", "/b", "/c"] {
         read(&svc, get(path)).await;
     }
@@ -484,15 +476,12 @@ async fn the_entry_bound_evicts_the_oldest_entry() {
 async fn the_byte_bound_evicts_the_oldest_entry() {
     let backend = Backend::new();
     // Each entry costs its key ("GET /a", 6 bytes) and body ("fresh", 5): two fit in 25.
-    let svc = FallbackLayer::builder()
-        .stale_on_error(StaleConfig {
-            max_bytes: 25,
-            max_entry_bytes: 25,
-            ..stale(60)
-        })
-        .build()
-        .unwrap()
-        .layer(backend.service());
+    let svc = stale_only_layer(StaleConfig {
+        max_bytes: 25,
+        max_entry_bytes: 25,
+        ..stale(60)
+    })
+    .layer(backend.service());
     for path in ["/a", "/b", "/c"] {
         read(&svc, get(path)).await;
     }
@@ -505,14 +494,11 @@ async fn the_byte_bound_evicts_the_oldest_entry() {
 #[tokio::test(start_paused = true)]
 async fn a_body_over_max_entry_bytes_streams_on_whole_and_is_not_stored() {
     let backend = Backend::new();
-    let svc = FallbackLayer::builder()
-        .stale_on_error(StaleConfig {
-            max_entry_bytes: 4,
-            ..stale(60)
-        })
-        .build()
-        .unwrap()
-        .layer(backend.service());
+    let svc = stale_only_layer(StaleConfig {
+        max_entry_bytes: 4,
+        ..stale(60)
+    })
+    .layer(backend.service());
     backend.set(Reply::Ok("123456"));
     assert_eq!(body(send(&svc, get("/big")).await.unwrap()).await, "123456");
     backend.set(Reply::Ok("1234"));
@@ -525,11 +511,7 @@ async fn a_body_over_max_entry_bytes_streams_on_whole_and_is_not_stored() {
 #[tokio::test(start_paused = true)]
 async fn answers_that_may_not_be_served_stale_and_unsafe_or_authorized_requests_are_not_stored() {
     let backend = Backend::new();
-    let svc = FallbackLayer::builder()
-        .stale_on_error(stale(60))
-        .build()
-        .unwrap()
-        .layer(backend.service());
+    let svc = stale_only_layer(stale(60)).layer(backend.service());
     backend.set(Reply::Header(
         "cache-control",
         "max-age=0, no-store",
@@ -725,11 +707,7 @@ fn virtual_hosts(
             Ok(Response::new(TestBody::Full(Some(Bytes::from(host)))))
         }
     });
-    FallbackLayer::builder()
-        .stale_on_error(stale(60))
-        .build()
-        .unwrap()
-        .layer(backend)
+    stale_only_layer(stale(60)).layer(backend)
 }
 
 /// A request as an HTTP/1.1 server sees it: a path, and the host in `Host`.
@@ -786,11 +764,7 @@ where
 #[tokio::test(start_paused = true)]
 async fn an_older_response_whose_body_ends_last_never_replaces_a_newer_one() {
     let backend = Backend::new();
-    let svc = FallbackLayer::builder()
-        .stale_on_error(stale(10))
-        .build()
-        .unwrap()
-        .layer(backend.service());
+    let svc = stale_only_layer(stale(10)).layer(backend.service());
     // t=0: A's headers arrive; its body streams slowly.
     let feed = backend.streams();
     let a = send(&svc, get("/feed")).await.unwrap();
@@ -820,14 +794,11 @@ async fn an_older_response_whose_body_ends_last_never_replaces_a_newer_one() {
 #[tokio::test(start_paused = true)]
 async fn a_body_that_ends_after_max_age_is_not_stored_and_evicts_nothing() {
     let backend = Backend::new();
-    let svc = FallbackLayer::builder()
-        .stale_on_error(StaleConfig {
-            max_entries: 1,
-            ..stale(10)
-        })
-        .build()
-        .unwrap()
-        .layer(backend.service());
+    let svc = stale_only_layer(StaleConfig {
+        max_entries: 1,
+        ..stale(10)
+    })
+    .layer(backend.service());
     // t=0: /slow's headers; its body takes 11 s, longer than max_age.
     let slow = backend.streams();
     let res = send(&svc, get("/slow")).await.unwrap();
@@ -867,11 +838,7 @@ async fn a_function_may_decline_and_the_failure_goes_on() {
 #[tokio::test(start_paused = true)]
 async fn a_body_that_fails_mid_stream_reaches_the_caller_and_is_not_stored() {
     let backend = Backend::new();
-    let svc = FallbackLayer::builder()
-        .stale_on_error(stale(60))
-        .build()
-        .unwrap()
-        .layer(backend.service());
+    let svc = stale_only_layer(stale(60)).layer(backend.service());
     read(&svc, get("/menu")).await;
     backend.set(Reply::BodyFails);
     let res = send(&svc, get("/menu")).await.unwrap();
@@ -888,11 +855,7 @@ async fn a_body_that_fails_mid_stream_reaches_the_caller_and_is_not_stored() {
 #[tokio::test(start_paused = true)]
 async fn an_empty_success_is_stored_though_nobody_reads_its_body() {
     let backend = Backend::new();
-    let svc = FallbackLayer::builder()
-        .stale_on_error(stale(60))
-        .build()
-        .unwrap()
-        .layer(backend.service());
+    let svc = stale_only_layer(stale(60)).layer(backend.service());
     backend.set(Reply::NoContent);
     // hyper does not poll a body that says it has ended.
     drop(send(&svc, get("/ping")).await.unwrap());
@@ -905,11 +868,7 @@ async fn an_empty_success_is_stored_though_nobody_reads_its_body() {
 #[tokio::test(start_paused = true)]
 async fn a_stored_response_streams_to_its_caller_before_its_body_ends() {
     let backend = Backend::new();
-    let svc = FallbackLayer::builder()
-        .stale_on_error(stale(60))
-        .build()
-        .unwrap()
-        .layer(backend.service());
+    let svc = stale_only_layer(stale(60)).layer(backend.service());
     backend.set(Reply::Stalls);
     let res = send(&svc, get("/feed")).await.unwrap();
     let mut body = res.into_body();

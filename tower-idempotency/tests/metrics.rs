@@ -1,5 +1,7 @@
 //! The layer's metrics: tower-red names, bounded labels, one count per decision.
 
+mod common;
+
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -8,11 +10,11 @@ use http::{Request, Response};
 use http_body_util::Full;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tower::ServiceExt;
-use tower_idempotency::store::{
-    Claim, Fence, Fingerprint, MemoryStore, Record, Store, StoreError, StoreErrorKind, StoreKey,
-};
+use tower_idempotency::store::MemoryStore;
 use tower_idempotency::{IdempotencyLayer, OnStoreError, Oversized, RequestBody};
 use tower_layer::Layer;
+
+use common::Down;
 use tower_red::{BoxError, Rejection, RejectionKind, names};
 
 type Snapshot = [(
@@ -161,31 +163,6 @@ async fn a_refusal_from_an_inner_layer_is_counted_as_inner_refusal_not_error() {
     };
     assert_eq!(outcome("inner_refusal"), 2);
     assert_eq!(outcome("error"), 0);
-}
-
-/// A store whose every operation fails.
-#[derive(Clone)]
-struct Down;
-
-impl Store for Down {
-    async fn claim(&self, _: &StoreKey, _: &Fingerprint, _: Duration) -> Result<Claim, StoreError> {
-        Err(StoreError::new(StoreErrorKind::Unavailable))
-    }
-    async fn renew(&self, _: &StoreKey, _: Fence, _: Duration) -> Result<bool, StoreError> {
-        Err(StoreError::new(StoreErrorKind::Unavailable))
-    }
-    async fn complete(
-        &self,
-        _: &StoreKey,
-        _: Fence,
-        _: &Record,
-        _: Duration,
-    ) -> Result<bool, StoreError> {
-        Err(StoreError::new(StoreErrorKind::Unavailable))
-    }
-    async fn release(&self, _: &StoreKey, _: Fence) -> Result<bool, StoreError> {
-        Err(StoreError::new(StoreErrorKind::Unavailable))
-    }
 }
 
 /// An inner bulkhead that refuses every call with `Err(BoxError)` holding its `Rejection`, as

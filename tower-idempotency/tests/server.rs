@@ -1,5 +1,7 @@
 //! Behaviour of the server layer over the memory store, on a paused clock.
 
+mod common;
+
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,13 +15,15 @@ use http_body_util::{BodyExt, Full};
 use tokio::time::{Sleep, advance, sleep};
 use tower::{Service, ServiceExt};
 use tower_idempotency::store::{
-    Claim, Fence, Fingerprint, MemoryStore, Record, Store, StoreError, StoreErrorKind, StoreKey,
+    Claim, Fence, Fingerprint, MemoryStore, Record, Store, StoreError, StoreKey,
 };
 use tower_idempotency::{
     IdempotencyLayer, IdempotencyLayerBuilder, InFlight, OnStoreError, Oversized, RequestBody,
     StorePolicy,
 };
 use tower_layer::Layer;
+
+use common::Down;
 
 type Req = Request<RequestBody<Full<Bytes>>>;
 
@@ -570,31 +574,6 @@ async fn the_handler_sees_its_fence_and_each_claim_gets_a_greater_one() {
     let (_, b, _) = send(&svc, post(Some("k2"), "a")).await;
     let fence = |h: &http::HeaderMap| h["x-fence"].to_str().unwrap().parse::<u64>().unwrap();
     assert!(fence(&b) > fence(&a));
-}
-
-/// A store whose every operation fails.
-#[derive(Clone)]
-struct Down;
-
-impl Store for Down {
-    async fn claim(&self, _: &StoreKey, _: &Fingerprint, _: Duration) -> Result<Claim, StoreError> {
-        Err(StoreError::new(StoreErrorKind::Unavailable))
-    }
-    async fn renew(&self, _: &StoreKey, _: Fence, _: Duration) -> Result<bool, StoreError> {
-        Err(StoreError::new(StoreErrorKind::Unavailable))
-    }
-    async fn complete(
-        &self,
-        _: &StoreKey,
-        _: Fence,
-        _: &Record,
-        _: Duration,
-    ) -> Result<bool, StoreError> {
-        Err(StoreError::new(StoreErrorKind::Unavailable))
-    }
-    async fn release(&self, _: &StoreKey, _: Fence) -> Result<bool, StoreError> {
-        Err(StoreError::new(StoreErrorKind::Unavailable))
-    }
 }
 
 #[tokio::test(start_paused = true)]

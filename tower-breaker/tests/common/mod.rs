@@ -102,6 +102,19 @@ where
     assert_eq!(send(svc, Call::Ok).await.unwrap(), 200, "the probe");
 }
 
+/// [`recover`]s the breaker, then sends the graded recovery's first call, which the ramp admits.
+pub async fn recover_and_send_the_ramps_first_call<S>(svc: &mut S, open: std::time::Duration)
+where
+    S: Service<Call, Response = u16, Error = BoxError>,
+{
+    recover(svc, open).await;
+    assert_eq!(
+        send(svc, Call::Ok).await.unwrap(),
+        200,
+        "the ramp's first call"
+    );
+}
+
 /// Whether `err` is a breaker refusal.
 pub fn refused(result: &Result<u16, BoxError>) -> bool {
     matches!(result, Err(e) if tower_breaker::is_circuit_open(&**e))
