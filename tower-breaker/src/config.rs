@@ -524,7 +524,10 @@ impl<C> BreakerBuilder<C> {
 
     /// For a [`KeyedBreakerLayer`]: hold at most `max_keys` live
     /// breakers (default 1024), and forget a key unused for `idle_timeout` (default 5 min).
-    /// When a new key arrives and none is idle, the least recently used closed key goes.
+    /// When a new key arrives and none is idle, the least recently used closed key goes. A key
+    /// whose breaker is busy (a call in flight, a probe out, a readiness reserved, or a
+    /// [`BreakerHandle`](crate::BreakerHandle) held) is never forgotten or evicted; when every
+    /// key is busy, a new key's call gets a breaker of its own that the table does not keep.
     pub fn keys(mut self, max_keys: usize, idle_timeout: Duration) -> Self {
         self.config.max_keys = max_keys;
         self.config.idle_key_timeout = idle_timeout;

@@ -65,6 +65,13 @@ struct Keys<K> {
     map: RwLock<HashMap<K, Entry>>,
 }
 
+/// Whether a key's breaker is held beyond the table: by a call in flight (its permit), a
+/// readiness reserved in `poll_ready`, or a [`BreakerHandle`] taken with
+/// `KeyedBreakerHandle::breakers`.
+fn busy(entry: &Entry) -> bool {
+    Arc::strong_count(&entry.machine) > 1
+}
+
 impl<K: Hash + Eq + Clone> Keys<K> {
     fn now(&self) -> u64 {
         u64::try_from(
@@ -96,11 +103,22 @@ impl<K: Hash + Eq + Clone> Keys<K> {
         }
         if map.len() >= self.config.max_keys {
             let idle = u64::try_from(self.config.idle_key_timeout.as_nanos()).unwrap_or(u64::MAX);
-            map.retain(|_, e| now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle);
+            map.retain(|_, e| {
+                busy(e) || now.saturating_sub(e.last_used.load(Ordering::Relaxed)) < idle
+            });
         }
+        let machine = Arc::new(Machine::with_metrics(
+            self.config.clone(),
+            self.metrics.clone(),
+            false,
+        ));
         if map.len() >= self.config.max_keys {
+            // An idle key, closed ones first, least recently used first. A key with a call in
+            // flight (or a probe out) is never the victim: its call would end in a breaker no
+            // longer in the table, and its key would start again closed.
             let victim = map
                 .iter()
+                .filter(|(_, e)| !busy(e))
                 .min_by_key(|(_, e)| {
                     (
                         e.machine.state() != State::Closed,
@@ -108,15 +126,15 @@ impl<K: Hash + Eq + Clone> Keys<K> {
                     )
                 })
                 .map(|(k, _)| k.clone());
-            if let Some(victim) = victim {
-                map.remove(&victim);
+            match victim {
+                Some(victim) => {
+                    map.remove(&victim);
+                }
+                // Every key is busy: this call gets a breaker of its own, kept nowhere (it
+                // guards nothing beyond the call), rather than one taken from a busy key.
+                None => return machine,
             }
         }
-        let machine = Arc::new(Machine::with_metrics(
-            self.config.clone(),
-            self.metrics.clone(),
-            false,
-        ));
         map.insert(
             key,
             Entry {
